@@ -1,0 +1,1 @@
+"""The `tracetap` command line: reads the configuration and wires the edges together."""

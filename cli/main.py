@@ -1,0 +1,249 @@
+"""`tracetap`: the command tree. Each command reads the settings once and hands sections to the edges.
+
+Exit codes: 0 success; 1 failure; 2 bad usage; 69 a server is unavailable; 78 bad configuration;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cli import logs
+from tracetap.config import Settings, describe, load_settings
+from tracetap.errors import ConfigError, ServerUnavailable, TracetapError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("tracetap.cli")
+
+
+def read_settings(config_path: str | None, environ: dict[str, str]) -> Settings:
+    """The settings from --config (or $TRACETAP_CONFIG, or ./tracetap.toml if present) plus TRACETAP_* variables."""
+    path = config_path or environ.get("TRACETAP_CONFIG")
+    if path is None and Path("tracetap.toml").is_file():
+        path = "tracetap.toml"
+    data = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError("--config", f"{path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    return load_settings(data, environ)
+
+
+def state_dir(settings: Settings, environ: dict[str, str]) -> Path:
+    """stack.state_dir, or /var/lib/tracetap for root, or $XDG_STATE_HOME/tracetap: never inside the repo."""
+    if settings.stack.state_dir is not None:
+        return settings.stack.state_dir.expanduser().resolve()
+    if os.geteuid() == 0:
+        return Path("/var/lib/tracetap")
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tracetap"
+
+
+def _progress(line: str) -> None:
+    print(f"  {line}", flush=True)
+
+
+# stack ------------------------------------------------------------------------------------------
+def _stack(settings: Settings, args: argparse.Namespace):
+    from infra.stack import LocalStack
+
+    return LocalStack(settings.stack, state_dir(settings, dict(os.environ)), progress=_progress)
+
+
+def cmd_stack_install(settings: Settings, args: argparse.Namespace) -> int:
+    stack = _stack(settings, args)
+    if not stack.install():
+        print(f"servers already installed under {stack.state / 'dist'}")
+    return EXIT_OK
+
+
+def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    started = time.monotonic()
+    stack = _stack(settings, args)
+    print(f"starting the local stack (state in {stack.state})", flush=True)
+    statuses = stack.up()
+    _print_status(statuses)
+    print(f"stack up in {time.monotonic() - started:.1f} s")
+    return EXIT_OK
+
+
+def cmd_stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    stopped = _stack(settings, args).down()
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return EXIT_OK
+
+
+def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    statuses = _stack(settings, args).status()
+    if args.json:
+        print(json.dumps([{"component": s.name, "ports": s.ports, "pid": s.pid, "healthy": s.health.ok,
+                           "detail": s.health.detail, "url": s.url} for s in statuses]))
+    else:
+        _print_status(statuses)
+    return EXIT_OK if all(s.health.ok for s in statuses) else EXIT_UNAVAILABLE
+
+
+def cmd_stack_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.stack import stream_log
+
+    files = _stack(settings, args).log_files()
+    names = [args.component] if args.component else list(files)
+    for name in names:
+        if len(names) > 1:
+            print(f"==> {files[name]} <==")
+        stream_log(files[name], follow=args.follow and len(names) == 1, lines=args.lines)
+    return EXIT_OK
+
+
+def _print_status(statuses) -> None:
+    print(f"{'component':<14} {'ports':<12} {'pid':>7}  {'health':<8} detail")
+    for s in statuses:
+        ports = ",".join(str(p) for p in s.ports)
+        print(f"{s.name:<14} {ports:<12} {s.pid or '-':>7}  {'up' if s.health.ok else 'DOWN':<8} {s.health.detail}  {s.url}")
+
+
+# topics -----------------------------------------------------------------------------------------
+def cmd_topics_apply(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from schemas.kafka import client_config
+    from schemas.registry import SchemaRegistry
+    from schemas.topics import apply_catalog
+
+    admin = AdminClient(client_config(settings.kafka))
+    results = apply_catalog(admin, SchemaRegistry(settings.registry), settings.topics.prefix, settings.topics.replication_factor)
+    for r in results:
+        print(f"  {r.topic:<34} {r.action:<10} schema id {r.schema_id}")
+    return EXIT_OK
+
+
+def cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.catalog import CATALOG, markdown_table
+
+    if args.markdown:
+        print(markdown_table(settings.topics.prefix))
+        return EXIT_OK
+    for spec in CATALOG:
+        print(f"{spec.full_name(settings.topics.prefix):<34} {spec.partitions:>2}p  {spec.cleanup_policy:<8} {spec.value_schema:<30} {spec.description}")
+    return EXIT_OK
+
+
+# config -----------------------------------------------------------------------------------------
+def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
+    shown = describe(settings)
+    shown["stack"]["state_dir"] = str(state_dir(settings, dict(os.environ)))
+    print(json.dumps(shown, indent=2))
+    return EXIT_OK
+
+
+# sink and demo ------------------------------------------------------------------------------------
+def cmd_sink_elasticsearch(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks.elasticsearch import run_sink
+
+    report = run_sink(settings, topics=args.topic or None, group_id=args.group, stop_when_idle_s=args.exit_when_idle)
+    print(report.summary())
+    return EXIT_OK
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from cli.demo import run_demo
+
+    run_demo(settings, state_dir(settings, dict(os.environ)), spans=args.spans, start_stack=not args.no_stack, progress=_progress)
+    return EXIT_OK
+
+
+# parser -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracetap",
+        description="Zero-code observability pipeline on Kafka: agents, Avro topics, stream jobs, Elasticsearch.",
+        epilog="Settings: --config FILE (TOML) or $TRACETAP_CONFIG, overridden by TRACETAP_<SECTION>__<FIELD> variables. "
+               "Exit codes: 0 ok, 1 failure, 2 usage, 69 server unavailable, 78 bad config, 130 interrupted.")
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file (default: $TRACETAP_CONFIG, else ./tracetap.toml if present)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
+    parser.add_argument("--log-format", choices=["text", "json"], help="overrides log.format")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(group, name: str, handler: Callable[[Settings, argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    stack = commands.add_parser("stack", help="run Kafka, the schema registry and Elasticsearch locally, as processes",
+                                description="The local stack: real servers as processes, state under stack.state_dir.")
+    stack_cmds = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    add(stack_cmds, "install", cmd_stack_install, "fetch the servers from Maven Central if missing")
+    add(stack_cmds, "up", cmd_stack_up, "start every server that is not running and wait until all are healthy")
+    add(stack_cmds, "down", cmd_stack_down, "stop the servers cleanly")
+    status = add(stack_cmds, "status", cmd_stack_status, "show each server's ports, pid and health (exit 69 if any is down)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    logs_cmd = add(stack_cmds, "logs", cmd_stack_logs, "print a server's log")
+    logs_cmd.add_argument("component", nargs="?", choices=["kafka", "registry", "elasticsearch"], help="one server (default: all)")
+    logs_cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (one component only)")
+    logs_cmd.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+
+    topics = commands.add_parser("topics", help="the topic catalog", description="tracetap's topics and Avro schemas (a public API).")
+    topic_cmds = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    add(topic_cmds, "apply", cmd_topics_apply, "create or update every catalog topic and register its schemas (idempotent)")
+    listing = add(topic_cmds, "list", cmd_topics_list, "print the catalog")
+    listing.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+
+    config = commands.add_parser("config", help="inspect the configuration", description="The effective configuration.")
+    config_cmds = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    add(config_cmds, "show", cmd_config_show, "print the effective settings as JSON, secrets masked (exit 78 if invalid)")
+
+    sink = commands.add_parser("sink", help="write output topics to a store", description="Sinks from Kafka topics.")
+    sink_cmds = sink.add_subparsers(dest="sink_command", required=True, metavar="SINK")
+    es = add(sink_cmds, "elasticsearch", cmd_sink_elasticsearch, "index output topics into Elasticsearch (at-least-once, idempotent ids)")
+    es.add_argument("--topic", action="append", metavar="NAME", help="catalog topic name to index, e.g. spans (repeatable; default: all outputs)")
+    es.add_argument("--group", default="tracetap-sink-elasticsearch", help="consumer group id")
+    es.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="stop after this long with nothing to read")
+
+    demo = add(commands, "demo", cmd_demo, "start the stack, send sample spans through Kafka into Elasticsearch, and query them back")
+    demo.add_argument("--spans", type=int, default=2000, help="sample spans to produce (default 2000)")
+    demo.add_argument("--no-stack", action="store_true", help="use the configured servers instead of starting the local stack")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        settings = read_settings(args.config, environ)
+        logs.configure(args.log_level or settings.log.level, args.log_format or settings.log.format)
+        return args.handler(settings, args)
+    except ConfigError as exc:
+        print(f"tracetap: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("tracetap: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TracetapError as exc:
+        print(f"tracetap: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if _is_unavailable(exc) else EXIT_FAILURE
+
+
+def _is_unavailable(exc: TracetapError) -> bool:
+    return isinstance(exc, ServerUnavailable)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

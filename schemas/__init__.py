@@ -1,0 +1,1 @@
+"""tracetap's contracts on Kafka: the topic catalog, the Avro schemas and their serde."""

@@ -1,0 +1,286 @@
+"""tracetap's one typed configuration: sections of frozen dataclasses, built from a file's
+mapping plus environment overrides (`TRACETAP_<SECTION>__<FIELD>`).
+
+Pure: the CLI reads the file and the environment and hands both here; components receive a section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from tracetap.errors import ConfigError
+
+ENV_PREFIX = "TRACETAP_"
+ENV_SEPARATOR = "__"
+
+
+class Secret(str):
+    """A credential: usable as a string, never shown by repr() or in `config show`."""
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Kafka client settings; security fields map one to one onto librdkafka properties."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: Secret | None = None
+    # Any other librdkafka property, passed through unchanged (e.g. {"linger.ms": "20"}).
+    client_properties: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.bootstrap_servers.strip():
+            raise ConfigError("kafka.bootstrap_servers", "must name at least one host:port")
+        if self.security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError("kafka.security_protocol", f"{self.security_protocol!r} is not one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        uses_sasl = self.security_protocol.startswith("SASL_")
+        if uses_sasl and self.sasl_mechanism is None:
+            raise ConfigError("kafka.sasl_mechanism", f"required with security_protocol={self.security_protocol}")
+        if self.sasl_mechanism is not None and self.sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ConfigError("kafka.sasl_mechanism", f"{self.sasl_mechanism!r} is not one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+        if uses_sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not self.sasl_username or not self.sasl_password:
+                raise ConfigError("kafka.sasl_username", f"{self.sasl_mechanism} needs sasl_username and sasl_password (set TRACETAP_KAFKA__SASL_PASSWORD)")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """A Confluent-compatible schema registry (Confluent, Apicurio's ccompat API, Redpanda, Karapace)."""
+
+    url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    basic_auth_user_info: Secret | None = None  # "user:password"
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    # Register missing schemas on first use; turn off where a separate team owns the registry.
+    auto_register: bool = True
+
+    def validate(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError("registry.url", f"{self.url!r} must start with http:// or https://")
+        if self.basic_auth_user_info is not None and ":" not in self.basic_auth_user_info:
+            raise ConfigError("registry.basic_auth_user_info", "must be 'user:password'")
+
+
+@dataclass(frozen=True, slots=True)
+class ElasticsearchSettings:
+    hosts: list[str] = field(default_factory=lambda: ["http://127.0.0.1:9200"])
+    api_key: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    request_timeout_s: float = 30.0
+    index_prefix: str = "tracetap"
+
+    def validate(self) -> None:
+        if not self.hosts:
+            raise ConfigError("elasticsearch.hosts", "must name at least one URL")
+        for host in self.hosts:
+            if not host.startswith(("http://", "https://")):
+                raise ConfigError("elasticsearch.hosts", f"{host!r} must start with http:// or https://")
+        if self.api_key and (self.username or self.password):
+            raise ConfigError("elasticsearch.api_key", "set either api_key or username/password, not both")
+        if bool(self.username) != bool(self.password):
+            raise ConfigError("elasticsearch.username", "basic auth needs both username and password")
+        if self.request_timeout_s <= 0:
+            raise ConfigError("elasticsearch.request_timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    # Prepended to every catalog name, e.g. "tracetap." + "spans".
+    prefix: str = "tracetap."
+    replication_factor: int = 1
+
+    def validate(self) -> None:
+        if self.replication_factor < 1:
+            raise ConfigError("topics.replication_factor", "must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    """The local stack: real servers as processes, all state under one directory."""
+
+    # None: /var/lib/tracetap for root, else $XDG_STATE_HOME/tracetap (resolved by the CLI).
+    state_dir: Path | None = None
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    registry_port: int = 8081
+    elasticsearch_port: int = 9200
+    elasticsearch_transport_port: int = 9300
+    kafka_heap_mb: int = 1024
+    registry_heap_mb: int = 512
+    elasticsearch_heap_mb: int = 1024
+    start_timeout_s: float = 180.0
+    java_home: Path | None = None
+
+    def validate(self) -> None:
+        for name in ("kafka_port", "kafka_controller_port", "registry_port", "elasticsearch_port", "elasticsearch_transport_port"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"stack.{name}", f"{port} is not a TCP port (1-65535)")
+        ports = [self.kafka_port, self.kafka_controller_port, self.registry_port, self.elasticsearch_port, self.elasticsearch_transport_port]
+        if len(set(ports)) != len(ports):
+            raise ConfigError("stack", f"the ports must all differ, got {ports}")
+        for name in ("kafka_heap_mb", "registry_heap_mb", "elasticsearch_heap_mb"):
+            if getattr(self, name) < 128:
+                raise ConfigError(f"stack.{name}", "must be at least 128")
+        if self.start_timeout_s <= 0:
+            raise ConfigError("stack.start_timeout_s", "must be > 0")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "INFO"
+    format: str = "text"
+
+    def validate(self) -> None:
+        if self.level.upper() not in LOG_LEVELS:
+            raise ConfigError("log.level", f"{self.level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.format not in LOG_FORMATS:
+            raise ConfigError("log.format", f"{self.format!r} is not one of {', '.join(LOG_FORMATS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    elasticsearch: ElasticsearchSettings = field(default_factory=ElasticsearchSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    stack: StackSettings = field(default_factory=StackSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def validate(self) -> None:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+
+
+def load_settings(file_data: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate Settings: defaults, then the file's values, then TRACETAP_* variables."""
+    merged: dict[str, dict[str, Any]] = {}
+    for section, values in (file_data or {}).items():
+        if section not in _SECTIONS:
+            raise ConfigError(section, f"unknown section; known: {', '.join(_SECTIONS)}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(section, "must be a table of settings")
+        merged.setdefault(section, {}).update(values)
+    for name, value in (environ or {}).items():
+        if not name.startswith(ENV_PREFIX) or ENV_SEPARATOR not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition(ENV_SEPARATOR)
+        if section not in _SECTIONS:
+            raise ConfigError(name, f"unknown section {section!r}; known: {', '.join(_SECTIONS)}")
+        merged.setdefault(section, {})[key] = _EnvText(value)
+    sections = {name: _build_section(name, cls, merged.get(name, {})) for name, cls in _SECTIONS.items()}
+    settings = Settings(**sections)
+    settings.validate()
+    return settings
+
+
+def describe(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The effective settings as plain data for display, with secrets masked."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in dataclasses.fields(settings):
+        values = {}
+        for f in dataclasses.fields(getattr(settings, section.name)):
+            value = getattr(getattr(settings, section.name), f.name)
+            if isinstance(value, Secret):
+                value = "****"
+            elif isinstance(value, Path):
+                value = str(value)
+            values[f.name] = value
+        out[section.name] = values
+    return out
+
+
+class _EnvText(str):
+    """A value that came from an environment variable, so it is text to be parsed."""
+
+
+_SECTIONS: dict[str, type] = typing.get_type_hints(Settings)
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, raw in values.items():
+        if key not in known:
+            close = [k for k in known if k.startswith(key[:4])]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{section}.{key}", f"unknown setting{hint}")
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], raw)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, hint: Any, raw: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if raw is None or (isinstance(raw, _EnvText) and raw == ""):
+            return None
+        return _coerce(name, args[0], raw)
+    from_env = isinstance(raw, _EnvText)
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            if from_env and raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_env and raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{raw!r} is not a boolean (true/false)")
+        if hint in (int, float):
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise ValueError(f"{raw!r} is not a number")
+            kind = "a whole number" if hint is int else "a number"
+            if hint is int and isinstance(raw, float):
+                raise ValueError(f"{raw!r} is not {kind}")
+            try:
+                return hint(raw)
+            except ValueError:
+                raise ValueError(f"{raw!r} is not {kind}") from None
+        if hint in (str, Secret, Path):
+            if not isinstance(raw, str):
+                raise ValueError(f"{raw!r} is not a string")
+            return hint(raw)
+        if origin is list:
+            if from_env:
+                raw = [part.strip() for part in raw.split(",") if part.strip()]
+            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                raise ValueError(f"{raw!r} is not a list of strings")
+            return list(raw)
+        if origin is dict:
+            if from_env:
+                raw = json.loads(raw)
+            if not isinstance(raw, Mapping):
+                raise ValueError(f"{raw!r} is not a table")
+            return {str(k): str(v) for k, v in raw.items()}
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(name, str(exc)) from None
+    raise ConfigError(name, f"unsupported setting type {hint!r}")

@@ -239,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TracetapError as exc:
         print(f"tracetap: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE if _is_unavailable(exc) else EXIT_FAILURE
+    except Exception as exc:  # a bug or an unexpected server answer: one line, the trace at DEBUG
+        log.debug("unexpected error", exc_info=True)
+        print(f"tracetap: unexpected {type(exc).__name__}: {exc} (run with --log-level DEBUG for the trace)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _is_unavailable(exc: TracetapError) -> bool:

@@ -46,7 +46,7 @@ def apply_catalog(admin: AdminClient, registry: SchemaRegistry, prefix: str, rep
         subject = spec.value_subject(prefix)
         schema_id = registry.register(subject, spec.schema())
         registry.set_compatibility(subject, BACKWARD)
-        log.info("topic applied topic=%s action=%s subject=%s schema_id=%d", name, action, subject, schema_id)
+        log.debug("topic applied topic=%s action=%s subject=%s schema_id=%d", name, action, subject, schema_id)
         results.append(TopicResult(name, action, schema_id))
     return results
 

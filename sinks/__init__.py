@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Sinks: output topics into stores people search (Elasticsearch)."""

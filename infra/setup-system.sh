@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tracetap needs, only those missing (idempotent, quiet when done).
+# Run as root, or with sudo available. Called by `make setup`.
+set -euo pipefail
+
+packages=(
+  openjdk-17-jre-headless   # Kafka, Apicurio Registry and Elasticsearch run on Java 17
+  maven                     # resolves the servers from Maven Central (infra/pom.xml)
+  unzip tar                 # unpack the Elasticsearch and Apicurio archives
+  python3-venv              # the project virtualenv
+  python3-bpfcc bpfcc-tools # bcc for the eBPF agent, imported into .venv from Debian
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  [[ "$pkg" == \#* ]] && continue
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "setup: missing Debian packages: ${missing[*]}; run as root: apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "setup: installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Package lists older than a day may point at files the mirror no longer has.
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -n1)" ]; then
+  $sudo apt-get update -qq
+fi
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -44,8 +44,9 @@ class Health:
 
 
 class Component:
-    name: str
-    heap_mb: int
+    name: str  # also the prefix of its settings: <name>_heap_mb, <name>_port
+    dist_name: str  # unpacked folder under <state>/dist, suffixed with the version
+    version_key: str  # key in versions()
 
     def __init__(self, stack: StackSettings, state_dir: Path, java_home: Path) -> None:
         self.settings = stack
@@ -54,8 +55,12 @@ class Component:
 
     # Layout -----------------------------------------------------------------------------
     @property
+    def heap_mb(self) -> int:
+        return getattr(self.settings, f"{self.name}_heap_mb")
+
+    @property
     def dist(self) -> Path:
-        raise NotImplementedError
+        return self.state / "dist" / f"{self.dist_name}-{versions()[self.version_key]}"
 
     @property
     def data_dir(self) -> Path:
@@ -109,14 +114,8 @@ class Component:
 
 class Kafka(Component):
     name = "kafka"
-
-    @property
-    def heap_mb(self) -> int:  # type: ignore[override]
-        return self.settings.kafka_heap_mb
-
-    @property
-    def dist(self) -> Path:
-        return self.state / "dist" / f"kafka-{versions()['kafka']}"
+    dist_name = "kafka"
+    version_key = "kafka"
 
     @property
     def ports(self) -> list[int]:
@@ -163,14 +162,8 @@ class Kafka(Component):
 
 class Registry(Component):
     name = "registry"
-
-    @property
-    def heap_mb(self) -> int:  # type: ignore[override]
-        return self.settings.registry_heap_mb
-
-    @property
-    def dist(self) -> Path:
-        return self.state / "dist" / f"apicurio-registry-{versions()['apicurio']}"
+    dist_name = "apicurio-registry"
+    version_key = "apicurio"
 
     @property
     def ports(self) -> list[int]:
@@ -218,14 +211,8 @@ class Registry(Component):
 
 class Elasticsearch(Component):
     name = "elasticsearch"
-
-    @property
-    def heap_mb(self) -> int:  # type: ignore[override]
-        return self.settings.elasticsearch_heap_mb
-
-    @property
-    def dist(self) -> Path:
-        return self.state / "dist" / f"elasticsearch-{versions()['elasticsearch']}"
+    dist_name = "elasticsearch"
+    version_key = "elasticsearch"
 
     @property
     def ports(self) -> list[int]:

@@ -69,6 +69,11 @@ class SchemaRegistry:
     def subjects(self) -> list[str]:
         return self._call("list subjects", self._client.get_subjects)
 
+    def delete_subject(self, subject: str) -> None:
+        """Soft-delete then hard-delete, as the Confluent API requires."""
+        self._call(f"delete {subject}", self._client.delete_subject, subject, False)
+        self._call(f"delete {subject} permanently", self._client.delete_subject, subject, True)
+
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)

@@ -11,13 +11,38 @@ from schemas.topics import apply_catalog
 
 @pytest.fixture(scope="session")
 def settings(base_settings, stack):
-    """Settings whose topic prefix and index prefix are unique to this test session."""
+    """Settings whose topic prefix and index prefix are unique to this test session; what the
+    session creates under them is removed at its end, so repeated runs do not pile up state."""
     run = uuid.uuid4().hex[:8]
-    return dataclasses.replace(
+    mine = dataclasses.replace(
         base_settings,
         topics=dataclasses.replace(base_settings.topics, prefix=f"it-{run}."),
         elasticsearch=dataclasses.replace(base_settings.elasticsearch, index_prefix=f"it-{run}"),
     )
+    yield mine
+    _remove_session_state(mine)
+
+
+def _remove_session_state(settings):
+    from sinks.elasticsearch import es_client
+
+    prefix = settings.topics.prefix
+    admin = AdminClient(client_config(settings.kafka))
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if topics:
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            future.result()
+    registry = SchemaRegistry(settings.registry)
+    for subject in registry.subjects():
+        if subject.startswith(prefix) or subject.startswith(("probe-", "restart-")):
+            registry.delete_subject(subject)
+    es = es_client(settings.elasticsearch)
+    indices = list(es.indices.get(index=f"{settings.elasticsearch.index_prefix}*", expand_wildcards="all"))
+    if indices:
+        es.indices.delete(index=",".join(indices))
+    templates = [t["name"] for t in es.indices.get_index_template(name=f"{settings.elasticsearch.index_prefix}*")["index_templates"]]
+    for template in templates:
+        es.indices.delete_index_template(name=template)
 
 
 @pytest.fixture(scope="session")

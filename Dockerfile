@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+#
+# tracetap: one image for every tracetap command (topics, sinks, stream jobs, agents).
+#
+#   docker build -t tracetap:local .
+#   docker run --rm tracetap:local config show
+#
+# infra/docker-compose.yml builds this image and runs each command as its own service.
+
+FROM python:3.11-slim-bookworm
+
+LABEL org.opencontainers.image.title="tracetap" \
+      org.opencontainers.image.description="Zero-code observability pipeline on Kafka: eBPF and packet agents, Avro contracts, stream jobs, Elasticsearch sink." \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# System packages the agents need, from Debian bookworm:
+#   tshark                      packet capture and dissection for `tracetap agent packets` (pyshark drives it)
+#   python3-bpfcc, bpfcc-tools  BCC, the eBPF toolkit behind `tracetap agent ebpf`
+# BCC is packaged for Debian's own /usr/bin/python3 only. It is pure Python over libbcc (ctypes), and
+# bookworm's python3 is 3.11 as well, so linking the package into this image's site-packages lets
+# /usr/local/bin/python import it; the `import bcc` below fails the build if that ever stops holding.
+RUN set -eux; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        tshark \
+        python3-bpfcc \
+        bpfcc-tools; \
+    rm -rf /var/lib/apt/lists/*; \
+    ln -s /usr/lib/python3/dist-packages/bcc /usr/local/lib/python3.11/site-packages/bcc; \
+    python -c "import bcc"
+
+# The project itself. Every dependency ships wheels for CPython 3.11, so no compiler is needed.
+WORKDIR /src
+COPY . .
+RUN set -eux; \
+    pip install --no-cache-dir .; \
+    tracetap --help > /dev/null
+
+# Run from a neutral directory: the CLI reads ./tracetap.toml when present.
+WORKDIR /var/lib/tracetap
+
+# No USER: the image runs as root on purpose. `tracetap agent ebpf` loads eBPF programs and attaches
+# kprobes/uprobes through BCC, which in practice needs uid 0 and not just capabilities: it reads
+# root-only host files (tracefs under /sys/kernel/debug, symbol addresses in /proc/kallsyms, other
+# processes' /proc/<pid>/maps for uprobes) and compose runs it privileged in the host PID namespace.
+# `tracetap agent packets` likewise opens raw sockets through dumpcap. The other services share the
+# image and are confined by the container instead: no added capabilities, compose network only.
+
+# The sink and the stream jobs shut down cleanly on SIGINT (KeyboardInterrupt: flush, commit offsets,
+# close the consumer); with the default SIGTERM `docker stop` would skip that.
+STOPSIGNAL SIGINT
+
+ENTRYPOINT ["tracetap"]
+CMD ["--help"]

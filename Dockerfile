@@ -24,6 +24,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # BCC is packaged for Debian's own /usr/bin/python3 only. It is pure Python over libbcc (ctypes), and
 # bookworm's python3 is 3.11 as well, so linking the package into this image's site-packages lets
 # /usr/local/bin/python import it; the `import bcc` below fails the build if that ever stops holding.
+# Versions are not pinned: they follow bookworm's point and security updates on each rebuild.
+# hadolint ignore=DL3008
 RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \

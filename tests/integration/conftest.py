@@ -40,7 +40,8 @@ def _remove_session_state(settings):
     indices = list(es.indices.get(index=f"{settings.elasticsearch.index_prefix}*", expand_wildcards="all"))
     if indices:
         es.indices.delete(index=",".join(indices))
-    templates = [t["name"] for t in es.indices.get_index_template(name=f"{settings.elasticsearch.index_prefix}*")["index_templates"]]
+    found = es.options(ignore_status=404).indices.get_index_template(name=f"{settings.elasticsearch.index_prefix}*")
+    templates = [t["name"] for t in found.get("index_templates", [])]
     for template in templates:
         es.indices.delete_index_template(name=template)
 

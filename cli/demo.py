@@ -5,6 +5,7 @@ Kafka, indexed by the Elasticsearch sink, and the findings read back from Elasti
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def run_demo(settings: Settings, state_dir: Path, spans: int, start_stack: bool,
 
     registry = SchemaRegistry(settings.registry)
     results = apply_catalog(AdminClient(client_config(settings.kafka)), registry, settings.topics.prefix, settings.topics.replication_factor)
-    progress(f"{len(results)} topics: " + ", ".join(f"{r.action}" for r in results[:1]) + f" ... (schemas registered, BACKWARD)")
+    actions = Counter(r.action for r in results)
+    progress(f"{len(results)} topics ({', '.join(f'{n} {a}' for a, n in sorted(actions.items()))}), value schemas registered with BACKWARD compatibility")
 
     print(f"3/5 producing {spans} sample L7 spans as Avro to {SPANS.full_name(settings.topics.prefix)}", flush=True)
     from producers.sample import sample_spans

@@ -1,7 +1,8 @@
 """Benchmark: Avro-encode + produce throughput vs raw confluent-kafka produce of pre-encoded bytes.
 
 Not a test (never run in CI, not collected by pytest). Needs the local stack (`tracetap stack up`,
-`tracetap topics apply`): records go to the real raw.socket-data topic (1-day retention).
+the script creates its own `tracetap-bench.raw.socket-data` topic, so no benchmark record lands on a
+real topic).
 
 Baseline and subject run in the same process, in ALTERNATING rounds (baseline, subject, baseline, ...),
 and the script prints medians and the subject/baseline ratio; on a small shared machine the absolute
@@ -17,6 +18,7 @@ numbers are noisy, the ratio is what to compare between commits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import cProfile
 import io
 import os
@@ -26,7 +28,6 @@ import random
 import statistics
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,15 @@ from schemas.catalog import SOCKET_DATA  # noqa: E402
 from schemas.kafka import producer_config  # noqa: E402
 from schemas.producer import AvroProducer  # noqa: E402
 from schemas.registry import SchemaRegistry  # noqa: E402
-from tracetap.config import Settings, load_settings  # noqa: E402
+from tracetap.config import Settings  # noqa: E402
+from cli.main import read_settings  # noqa: E402
+from schemas.kafka import client_config  # noqa: E402
+from schemas.topics import apply_catalog  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 from tracetap.flow import Endpoint, flow_id  # noqa: E402
 
 PAYLOAD_PREFIX = 256
+BENCH_PREFIX = "tracetap-bench."
 WARMUP_RECORDS = 5_000
 
 
@@ -90,10 +96,13 @@ def build_pool(size: int, seed: int = 42) -> tuple[list[str], list[dict[str, Any
     return keys, records
 
 
-def read_settings(config: str | None) -> Settings:
-    path = config or os.environ.get("TRACETAP_CONFIG") or ("tracetap.toml" if Path("tracetap.toml").is_file() else None)
-    data = tomllib.loads(Path(path).read_text()) if path else None
-    return load_settings(data, os.environ)
+def bench_settings(config: str | None) -> Settings:
+    """The user's settings with a topic prefix of the benchmark's own, whose topic is created here."""
+    settings = read_settings(config, dict(os.environ))
+    settings = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=BENCH_PREFIX))
+    apply_catalog(AdminClient(client_config(settings.kafka)), SchemaRegistry(settings.registry), BENCH_PREFIX,
+                  settings.topics.replication_factor, specs=[SOCKET_DATA])
+    return settings
 
 
 class Bench:
@@ -156,7 +165,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="afterwards, cProfile one subject round; top 15 by cumulative time")
     args = parser.parse_args()
 
-    settings = read_settings(args.config)
+    settings = bench_settings(args.config)
     bench = Bench(settings, args.pool)
     mean_size = statistics.fmean(len(v) for v in bench.encoded)
     fastavro_impl = "C" if fastavro.write.schemaless_writer.__module__ == "fastavro._write" else "pure Python"

@@ -170,6 +170,34 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# agents -------------------------------------------------------------------------------------------
+def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
+    import socket
+
+    from producers.ebpf.agent import EbpfAgent, check_requirements
+    from producers.emitter import Emitter
+    from schemas.catalog import AGENT_STATS, SOCKET_DATA, SOCKET_LIFECYCLE
+    from schemas.producer import AvroProducer
+    from schemas.registry import SchemaRegistry
+
+    check_requirements()
+    host = settings.agent.host or socket.gethostname()
+    producer = AvroProducer(settings, SchemaRegistry(settings.registry))
+    for spec in (SOCKET_DATA, SOCKET_LIFECYCLE, AGENT_STATS):
+        producer.serializer(spec)  # registry problems surface now, not on the first event
+    emitter = Emitter(producer, agent="ebpf", host=host, capacity=settings.agent.buffer_records,
+                      stats_interval_s=settings.agent.stats_interval_s)
+    agent = EbpfAgent(settings, emitter, host)
+    stats = agent.run(duration_s=args.duration,
+                      on_ready=lambda: print(f"capturing on {host}: socket data to {SOCKET_DATA.full_name(settings.topics.prefix)}, "
+                                             f"lifecycle to {SOCKET_LIFECYCLE.full_name(settings.topics.prefix)}", flush=True))
+    emitter.close()
+    totals = emitter.totals()
+    print(f"captured {stats.data} data and {stats.lifecycle} lifecycle events; "
+          + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
+    return EXIT_OK
+
+
 # parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -216,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--topic", action="append", metavar="NAME", help="catalog topic name to index, e.g. spans (repeatable; default: all outputs)")
     es.add_argument("--group", default="tracetap-sink-elasticsearch", help="consumer group id")
     es.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="stop after this long with nothing to read")
+
+    agent = commands.add_parser("agent", help="node agents that capture traffic into Kafka", description="Node agents (run as root).")
+    agent_cmds = agent.add_subparsers(dest="agent_command", required=True, metavar="AGENT")
+    ebpf = add(agent_cmds, "ebpf", cmd_agent_ebpf, "capture every process's socket data and TCP lifecycle with eBPF (root)")
+    ebpf.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: until SIGINT/SIGTERM)")
 
     demo = add(commands, "demo", cmd_demo, "start the stack, send sample spans through Kafka into Elasticsearch, and query them back")
     demo.add_argument("--spans", type=int, default=2000, help="sample spans to produce (default 2000)")

@@ -9,6 +9,8 @@ packages=(
   unzip tar                 # unpack the Elasticsearch and Apicurio archives
   python3-venv              # the project virtualenv
   python3-bpfcc bpfcc-tools # bcc for the eBPF agent, imported into .venv from Debian
+  linux-headers-amd64       # bcc compiles against headers; struct offsets still come from BTF
+  redis-server              # a real Redis for the agent tests and the demo
 )
 
 missing=()
@@ -18,7 +20,25 @@ for pkg in "${packages[@]}"; do
   [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
 done
 
+kernel_links() {
+  # This kernel has no packaged headers: point bcc at Debian's newest (only macros and types it
+  # needs to compile; every struct offset the agent uses is read from BTF at run time).
+  [ "$(id -u)" -eq 0 ] || return 0
+  local modules="/lib/modules/$(uname -r)"
+  local build source
+  build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)
+  source=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1)
+  if [ -n "$build" ] && [ -n "$source" ]; then
+    mkdir -p "$modules"
+    [ -e "$modules/build" ] || ln -sfn "$build" "$modules/build"
+    [ -e "$modules/source" ] || ln -sfn "$source" "$modules/source"
+  fi
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+  mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+  kernel_links
   exit 0
 fi
 
@@ -37,3 +57,4 @@ if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>
   $sudo apt-get update -qq
 fi
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+kernel_links

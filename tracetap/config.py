@@ -150,6 +150,42 @@ class StackSettings:
             raise ConfigError("stack.start_timeout_s", "must be > 0")
 
 
+REDACTION_RULES = ("http_authorization", "http_proxy_authorization", "http_cookie", "http_set_cookie",
+                   "redis_auth", "mysql_password", "postgres_password")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """Node agents: what to capture, what to leave alone, how much to buffer."""
+
+    host: str | None = None  # node name in every event; None: the machine's hostname
+    payload_bytes: int = 1024  # payload prefix captured per syscall
+    ring_buffer_pages: int = 2048  # BPF ring buffer size in 4 KiB pages (a power of two)
+    buffer_records: int = 100_000  # in-process buffer that rides out a broker outage
+    stats_interval_s: float = 10.0
+    exclude_pids: list[int] = field(default_factory=list)
+    exclude_ports: list[int] = field(default_factory=list)
+    # The pipeline's own Kafka, registry and Elasticsearch ports are excluded in the kernel by default.
+    exclude_pipeline_ports: bool = True
+    include_netns: list[str] = field(default_factory=list)  # `ip netns` names or inode numbers; empty: all
+    redact_disable: list[str] = field(default_factory=list)  # names from REDACTION_RULES
+
+    def validate(self) -> None:
+        if not 16 <= self.payload_bytes <= 8192:
+            raise ConfigError("agent.payload_bytes", f"{self.payload_bytes} is not within 16..8192")
+        pages = self.ring_buffer_pages
+        if pages < 8 or pages & (pages - 1):
+            raise ConfigError("agent.ring_buffer_pages", f"{pages} is not a power of two >= 8")
+        if self.buffer_records < 1:
+            raise ConfigError("agent.buffer_records", "must be >= 1")
+        for port in self.exclude_ports:
+            if not 1 <= port <= 65535:
+                raise ConfigError("agent.exclude_ports", f"{port} is not a TCP/UDP port")
+        unknown = set(self.redact_disable) - set(REDACTION_RULES)
+        if unknown:
+            raise ConfigError("agent.redact_disable", f"unknown rules {sorted(unknown)}; known: {', '.join(REDACTION_RULES)}")
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -173,6 +209,7 @@ class Settings:
     elasticsearch: ElasticsearchSettings = field(default_factory=ElasticsearchSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     stack: StackSettings = field(default_factory=StackSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def validate(self) -> None:
@@ -270,9 +307,19 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
                 raise ValueError(f"{raw!r} is not a string")
             return hint(raw)
         if origin is list:
+            item = typing.get_args(hint)[0]
             if from_env:
                 raw = [part.strip() for part in raw.split(",") if part.strip()]
-            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            if not isinstance(raw, list):
+                raise ValueError(f"{raw!r} is not a list")
+            if item is int:
+                try:
+                    if any(isinstance(x, (bool, float)) for x in raw):
+                        raise ValueError
+                    return [int(x) for x in raw]
+                except (ValueError, TypeError):
+                    raise ValueError(f"{raw!r} is not a list of whole numbers") from None
+            if not all(isinstance(x, str) for x in raw):
                 raise ValueError(f"{raw!r} is not a list of strings")
             return list(raw)
         if origin is dict:

@@ -15,7 +15,7 @@ from schemas.producer import AvroProducer
 from schemas.registry import BACKWARD, IncompatibleSchema
 from schemas.serde import AvroDeserializer, AvroSerializer
 
-from .kafka_helpers import read_topic
+from tests.kafka_helpers import read_topic
 
 
 def test_produced_spans_come_back_equal_through_broker_and_registry(settings, registry, topics):

@@ -8,7 +8,7 @@ from schemas.producer import AvroProducer
 from schemas.serde import AvroDeserializer
 from sinks.elasticsearch import es_client, index_name, run_sink
 
-from .kafka_helpers import read_topic
+from tests.kafka_helpers import read_topic
 
 
 def test_undecodable_records_are_dead_lettered_and_the_rest_indexed(own_topics, registry):

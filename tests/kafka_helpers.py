@@ -21,3 +21,21 @@ def read_topic(settings, topic, count, timeout_s=30.0):
     finally:
         consumer.close()
     return messages
+
+
+def read_until_idle(settings, topic, idle_s=3.0, timeout_s=60.0):
+    """Every record on a topic, read from the beginning until nothing new arrives for idle_s."""
+    consumer = Consumer(consumer_config(settings.kafka, f"test-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([topic])
+    messages = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            batch = [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+            if batch:
+                messages += batch
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return messages

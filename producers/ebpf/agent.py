@@ -1,0 +1,243 @@
+"""`tracetap agent ebpf`: compiles socket_trace.c with this kernel's BTF offsets, fills its filter
+maps, polls its ring buffers, redacts payloads and hands raw events to the Emitter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
+from producers.ebpf.events import (COUNTERS, DATA_HEADER_SIZE, Clock, DataEventHeader, LifecycleEvent, decode_data,
+                                   decode_lifecycle)
+from producers.emitter import Emitter
+from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE
+from tracetap.config import AgentSettings, Settings
+from tracetap.errors import TracetapError
+from tracetap.redact import RedactionRules, redact
+
+log = logging.getLogger("tracetap.agent.ebpf")
+
+# define -> (struct, member path); every offset the BPF program uses comes from BTF.
+KERNEL_MEMBERS: dict[str, tuple[str, str, int]] = {  # (struct, member, bytes the program reads)
+    "OFF_TASK_FILES": ("task_struct", "files", 8),
+    "OFF_FILES_FDT": ("files_struct", "fdt", 8),
+    "OFF_FDT_MAX_FDS": ("fdtable", "max_fds", 4),
+    "OFF_FDT_FD": ("fdtable", "fd", 8),
+    "OFF_FILE_F_INODE": ("file", "f_inode", 8),
+    "OFF_FILE_PRIVATE_DATA": ("file", "private_data", 8),
+    "OFF_INODE_I_MODE": ("inode", "i_mode", 2),
+    "OFF_INODE_I_INO": ("inode", "i_ino", 8),
+    "OFF_SOCKET_SK": ("socket", "sk", 8),
+    "OFF_SKC_FAMILY": ("sock", "__sk_common.skc_family", 2),
+    "OFF_SKC_NUM": ("sock", "__sk_common.skc_num", 2),
+    "OFF_SKC_DPORT": ("sock", "__sk_common.skc_dport", 2),
+    "OFF_SKC_DADDR": ("sock", "__sk_common.skc_daddr", 4),
+    "OFF_SKC_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr", 4),
+    "OFF_SKC_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr", 16),
+    "OFF_SKC_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),
+    "OFF_SKC_NET": ("sock", "__sk_common.skc_net", 8),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
+    "OFF_SK_ERR": ("sock", "sk_err", 4),
+    "OFF_TCP_WRITE_SEQ": ("tcp_sock", "write_seq", 4),
+    "OFF_TCP_COPIED_SEQ": ("tcp_sock", "copied_seq", 4),
+    "OFF_TCP_BYTES_ACKED": ("tcp_sock", "bytes_acked", 8),
+    "OFF_TCP_BYTES_RECEIVED": ("tcp_sock", "bytes_received", 8),
+    "OFF_TCP_TOTAL_RETRANS": ("tcp_sock", "total_retrans", 4),
+}
+
+
+class AgentError(TracetapError):
+    """The agent cannot start here; the message says which requirement is missing."""
+
+
+@dataclass
+class CaptureStats:
+    data: int = 0
+    lifecycle: int = 0
+    kernel_counters: dict[str, int] = field(default_factory=dict)
+
+
+def kernel_defines(btf: Btf) -> dict[str, int]:
+    """The OFF_* defines for socket_trace.c, checked against the sizes the program reads."""
+    defines = {}
+    for name, (struct, path, size) in KERNEL_MEMBERS.items():
+        member = btf.member(struct, path)
+        if member.bit_size or member.size != size:
+            raise BtfError(f"{struct}.{path} is {member.size} bytes{' (a bitfield)' if member.bit_size else ''} in this kernel, "
+                           f"the tracer reads {size}: the agent does not support this kernel layout yet")
+        defines[name] = member.offset
+    # possible_net_t holds one pointer; net.ns.inum is the namespace's inode number.
+    defines["OFF_NET_NS_INUM"] = btf.member("net", "ns").offset + btf.member("ns_common", "inum").offset
+    return defines
+
+
+def check_requirements(btf_path: Path = Path(VMLINUX_BTF)) -> None:
+    """One clear line for each thing the agent cannot do without."""
+    if os.geteuid() != 0:
+        raise AgentError("the eBPF agent must run as root (it loads BPF programs and reads other processes' sockets)")
+    if not btf_path.exists():
+        raise AgentError(f"{btf_path} is missing: this kernel has no BTF, so struct offsets cannot be read safely "
+                         "(a kernel built with CONFIG_DEBUG_INFO_BTF=y is required)")
+    if not Path("/sys/kernel/tracing/events/syscalls").is_dir():
+        raise AgentError("tracefs is not mounted at /sys/kernel/tracing (mount -t tracefs nodev /sys/kernel/tracing; make setup does it)")
+    build = Path("/lib/modules") / platform.release() / "build"
+    if not build.exists():
+        raise AgentError(f"{build} is missing: bcc compiles against kernel headers "
+                         "(make setup installs linux-headers-amd64 and links it there)")
+
+
+def excluded_ports(settings: Settings) -> set[int]:
+    """The pipeline's own servers' ports, so the agent never captures its own traffic (no feedback loop)."""
+    ports = set(settings.agent.exclude_ports)
+    if settings.agent.exclude_pipeline_ports:
+        for server in settings.kafka.bootstrap_servers.split(","):
+            ports.add(int(server.rsplit(":", 1)[1]))
+        for url in [settings.registry.url, *settings.elasticsearch.hosts]:
+            parts = urlsplit(url)
+            ports.add(parts.port or (443 if parts.scheme == "https" else 80))
+    return ports
+
+
+class SocketTracer:
+    """The loaded BPF program: build with the agent settings, then poll()."""
+
+    def __init__(self, agent: AgentSettings, ports: set[int], on_data: Callable[[DataEventHeader, bytes], None],
+                 on_lifecycle: Callable[[LifecycleEvent], None]) -> None:
+        from bcc import BPF  # Debian's python3-bpfcc, linked into the venv
+
+        defines = kernel_defines(Btf.load())
+        defines.update({
+            "PAYLOAD_MAX": agent.payload_bytes,
+            "PAYLOAD_CAPTURE": agent.payload_bytes,
+            "DATA_RINGBUF_PAGES": agent.ring_buffer_pages,
+            "LIFECYCLE_RINGBUF_PAGES": max(64, agent.ring_buffer_pages // 8),
+        })
+        source = resources.files("producers.ebpf").joinpath("socket_trace.c").read_text()
+        started = time.monotonic()
+        self.bpf = BPF(text=source, cflags=[f"-D{k}={v}" for k, v in defines.items()] + ["-Wno-unused-function"])
+        log.info("bpf program loaded compile_s=%.2f payload_bytes=%d", time.monotonic() - started, agent.payload_bytes)
+        self._fill_filters(agent, ports)
+        self._on_data = on_data
+        self._on_lifecycle = on_lifecycle
+        self.bpf["data_events"].open_ring_buffer(self._data_callback)
+        self.bpf["lifecycle_events"].open_ring_buffer(self._lifecycle_callback)
+
+    def _fill_filters(self, agent: AgentSettings, ports: set[int]) -> None:
+        one = ctypes.c_uint8(1)
+        pids = self.bpf["excluded_pids"]
+        for pid in {os.getpid(), *agent.exclude_pids}:
+            pids[ctypes.c_uint32(pid)] = one
+        port_map = self.bpf["excluded_ports"]
+        for port in ports:
+            port_map[ctypes.c_uint16(port)] = one
+        if agent.include_netns:
+            netns = self.bpf["included_netns"]
+            for name in agent.include_netns:
+                netns[ctypes.c_uint32(_netns_inode(name))] = one
+            self.bpf["filter_flags"][ctypes.c_uint32(0)] = ctypes.c_uint32(1)
+        log.info("filters set excluded_ports=%s excluded_pids=%d include_netns=%s", sorted(ports), len(agent.exclude_pids) + 1,
+                 list(agent.include_netns) or "all")
+
+    def _data_callback(self, ctx: Any, data: int, size: int) -> None:
+        header = DataEventHeader.from_address(data)
+        payload = ctypes.string_at(data + DATA_HEADER_SIZE, min(header.payload_len, size - DATA_HEADER_SIZE))
+        self._on_data(header, payload)
+
+    def _lifecycle_callback(self, ctx: Any, data: int, size: int) -> None:
+        self._on_lifecycle(LifecycleEvent.from_address(data))
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def kernel_counters(self) -> dict[str, int]:
+        table = self.bpf["counters"]
+        return {name: sum(table[ctypes.c_int(i)]) for i, name in enumerate(COUNTERS)}
+
+
+def _netns_inode(name: str) -> int:
+    """A namespace given as an inode number or an `ip netns` name."""
+    if name.isdigit():
+        return int(name)
+    path = Path("/run/netns") / name
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        raise AgentError(f"network namespace {name!r} not found under /run/netns (agent.include_netns)") from None
+
+
+class EbpfAgent:
+    """Capture → decode → redact → Emitter, until stop() or a signal."""
+
+    def __init__(self, settings: Settings, emitter: Emitter, host: str) -> None:
+        self._emitter = emitter
+        self._host = host
+        self._clock = Clock.now()
+        self._trace_prefix = random.getrandbits(22)  # ids stay unique across agent restarts and hosts
+        self._rules = RedactionRules(**{rule: False for rule in settings.agent.redact_disable})
+        self._stopping = False
+        self.stats = CaptureStats()
+        self._kernel_seen: dict[str, int] = {}
+        self._tracer = SocketTracer(settings.agent, excluded_ports(settings), self._on_data, self._on_lifecycle)
+
+    def _on_data(self, header: DataEventHeader, payload: bytes) -> None:
+        try:
+            if payload:
+                payload, masked = redact(payload, self._rules)
+                if masked:
+                    self._emitter.count("redacted_regions", masked)
+            key, record = decode_data(header, payload, self._host, self._clock, self._trace_prefix)
+        except Exception as exc:  # one bad event must not stop capture
+            self._emitter.count("decode_errors")
+            log.debug("cannot decode data event error=%s", exc)
+            return
+        self.stats.data += 1
+        self._emitter.offer(SOCKET_DATA, key, record)
+
+    def _on_lifecycle(self, event: LifecycleEvent) -> None:
+        try:
+            key, record = decode_lifecycle(event, self._host, self._clock)
+        except Exception as exc:
+            self._emitter.count("decode_errors")
+            log.debug("cannot decode lifecycle event error=%s", exc)
+            return
+        self.stats.lifecycle += 1
+        self._emitter.offer(SOCKET_LIFECYCLE, key, record)
+
+    def stop(self, *_: Any) -> None:
+        self._stopping = True
+
+    def run(self, duration_s: float | None = None, on_ready: Callable[[], None] | None = None) -> CaptureStats:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        deadline = time.monotonic() + duration_s if duration_s else None
+        if on_ready:
+            on_ready()
+        last_counters = time.monotonic()
+        while not self._stopping and (deadline is None or time.monotonic() < deadline):
+            self._tracer.poll(100)
+            if time.monotonic() - last_counters >= 1.0:
+                self._collect_kernel_counters()
+                last_counters = time.monotonic()
+        self._tracer.poll(0)  # drain what the kernel already wrote
+        self._collect_kernel_counters()
+        self.stats.kernel_counters = dict(self._kernel_seen)
+        return self.stats
+
+    def _collect_kernel_counters(self) -> None:
+        for name, value in self._tracer.kernel_counters().items():
+            delta = value - self._kernel_seen.get(name, 0)
+            if delta and name in ("data_lost", "lifecycle_lost"):
+                self._emitter.count(name, delta)
+            self._kernel_seen[name] = value

@@ -1,0 +1,591 @@
+// tracetap socket tracer: socket data at the syscall layer and TCP lifecycle, tracepoints only.
+//
+// Kernel struct offsets (OFF_*) are not taken from headers: the loader reads them from this
+// kernel's BTF and passes them as -D defines. User-ABI layouts (iovec, msghdr, sockaddr) are
+// fixed by the syscall ABI. Filters run here, in the kernel, through maps the loader fills.
+
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+
+// tcp:tcp_send_reset's format names this enum, which the (older) installed headers lack; only
+// its size (an int) matters to the generated args struct.
+enum sk_rst_reason { SK_RST_REASON_PLACEHOLDER_ };
+
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT_ 00170000
+#define S_IFSOCK_ 0140000
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+#define ROLE_UNKNOWN 0
+#define ROLE_CLIENT 1
+#define ROLE_SERVER 2
+
+// Syscall ids, mirrored by producers/ebpf/events.py SYSCALLS.
+#define SYS_READ 0
+#define SYS_WRITE 1
+#define SYS_READV 2
+#define SYS_WRITEV 3
+#define SYS_RECVFROM 4
+#define SYS_SENDTO 5
+#define SYS_RECVMSG 6
+#define SYS_SENDMSG 7
+#define SYS_RECVMMSG 8
+#define SYS_SENDMMSG 9
+
+// Lifecycle kinds, mirrored by producers/ebpf/events.py.
+#define LC_STATE 1
+#define LC_RETRANSMIT 2
+#define LC_RESET_SENT 3
+#define LC_RESET_RECEIVED 4
+#define LC_RTT 5
+#define LC_ACCEPT 6
+
+#define RTT_SAMPLE_INTERVAL_NS 1000000000ULL
+
+// Counters (per CPU), mirrored by producers/ebpf/events.py COUNTERS.
+#define CNT_DATA_EVENTS 0
+#define CNT_DATA_LOST 1
+#define CNT_LIFECYCLE_LOST 2
+#define CNT_FILTERED 3
+#define CNT_MAX 4
+
+struct data_args {
+    u64 enter_ns;
+    u64 sk;
+    u64 buf;        // user buffer, or a user iovec array when iov = 1
+    u64 addr;       // user sockaddr (sendto / recvfrom / msg_name), or 0
+    u64 socket_ino;
+    u32 fd;
+    u32 seq;
+    u8 syscall;
+    u8 iov;
+    u8 has_seq;
+    u8 direction;
+};
+
+struct sock_info {
+    u64 socket_ino;
+    u32 pid;
+    u32 tid;
+    char comm[16];
+    u8 role;
+};
+
+struct thread_trace {
+    u64 trace_id;
+    u64 server_sk;   // the server socket the request came in on
+    u8 responded;    // the thread has written (part of) its response
+};
+
+struct data_event {
+    u64 enter_ns;
+    u64 exit_ns;
+    u64 socket_ino;
+    u64 netns;
+    u64 trace_id;
+    u64 cgroup_id;
+    u32 pid;
+    u32 tid;
+    u32 fd;
+    s32 bytes;
+    u32 seq;
+    u32 payload_len;
+    u16 family;
+    u16 lport;
+    u16 rport;
+    u8 direction;
+    u8 syscall;
+    u8 protocol;
+    u8 role;
+    u8 has_seq;
+    u8 pad;
+    u8 laddr[16];
+    u8 raddr[16];
+    char comm[16];
+    u8 payload[PAYLOAD_MAX];
+};
+
+struct lifecycle_event {
+    u64 ts_ns;
+    u64 socket_ino;
+    u64 netns;
+    u64 bytes_acked;
+    u64 bytes_received;
+    u32 total_retrans;
+    u32 srtt_us;
+    u32 pid;
+    u32 tid;
+    s32 error;
+    u16 family;
+    u16 lport;
+    u16 rport;
+    u8 kind;
+    u8 oldstate;
+    u8 newstate;
+    u8 role;
+    u8 protocol;
+    u8 pad;
+    u8 laddr[16];
+    u8 raddr[16];
+    char comm[16];
+};
+
+BPF_RINGBUF_OUTPUT(data_events, DATA_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(lifecycle_events, LIFECYCLE_RINGBUF_PAGES);
+
+BPF_HASH(active_data, u64, struct data_args, 16384);
+BPF_TABLE("lru_hash", u64, struct sock_info, sock_infos, 65536);
+BPF_TABLE("lru_hash", u64, u8, sock_last_dir, 65536);
+BPF_TABLE("lru_hash", u64, struct thread_trace, thread_traces, 65536);
+BPF_TABLE("lru_hash", u64, u64, rtt_last_ns, 65536);
+BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
+BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
+BPF_ARRAY(trace_seq, u64, 1);
+
+// Filters, filled by the loader.
+BPF_HASH(excluded_pids, u32, u8, 1024);
+BPF_HASH(excluded_ports, u16, u8, 1024);
+BPF_HASH(included_netns, u32, u8, 1024);  // empty: every namespace
+BPF_ARRAY(filter_flags, u32, 1);          // bit 0: included_netns is in force
+
+static __always_inline void count(u32 which) {
+    u64 *c = counters.lookup(&which);
+    if (c) (*c)++;
+}
+
+static __always_inline void *read_ptr(void *base, u64 off) {
+    void *p = 0;
+    bpf_probe_read_kernel(&p, sizeof(p), base + off);
+    return p;
+}
+
+// fd of the current task -> struct sock *, or 0 if the fd is not an inet socket.
+static __always_inline void *fd_to_sock(u32 fd, u64 *socket_ino) {
+    void *task = (void *)bpf_get_current_task();
+    void *files = read_ptr(task, OFF_TASK_FILES);
+    if (!files) return 0;
+    void *fdt = read_ptr(files, OFF_FILES_FDT);
+    if (!fdt) return 0;
+    u32 max_fds = 0;
+    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDT_MAX_FDS);
+    if (fd >= max_fds) return 0;
+    void *fd_array = read_ptr(fdt, OFF_FDT_FD);
+    if (!fd_array) return 0;
+    void *file = read_ptr(fd_array, (u64)fd * sizeof(void *));
+    if (!file) return 0;
+    void *inode = read_ptr(file, OFF_FILE_F_INODE);
+    if (!inode) return 0;
+    u16 mode = 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode), inode + OFF_INODE_I_MODE);
+    if ((mode & S_IFMT_) != S_IFSOCK_) return 0;
+    bpf_probe_read_kernel(socket_ino, sizeof(*socket_ino), inode + OFF_INODE_I_INO);
+    void *socket = read_ptr(file, OFF_FILE_PRIVATE_DATA);
+    if (!socket) return 0;
+    void *sk = read_ptr(socket, OFF_SOCKET_SK);
+    if (!sk) return 0;
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), sk + OFF_SKC_FAMILY);
+    if (family != AF_INET && family != AF_INET6) return 0;
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SK_PROTOCOL);
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return 0;
+    return sk;
+}
+
+static __always_inline u32 sock_netns(void *sk) {
+    void *net = read_ptr(sk, OFF_SKC_NET);
+    u32 inum = 0;
+    if (net) bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NET_NS_INUM);
+    return inum;
+}
+
+static __always_inline u16 sock_lport(void *sk) {
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), sk + OFF_SKC_NUM);
+    return port;
+}
+
+static __always_inline u16 sock_rport(void *sk) {
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), sk + OFF_SKC_DPORT);
+    return ntohs(port);
+}
+
+// Everything excluded by the loader's filters is dropped here, before any copying.
+static __always_inline int filtered(void *sk) {
+    u16 lport = sock_lport(sk), rport = sock_rport(sk);
+    if (excluded_ports.lookup(&lport) || excluded_ports.lookup(&rport)) return 1;
+    u32 zero = 0;
+    u32 *flags = filter_flags.lookup(&zero);
+    if (flags && (*flags & 1)) {
+        u32 ns = sock_netns(sk);
+        if (!included_netns.lookup(&ns)) return 1;
+    }
+    return 0;
+}
+
+static __always_inline void fill_addrs(void *sk, u16 family, u8 *laddr, u8 *raddr) {
+    if (family == AF_INET) {
+        bpf_probe_read_kernel(laddr, 4, sk + OFF_SKC_RCV_SADDR);
+        bpf_probe_read_kernel(raddr, 4, sk + OFF_SKC_DADDR);
+    } else {
+        bpf_probe_read_kernel(laddr, 16, sk + OFF_SKC_V6_RCV_SADDR);
+        bpf_probe_read_kernel(raddr, 16, sk + OFF_SKC_V6_DADDR);
+    }
+}
+
+static __always_inline int enter_data(u32 fd, u64 buf, u64 addr, u8 syscall, u8 direction, u8 iov) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 pid = pid_tgid >> 32;
+    if (excluded_pids.lookup(&pid)) return 0;
+    struct data_args a = {};
+    void *sk = fd_to_sock(fd, &a.socket_ino);
+    if (!sk) return 0;
+    if (filtered(sk)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    a.enter_ns = bpf_ktime_get_ns();
+    a.sk = (u64)sk;
+    a.buf = buf;
+    a.addr = addr;
+    a.fd = fd;
+    a.syscall = syscall;
+    a.direction = direction;
+    a.iov = iov;
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SK_PROTOCOL);
+    if (protocol == IPPROTO_TCP) {
+        // The sequence number of this call's first byte, read before the kernel moves it.
+        bpf_probe_read_kernel(&a.seq, sizeof(a.seq), sk + (direction == DIR_EGRESS ? OFF_TCP_WRITE_SEQ : OFF_TCP_COPIED_SEQ));
+        a.has_seq = 1;
+    }
+    active_data.update(&pid_tgid, &a);
+    return 0;
+}
+
+// Thread-scoped trace id (DeepFlow's syscall_trace_id): a new inbound message on a server socket
+// starts a trace for the thread; its calls on other sockets carry it until it responds.
+static __always_inline u64 thread_trace_id(u64 pid_tgid, u64 sk, u8 role, u8 direction) {
+    u8 *last = sock_last_dir.lookup(&sk);
+    u8 previous = last ? *last : DIR_EGRESS;
+    sock_last_dir.update(&sk, &direction);
+    struct thread_trace *t = thread_traces.lookup(&pid_tgid);
+    if (role == ROLE_SERVER) {
+        if (direction == DIR_INGRESS) {
+            if (previous == DIR_EGRESS || !t || t->server_sk != sk) {
+                u32 zero = 0;
+                u64 *seq = trace_seq.lookup(&zero);
+                if (!seq) return 0;
+                struct thread_trace fresh = {};
+                fresh.trace_id = __sync_fetch_and_add(seq, 1) + 1;
+                fresh.server_sk = sk;
+                thread_traces.update(&pid_tgid, &fresh);
+                return fresh.trace_id;
+            }
+            return t->trace_id;
+        }
+        if (t && t->server_sk == sk) {
+            t->responded = 1;
+            return t->trace_id;
+        }
+        return 0;
+    }
+    if (t && !t->responded) return t->trace_id;
+    return 0;
+}
+
+static __always_inline void read_sockaddr(u64 addr, u16 *family, u16 *port, u8 *ip) {
+    u16 fam = 0;
+    bpf_probe_read_user(&fam, sizeof(fam), (void *)addr);
+    if (fam == AF_INET) {
+        bpf_probe_read_user(port, 2, (void *)addr + 2);
+        bpf_probe_read_user(ip, 4, (void *)addr + 4);
+        *family = fam;
+    } else if (fam == AF_INET6) {
+        bpf_probe_read_user(port, 2, (void *)addr + 2);
+        bpf_probe_read_user(ip, 16, (void *)addr + 8);
+        *family = fam;
+    }
+    *port = ntohs(*port);
+}
+
+static __always_inline int exit_data(long ret) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct data_args *a = active_data.lookup(&pid_tgid);
+    if (!a) return 0;
+    if (ret <= 0) {
+        active_data.delete(&pid_tgid);
+        return 0;
+    }
+    u32 zero = 0;
+    struct data_event *e = scratch.lookup(&zero);
+    if (!e) {
+        active_data.delete(&pid_tgid);
+        return 0;
+    }
+    void *sk = (void *)a->sk;
+    e->enter_ns = a->enter_ns;
+    e->exit_ns = bpf_ktime_get_ns();
+    e->socket_ino = a->socket_ino;
+    e->netns = sock_netns(sk);
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    e->pid = pid_tgid >> 32;
+    e->tid = (u32)pid_tgid;
+    e->fd = a->fd;
+    e->bytes = ret;
+    e->seq = a->seq;
+    e->has_seq = a->has_seq;
+    e->direction = a->direction;
+    e->syscall = a->syscall;
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SK_PROTOCOL);
+    e->protocol = protocol;
+    bpf_probe_read_kernel(&e->family, sizeof(e->family), sk + OFF_SKC_FAMILY);
+    e->lport = sock_lport(sk);
+    e->rport = sock_rport(sk);
+    __builtin_memset(e->laddr, 0, 16);
+    __builtin_memset(e->raddr, 0, 16);
+    fill_addrs(sk, e->family, e->laddr, e->raddr);
+    if (e->rport == 0 && a->addr) {
+        // Unconnected UDP: the peer is in the syscall's address argument.
+        u16 fam = e->family;
+        read_sockaddr(a->addr, &fam, &e->rport, e->raddr);
+    }
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    u64 skey = a->sk;
+    struct sock_info *info = sock_infos.lookup(&skey);
+    e->role = info ? info->role : ROLE_UNKNOWN;
+    e->trace_id = thread_trace_id(pid_tgid, skey, e->role, e->direction);
+
+    u64 src = a->buf;
+    u64 avail = ret;
+    if (a->iov) {
+        // First iovec only: {void *iov_base; size_t iov_len}.
+        u64 iov_len = 0;
+        bpf_probe_read_user(&src, sizeof(src), (void *)a->buf);
+        bpf_probe_read_user(&iov_len, sizeof(iov_len), (void *)a->buf + 8);
+        if (iov_len < avail) avail = iov_len;
+    }
+    u32 len = avail < PAYLOAD_CAPTURE ? avail : PAYLOAD_CAPTURE;
+    if (len > PAYLOAD_MAX) len = PAYLOAD_MAX;  // the verifier's bound
+    e->payload_len = len;
+    if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
+    u32 size = __builtin_offsetof(struct data_event, payload) + len;
+    if (data_events.ringbuf_output(e, size, 0) != 0) count(CNT_DATA_LOST);
+    else count(CNT_DATA_EVENTS);
+    active_data.delete(&pid_tgid);
+    return 0;
+}
+
+// read / write family ------------------------------------------------------------------------
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return enter_data(args->fd, (u64)args->buf, 0, SYS_READ, DIR_INGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return enter_data(args->fd, (u64)args->buf, 0, SYS_WRITE, DIR_EGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return enter_data(args->fd, (u64)args->vec, 0, SYS_READV, DIR_INGRESS, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return enter_data(args->fd, (u64)args->vec, 0, SYS_WRITEV, DIR_EGRESS, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_data(args->fd, (u64)args->ubuf, (u64)args->addr, SYS_RECVFROM, DIR_INGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_data(args->fd, (u64)args->buff, (u64)args->addr, SYS_SENDTO, DIR_EGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_data(args->ret); }
+
+// struct user_msghdr (ABI): msg_name @0, msg_namelen @8, msg_iov @16, msg_iovlen @24.
+static __always_inline int enter_msg(u32 fd, u64 msg, u8 syscall, u8 direction) {
+    u64 name = 0, iov = 0;
+    bpf_probe_read_user(&name, sizeof(name), (void *)msg);
+    bpf_probe_read_user(&iov, sizeof(iov), (void *)msg + 16);
+    return enter_data(fd, iov, name, syscall, direction, 1);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg(args->fd, (u64)args->msg, SYS_RECVMSG, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg(args->fd, (u64)args->msg, SYS_SENDMSG, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_data(args->ret); }
+
+// sendmmsg / recvmmsg: the first message only; its byte count is vec[0].msg_len (after the
+// 56-byte msghdr), filled by the kernel on return.
+struct mmsg_args { u64 vec; };
+BPF_HASH(active_mmsg, u64, struct mmsg_args, 4096);
+static __always_inline int enter_mmsg(u32 fd, u64 vec, u8 syscall, u8 direction) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct mmsg_args m = {.vec = vec};
+    active_mmsg.update(&pid_tgid, &m);
+    return enter_msg(fd, vec, syscall, direction);
+}
+static __always_inline int exit_mmsg(long ret) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct mmsg_args *m = active_mmsg.lookup(&pid_tgid);
+    if (!m) return 0;
+    u32 first_len = 0;
+    if (ret > 0) bpf_probe_read_user(&first_len, sizeof(first_len), (void *)m->vec + 56);
+    active_mmsg.delete(&pid_tgid);
+    return exit_data(ret > 0 ? (long)first_len : ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return enter_mmsg(args->fd, (u64)args->mmsg, SYS_SENDMMSG, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return exit_mmsg(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return enter_mmsg(args->fd, (u64)args->mmsg, SYS_RECVMMSG, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return exit_mmsg(args->ret); }
+
+// Roles: connect() makes a client socket, accept() a server one --------------------------------
+static __always_inline void remember_socket(u32 fd, u8 role) {
+    u64 ino = 0;
+    void *sk = fd_to_sock(fd, &ino);
+    if (!sk) return;
+    u64 key = (u64)sk;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct sock_info info = {.socket_ino = ino, .pid = pid_tgid >> 32, .tid = (u32)pid_tgid, .role = role};
+    bpf_get_current_comm(&info.comm, sizeof(info.comm));
+    sock_infos.update(&key, &info);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    remember_socket(args->fd, ROLE_CLIENT);
+    return 0;
+}
+
+static __always_inline int exit_accept(long ret) {
+    if (ret < 0) return 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (excluded_pids.lookup(&pid)) return 0;
+    remember_socket(ret, ROLE_SERVER);
+    u64 ino = 0;
+    void *sk = fd_to_sock(ret, &ino);
+    if (!sk || filtered(sk)) return 0;
+    struct lifecycle_event e = {};
+    e.kind = LC_ACCEPT;
+    e.ts_ns = bpf_ktime_get_ns();
+    e.socket_ino = ino;
+    e.netns = sock_netns(sk);
+    e.pid = pid;
+    e.tid = (u32)bpf_get_current_pid_tgid();
+    e.role = ROLE_SERVER;
+    e.protocol = IPPROTO_TCP;
+    bpf_probe_read_kernel(&e.family, sizeof(e.family), sk + OFF_SKC_FAMILY);
+    e.lport = sock_lport(sk);
+    e.rport = sock_rport(sk);
+    fill_addrs(sk, e.family, e.laddr, e.raddr);
+    bpf_get_current_comm(&e.comm, sizeof(e.comm));
+    if (lifecycle_events.ringbuf_output(&e, sizeof(e), 0) != 0) count(CNT_LIFECYCLE_LOST);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return exit_accept(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return exit_accept(args->ret); }
+
+// TCP lifecycle and health ------------------------------------------------------------------------
+static __always_inline void lifecycle_from_sock(struct lifecycle_event *e, void *sk) {
+    u64 key = (u64)sk;
+    struct sock_info *info = sock_infos.lookup(&key);
+    if (info) {
+        // The socket's owner: state changes often run in softirq, on whatever task was interrupted.
+        e->pid = info->pid;
+        e->tid = info->tid;
+        e->socket_ino = info->socket_ino;
+        e->role = info->role;
+        __builtin_memcpy(e->comm, info->comm, sizeof(e->comm));
+    }
+    e->netns = sock_netns(sk);
+    e->protocol = IPPROTO_TCP;
+    bpf_probe_read_kernel(&e->family, sizeof(e->family), sk + OFF_SKC_FAMILY);
+    e->lport = sock_lport(sk);
+    e->rport = sock_rport(sk);
+    fill_addrs(sk, e->family, e->laddr, e->raddr);
+}
+
+static __always_inline void emit_lifecycle(struct lifecycle_event *e) {
+    if (lifecycle_events.ringbuf_output(e, sizeof(*e), 0) != 0) count(CNT_LIFECYCLE_LOST);
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != IPPROTO_TCP) return 0;
+    void *sk = (void *)args->skaddr;
+    if (filtered(sk)) return 0;
+    struct lifecycle_event e = {};
+    e.kind = LC_STATE;
+    e.ts_ns = bpf_ktime_get_ns();
+    e.oldstate = args->oldstate;
+    e.newstate = args->newstate;
+    lifecycle_from_sock(&e, sk);
+    // The tracepoint's own tuple: by the move to CLOSE the kernel may have released the local port.
+    e.family = args->family;
+    e.lport = args->sport;
+    e.rport = args->dport;
+    if (e.family == AF_INET) {
+        __builtin_memcpy(e.laddr, args->saddr, 4);
+        __builtin_memcpy(e.raddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(e.laddr, args->saddr_v6, 16);
+        __builtin_memcpy(e.raddr, args->daddr_v6, 16);
+    }
+    if (e.newstate == 7 /* TCP_CLOSE */) {
+        bpf_probe_read_kernel(&e.error, sizeof(e.error), sk + OFF_SK_ERR);
+        bpf_probe_read_kernel(&e.bytes_acked, sizeof(e.bytes_acked), sk + OFF_TCP_BYTES_ACKED);
+        bpf_probe_read_kernel(&e.bytes_received, sizeof(e.bytes_received), sk + OFF_TCP_BYTES_RECEIVED);
+        bpf_probe_read_kernel(&e.total_retrans, sizeof(e.total_retrans), sk + OFF_TCP_TOTAL_RETRANS);
+    }
+    emit_lifecycle(&e);
+    if (e.newstate == 7) {
+        u64 key = (u64)sk;
+        sock_infos.delete(&key);
+        sock_last_dir.delete(&key);
+        rtt_last_ns.delete(&key);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
+    void *sk = (void *)args->skaddr;
+    if (!sk || filtered(sk)) return 0;
+    struct lifecycle_event e = {};
+    e.kind = LC_RETRANSMIT;
+    e.ts_ns = bpf_ktime_get_ns();
+    e.newstate = args->state;
+    lifecycle_from_sock(&e, sk);
+    emit_lifecycle(&e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_send_reset) {
+    void *sk = (void *)args->skaddr;
+    if (!sk || filtered(sk)) return 0;
+    struct lifecycle_event e = {};
+    e.kind = LC_RESET_SENT;
+    e.ts_ns = bpf_ktime_get_ns();
+    lifecycle_from_sock(&e, sk);
+    emit_lifecycle(&e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_receive_reset) {
+    void *sk = (void *)args->skaddr;
+    if (!sk || filtered(sk)) return 0;
+    struct lifecycle_event e = {};
+    e.kind = LC_RESET_RECEIVED;
+    e.ts_ns = bpf_ktime_get_ns();
+    lifecycle_from_sock(&e, sk);
+    emit_lifecycle(&e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_probe) {
+    void *sk = (void *)args->skaddr;
+    if (!sk) return 0;
+    u64 key = (u64)sk;
+    u64 now = bpf_ktime_get_ns();
+    u64 *last = rtt_last_ns.lookup(&key);
+    if (last && now - *last < RTT_SAMPLE_INTERVAL_NS) return 0;  // one sample per socket per second
+    rtt_last_ns.update(&key, &now);
+    if (filtered(sk)) return 0;
+    struct lifecycle_event e = {};
+    e.kind = LC_RTT;
+    e.ts_ns = now;
+    e.srtt_us = args->srtt;  // the tracepoint already shifted tcp_sock.srtt_us (8 x RTT) to microseconds
+    lifecycle_from_sock(&e, sk);
+    emit_lifecycle(&e);
+    return 0;
+}

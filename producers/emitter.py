@@ -2,7 +2,8 @@
 sender thread that encodes and produces (so capture never waits on Avro or the network), and
 counters for every record that does not arrive, reported as agent-stats events.
 
-Accounting: offered = delivered + overflowed + undelivered + in flight. Nothing is dropped silently.
+Accounting, per run: offered = delivered + queue_overflow + kafka_undelivered + undelivered_at_exit
++ invalid_records. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ class Emitter:
         self.counters: Counter[str] = Counter()  # whole-run totals
         self._interval: Counter[str] = Counter()  # since the last agent-stats record
         self._lock = threading.Lock()
+        self._logged: set[str] = set()
+        self.offered = 0
         self._stats_interval_s = stats_interval_s
         self._last_stats_ns = time.time_ns()
         self._thread = threading.Thread(target=self._send_loop, name=f"{agent}-emitter", daemon=True)
         self._thread.start()
 
     def offer(self, spec: TopicSpec, key: str, record: dict[str, Any]) -> bool:
-        """Queue one record without blocking capture; a full buffer counts it as overflowed."""
+        """Queue one record without blocking capture; a full buffer counts it as overflowed.
+        Called from the capture thread only, so `offered` needs no lock."""
+        self.offered += 1
         try:
             self._queue.put_nowait((spec, key, record))
             return True
@@ -61,12 +66,18 @@ class Emitter:
         except Exception as exc:  # reported, not raised: the counts below say what was lost
             log.error("final flush incomplete error=%s", exc)
         self._account_undelivered()
+        pending = self._producer.pending()
+        if pending:  # still unacknowledged when we had to go: lost, and said so
+            self.count("undelivered_at_exit", pending)
         log.info("emitter closed agent=%s %s", self.agent, " ".join(f"{k}={v}" for k, v in sorted(self.totals().items())))
 
     def totals(self) -> dict[str, int]:
+        """Whole-run counters; `delivered` counts captured records only, not agent-stats records."""
         with self._lock:
             totals = dict(self.counters)
-        totals["delivered"] = sum(self._producer.delivered.values())
+        totals["offered"] = self.offered
+        stats_topic = self._producer.topic_name(AGENT_STATS)
+        totals["delivered"] = sum(n for topic, n in self._producer.delivered.items() if topic != stats_topic)
         return totals
 
     def _send_loop(self) -> None:
@@ -81,7 +92,6 @@ class Emitter:
                 spec, key, record = item
                 try:
                     self._producer.produce(spec, key, record)
-                    self.count("produced")
                 except Exception as exc:  # an encoding bug must not stop capture: count, log once per kind
                     self.count("invalid_records")
                     self._log_once(type(exc).__name__, exc)
@@ -106,14 +116,13 @@ class Emitter:
 
     def _account_undelivered(self) -> None:
         """Kafka delivery failures (e.g. message timeout during a long outage) become a counter."""
-        failed = sum(self._producer.failed.values())
+        stats_topic = self._producer.topic_name(AGENT_STATS)
+        failed = sum(n for topic, n in self._producer.failed.items() if topic != stats_topic)
         with self._lock:
             new = failed - self.counters["kafka_undelivered"]
             if new > 0:
                 self.counters["kafka_undelivered"] += new
                 self._interval["kafka_undelivered"] += new
-
-    _logged: set[str] = set()
 
     def _log_once(self, kind: str, exc: Exception) -> None:
         if kind not in self._logged:

@@ -46,12 +46,15 @@ class AvroProducer:
             self._serializers[spec.name] = serializer
         return serializer
 
+    def topic_name(self, spec: TopicSpec) -> str:
+        return spec.full_name(self._prefix)
+
     def produce(self, spec: TopicSpec, key: str | None, record: dict[str, Any]) -> None:
         """Encode and queue one record; waits for queue space rather than dropping."""
         self.produce_encoded(spec, key, self.serializer(spec)(record))
 
     def produce_encoded(self, spec: TopicSpec, key: str | bytes | None, value: bytes | None, headers: dict[str, bytes] | None = None) -> None:
-        topic = spec.full_name(self._prefix)
+        topic = self.topic_name(spec)
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
@@ -62,6 +65,10 @@ class AvroProducer:
         if self._unpolled >= _POLL_EVERY:  # serving callbacks per record costs ~10%; flush() serves the rest
             self._unpolled = 0
             self._producer.poll(0)
+
+    def pending(self) -> int:
+        """Records queued or in flight, not yet acknowledged or failed."""
+        return len(self._producer)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait for every queued record's outcome; raise if any is still undelivered."""

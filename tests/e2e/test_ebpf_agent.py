@@ -67,8 +67,8 @@ def _serve(handler):
     return server
 
 
-def _start_agent(settings):
-    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_AGENT__STATS_INTERVAL_S="2")
+def _start_agent(settings, extra_env=None):
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_AGENT__STATS_INTERVAL_S="2", **(extra_env or {}))
     agent = subprocess.Popen([sys.executable, "-m", "cli.main", "agent", "ebpf", "--duration", "120"], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready = agent.stdout.readline()  # blocks until the program is loaded, or the agent exits

@@ -176,14 +176,14 @@ def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
 
     from producers.ebpf.agent import EbpfAgent, check_requirements
     from producers.emitter import Emitter
-    from schemas.catalog import AGENT_STATS, SOCKET_DATA, SOCKET_LIFECYCLE
+    from schemas.catalog import AGENT_STATS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
     from schemas.producer import AvroProducer
     from schemas.registry import SchemaRegistry
 
     check_requirements()
     host = settings.agent.host or socket.gethostname()
     producer = AvroProducer(settings, SchemaRegistry(settings.registry))
-    for spec in (SOCKET_DATA, SOCKET_LIFECYCLE, AGENT_STATS):
+    for spec in (SOCKET_DATA, SOCKET_LIFECYCLE, RESOURCES, AGENT_STATS):
         producer.serializer(spec)  # registry problems surface now, not on the first event
     emitter = Emitter(producer, agent="ebpf", host=host, capacity=settings.agent.buffer_records,
                       stats_interval_s=settings.agent.stats_interval_s)

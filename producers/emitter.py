@@ -40,7 +40,7 @@ class Emitter:
         self._thread = threading.Thread(target=self._send_loop, name=f"{agent}-emitter", daemon=True)
         self._thread.start()
 
-    def offer(self, spec: TopicSpec, key: str, record: dict[str, Any]) -> bool:
+    def offer(self, spec: TopicSpec, key: str, record: dict[str, Any] | None) -> bool:
         """Queue one record without blocking capture; a full buffer counts it as overflowed.
         Called from the capture thread only, so `offered` needs no lock."""
         self.offered += 1
@@ -91,7 +91,10 @@ class Emitter:
             if item is not None:
                 spec, key, record = item
                 try:
-                    self._producer.produce(spec, key, record)
+                    if record is None:  # a tombstone on a compacted topic
+                        self._producer.produce_encoded(spec, key, None)
+                    else:
+                        self._producer.produce(spec, key, record)
                 except Exception as exc:  # an encoding bug must not stop capture: count, log once per kind
                     self.count("invalid_records")
                     self._log_once(type(exc).__name__, exc)

@@ -163,6 +163,7 @@ class AgentSettings:
     ring_buffer_pages: int = 2048  # BPF ring buffer size in 4 KiB pages (a power of two)
     buffer_records: int = 100_000  # in-process buffer that rides out a broker outage
     stats_interval_s: float = 10.0
+    resource_interval_s: float = 10.0  # full rescan of processes, namespaces and addresses
     exclude_pids: list[int] = field(default_factory=list)
     exclude_ports: list[int] = field(default_factory=list)
     # The pipeline's own Kafka, registry and Elasticsearch ports are excluded in the kernel by default.

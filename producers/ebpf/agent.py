@@ -22,6 +22,7 @@ from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
 from producers.ebpf.events import (COUNTERS, DATA_HEADER_SIZE, Clock, DataEventHeader, LifecycleEvent, decode_data,
                                    decode_lifecycle)
 from producers.emitter import Emitter
+from producers.resources import ResourceTracker
 from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE
 from tracetap.config import AgentSettings, Settings
 from tracetap.errors import TracetapError
@@ -190,6 +191,7 @@ class EbpfAgent:
         self.stats = CaptureStats()
         self._kernel_seen: dict[str, int] = {}
         self._tracer = SocketTracer(settings.agent, excluded_ports(settings), self._on_data, self._on_lifecycle)
+        self._resources = ResourceTracker(emitter, host, settings.agent.resource_interval_s)
 
     def _on_data(self, header: DataEventHeader, payload: bytes) -> None:
         try:
@@ -203,6 +205,7 @@ class EbpfAgent:
             log.debug("cannot decode data event error=%s", exc)
             return
         self.stats.data += 1
+        self._resources.note_pid(header.pid)
         self._emitter.offer(SOCKET_DATA, key, record)
 
     def _on_lifecycle(self, event: LifecycleEvent) -> None:
@@ -222,6 +225,7 @@ class EbpfAgent:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         deadline = time.monotonic() + duration_s if duration_s else None
+        self._resources.start()
         if on_ready:
             on_ready()
         last_counters = time.monotonic()
@@ -231,6 +235,7 @@ class EbpfAgent:
                 self._collect_kernel_counters()
                 last_counters = time.monotonic()
         self._tracer.poll(0)  # drain what the kernel already wrote
+        self._resources.stop()
         self._collect_kernel_counters()
         self.stats.kernel_counters = dict(self._kernel_seen)
         return self.stats

@@ -143,13 +143,28 @@ class SocketTracer:
         port_map = self.bpf["excluded_ports"]
         for port in ports:
             port_map[ctypes.c_uint16(port)] = one
-        if agent.include_netns:
+        flags = 0
+        if agent.include_netns:  # bit values mirror FILTER_* in socket_trace.c
             netns = self.bpf["included_netns"]
             for name in agent.include_netns:
                 netns[ctypes.c_uint32(_netns_inode(name))] = one
-            self.bpf["filter_flags"][ctypes.c_uint32(0)] = ctypes.c_uint32(1)
-        log.info("filters set excluded_ports=%s excluded_pids=%d include_netns=%s", sorted(ports), len(agent.exclude_pids) + 1,
-                 list(agent.include_netns) or "all")
+            flags |= 1
+        if agent.exclude_comms:
+            comms = self.bpf["excluded_comms"]
+            for comm in agent.exclude_comms:
+                key = comms.Key()
+                key.comm = comm.encode()[:15]
+                comms[key] = one
+            flags |= 2
+        if agent.include_cgroups:
+            cgroups = self.bpf["included_cgroups"]
+            for path in agent.include_cgroups:
+                cgroups[ctypes.c_uint64(_cgroup_id(path))] = one
+            flags |= 4
+        self.bpf["filter_flags"][ctypes.c_uint32(0)] = ctypes.c_uint32(flags)
+        log.info("filters set excluded_ports=%s excluded_pids=%d include_netns=%s exclude_comms=%s include_cgroups=%s",
+                 sorted(ports), len(agent.exclude_pids) + 1, list(agent.include_netns) or "all",
+                 list(agent.exclude_comms) or "none", list(agent.include_cgroups) or "all")
 
     def _data_callback(self, ctx: Any, data: int, size: int) -> None:
         header = DataEventHeader.from_address(data)
@@ -176,6 +191,15 @@ def _netns_inode(name: str) -> int:
         return path.stat().st_ino
     except FileNotFoundError:
         raise AgentError(f"network namespace {name!r} not found under /run/netns (agent.include_netns)") from None
+
+
+def _cgroup_id(path: str) -> int:
+    """A cgroup v2 id is its directory's inode number; paths are relative to /sys/fs/cgroup."""
+    full = Path(path) if path.startswith("/sys/fs/cgroup") else Path("/sys/fs/cgroup") / path.lstrip("/")
+    try:
+        return full.stat().st_ino
+    except FileNotFoundError:
+        raise AgentError(f"cgroup {full} not found (agent.include_cgroups)") from None
 
 
 class EbpfAgent:

@@ -149,8 +149,35 @@ BPF_ARRAY(trace_seq, u64, 1);
 // Filters, filled by the loader.
 BPF_HASH(excluded_pids, u32, u8, 1024);
 BPF_HASH(excluded_ports, u16, u8, 1024);
-BPF_HASH(included_netns, u32, u8, 1024);  // empty: every namespace
-BPF_ARRAY(filter_flags, u32, 1);          // bit 0: included_netns is in force
+BPF_HASH(included_netns, u32, u8, 1024);  // in force with FILTER_NETNS
+struct comm_key { char comm[16]; };
+BPF_HASH(excluded_comms, struct comm_key, u8, 256);  // in force with FILTER_COMMS
+BPF_HASH(included_cgroups, u64, u8, 1024);           // in force with FILTER_CGROUPS
+BPF_ARRAY(filter_flags, u32, 1);
+#define FILTER_NETNS 1
+#define FILTER_COMMS 2
+#define FILTER_CGROUPS 4
+
+static __always_inline u32 filter_bits(void) {
+    u32 zero = 0;
+    u32 *flags = filter_flags.lookup(&zero);
+    return flags ? *flags : 0;
+}
+
+// Filters that need process context (syscalls): the calling process's comm and cgroup.
+static __always_inline int process_filtered(void) {
+    u32 bits = filter_bits();
+    if (bits & FILTER_COMMS) {
+        struct comm_key key = {};
+        bpf_get_current_comm(&key.comm, sizeof(key.comm));
+        if (excluded_comms.lookup(&key)) return 1;
+    }
+    if (bits & FILTER_CGROUPS) {
+        u64 cgroup = bpf_get_current_cgroup_id();
+        if (!included_cgroups.lookup(&cgroup)) return 1;
+    }
+    return 0;
+}
 
 static __always_inline void count(u32 which) {
     u64 *c = counters.lookup(&which);
@@ -219,9 +246,7 @@ static __always_inline u16 sock_rport(void *sk) {
 static __always_inline int filtered(void *sk) {
     u16 lport = sock_lport(sk), rport = sock_rport(sk);
     if (excluded_ports.lookup(&lport) || excluded_ports.lookup(&rport)) return 1;
-    u32 zero = 0;
-    u32 *flags = filter_flags.lookup(&zero);
-    if (flags && (*flags & 1)) {
+    if (filter_bits() & FILTER_NETNS) {
         u32 ns = sock_netns(sk);
         if (!included_netns.lookup(&ns)) return 1;
     }
@@ -241,7 +266,7 @@ static __always_inline void fill_addrs(void *sk, u16 family, u8 *laddr, u8 *radd
 static __always_inline int enter_data(u32 fd, u64 buf, u64 addr, u8 syscall, u8 direction, u8 iov) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32;
-    if (excluded_pids.lookup(&pid)) return 0;
+    if (excluded_pids.lookup(&pid) || process_filtered()) return 0;
     struct data_args a = {};
     void *sk = fd_to_sock(fd, &a.socket_ino);
     if (!sk) return 0;
@@ -452,7 +477,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
 static __always_inline int exit_accept(long ret) {
     if (ret < 0) return 0;
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (excluded_pids.lookup(&pid)) return 0;
+    if (excluded_pids.lookup(&pid) || process_filtered()) return 0;
     remember_socket(ret, ROLE_SERVER);
     u64 ino = 0;
     void *sk = fd_to_sock(ret, &ino);

@@ -1,0 +1,86 @@
+"""Decoding the kernel's event structs: layouts hand-computed from socket_trace.c, values by hand."""
+
+import socket
+
+from producers.ebpf.events import (DATA_HEADER_SIZE, LC_ACCEPT, LC_RTT, LC_STATE, Clock, DataEventHeader, LifecycleEvent,
+                                   decode_data, decode_lifecycle)
+
+CLOCK = Clock(offset_ns=1_000_000_000_000)
+
+
+def test_payload_offset_matches_the_c_struct():
+    # 6 u64 (48) + 6 u32 (24) + 3 u16 (6) + 6 u8 (6) + laddr 16 + raddr 16 + comm 16 = 132; the payload follows.
+    assert DATA_HEADER_SIZE == 132
+
+
+def test_lifecycle_struct_size_matches_the_c_struct():
+    # 5 u64 (40) + 4 u32 (16) + s32 (4) + 3 u16 (6) + 6 u8 (6) + 16 + 16 + 16 = 120.
+    import ctypes
+
+    assert ctypes.sizeof(LifecycleEvent) == 120
+
+
+def _data(**fields):
+    h = DataEventHeader()
+    h.enter_ns, h.exit_ns, h.pid, h.tid, h.fd, h.bytes = 5, 9, 100, 101, 7, 3
+    h.family, h.lport, h.rport, h.protocol, h.direction, h.syscall, h.role = socket.AF_INET, 8080, 43210, 6, 0, 4, 2
+    h.laddr[:4] = [10, 0, 0, 2]
+    h.raddr[:4] = [10, 0, 0, 1]
+    h.comm = b"server"
+    for k, v in fields.items():
+        setattr(h, k, v)
+    return h
+
+
+def test_a_server_read_becomes_a_socket_data_record_keyed_by_flow():
+    key, r = decode_data(_data(has_seq=1, seq=4_000_000_000, trace_id=3), b"GET", "node-1", CLOCK, trace_prefix=2)
+    assert key == "tcp|10.0.0.1|43210|10.0.0.2|8080"
+    assert (r["start_time"], r["end_time"]) == (1_000_000_000_005, 1_000_000_000_009)
+    assert (r["direction"], r["syscall"], r["role"], r["l4_protocol"]) == ("INGRESS", "RECVFROM", "SERVER", "TCP")
+    assert (r["local_ip"], r["local_port"], r["remote_ip"], r["remote_port"]) == ("10.0.0.2", 8080, "10.0.0.1", 43210)
+    assert r["tcp_seq"] == 4_000_000_000
+    assert r["syscall_trace_id"] == (2 << 40) | 3
+    assert r["comm"] == "server" and r["payload"] == b"GET"
+
+
+def test_udp_has_no_sequence_number_and_no_trace_without_one():
+    _, r = decode_data(_data(protocol=17, has_seq=0, seq=77), b"", "n", CLOCK, 1)
+    assert (r["l4_protocol"], r["tcp_seq"], r["syscall_trace_id"]) == ("UDP", None, None)
+
+
+def test_ipv4_mapped_ipv6_addresses_are_reported_as_ipv4():
+    mapped = [0] * 10 + [0xFF, 0xFF, 127, 0, 0, 1]
+    h = _data(family=socket.AF_INET6)
+    h.laddr[:] = mapped
+    h.raddr[:] = [0] * 15 + [1]
+    _, r = decode_data(h, b"", "n", CLOCK, 1)
+    assert (r["local_ip"], r["remote_ip"]) == ("127.0.0.1", "::1")
+
+
+def _life(kind, old=0, new=0, **fields):
+    e = LifecycleEvent()
+    e.kind, e.oldstate, e.newstate, e.protocol, e.family = kind, old, new, 6, socket.AF_INET
+    e.lport, e.rport, e.ts_ns = 43210, 8080, 1
+    for k, v in fields.items():
+        setattr(e, k, v)
+    return e
+
+
+def test_tcp_transitions_are_classified():
+    kinds = {(old, new): decode_lifecycle(_life(LC_STATE, old, new), "n", CLOCK)[1]["kind"]
+             for old, new in [(2, 1), (2, 7), (1, 4), (4, 7), (10, 12)]}
+    assert kinds == {(2, 1): "CONNECT", (2, 7): "CONNECT_FAILED", (1, 4): "STATE_CHANGE", (4, 7): "CLOSE", (10, 12): "STATE_CHANGE"}
+
+
+def test_a_refused_connect_carries_its_errno_and_a_close_its_byte_counts():
+    _, failed = decode_lifecycle(_life(LC_STATE, 2, 7, error=111), "n", CLOCK)
+    assert (failed["error_code"], failed["error_name"], failed["old_state"], failed["new_state"]) == (111, "ECONNREFUSED", "SYN_SENT", "CLOSE")
+    _, closed = decode_lifecycle(_life(LC_STATE, 4, 7, bytes_acked=10, bytes_received=20, total_retrans=1), "n", CLOCK)
+    assert (closed["bytes_sent"], closed["bytes_received"], closed["retransmits"], closed["error_code"]) == (10, 20, 1, None)
+
+
+def test_events_outside_process_context_have_no_pid():
+    _, rtt = decode_lifecycle(_life(LC_RTT, srtt_us=250), "n", CLOCK)
+    assert (rtt["kind"], rtt["srtt_us"], rtt["pid"], rtt["comm"]) == ("RTT_SAMPLE", 250, None, None)
+    _, accept = decode_lifecycle(_life(LC_ACCEPT, pid=9, comm=b"nginx", role=2), "n", CLOCK)
+    assert (accept["kind"], accept["pid"], accept["comm"], accept["role"]) == ("ACCEPT", 9, "nginx", "SERVER")

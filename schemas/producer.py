@@ -21,6 +21,7 @@ from tracetap.errors import ServerUnavailable
 log = logging.getLogger("tracetap.producer")
 
 _POLL_EVERY = 100
+_KAFKA_LOG = logging.getLogger("tracetap.kafka")  # librdkafka's own lines, through our log format
 
 
 class DeliveryFailed(ServerUnavailable):
@@ -32,7 +33,7 @@ class AvroProducer:
         self._prefix = settings.topics.prefix
         self._registry = registry
         self._auto_register = settings.registry.auto_register
-        self._producer = Producer(producer_config(settings.kafka, error_cb=self._on_error, **overrides))
+        self._producer = Producer(producer_config(settings.kafka, error_cb=self._on_error, logger=_KAFKA_LOG, **overrides))
         self._serializers: dict[str, AvroSerializer] = {}
         self.delivered: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()

@@ -128,7 +128,7 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
     dead_letters = DeadLetters(producer, COMPONENT)
     decode = AvroDeserializer(registry)
     _retry(lambda: install_templates(es, settings.elasticsearch, types), "install index templates", SinkReport())
-    consumer = Consumer(consumer_config(settings.kafka, group_id))
+    consumer = Consumer(consumer_config(settings.kafka, group_id, logger=logging.getLogger("tracetap.kafka")))
     assigned = []  # idle time counts only once partitions are assigned (a group join takes seconds)
 
     def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from infra import processes
-from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE
+from schemas.catalog import RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
 from schemas.serde import AvroDeserializer
 from tests.e2e.test_ebpf_agent import _start_agent
 from tests.kafka_helpers import read_until_idle
@@ -48,15 +48,17 @@ def _run_through_outage(settings, stack, extra_env, per_phase):
         stack.up()
     assert agent.returncode == 0, err[-3000:]
     totals = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out.splitlines()[-1])}
+    totals["log"] = err[-3000:]
     return totals
 
 
 def _received(settings, registry):
     decode = AvroDeserializer(registry)
     data = read_until_idle(settings, SOCKET_DATA.full_name(settings.topics.prefix), idle_s=4, timeout_s=120)
-    lifecycle = read_until_idle(settings, SOCKET_LIFECYCLE.full_name(settings.topics.prefix), idle_s=2, timeout_s=60)
+    others = sum(len(read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=2, timeout_s=60))
+                 for spec in (SOCKET_LIFECYCLE, RESOURCES))
     marks = {decode(m.value())["payload"] for m in data}
-    return len(data) + len(lifecycle), {p for p in marks if p.startswith(MARK)}
+    return len(data) + others, {p for p in marks if p.startswith(MARK)}
 
 
 def _dropped(totals):
@@ -72,7 +74,7 @@ def fresh_topics(own_topics, admin, registry, request):
 
     prefix = f"{own_topics.topics.prefix}{request.node.name[-24:].replace('_', '-')}."
     mine = dataclasses.replace(own_topics, topics=dataclasses.replace(own_topics.topics, prefix=prefix))
-    apply_catalog(admin, registry, prefix, 1, specs=[SOCKET_DATA, SOCKET_LIFECYCLE])
+    apply_catalog(admin, registry, prefix, 1)
     return mine
 
 
@@ -81,7 +83,7 @@ def test_a_broker_restart_loses_nothing_while_the_buffer_has_room(fresh_topics, 
     totals = _run_through_outage(fresh_topics, stack, {}, per_phase)
     received, marks = _received(fresh_topics, registry)
     assert marks == {MARK + b"%06d" % i for i in range(3 * per_phase)}
-    assert _dropped(totals) == 0
+    assert _dropped(totals) == 0, totals["log"]
     assert received == totals["delivered"] == totals["offered"]
 
 

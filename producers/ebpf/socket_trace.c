@@ -563,39 +563,20 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     return 0;
 }
 
-TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
-    void *sk = (void *)args->skaddr;
+static __always_inline int sock_event(void *sk, u8 kind, u8 state) {
     if (!sk || filtered(sk)) return 0;
     struct lifecycle_event e = {};
-    e.kind = LC_RETRANSMIT;
+    e.kind = kind;
     e.ts_ns = bpf_ktime_get_ns();
-    e.newstate = args->state;
+    e.newstate = state;
     lifecycle_from_sock(&e, sk);
     emit_lifecycle(&e);
     return 0;
 }
 
-TRACEPOINT_PROBE(tcp, tcp_send_reset) {
-    void *sk = (void *)args->skaddr;
-    if (!sk || filtered(sk)) return 0;
-    struct lifecycle_event e = {};
-    e.kind = LC_RESET_SENT;
-    e.ts_ns = bpf_ktime_get_ns();
-    lifecycle_from_sock(&e, sk);
-    emit_lifecycle(&e);
-    return 0;
-}
-
-TRACEPOINT_PROBE(tcp, tcp_receive_reset) {
-    void *sk = (void *)args->skaddr;
-    if (!sk || filtered(sk)) return 0;
-    struct lifecycle_event e = {};
-    e.kind = LC_RESET_RECEIVED;
-    e.ts_ns = bpf_ktime_get_ns();
-    lifecycle_from_sock(&e, sk);
-    emit_lifecycle(&e);
-    return 0;
-}
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) { return sock_event((void *)args->skaddr, LC_RETRANSMIT, args->state); }
+TRACEPOINT_PROBE(tcp, tcp_send_reset) { return sock_event((void *)args->skaddr, LC_RESET_SENT, 0); }
+TRACEPOINT_PROBE(tcp, tcp_receive_reset) { return sock_event((void *)args->skaddr, LC_RESET_RECEIVED, 0); }
 
 TRACEPOINT_PROBE(tcp, tcp_probe) {
     void *sk = (void *)args->skaddr;

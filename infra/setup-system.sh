@@ -10,7 +10,7 @@ packages=(
   python3-venv              # the project virtualenv
   python3-bpfcc bpfcc-tools # bcc for the eBPF agent, imported into .venv from Debian
   linux-headers-amd64       # bcc compiles against headers; struct offsets still come from BTF
-  redis-server              # a real Redis for the agent tests and the demo
+  redis-server dnsmasq      # a real Redis and DNS server for the agent tests and the demo
 )
 
 missing=()

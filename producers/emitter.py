@@ -35,6 +35,7 @@ class Emitter:
         self._lock = threading.Lock()
         self._logged: set[str] = set()
         self.offered = 0
+        self._offered_reported = 0
         self._stats_interval_s = stats_interval_s
         self._last_stats_ns = time.time_ns()
         self._thread = threading.Thread(target=self._send_loop, name=f"{agent}-emitter", daemon=True)
@@ -108,6 +109,9 @@ class Emitter:
             counters = dict(self._interval)
             self._interval.clear()
         counters["buffered"] = self._queue.qsize()
+        offered = self.offered  # read once: the capture thread keeps counting
+        counters["offered"] = offered - self._offered_reported
+        self._offered_reported = offered
         record = {"host": self.host, "agent": self.agent, "time": now, "interval_ns": now - self._last_stats_ns, "counters": counters}
         self._last_stats_ns = now
         try:

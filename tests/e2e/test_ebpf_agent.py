@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE
+from schemas.catalog import AGENT_STATS, SOCKET_DATA, SOCKET_LIFECYCLE
 from schemas.serde import AvroDeserializer
 from tests.kafka_helpers import read_until_idle
 
@@ -106,6 +106,8 @@ def captured(own_topics, registry):
     lifecycle = [decode(m.value()) for m in read_until_idle(settings, SOCKET_LIFECYCLE.full_name(settings.topics.prefix))]
     traffic.update(front_port=front.server_address[1], downstream_port=downstream.server_address[1], redis_port=redis_port,
                    data=[r for r in data if r["pid"] == pid], redis_data=[r for r in data if redis_port in (r["remote_port"], r["local_port"])],
+                   dns_data=[r for r in data if traffic["dns_port"] in (r["remote_port"], r["local_port"])],
+                   stats=[decode(m.value()) for m in read_until_idle(settings, AGENT_STATS.full_name(settings.topics.prefix))],
                    lifecycle=lifecycle, agent_summary=out)
     return traffic
 
@@ -119,16 +121,23 @@ def _generate_traffic(front_port, redis_port):
     client.close()
 
     dns_port = _free_port(socket.SOCK_DGRAM)
-    responder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    responder.bind(("127.0.0.1", dns_port))
+    dnsmasq = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                                "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={dns_port}", "--pid-file=",
+                                "--address=/example.test/10.1.2.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # unconnected: the peer comes from sendto's argument
-    resolver.sendto(DNS_QUERY, ("127.0.0.1", dns_port))
-    query, client_addr = responder.recvfrom(512)
-    responder.sendto(query[:2] + b"\x81\x83" + query[4:], client_addr)  # NXDOMAIN answer to the same id
-    resolver.recvfrom(512)
+    resolver.settimeout(0.5)
+    answer = None
+    for _ in range(20):  # until dnsmasq listens
+        resolver.sendto(DNS_QUERY, ("127.0.0.1", dns_port))
+        try:
+            answer, _ = resolver.recvfrom(512)
+            break
+        except TimeoutError:
+            continue
+    dnsmasq.terminate()
+    assert answer is not None and answer[:2] == DNS_QUERY[:2] and answer.endswith(bytes([10, 1, 2, 3]))
     dns_client_port = resolver.getsockname()[1]
     resolver.close()
-    responder.close()
 
     for _ in range(50):
         try:
@@ -201,13 +210,19 @@ def test_the_thread_trace_id_links_a_request_to_the_call_made_while_serving_it(c
 
 
 def test_unconnected_udp_takes_the_peer_from_the_syscall(captured):
-    query = _events(captured, local_port=captured["dns_client_port"], direction="EGRESS")
-    assert len(query) == 1
-    assert (query[0]["l4_protocol"], query[0]["syscall"], query[0]["remote_port"], query[0]["payload"]) == (
+    query = _events(captured, local_port=captured["dns_client_port"], direction="EGRESS")[-1]
+    assert (query["l4_protocol"], query["syscall"], query["remote_port"], query["payload"]) == (
         "UDP", "SENDTO", captured["dns_port"], DNS_QUERY)
-    assert query[0]["tcp_seq"] is None
-    answered = _events(captured, local_port=captured["dns_port"], direction="INGRESS")
-    assert answered[0]["remote_port"] == captured["dns_client_port"]
+    assert query["tcp_seq"] is None
+    answer = _events(captured, local_port=captured["dns_client_port"], direction="INGRESS")[-1]
+    assert (answer["remote_port"], answer["payload"][:2]) == (captured["dns_port"], DNS_QUERY[:2])
+
+
+def test_a_real_dns_server_is_seen_receiving_the_query_and_answering(captured):
+    server = [r for r in captured["dns_data"] if r["comm"] == "dnsmasq"]
+    received = [r for r in server if r["direction"] == "INGRESS" and r["payload"] == DNS_QUERY]
+    assert received and received[-1]["remote_port"] == captured["dns_client_port"]  # from recvmsg's msg_name
+    assert any(r["direction"] == "EGRESS" and r["payload"][:2] == DNS_QUERY[:2] for r in server)
 
 
 def test_a_real_redis_server_is_seen_from_both_sides(captured):
@@ -239,3 +254,10 @@ def test_the_agent_accounts_for_everything_it_captured(captured):
     drops = sum(totals.get(k, 0) for k in ("queue_overflow", "kafka_undelivered", "undelivered_at_exit", "invalid_records"))
     assert totals["offered"] > 0
     assert totals["offered"] == totals["delivered"] + drops
+
+
+def test_agent_stats_records_add_up_to_the_run(captured):
+    totals = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", captured["agent_summary"].splitlines()[-1])}
+    assert {r["agent"] for r in captured["stats"]} == {"ebpf"}
+    assert sum(r["counters"]["offered"] for r in captured["stats"]) == totals["offered"]
+    assert all(r["interval_ns"] > 0 and "buffered" in r["counters"] for r in captured["stats"])

@@ -42,9 +42,9 @@ class Emitter:
         self._thread.start()
 
     def offer(self, spec: TopicSpec, key: str, record: dict[str, Any] | None) -> bool:
-        """Queue one record without blocking capture; a full buffer counts it as overflowed.
-        Called from the capture thread only, so `offered` needs no lock."""
-        self.offered += 1
+        """Queue one record without blocking capture; a full buffer counts it as overflowed."""
+        with self._lock:  # capture and the resource scanner both offer
+            self.offered += 1
         try:
             self._queue.put_nowait((spec, key, record))
             return True
@@ -61,6 +61,14 @@ class Emitter:
         """Send what is buffered, a last stats record, and wait for Kafka's acknowledgements."""
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
+        abandoned = 0
+        while True:  # the sender could not finish in time: what is left is lost, and counted
+            try:
+                abandoned += self._queue.get_nowait() is not _STOP
+            except queue.Empty:
+                break
+        if abandoned:
+            self.count("undelivered_at_exit", abandoned)
         self._emit_stats()
         try:
             self._producer.flush(timeout_s)
@@ -76,7 +84,7 @@ class Emitter:
         """Whole-run counters; `delivered` counts captured records only, not agent-stats records."""
         with self._lock:
             totals = dict(self.counters)
-        totals["offered"] = self.offered
+            totals["offered"] = self.offered
         stats_topic = self._producer.topic_name(AGENT_STATS)
         totals["delivered"] = sum(n for topic, n in self._producer.delivered.items() if topic != stats_topic)
         return totals
@@ -108,8 +116,8 @@ class Emitter:
         with self._lock:
             counters = dict(self._interval)
             self._interval.clear()
+            offered = self.offered
         counters["buffered"] = self._queue.qsize()
-        offered = self.offered  # read once: the capture thread keeps counting
         counters["offered"] = offered - self._offered_reported
         self._offered_reported = offered
         record = {"host": self.host, "agent": self.agent, "time": now, "interval_ns": now - self._last_stats_ns, "counters": counters}

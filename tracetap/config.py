@@ -170,7 +170,7 @@ class AgentSettings:
     exclude_pipeline_ports: bool = True
     include_netns: list[str] = field(default_factory=list)  # `ip netns` names or inode numbers; empty: all
     exclude_comms: list[str] = field(default_factory=list)  # process names (comm, 15 characters at most)
-    include_cgroups: list[str] = field(default_factory=list)  # cgroup v2 paths under /sys/fs/cgroup; empty: all
+    include_cgroups: list[str] = field(default_factory=list)  # cgroup v2 directories (relative: under /sys/fs/cgroup); empty: all
     redact_disable: list[str] = field(default_factory=list)  # names from REDACTION_RULES
 
     def validate(self) -> None:

@@ -194,8 +194,9 @@ def _netns_inode(name: str) -> int:
 
 
 def _cgroup_id(path: str) -> int:
-    """A cgroup v2 id is its directory's inode number; paths are relative to /sys/fs/cgroup."""
-    full = Path(path) if path.startswith("/sys/fs/cgroup") else Path("/sys/fs/cgroup") / path.lstrip("/")
+    """A cgroup v2 id is its directory's inode number. An absolute path names a directory in any
+    cgroup2 mount; a relative one is under /sys/fs/cgroup."""
+    full = Path(path) if path.startswith("/") else Path("/sys/fs/cgroup") / path
     try:
         return full.stat().st_ino
     except FileNotFoundError:

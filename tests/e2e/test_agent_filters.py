@@ -1,10 +1,13 @@
 """Kernel-side filters: only the included network namespace is captured, and an excluded process
 name is dropped even there."""
 
-import socket
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from schemas.catalog import SOCKET_DATA
 from schemas.serde import AvroDeserializer
@@ -37,3 +40,39 @@ def test_only_the_included_namespace_is_captured_and_excluded_comms_never(own_to
     assert b"filter-included" in payloads
     assert b"filter-excluded-comm" not in payloads
     assert b"filter-other-netns" not in payloads
+
+
+@pytest.fixture
+def cgroup(tmp_path):
+    """A cgroup v2 directory of the test's own; mounts the v2 hierarchy where the host has v1 at /sys/fs/cgroup."""
+    root = Path("/sys/fs/cgroup")
+    mounted = None
+    if subprocess.run(["stat", "-fc", "%T", str(root)], capture_output=True, text=True).stdout.strip() != "cgroup2fs":
+        mounted = tmp_path / "cgroup2"
+        mounted.mkdir()
+        subprocess.run(["mount", "-t", "cgroup2", "none", str(mounted)], check=True)
+        root = mounted
+    group = root / f"tt-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        yield group
+    finally:
+        group.rmdir()
+        if mounted:
+            subprocess.run(["umount", str(mounted)], check=False)
+
+
+def test_only_processes_in_the_included_cgroup_are_captured(own_topics, registry, cgroup):
+    join = f"open({str(cgroup / 'cgroup.procs')!r}, 'w').write(str(__import__('os').getpid()))\n"
+    agent = _start_agent(own_topics, {"TRACETAP_AGENT__INCLUDE_CGROUPS": str(cgroup)})
+    try:
+        subprocess.run([sys.executable, "-c", join + SEND, "cgroup-member"], check=True)
+        subprocess.run([sys.executable, "-c", SEND, "cgroup-outsider"], check=True)
+        time.sleep(1)
+    finally:
+        agent.send_signal(2)
+        agent.communicate(timeout=60)
+    decode = AvroDeserializer(registry)
+    payloads = {decode(m.value())["payload"] for m in read_until_idle(own_topics, SOCKET_DATA.full_name(own_topics.topics.prefix))}
+    assert b"cgroup-member" in payloads
+    assert b"cgroup-outsider" not in payloads

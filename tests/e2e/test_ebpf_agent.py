@@ -108,7 +108,7 @@ def captured(own_topics, registry):
                    data=[r for r in data if r["pid"] == pid], redis_data=[r for r in data if redis_port in (r["remote_port"], r["local_port"])],
                    dns_data=[r for r in data if traffic["dns_port"] in (r["remote_port"], r["local_port"])],
                    stats=[decode(m.value()) for m in read_until_idle(settings, AGENT_STATS.full_name(settings.topics.prefix))],
-                   lifecycle=lifecycle, agent_summary=out)
+                   lifecycle=lifecycle, agent_summary=out, agent_pid=agent.pid, all_pids={r["pid"] for r in data})
     return traffic
 
 
@@ -261,3 +261,8 @@ def test_agent_stats_records_add_up_to_the_run(captured):
     assert {r["agent"] for r in captured["stats"]} == {"ebpf"}
     assert sum(r["counters"]["offered"] for r in captured["stats"]) == totals["offered"]
     assert all(r["interval_ns"] > 0 and "buffered" in r["counters"] for r in captured["stats"])
+
+
+def test_the_agent_never_captures_its_own_traffic(captured):
+    assert captured["agent_pid"] not in captured["all_pids"]
+    assert captured["all_pids"]  # yet it captured others

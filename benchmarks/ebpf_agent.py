@@ -127,6 +127,9 @@ class Procs:
             self.stop(proc, signal.SIGINT, 5.0)
 
 
+PROCS = Procs()
+
+
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime, all threads
@@ -140,7 +143,19 @@ def rss_mib(pid: int) -> float:
 
 
 def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    """The load average, and a warning if another eBPF agent (not ours) is attached: it skews every figure."""
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    ours = {os.getpid(), *(p.pid for p in PROCS.children)}
+    others = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int(d.name) not in ours:
+                argv = (d / "cmdline").read_bytes().split(b"\0")
+                if b"agent" in argv and b"ebpf" in argv:
+                    others.append(d.name)
+        except OSError:
+            pass
+    return load + (f"; WARNING: other eBPF agents running, pids {','.join(others)}" if others else "")
 
 
 def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -178,6 +193,7 @@ class Agent:
         self.procs, self.workdir = procs, workdir
         self.argv = argv or [str(TRACETAP), "agent", "ebpf"]
         self.proc: subprocess.Popen | None = None
+        self.sent_in_step = 0
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.log = open(self.workdir / "agent.log", "w+")
@@ -220,6 +236,31 @@ class Agent:
 
 
 # figure 1: capture rate -------------------------------------------------------------------------
+class Watermarks:
+    """Records on tracetap-bench.raw.socket-data (sum of the partitions' high watermarks): what the agent's
+    sender delivered to Kafka while a step ran, which its 100k-record queue can otherwise hide for a while."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(ROOT))
+        from confluent_kafka import Consumer, TopicPartition
+
+        from cli.main import read_settings
+        from schemas.catalog import SOCKET_DATA
+        from schemas.kafka import client_config
+
+        settings = read_settings(None, agent_env())
+        self.topic = SOCKET_DATA.full_name(settings.topics.prefix)
+        self.consumer = Consumer(client_config(settings.kafka, **{"group.id": "tracetap-bench-ebpf", "enable.auto.commit": False}))
+        parts = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        self.partitions = [TopicPartition(self.topic, p) for p in parts]
+
+    def total(self) -> int:
+        return sum(self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self.partitions)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 def build_generator(workdir: Path) -> Path:
     src, exe = workdir / "gen.c", workdir / "gen"
     src.write_text(GENERATOR_C)
@@ -227,20 +268,24 @@ def build_generator(workdir: Path) -> Path:
     return exe
 
 
-def run_generator(procs: Procs, gen: Path, rate: int, seconds: float, agent: Agent | None = None) -> tuple[int, float]:
+def run_generator(procs: Procs, gen: Path, rate: int, seconds: float, agent: Agent | None = None,
+                  marks: Watermarks | None = None) -> tuple[int, float]:
+    start_mark = marks.total() if marks else 0
     proc = procs.start([str(gen), str(rate), str(seconds), str(PAYLOAD)], stdout=subprocess.PIPE, text=True)
     if agent:
         agent.begin()
         while proc.poll() is None:
             agent.sample()
             time.sleep(0.25)
+    if marks:
+        agent.sent_in_step = marks.total() - start_mark
     out, _ = proc.communicate()
     procs.children.remove(proc)
     ops, elapsed = out.split()
     return int(ops), float(elapsed)
 
 
-def capture_figure(procs: Procs, workdir: Path, gen: Path, steps: list[int], step_s: float) -> list[dict]:
+def capture_figure(procs: Procs, workdir: Path, gen: Path, steps: list[int], step_s: float, marks: Watermarks) -> list[dict]:
     print(f"\n== 1. capture rate: UDP write+read of {PAYLOAD}-byte datagrams over loopback, {step_s:g} s per step, "
           f"payload_bytes={PAYLOAD}  (load {loadavg()})")
     base_ops, base_t = run_generator(procs, gen, 0, step_s)
@@ -248,7 +293,7 @@ def capture_figure(procs: Procs, workdir: Path, gen: Path, steps: list[int], ste
     print(f"baseline: generator unpaced, no agent: {base_rate:,.0f} syscalls/s")
     rows = []
     header = (f"{'step':>8} {'offered/s':>10} {'offered':>9} {'captured':>9} {'capt-off':>8} {'lost':>8} {'other':>6} "
-              f"{'delivered':>9} {'cpu%':>6} {'rssMiB':>7} {'exit_s':>6}  note")
+              f"{'delivered':>9} {'sent/s':>8} {'cpu%':>6} {'rssMiB':>7} {'exit_s':>6}  note")
     print(header)
     for rate in [None, *steps, 0]:  # None: idle (agent, no generator); 0: generator unpaced with the agent
         agent = Agent(procs, workdir)
@@ -260,21 +305,26 @@ def capture_figure(procs: Procs, workdir: Path, gen: Path, steps: list[int], ste
                 agent.sample()
                 time.sleep(0.25)
             ops, elapsed = 0, step_s
+            agent.sent_in_step = 0
         else:
-            ops, elapsed = run_generator(procs, gen, rate, step_s, agent)
+            ops, elapsed = run_generator(procs, gen, rate, step_s, agent, marks)
         time.sleep(0.5)  # let the ring buffer drain before SIGINT
         run = agent.stop()
         offered_rate = ops / elapsed
         label = "idle" if rate is None else ("max" if rate == 0 else f"{rate // 1000}k")
-        row = dict(step=label, rate=rate, offered_rate=offered_rate, offered=ops, run=run)
+        sent_rate = agent.sent_in_step / elapsed
+        keeps_up = rate is None or sent_rate >= 0.9 * offered_rate
+        row = dict(step=label, rate=rate, offered_rate=offered_rate, offered=ops, run=run, sent_rate=sent_rate, keeps_up=keeps_up)
         rows.append(row)
         note = []
         if rate is not None and (run.lost or run.data < ops):
             note.append("LOSS" if run.lost else "captured<offered")
+        if not keeps_up:
+            note.append("SENDER-BEHIND")
         if rate == 0:
             note.append(f"generator {offered_rate / base_rate:.2f}x of no-agent baseline")
         print(f"{label:>8} {offered_rate:>10,.0f} {ops:>9,} {run.data:>9,} {run.data - ops:>8,} {run.lost:>8,} {run.other_lost:>6,} "
-              f"{run.totals.get('delivered', 0):>9,} {run.cpu_pct:>6.1f} {run.rss_peak:>7.1f} {run.exit_s:>6.1f}  {' '.join(note)}",
+              f"{run.totals.get('delivered', 0):>9,} {sent_rate:>8,.0f} {run.cpu_pct:>6.1f} {run.rss_peak:>7.1f} {run.exit_s:>6.1f}  {' '.join(note)}",
               flush=True)
     paced = [r for r in rows if r["rate"]]
     sat = next((r for r in paced if r["run"].lost or r["run"].data < r["offered"]), None)
@@ -283,9 +333,15 @@ def capture_figure(procs: Procs, workdir: Path, gen: Path, steps: list[int], ste
     print(f"sustained without loss: {best:,.0f} events/s ({best / base_rate:.3f}x of the generator's no-agent max); "
           + (f"saturation at step {sat['step']} (offered {sat['offered_rate']:,.0f}/s, lost {sat['run'].lost:,}, "
              f"captured {sat['run'].data:,} of {sat['offered']:,})" if sat else "no saturation within the steps"))
+    behind = next((r for r in paced if not r["keeps_up"]), None)
+    kept = [r for r in paced if r["keeps_up"] and not r["run"].lost and (behind is None or r["rate"] < behind["rate"])]
+    print(f"steady state (Kafka delivery during the step >= 90% of offered, no loss): "
+          f"{max((r['offered_rate'] for r in kept), default=0.0):,.0f} events/s; "
+          + (f"sender first behind at step {behind['step']} (sent {behind['sent_rate']:,.0f}/s of {behind['offered_rate']:,.0f}/s offered)"
+             if behind else "sender kept up at every step"))
     print("lost = data_lost (BPF ring buffer full) + queue_overflow (in-process buffer full); other = lifecycle_lost + "
           "kafka_undelivered + undelivered_at_exit + invalid_records + decode_errors; capt-off = captured - offered "
-          "(other processes' traffic); exit_s = SIGINT to exit (draining the queue to Kafka)")
+          "(other processes' traffic); sent/s = records reaching Kafka's socket-data topic while the generator ran; exit_s = SIGINT to exit (draining the queue to Kafka)")
     return rows
 
 
@@ -445,7 +501,7 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (apt-get install -y gcc wrk nginx-light)")
 
-    procs = Procs()
+    procs = PROCS
     workdir = Path(tempfile.mkdtemp(prefix="tracetap-bench-ebpf-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
     try:
@@ -453,7 +509,11 @@ def main() -> int:
         if not args.skip_topics:
             subprocess.run([str(TRACETAP), "topics", "apply"], cwd=ROOT, env=agent_env(), check=True, stdout=subprocess.DEVNULL)
         gen = build_generator(workdir)
-        rows = capture_figure(procs, workdir, gen, steps, step_s)
+        marks = Watermarks()
+        try:
+            rows = capture_figure(procs, workdir, gen, steps, step_s, marks)
+        finally:
+            marks.close()
         if not args.no_http:
             overhead_figure(procs, workdir, rounds, wrk_s)
         paced = [r for r in rows if r["rate"]]

@@ -59,6 +59,9 @@ KERNEL_MEMBERS: dict[str, tuple[str, str, int]] = {  # (struct, member, bytes th
 }
 
 
+POLL_BUDGET = 8192  # events handled per poll before the loop checks signals, deadline and counters
+
+
 class AgentError(TracetapError):
     """The agent cannot start here; the message says which requirement is missing."""
 
@@ -132,6 +135,7 @@ class SocketTracer:
         self._fill_filters(agent, ports)
         self._on_data = on_data
         self._on_lifecycle = on_lifecycle
+        self._polled = 0
         self.bpf["data_events"].open_ring_buffer(self._data_callback)
         self.bpf["lifecycle_events"].open_ring_buffer(self._lifecycle_callback)
 
@@ -166,15 +170,24 @@ class SocketTracer:
                  sorted(ports), len(agent.exclude_pids) + 1, list(agent.include_netns) or "all",
                  list(agent.exclude_comms) or "none", list(agent.include_cgroups) or "all")
 
-    def _data_callback(self, ctx: Any, data: int, size: int) -> None:
+    def _data_callback(self, ctx: Any, data: int, size: int) -> int:
         header = DataEventHeader.from_address(data)
         payload = ctypes.string_at(data + DATA_HEADER_SIZE, min(header.payload_len, size - DATA_HEADER_SIZE))
         self._on_data(header, payload)
+        return self._budget_left()
 
-    def _lifecycle_callback(self, ctx: Any, data: int, size: int) -> None:
+    def _lifecycle_callback(self, ctx: Any, data: int, size: int) -> int:
         self._on_lifecycle(LifecycleEvent.from_address(data))
+        return self._budget_left()
+
+    def _budget_left(self) -> int:
+        # Under sustained load libbpf keeps consuming and poll never returns; a negative return
+        # ends this poll (the record counts as consumed), so signals and counters get their turn.
+        self._polled += 1
+        return -1 if self._polled >= POLL_BUDGET else 0
 
     def poll(self, timeout_ms: int) -> None:
+        self._polled = 0
         self.bpf.ring_buffer_poll(timeout_ms)
 
     def kernel_counters(self) -> dict[str, int]:

@@ -25,18 +25,26 @@ s.sendto(sys.argv[1].encode(), r.getsockname()); r.recvfrom(64)
 """
 
 
-def test_only_the_included_namespace_is_captured_and_excluded_comms_never(own_topics, registry, pod):  # noqa: F811
-    agent = _start_agent(own_topics, {"TRACETAP_AGENT__INCLUDE_NETNS": pod, "TRACETAP_AGENT__EXCLUDE_COMMS": "tt-excluded"})
+def _captured_payloads(settings, registry, agent_env, *senders):
+    """Run each sender command under an agent with agent_env; the payloads it captured."""
+    agent = _start_agent(settings, agent_env)
     try:
-        subprocess.run(["ip", "netns", "exec", pod, sys.executable, "-c", SEND, "filter-included"], check=True)
-        subprocess.run(["ip", "netns", "exec", pod, sys.executable, "-c", SEND, "filter-excluded-comm", "tt-excluded"], check=True)
-        subprocess.run([sys.executable, "-c", SEND, "filter-other-netns"], check=True)
+        for command in senders:
+            subprocess.run(command, check=True)
         time.sleep(1)
     finally:
         agent.send_signal(2)
         agent.communicate(timeout=60)
     decode = AvroDeserializer(registry)
-    payloads = {decode(m.value())["payload"] for m in read_until_idle(own_topics, SOCKET_DATA.full_name(own_topics.topics.prefix))}
+    return {decode(m.value())["payload"] for m in read_until_idle(settings, SOCKET_DATA.full_name(settings.topics.prefix))}
+
+
+def test_only_the_included_namespace_is_captured_and_excluded_comms_never(own_topics, registry, pod):  # noqa: F811
+    payloads = _captured_payloads(
+        own_topics, registry, {"TRACETAP_AGENT__INCLUDE_NETNS": pod, "TRACETAP_AGENT__EXCLUDE_COMMS": "tt-excluded"},
+        ["ip", "netns", "exec", pod, sys.executable, "-c", SEND, "filter-included"],
+        ["ip", "netns", "exec", pod, sys.executable, "-c", SEND, "filter-excluded-comm", "tt-excluded"],
+        [sys.executable, "-c", SEND, "filter-other-netns"])
     assert b"filter-included" in payloads
     assert b"filter-excluded-comm" not in payloads
     assert b"filter-other-netns" not in payloads
@@ -64,15 +72,8 @@ def cgroup(tmp_path):
 
 def test_only_processes_in_the_included_cgroup_are_captured(own_topics, registry, cgroup):
     join = f"open({str(cgroup / 'cgroup.procs')!r}, 'w').write(str(__import__('os').getpid()))\n"
-    agent = _start_agent(own_topics, {"TRACETAP_AGENT__INCLUDE_CGROUPS": str(cgroup)})
-    try:
-        subprocess.run([sys.executable, "-c", join + SEND, "cgroup-member"], check=True)
-        subprocess.run([sys.executable, "-c", SEND, "cgroup-outsider"], check=True)
-        time.sleep(1)
-    finally:
-        agent.send_signal(2)
-        agent.communicate(timeout=60)
-    decode = AvroDeserializer(registry)
-    payloads = {decode(m.value())["payload"] for m in read_until_idle(own_topics, SOCKET_DATA.full_name(own_topics.topics.prefix))}
+    payloads = _captured_payloads(own_topics, registry, {"TRACETAP_AGENT__INCLUDE_CGROUPS": str(cgroup)},
+                                  [sys.executable, "-c", join + SEND, "cgroup-member"],
+                                  [sys.executable, "-c", SEND, "cgroup-outsider"])
     assert b"cgroup-member" in payloads
     assert b"cgroup-outsider" not in payloads

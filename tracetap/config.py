@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from tracetap.errors import ConfigError
+from tracetap.redact import RedactionRules
 
 ENV_PREFIX = "TRACETAP_"
 ENV_SEPARATOR = "__"
@@ -150,8 +151,8 @@ class StackSettings:
             raise ConfigError("stack.start_timeout_s", "must be > 0")
 
 
-REDACTION_RULES = ("http_authorization", "http_proxy_authorization", "http_cookie", "http_set_cookie",
-                   "redis_auth", "mysql_password", "postgres_password")
+# The switchable rules are RedactionRules' boolean fields.
+REDACTION_RULES = tuple(f.name for f in dataclasses.fields(RedactionRules) if f.name != "mask_byte")
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,3 +78,19 @@ def test_secrets_are_masked_when_shown():
     assert shown["elasticsearch"]["password"] == "****"
     assert shown["registry"]["basic_auth_user_info"] == "****"
     assert "hunter2" not in repr(settings) and "hunter2" not in str(shown)
+
+
+def test_redaction_rules_can_be_switched_off_by_name():
+    settings = load_settings({}, {"TRACETAP_AGENT__REDACT_DISABLE": "http_cookie,redis_auth"})
+    assert settings.agent.redact_disable == ["http_cookie", "redis_auth"]
+    with pytest.raises(ConfigError) as error:
+        load_settings({"agent": {"redact_disable": ["http_cookies"]}})
+    assert error.value.field == "agent.redact_disable" and "http_cookies" in error.value.reason
+
+
+def test_agent_lists_of_numbers_are_parsed_and_checked():
+    assert load_settings({}, {"TRACETAP_AGENT__EXCLUDE_PORTS": "53, 6379"}).agent.exclude_ports == [53, 6379]
+    with pytest.raises(ConfigError, match="not a list of whole numbers"):
+        load_settings({"agent": {"exclude_ports": ["http"]}})
+    with pytest.raises(ConfigError, match="power of two"):
+        load_settings({"agent": {"ring_buffer_pages": 1000}})

@@ -7,6 +7,7 @@ packages=(
   openjdk-17-jre-headless   # Kafka, Apicurio Registry and Elasticsearch run on Java 17
   maven                     # resolves the servers from Maven Central (infra/pom.xml)
   unzip tar                 # unpack the Elasticsearch and Apicurio archives
+  iproute2                  # `ip netns` for the agent tests (the pods) and address tags
   python3-venv              # the project virtualenv
   python3-bpfcc bpfcc-tools # bcc for the eBPF agent, imported into .venv from Debian
   linux-headers-amd64       # bcc compiles against headers; struct offsets still come from BTF

@@ -198,7 +198,7 @@ class Registry(Component):
             "apicurio.storage.snapshot.location": self.data_dir / "snapshots",
             "apicurio.import.work-dir": self.data_dir / "import",
         }
-        return [self.java, f"-Xms64m", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        return [self.java, "-Xms64m", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 *(f"-D{k}={v}" for k, v in props.items()),
                 "-jar", str(self.dist / f"apicurio-registry-app-{versions()['apicurio']}-runner.jar")]
 

@@ -85,8 +85,7 @@ class Emitter:
         with self._lock:
             totals = dict(self.counters)
             totals["offered"] = self.offered
-        stats_topic = self._producer.topic_name(AGENT_STATS)
-        totals["delivered"] = sum(n for topic, n in self._producer.delivered.items() if topic != stats_topic)
+        totals["delivered"] = self._captured(self._producer.delivered)
         return totals
 
     def _send_loop(self) -> None:
@@ -131,13 +130,17 @@ class Emitter:
 
     def _account_undelivered(self) -> None:
         """Kafka delivery failures (e.g. message timeout during a long outage) become a counter."""
-        stats_topic = self._producer.topic_name(AGENT_STATS)
-        failed = sum(n for topic, n in self._producer.failed.items() if topic != stats_topic)
+        failed = self._captured(self._producer.failed)
         with self._lock:
             new = failed - self.counters["kafka_undelivered"]
             if new > 0:
                 self.counters["kafka_undelivered"] += new
                 self._interval["kafka_undelivered"] += new
+
+    def _captured(self, per_topic: Counter[str]) -> int:
+        """A producer counter summed over the captured records' topics, leaving out our own stats."""
+        stats_topic = self._producer.topic_name(AGENT_STATS)
+        return sum(n for topic, n in per_topic.items() if topic != stats_topic)
 
     def _log_once(self, kind: str, exc: Exception) -> None:
         if kind not in self._logged:

@@ -26,6 +26,7 @@ from schemas.producer import AvroProducer
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroDeserializer, UndecodableRecord
 from tracetap.config import ElasticsearchSettings, Settings
+from tracetap.errors import ConfigError
 
 log = logging.getLogger("tracetap.sink.elasticsearch")
 
@@ -118,8 +119,6 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
     types = tuple(t for t in INDEXED_TYPES if topics is None or t.topic.name in topics)
     unknown = set(topics or ()) - {t.topic.name for t in types}
     if unknown:
-        from tracetap.errors import ConfigError
-
         raise ConfigError("--topic", f"{sorted(unknown)} not indexable; choose from {[t.topic.name for t in INDEXED_TYPES]}")
     by_topic = {t.topic.full_name(settings.topics.prefix): t for t in types}
     es = es_client(settings.elasticsearch)
@@ -178,22 +177,18 @@ def _index_batch(es: Elasticsearch, settings: ElasticsearchSettings, actions: li
         operations.append({"index": {"_index": index_name(settings, indexed.topic), "_id": doc[indexed.id_field]}})
         operations.append(doc)
     response = _retry(lambda: es.bulk(operations=operations), "bulk index", report)
-    for (message, indexed, _), item in zip(actions, response["items"]):
+    for (message, indexed, doc), item in zip(actions, response["items"]):
         result = item["index"]
         if result.get("error"):
             if result["status"] == 429 or result["status"] >= 500:
                 # A transient per-document failure: retry that document alone until it lands.
-                _retry(lambda: es.index(index=index_name(settings, indexed.topic), id=result["_id"], document=_doc_of(actions, message)),
+                _retry(lambda: es.index(index=index_name(settings, indexed.topic), id=result["_id"], document=doc),
                        "re-index a document", report)
             else:
                 error = result["error"]
                 dead_letters.send(message, "REJECTED_BY_SINK", f"{error.get('type')}: {error.get('reason')}")
                 continue
         report.indexed[indexed.topic.name] += 1
-
-
-def _doc_of(actions: list[tuple[Any, IndexedType, dict[str, Any]]], message: Any) -> dict[str, Any]:
-    return next(doc for m, _, doc in actions if m is message)
 
 
 def _retry(call: Any, what: str, report: SinkReport, max_backoff_s: float = 30.0) -> Any:

@@ -20,7 +20,7 @@ from tracetap.errors import ServerUnavailable
 
 log = logging.getLogger("tracetap.producer")
 
-_POLL_EVERY = 100
+_POLL_EVERY = 2000
 _KAFKA_LOG = logging.getLogger("tracetap.kafka")  # librdkafka's own lines, through our log format
 
 
@@ -63,7 +63,9 @@ class AvroProducer:
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
         self._unpolled += 1
-        if self._unpolled >= _POLL_EVERY:  # serving callbacks per record costs ~10%; flush() serves the rest
+        # Serve delivery callbacks in batches: poll() releases the GIL, and in a busy agent getting it back
+        # can take a whole switch interval, so polling every 100 records starved the sender.
+        if self._unpolled >= _POLL_EVERY:
             self._unpolled = 0
             self._producer.poll(0)
 

@@ -53,6 +53,10 @@ class AvroSerializer:
         self._parsed = fastavro.parse_schema(schema)
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
 
+    def frame(self, body: bytes) -> bytes:
+        """Wire header + an Avro body encoded elsewhere (by a hand-written encoder) for this subject's schema."""
+        return self._header + body
+
     def __call__(self, record: dict[str, Any]) -> bytes:
         out = io.BytesIO()
         out.write(self._header)
@@ -61,6 +65,47 @@ class AvroSerializer:
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise InvalidRecord(f"record does not fit {self.subject}: {type(exc).__name__}: {exc}") from None
         return out.getvalue()
+
+
+# Avro binary primitives, for hand-written encoders on hot paths (see producers/ebpf/events.py); a test
+# holds each such encoder to fastavro's output.
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Varints by table: every value below 2**14 whole, and 14-bit chunks (two continued bytes) for the rest.
+_VARINTS = [_varint(n) for n in range(1 << 14)]
+_CHUNKS = [bytes([(n & 0x7F) | 0x80, (n >> 7) | 0x80]) for n in range(1 << 14)]
+
+
+def avro_long(n: int) -> bytes:
+    """Avro int/long: zigzag, then little-endian base-128 varint."""
+    zigzag = (n << 1) ^ (n >> 63)
+    if zigzag < 0x4000:
+        if zigzag < 0:
+            raise ValueError(f"{n} does not fit an Avro long")
+        return _VARINTS[zigzag]
+    if zigzag >> 64:
+        raise ValueError(f"{n} does not fit an Avro long")
+    out = b""
+    while zigzag >= 0x4000:
+        out += _CHUNKS[zigzag & 0x3FFF]
+        zigzag >>= 14
+    return out + _VARINTS[zigzag]
+
+
+def avro_bytes(value: bytes) -> bytes:
+    """Avro bytes (and, UTF-8 encoded, string): the length as a long, then the bytes."""
+    return avro_long(len(value)) + value
+
+
+AVRO_NULL = b"\x00"  # branch 0 of a ["null", T] union
+AVRO_SOME = b"\x02"  # branch 1 of a ["null", T] union, followed by the T
 
 
 class AvroDeserializer:

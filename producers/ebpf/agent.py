@@ -19,8 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
-from producers.ebpf.events import (COUNTERS, DATA_HEADER_SIZE, Clock, DataEventHeader, LifecycleEvent, decode_data,
-                                   decode_lifecycle)
+from producers.ebpf.events import COUNTERS, PID_OFFSET, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle
 from producers.emitter import Emitter
 from producers.resources import ResourceTracker
 from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE
@@ -117,7 +116,7 @@ def excluded_ports(settings: Settings) -> set[int]:
 class SocketTracer:
     """The loaded BPF program: build with the agent settings, then poll()."""
 
-    def __init__(self, agent: AgentSettings, ports: set[int], on_data: Callable[[DataEventHeader, bytes], None],
+    def __init__(self, agent: AgentSettings, ports: set[int], on_data: Callable[[bytes], None],
                  on_lifecycle: Callable[[LifecycleEvent], None]) -> None:
         from bcc import BPF  # Debian's python3-bpfcc, linked into the venv
 
@@ -171,9 +170,7 @@ class SocketTracer:
                  list(agent.exclude_comms) or "none", list(agent.include_cgroups) or "all")
 
     def _data_callback(self, ctx: Any, data: int, size: int) -> int:
-        header = DataEventHeader.from_address(data)
-        payload = ctypes.string_at(data + DATA_HEADER_SIZE, min(header.payload_len, size - DATA_HEADER_SIZE))
-        self._on_data(header, payload)
+        self._on_data(ctypes.string_at(data, size))  # header + payload; decoded on the emitter's thread
         return self._budget_left()
 
     def _lifecycle_callback(self, ctx: Any, data: int, size: int) -> int:
@@ -230,21 +227,21 @@ class EbpfAgent:
         self._kernel_seen: dict[str, int] = {}
         self._tracer = SocketTracer(settings.agent, excluded_ports(settings), self._on_data, self._on_lifecycle)
         self._resources = ResourceTracker(emitter, host, settings.agent.resource_interval_s)
+        encoder = DataEventEncoder(SOCKET_DATA.schema(), host, self._clock, self._trace_prefix, self._redact)
+        emitter.register_raw(SOCKET_DATA, encoder.encode)
 
-    def _on_data(self, header: DataEventHeader, payload: bytes) -> None:
-        try:
-            if payload:
-                payload, masked = redact(payload, self._rules)
-                if masked:
-                    self._emitter.count("redacted_regions", masked)
-            key, record = decode_data(header, payload, self._host, self._clock, self._trace_prefix)
-        except Exception as exc:  # one bad event must not stop capture
-            self._emitter.count("decode_errors")
-            log.debug("cannot decode data event error=%s", exc)
-            return
+    def _on_data(self, raw: bytes) -> None:
+        # The capture thread only copies: decoding, redaction and Avro run on the emitter's sender thread
+        # (the in-collector mode would parse L7 here instead).
         self.stats.data += 1
-        self._resources.note_pid(header.pid)
-        self._emitter.offer(SOCKET_DATA, key, record)
+        self._resources.note_pid(int.from_bytes(raw[PID_OFFSET:PID_OFFSET + 4], "little"))
+        self._emitter.offer_raw(SOCKET_DATA, raw)
+
+    def _redact(self, payload: bytes) -> bytes:
+        payload, masked = redact(payload, self._rules)
+        if masked:
+            self._emitter.count("redacted_regions", masked)
+        return payload
 
     def _on_lifecycle(self, event: LifecycleEvent) -> None:
         try:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import socket
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from schemas.serde import AVRO_NULL, AVRO_SOME, avro_bytes, avro_long
 from tracetap.flow import Endpoint, flow_id
 
 SYSCALLS = ("READ", "WRITE", "READV", "WRITEV", "RECVFROM", "SENDTO", "RECVMSG", "SENDMSG", "RECVMMSG", "SENDMMSG")
@@ -55,6 +58,10 @@ class LifecycleEvent(ctypes.Structure):
 
 # Where the payload starts in struct data_event: after comm, before ctypes' trailing padding.
 DATA_HEADER_SIZE = DataEventHeader.comm.offset + DataEventHeader.comm.size
+# The same layout for the hot path: one unpack beats a dozen ctypes attribute reads.
+_DATA_HEADER = struct.Struct("<6Q3IiII3H6B16s16s16s")
+assert _DATA_HEADER.size == DATA_HEADER_SIZE, "struct data_event mirrors disagree"
+PID_OFFSET = DataEventHeader.pid.offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,36 +86,107 @@ def ip_text(family: int, raw: Any) -> str:
     return socket.inet_ntop(socket.AF_INET6, data)
 
 
-def decode_data(header: DataEventHeader, payload: bytes, host: str, clock: Clock, trace_prefix: int) -> tuple[str, dict[str, Any]]:
-    """(flow id key, SocketDataEvent record) for one data event."""
-    l4 = L4.get(header.protocol, "OTHER")
-    local = Endpoint(ip_text(header.family, header.laddr), header.lport)
-    remote = Endpoint(ip_text(header.family, header.raddr), header.rport)
-    record = {
-        "host": host,
-        "start_time": header.enter_ns + clock.offset_ns,
-        "end_time": header.exit_ns + clock.offset_ns,
-        "pid": header.pid,
-        "tid": header.tid,
-        "comm": header.comm.decode(errors="replace"),
-        "fd": header.fd,
-        "socket_id": header.socket_ino,
-        "netns_inode": header.netns,
-        "direction": DIRECTIONS[header.direction],
-        "syscall": SYSCALLS[header.syscall] if header.syscall < len(SYSCALLS) else "OTHER",
-        "bytes": header.bytes,
-        "l4_protocol": l4,
-        "local_ip": local.ip,
-        "local_port": local.port,
-        "remote_ip": remote.ip,
-        "remote_port": remote.port,
-        "role": ROLES[header.role] if header.role < len(ROLES) else "UNKNOWN",
-        "payload": payload,
-        "tcp_seq": header.seq if header.has_seq else None,
-        "syscall_trace_id": (trace_prefix << 40) | header.trace_id if header.trace_id else None,
-        "cgroup_id": header.cgroup_id or None,
-    }
-    return flow_id(l4, local, remote), record
+_CACHE_MAX = 65_536
+SOCKET_DATA_FIELDS = ("host", "start_time", "end_time", "pid", "tid", "comm", "fd", "socket_id", "netns_inode", "direction",
+                      "syscall", "bytes", "l4_protocol", "local_ip", "local_port", "remote_ip", "remote_port", "role",
+                      "payload", "tcp_seq", "syscall_trace_id", "cgroup_id")
+
+
+class DataEventEncoder:
+    """Raw `struct data_event` bytes (header + payload prefix) to a SocketDataEvent keyed by flow id.
+
+    `encode` is the agent's hot path, written out by hand: one struct unpack, the payload through
+    `payload_filter` (redaction), and the Avro body joined from cached pieces (host, comm, addresses,
+    enum symbols), about 3x faster than a dict through fastavro. `record` gives the same event as a
+    dict. The field order is checked against the schema here, and a test holds `encode` to fastavro.
+    """
+
+    def __init__(self, schema: dict[str, Any], host: str, clock: Clock, trace_prefix: int,
+                 payload_filter: Callable[[bytes], bytes] | None = None) -> None:
+        fields = {f["name"]: f["type"] for f in schema["fields"]}
+        if tuple(fields) != SOCKET_DATA_FIELDS:
+            raise ValueError(f"SocketDataEvent fields are now {tuple(fields)}: update DataEventEncoder to match")
+        self._directions = _enum_bytes(fields["direction"], DIRECTIONS)
+        self._syscalls = _enum_bytes(fields["syscall"], SYSCALLS + ("OTHER",) * (256 - len(SYSCALLS)))
+        self._roles = _enum_bytes(fields["role"], ROLES + ("UNKNOWN",) * (256 - len(ROLES)))
+        self._l4 = {name: avro_long(i) for i, name in enumerate(fields["l4_protocol"]["symbols"])}
+        self._host = host
+        self._host_avro = avro_bytes(host.encode())
+        self._offset_ns = clock.offset_ns
+        self._trace_base = trace_prefix << 40
+        self._payload_filter = payload_filter
+        self._endpoints: dict[tuple[Any, ...], _Endpoints] = {}
+        self._comms: dict[bytes, tuple[str, bytes]] = {}
+
+    def encode(self, raw: bytes) -> tuple[str, bytes]:
+        (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
+         direction, syscall, protocol, role, has_seq, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+        payload = self._payload(raw, payload_len)
+        ends = self._endpoints.get((family, protocol, laddr, lport, raddr, rport)) or self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
+        return ends.key, b"".join((
+            self._host_avro, avro_long(enter_ns + self._offset_ns), avro_long(exit_ns + self._offset_ns), avro_long(pid),
+            avro_long(tid), self._comm(comm)[1], avro_long(fd), avro_long(socket_ino), avro_long(netns),
+            self._directions[direction], self._syscalls[syscall], avro_long(nbytes), ends.l4_avro, ends.local_ip_avro,
+            avro_long(lport), ends.remote_ip_avro, avro_long(rport), self._roles[role], avro_bytes(payload),
+            AVRO_SOME + avro_long(seq) if has_seq else AVRO_NULL,
+            AVRO_SOME + avro_long(self._trace_base | trace_id) if trace_id else AVRO_NULL,
+            AVRO_SOME + avro_long(cgroup_id) if cgroup_id else AVRO_NULL,
+        ))
+
+    def record(self, raw: bytes) -> tuple[str, dict[str, Any]]:
+        (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
+         direction, syscall, protocol, role, has_seq, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+        ends = self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
+        return ends.key, {
+            "host": self._host, "start_time": enter_ns + self._offset_ns, "end_time": exit_ns + self._offset_ns, "pid": pid,
+            "tid": tid, "comm": self._comm(comm)[0], "fd": fd, "socket_id": socket_ino, "netns_inode": netns,
+            "direction": DIRECTIONS[direction], "syscall": SYSCALLS[syscall] if syscall < len(SYSCALLS) else "OTHER",
+            "bytes": nbytes, "l4_protocol": ends.l4, "local_ip": ends.local_ip, "local_port": lport, "remote_ip": ends.remote_ip,
+            "remote_port": rport, "role": ROLES[role] if role < len(ROLES) else "UNKNOWN", "payload": self._payload(raw, payload_len),
+            "tcp_seq": seq if has_seq else None, "syscall_trace_id": self._trace_base | trace_id if trace_id else None,
+            "cgroup_id": cgroup_id or None,
+        }
+
+    def _payload(self, raw: bytes, payload_len: int) -> bytes:
+        payload = raw[DATA_HEADER_SIZE:DATA_HEADER_SIZE + payload_len]
+        return self._payload_filter(payload) if payload and self._payload_filter else payload
+
+    def _comm(self, comm: bytes) -> tuple[str, bytes]:
+        known = self._comms.get(comm)
+        if known is None:
+            if len(self._comms) >= _CACHE_MAX:
+                self._comms.clear()
+            text = comm.split(b"\0", 1)[0].decode(errors="replace")
+            known = self._comms[comm] = (text, avro_bytes(text.encode()))
+        return known
+
+    def _endpoints_of(self, family: int, protocol: int, laddr: bytes, lport: int, raddr: bytes, rport: int) -> _Endpoints:
+        l4 = L4.get(protocol, "OTHER")
+        local, remote = Endpoint(ip_text(family, laddr), lport), Endpoint(ip_text(family, raddr), rport)
+        if len(self._endpoints) >= _CACHE_MAX:
+            self._endpoints.clear()
+        ends = _Endpoints(flow_id(l4, local, remote), l4, local.ip, remote.ip, self._l4[l4],
+                          avro_bytes(local.ip.encode()), avro_bytes(remote.ip.encode()))
+        self._endpoints[(family, protocol, laddr, lport, raddr, rport)] = ends
+        return ends
+
+
+class _Endpoints(NamedTuple):
+    """What one connection's events share: computed once, then looked up by the raw tuple."""
+
+    key: str
+    l4: str
+    local_ip: str
+    remote_ip: str
+    l4_avro: bytes
+    local_ip_avro: bytes
+    remote_ip_avro: bytes
+
+
+def _enum_bytes(avro_enum: dict[str, Any], kernel_symbols: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Kernel value -> the Avro bytes of its symbol, whatever order the schema lists symbols in."""
+    index = {symbol: avro_long(i) for i, symbol in enumerate(avro_enum["symbols"])}
+    return tuple(index[symbol] for symbol in kernel_symbols)
 
 
 def decode_lifecycle(event: LifecycleEvent, host: str, clock: Clock) -> tuple[str, dict[str, Any]]:

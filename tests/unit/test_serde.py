@@ -6,12 +6,12 @@ import struct
 
 import fastavro
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from schemas.catalog import SPANS
 from schemas.registry import UnknownSchemaId
-from schemas.serde import AvroDeserializer, AvroSerializer, DecodeFailure, InvalidRecord, UndecodableRecord
+from schemas.serde import avro_long, AvroDeserializer, AvroSerializer, DecodeFailure, InvalidRecord, UndecodableRecord
 
 
 class InMemoryRegistry:
@@ -120,3 +120,23 @@ def test_arbitrary_bytes_never_escape_as_another_error(data):
         AvroDeserializer(InMemoryRegistry())(data)
     except UndecodableRecord:
         pass
+
+
+
+@given(st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1))
+@example(8191)  # 8191 and -8193 sit at the 2**14 table edge after zigzag
+@example(8192)
+@example(-8193)
+@example((1 << 63) - 1)
+@example(-(1 << 63))
+@settings(max_examples=500)
+def test_avro_long_encodes_exactly_as_fastavro(n):
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, "long", n)
+    assert avro_long(n) == expected.getvalue()
+
+
+@pytest.mark.parametrize("n", [1 << 63, -(1 << 63) - 1, 1 << 70])
+def test_avro_long_refuses_what_does_not_fit(n):
+    with pytest.raises(ValueError, match="does not fit"):
+        avro_long(n)

@@ -172,21 +172,13 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 # agents -------------------------------------------------------------------------------------------
 def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
-    import socket
-
+    from producers.common import agent_host, open_emitter
     from producers.ebpf.agent import EbpfAgent, check_requirements
-    from producers.emitter import Emitter
-    from schemas.catalog import AGENT_STATS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
-    from schemas.producer import AvroProducer
-    from schemas.registry import SchemaRegistry
+    from schemas.catalog import RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
 
     check_requirements()
-    host = settings.agent.host or socket.gethostname()
-    producer = AvroProducer(settings, SchemaRegistry(settings.registry))
-    for spec in (SOCKET_DATA, SOCKET_LIFECYCLE, RESOURCES, AGENT_STATS):
-        producer.serializer(spec)  # registry problems surface now, not on the first event
-    emitter = Emitter(producer, agent="ebpf", host=host, capacity=settings.agent.buffer_records,
-                      stats_interval_s=settings.agent.stats_interval_s)
+    host = agent_host(settings)
+    emitter = open_emitter(settings, "ebpf", (SOCKET_DATA, SOCKET_LIFECYCLE, RESOURCES))
     agent = EbpfAgent(settings, emitter, host)
     stats = agent.run(duration_s=args.duration,
                       on_ready=lambda: print(f"capturing on {host}: socket data to {SOCKET_DATA.full_name(settings.topics.prefix)}, "
@@ -196,6 +188,23 @@ def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
     print(f"captured {stats.data} data and {stats.lifecycle} lifecycle events; "
           + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
     return EXIT_OK
+
+
+def cmd_agent_packets(settings: Settings, args: argparse.Namespace) -> int:
+    from producers.common import open_emitter
+    from producers.packets.agent import PacketAgent
+    from schemas.catalog import PACKETS
+
+    files = [Path(f) for f in args.read or []]
+    agent = PacketAgent.for_files(settings, files, args.tap) if files else PacketAgent.live(settings)
+    emitter = open_emitter(settings, "packets", (PACKETS,))
+    where = ", ".join(map(str, files)) if files else ", ".join(settings.packets.taps)
+    stats = agent.run(emitter, duration_s=args.duration,
+                      on_ready=lambda: print(f"capturing {where}: summaries to {PACKETS.full_name(settings.topics.prefix)}", flush=True))
+    emitter.close()
+    totals = emitter.totals()
+    print(f"read {stats.packets} packets; " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
+    return EXIT_OK if not stats.failures else EXIT_FAILURE
 
 
 # parser -------------------------------------------------------------------------------------------
@@ -249,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cmds = agent.add_subparsers(dest="agent_command", required=True, metavar="AGENT")
     ebpf = add(agent_cmds, "ebpf", cmd_agent_ebpf, "capture every process's socket data and TCP lifecycle with eBPF (root)")
     ebpf.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: until SIGINT/SIGTERM)")
+    packets = add(agent_cmds, "packets", cmd_agent_packets,
+                  "decode packets at NIC tap points (packets.taps) with tshark into packet summaries (root for live capture)")
+    packets.add_argument("--read", action="append", metavar="PCAP", help="replay a pcap/pcapng file instead of capturing live (repeatable)")
+    packets.add_argument("--tap", default="file=replay", metavar="SPEC",
+                         help="with --read: the tap the file was recorded at, as interface[@netns]=tap_point[/workload] (default file=replay)")
+    packets.add_argument("--duration", type=float, metavar="SECONDS", help="live: stop after this long (default: until SIGINT/SIGTERM)")
 
     demo = add(commands, "demo", cmd_demo, "start the stack, send sample spans through Kafka into Elasticsearch, and query them back")
     demo.add_argument("--spans", type=int, default=2000, help="sample spans to produce (default 2000)")

@@ -26,7 +26,8 @@ log = logging.getLogger("tracetap.emitter")
 _STOP = object()
 _IDLE_S = 0.005  # how long the sender sleeps when the buffer is empty
 
-RawEncoder = Callable[[bytes], tuple[str, bytes]]  # raw event bytes -> (key, Avro body without wire header)
+# Raw event bytes -> (key, Avro body without the wire header, or a record dict to encode with fastavro).
+RawEncoder = Callable[[bytes], tuple[str | None, bytes | dict[str, Any]]]
 
 
 class Emitter:
@@ -62,6 +63,11 @@ class Emitter:
     def offer_raw(self, spec: TopicSpec, raw: bytes) -> bool:
         """Queue one raw event for the topic's registered RawEncoder."""
         return self._append((spec, None, raw))
+
+    def wait_for_room(self, stop: threading.Event | None = None) -> None:
+        """Block until the buffer has room: for replays, which must not outrun the sender and overflow."""
+        while len(self._buffer) >= self._capacity and not (stop and stop.is_set()):
+            time.sleep(_IDLE_S)
 
     def _append(self, item: tuple[TopicSpec, str | None, Any]) -> bool:
         with self._lock:  # capture and the resource scanner both offer
@@ -123,8 +129,11 @@ class Emitter:
             if record is None:  # a tombstone on a compacted topic
                 self._producer.produce_encoded(spec, key, None)
             elif isinstance(record, bytes):
-                key, body = self._raw_encoders[spec.name](record)
-                self._producer.produce_encoded(spec, key, self._producer.serializer(spec).frame(body))
+                key, value = self._raw_encoders[spec.name](record)
+                if isinstance(value, dict):
+                    self._producer.produce(spec, key, value)
+                else:
+                    self._producer.produce_encoded(spec, key, self._producer.serializer(spec).frame(value))
             else:
                 self._producer.produce(spec, key, record)
         except Exception as exc:  # an encoding bug or a garbled event must not stop capture: count, log once per kind

@@ -190,6 +190,48 @@ class AgentSettings:
             raise ConfigError("agent.redact_disable", f"unknown rules {sorted(unknown)}; known: {', '.join(REDACTION_RULES)}")
 
 
+@dataclass(frozen=True, slots=True)
+class TapSpec:
+    """One capture interface: `interface[@netns]=tap_point[/workload]`, e.g. `veth-c@pod-client=client-nic/frontend`."""
+
+    interface: str
+    tap_point: str
+    netns: str | None = None  # an `ip netns` name; None: the agent's own namespace
+    workload: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TapSpec:
+        where, sep, label = text.partition("=")
+        interface, _, netns = where.strip().partition("@")
+        tap_point, _, workload = label.strip().partition("/")
+        if not sep or not interface or not tap_point:
+            raise ConfigError("packets.taps", f"{text!r} is not interface[@netns]=tap_point[/workload], e.g. eth0=node-nic")
+        return cls(interface, tap_point, netns or None, workload or None)
+
+
+@dataclass(frozen=True, slots=True)
+class PacketSettings:
+    """The packet agent (tshark through pyshark); host, buffering, stats and port exclusions come from [agent]."""
+
+    taps: list[str] = field(default_factory=list)  # TapSpec texts; the agent needs one at least for a live capture
+    capture_filter: str = ""  # BPF, ANDed with the exclusion of the pipeline's own ports
+    snaplen: int = 1024  # bytes kept per packet; HTTP and DNS headers fit, bodies are cut (and flagged truncated)
+    tshark_path: Path | None = None  # None: tshark on PATH
+
+    def tap_specs(self) -> list[TapSpec]:
+        return [TapSpec.parse(text) for text in self.taps]
+
+    def validate(self) -> None:
+        specs = self.tap_specs()
+        seen = set()
+        for spec in specs:
+            if (spec.netns, spec.interface) in seen:
+                raise ConfigError("packets.taps", f"{spec.interface}@{spec.netns or 'host'} is listed twice")
+            seen.add((spec.netns, spec.interface))
+        if not 64 <= self.snaplen <= 262_144:
+            raise ConfigError("packets.snaplen", f"{self.snaplen} is not within 64..262144")
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -214,6 +256,7 @@ class Settings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     stack: StackSettings = field(default_factory=StackSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    packets: PacketSettings = field(default_factory=PacketSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def validate(self) -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
 from producers.ebpf.events import COUNTERS, PID_OFFSET, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle
+from producers.common import excluded_ports
 from producers.emitter import Emitter
 from producers.resources import ResourceTracker
 from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE
@@ -99,18 +99,6 @@ def check_requirements(btf_path: Path = Path(VMLINUX_BTF)) -> None:
     if not build.exists():
         raise AgentError(f"{build} is missing: bcc compiles against kernel headers "
                          "(make setup installs linux-headers-amd64 and links it there)")
-
-
-def excluded_ports(settings: Settings) -> set[int]:
-    """The pipeline's own servers' ports, so the agent never captures its own traffic (no feedback loop)."""
-    ports = set(settings.agent.exclude_ports)
-    if settings.agent.exclude_pipeline_ports:
-        for server in settings.kafka.bootstrap_servers.split(","):
-            ports.add(int(server.rsplit(":", 1)[1]))
-        for url in [settings.registry.url, *settings.elasticsearch.hosts]:
-            parts = urlsplit(url)
-            ports.add(parts.port or (443 if parts.scheme == "https" else 80))
-    return ports
 
 
 class SocketTracer:

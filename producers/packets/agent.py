@@ -1,0 +1,197 @@
+"""`tracetap agent packets`: one pyshark capture per network namespace (live) or per file (replay),
+each on its own thread and event loop, feeding EK lines to the Emitter; the sender thread decodes them
+into PacketSummary records, so the capture threads only move bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producers.common import agent_host, excluded_ports
+from producers.emitter import Emitter
+from producers.packets.capture import FileTapCapture, LiveTapCapture, netns_exists, netns_tools, parse_drops
+from producers.packets.summary import PacketSummaryDecoder
+from schemas.catalog import PACKETS
+from tracetap.config import ConfigError, Settings, TapSpec
+from tracetap.errors import TracetapError
+
+log = logging.getLogger("tracetap.agent.packets")
+
+
+class CaptureError(TracetapError):
+    """A capture could not start or ended with an error; the message has tshark's last words."""
+
+
+@dataclass
+class PacketStats:
+    packets: int = 0
+    kernel_dropped: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Source:
+    """One tshark: a namespace's live interfaces, or one file."""
+
+    name: str
+    taps: list[TapSpec]
+    make: Callable[[], Any]  # builds the pyshark capture, on the capture's own thread
+    live: bool
+
+
+class PacketAgent:
+    def __init__(self, settings: Settings, sources: list[_Source]) -> None:
+        self._settings = settings
+        self._sources = sources
+        self._host = agent_host(settings)
+        self._stop = threading.Event()
+        self._loops: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = {}
+        self._lock = threading.Lock()
+        self.stats = PacketStats()
+
+    # construction ---------------------------------------------------------------------------------
+    @classmethod
+    def live(cls, settings: Settings) -> PacketAgent:
+        taps = settings.packets.tap_specs()
+        if not taps:
+            raise ConfigError("packets.taps", "name at least one interface to capture on, e.g. eth0=node-nic "
+                                              "(or replay a file with --read)")
+        tshark = str(settings.packets.tshark_path) if settings.packets.tshark_path else None
+        if shutil.which(tshark or "tshark") is None:
+            raise CaptureError("tshark is not installed (Debian: apt-get install tshark; make setup does it)")
+        capture_filter = _capture_filter(settings.packets.capture_filter, excluded_ports(settings))
+        wrappers = Path(tempfile.mkdtemp(prefix="tracetap-netns-"))
+        by_netns: dict[str | None, list[TapSpec]] = {}
+        for tap in taps:
+            by_netns.setdefault(tap.netns, []).append(tap)
+        sources = []
+        for netns, group in by_netns.items():
+            path = tshark
+            if netns is not None:
+                if not netns_exists(netns):
+                    raise ConfigError("packets.taps", f"network namespace {netns!r} not found under /run/netns")
+                path = netns_tools(netns, wrappers / netns)
+            interfaces = [tap.interface for tap in group]
+
+            def make(interfaces: list[str] = interfaces, path: str | None = path) -> Any:
+                return LiveTapCapture(interfaces, capture_filter, settings.packets.snaplen, path)
+
+            sources.append(_Source(netns or "host", group, make, live=True))
+        log.info("live capture taps=%s filter=%r", [t for t in settings.packets.taps], capture_filter)
+        return cls(settings, sources)
+
+    @classmethod
+    def for_files(cls, settings: Settings, files: list[Path], tap_text: str) -> PacketAgent:
+        tap = TapSpec.parse(tap_text)
+        tshark = str(settings.packets.tshark_path) if settings.packets.tshark_path else None
+        sources = []
+        for path in files:
+            if not path.is_file():
+                raise CaptureError(f"cannot read {path}: no such file")
+            sources.append(_Source(str(path), [tap], lambda path=path: FileTapCapture(path, tshark), live=False))
+        return cls(settings, sources)
+
+    # running --------------------------------------------------------------------------------------
+    def run(self, emitter: Emitter, duration_s: float | None = None, on_ready: Callable[[], None] | None = None) -> PacketStats:
+        """Capture until every source ends (files), stop(), a signal, or the duration; returns the counts."""
+        decoders = [PacketSummaryDecoder(self._host, source.taps, default_tap=source.taps[0]) for source in self._sources]
+        emitter.register_raw(PACKETS, lambda raw: decoders[raw[0]].decode(raw[1:]))
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        threads = [threading.Thread(target=self._capture, args=(i, source, emitter), name=f"capture-{source.name}", daemon=True)
+                   for i, source in enumerate(self._sources)]
+        for thread in threads:
+            thread.start()
+        if on_ready:
+            on_ready()
+        deadline = time.monotonic() + duration_s if duration_s else None
+        while any(t.is_alive() for t in threads) and not self._stop.is_set():
+            if deadline and time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        self.stop()
+        for thread in threads:
+            thread.join(15)
+        if self.stats.kernel_dropped:
+            emitter.count("capture_dropped", self.stats.kernel_dropped)
+        return self.stats
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+        with self._lock:
+            for loop, task in self._loops.values():
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(task.cancel)
+
+    def _capture(self, index: int, source: _Source, emitter: Emitter) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        prefix = bytes([index])
+        offer = emitter.offer_raw
+
+        def on_batch(lines: list[bytes]) -> None:
+            if not source.live:
+                emitter.wait_for_room(self._stop)  # a replay waits for the sender; live capture never blocks
+            for line in lines:
+                offer(PACKETS, prefix + line)
+            with self._lock:
+                self.stats.packets += len(lines)
+
+        try:
+            capture = source.make()
+            capture.on_stderr = lambda line: self._on_stderr(source, line)
+            task = loop.create_task(capture.packets_from_tshark(on_batch))
+            with self._lock:
+                self._loops[index] = (loop, task)
+            if self._stop.is_set():
+                task.cancel()
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # pyshark's TSharkCrashException and friends: tshark's last line says why
+            detail = getattr(capture, "_last_error_line", "") if "capture" in locals() else ""
+            message = f"capture {source.name} failed: " + (detail.removeprefix("tshark: ") if detail else f"{type(exc).__name__}: {exc}")
+            log.error("%s", message)
+            with self._lock:
+                self.stats.failures.append(message)
+        finally:
+            try:
+                if "capture" in locals():
+                    loop.run_until_complete(capture.close_async())
+            except Exception as exc:
+                log.debug("closing capture %s error=%s", source.name, exc)
+            if "capture" in locals():
+                capture._running_processes.clear()  # reaped or gone; pyshark's __del__ would retry on a closed loop
+            with self._lock:
+                self._loops.pop(index, None)
+                loop.close()
+
+    def _on_stderr(self, source: _Source, line: str) -> None:
+        drops = parse_drops(line)
+        if drops:
+            interface, dropped = drops
+            log.info("capture stats source=%s interface=%s kernel_dropped=%d", source.name, interface, dropped)
+            with self._lock:
+                self.stats.kernel_dropped += dropped
+        elif line:  # fatal complaints end up in the capture's error line; the rest is chatter
+            log.debug("tshark source=%s says: %s", source.name, line)
+
+
+def _capture_filter(user_filter: str, ports: set[int]) -> str:
+    """The user's BPF filter, ANDed with the exclusion of the pipeline's own ports."""
+    exclusion = " or ".join(f"port {port}" for port in sorted(ports))
+    parts = [f"({user_filter})"] if user_filter.strip() else []
+    if exclusion:
+        parts.append(f"not ({exclusion})")
+    return " and ".join(parts)

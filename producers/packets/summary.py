@@ -1,0 +1,133 @@
+"""tshark's EK output, restricted to the fields we need (`-T ek -e ...`), to PacketSummary records.
+
+Each EK line is {"timestamp": ..., "layers": {"ip_src": ["10.0.0.1"], ...}}: field names with dots
+turned to underscores, every value a list of strings. A field tshark did not dissect is absent, and
+its record field is null.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tracetap.config import TapSpec
+from tracetap.flow import Endpoint, flow_id
+
+# What `tracetap agent packets` asks tshark for; nothing else is dissected into the output.
+TSHARK_FIELDS = (
+    "frame.time_epoch", "frame.interface_name", "frame.len", "frame.cap_len",
+    "ip.version", "ip.src", "ip.dst", "ip.id", "ip.ttl", "ipv6.src", "ipv6.dst", "ipv6.hlim",
+    "tcp.srcport", "tcp.dstport", "tcp.flags", "tcp.seq_raw", "tcp.ack_raw", "tcp.window_size_value", "tcp.len",
+    "udp.srcport", "udp.dstport", "udp.length", "icmp.type", "icmpv6.type",
+    "http.request.method", "http.request.uri", "http.host", "http.response.code",
+    "dns.id", "dns.flags.response", "dns.qry.name", "dns.qry.type", "dns.flags.rcode", "dns.count.answers",
+    "tls.handshake.extensions_server_name", "mysql.command",
+    "_ws.malformed", "_ws.short",
+)
+# tshark preferences: no TCP reassembly, so an HTTP status is reported on the segment that carries it
+# (the one whose sequence number matches the server's write), and no sequence analysis we do not emit.
+TSHARK_PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.analyze_sequence_numbers": "FALSE", "http.desegment_body": "FALSE"}
+
+DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 35: "NAPTR",
+             41: "OPT", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
+DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 6: "YXDOMAIN",
+              7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE"}
+MYSQL_COMMANDS = {1: "QUIT", 2: "INIT_DB", 3: "QUERY", 4: "FIELD_LIST", 14: "PING", 22: "STMT_PREPARE", 23: "STMT_EXECUTE",
+                  25: "STMT_CLOSE", 26: "STMT_RESET"}
+
+
+class UnreadableLine(ValueError):
+    """tshark printed something that is not an EK packet line."""
+
+
+class PacketSummaryDecoder:
+    """EK lines from one capture (one network namespace) to (flow key, PacketSummary record)."""
+
+    def __init__(self, host: str, taps: list[TapSpec], default_tap: TapSpec | None = None) -> None:
+        self._host = host
+        self._taps = {tap.interface: tap for tap in taps}
+        self._default_tap = default_tap or (taps[0] if len(taps) == 1 else None)
+
+    def decode(self, line: bytes) -> tuple[str | None, dict[str, Any]]:
+        try:
+            layers = json.loads(line)["layers"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UnreadableLine(f"not an EK packet line ({type(exc).__name__}): {line[:80]!r}") from None
+        return self.summarize(layers)
+
+    def summarize(self, layers: Mapping[str, list[str]]) -> tuple[str | None, dict[str, Any]]:
+        def first(name: str) -> str | None:
+            values = layers.get(name)
+            return values[0] if values else None
+
+        def number(name: str, base: int = 10) -> int | None:
+            text = first(name)
+            if text is None:
+                return None
+            try:
+                return int(text, 16 if text.startswith("0x") else base)
+            except ValueError:
+                return None
+
+        interface = first("frame_interface_name")
+        tap = self._taps.get(interface or "") or self._default_tap
+        version = number("ip_version") or (6 if "ipv6_src" in layers else None)
+        src_ip = first("ip_src") or first("ipv6_src")
+        dst_ip = first("ip_dst") or first("ipv6_dst")
+        if "tcp_srcport" in layers:
+            l4, sport, dport = "TCP", number("tcp_srcport"), number("tcp_dstport")
+            payload = number("tcp_len") or 0
+        elif "udp_srcport" in layers:
+            l4, sport, dport = "UDP", number("udp_srcport"), number("udp_dstport")
+            payload = max((number("udp_length") or 8) - 8, 0)
+        else:
+            l4, sport, dport = ("ICMP" if "icmp_type" in layers or "icmpv6_type" in layers else "OTHER"), None, None
+            payload = 0
+        frame_bytes = number("frame_len") or 0
+        flags = number("tcp_flags")
+        qtype, rcode, command = number("dns_qry_type"), number("dns_flags_rcode"), number("mysql_command")
+        dns_response = first("dns_flags_response")
+        malformed = first("_ws_malformed")
+        record = {
+            "host": self._host,
+            "time": _epoch_ns(first("frame_time_epoch")),
+            "interface": interface or (tap.interface if tap else "unknown"),
+            "tap_point": tap.tap_point if tap else "unlabelled",
+            "workload": tap.workload if tap else None,
+            "netns": tap.netns if tap else None,
+            "ip_version": version,
+            "l4_protocol": l4,
+            "src_ip": src_ip, "src_port": sport, "dst_ip": dst_ip, "dst_port": dport,
+            "ip_id": number("ip_id"),
+            "ttl": number("ip_ttl") if "ip_ttl" in layers else number("ipv6_hlim"),
+            "tcp_flags": flags & 0xFF if flags is not None else None,
+            "tcp_seq": number("tcp_seq_raw"), "tcp_ack": number("tcp_ack_raw"), "tcp_window": number("tcp_window_size_value"),
+            "payload_bytes": payload,
+            "frame_bytes": frame_bytes,
+            "http_method": first("http_request_method"), "http_uri": first("http_request_uri"), "http_host": first("http_host"),
+            "http_status": number("http_response_code"),
+            "dns_id": number("dns_id"),
+            "dns_is_response": None if dns_response is None else dns_response in ("1", "True", "true"),
+            "dns_query_name": first("dns_qry_name"),
+            "dns_query_type": None if qtype is None else DNS_TYPES.get(qtype, f"TYPE{qtype}"),
+            "dns_rcode": None if rcode is None else DNS_RCODES.get(rcode, f"RCODE{rcode}"),
+            "dns_answer_count": number("dns_count_answers"),
+            "tls_sni": first("tls_handshake_extensions_server_name"),
+            "app_command": None if command is None else MYSQL_COMMANDS.get(command, f"MYSQL_{command}"),
+            "truncated": "_ws_short" in layers or (number("frame_cap_len") or frame_bytes) < frame_bytes,
+            "malformed": malformed is not None,
+            "malformed_reason": malformed.strip("[]") if malformed else None,
+        }
+        key = None
+        if src_ip and dst_ip:
+            key = flow_id(l4, Endpoint(src_ip, sport or 0), Endpoint(dst_ip, dport or 0))
+        return key, record
+
+
+def _epoch_ns(text: str | None) -> int:
+    """'1795613964.996270229' to integer nanoseconds, without float rounding."""
+    if not text:
+        return 0
+    seconds, _, fraction = text.partition(".")
+    return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])

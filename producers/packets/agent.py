@@ -27,6 +27,8 @@ from tracetap.errors import TracetapError
 
 log = logging.getLogger("tracetap.agent.packets")
 
+_START_TIMEOUT_S = 15.0
+
 
 class CaptureError(TracetapError):
     """A capture could not start or ended with an error; the message has tshark's last words."""
@@ -47,6 +49,7 @@ class _Source:
     taps: list[TapSpec]
     make: Callable[[], Any]  # builds the pyshark capture, on the capture's own thread
     live: bool
+    capturing: threading.Event = field(default_factory=threading.Event)  # dumpcap said "Capturing on"
 
 
 class PacketAgent:
@@ -113,6 +116,7 @@ class PacketAgent:
                    for i, source in enumerate(self._sources)]
         for thread in threads:
             thread.start()
+        self._wait_until_capturing(threads)
         if on_ready:
             on_ready()
         deadline = time.monotonic() + duration_s if duration_s else None
@@ -126,6 +130,15 @@ class PacketAgent:
         if self.stats.kernel_dropped:
             emitter.count("capture_dropped", self.stats.kernel_dropped)
         return self.stats
+
+    def _wait_until_capturing(self, threads: list[threading.Thread]) -> None:
+        """Live sources are ready once dumpcap has opened every interface; a failed start ends the wait too."""
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        for source, thread in zip(self._sources, threads):
+            while source.live and not source.capturing.is_set() and thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if source.live and not source.capturing.is_set() and thread.is_alive():
+                log.warning("capture %s has not reported capturing after %.0f s", source.name, _START_TIMEOUT_S)
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
@@ -160,8 +173,8 @@ class PacketAgent:
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # pyshark's TSharkCrashException and friends: tshark's last line says why
-            detail = getattr(capture, "_last_error_line", "") if "capture" in locals() else ""
-            message = f"capture {source.name} failed: " + (detail.removeprefix("tshark: ") if detail else f"{type(exc).__name__}: {exc}")
+            detail = capture.why_it_failed() if "capture" in locals() else ""
+            message = f"capture {source.name} failed: " + (detail or f"{type(exc).__name__}: {exc}")
             log.error("%s", message)
             with self._lock:
                 self.stats.failures.append(message)
@@ -179,7 +192,9 @@ class PacketAgent:
 
     def _on_stderr(self, source: _Source, line: str) -> None:
         drops = parse_drops(line)
-        if drops:
+        if line.startswith("Capturing on"):
+            source.capturing.set()
+        elif drops:
             interface, dropped = drops
             log.info("capture stats source=%s interface=%s kernel_dropped=%d", source.name, interface, dropped)
             with self._lock:

@@ -47,6 +47,13 @@ class _Batched:
     """What both capture kinds share: our fields, our preferences, our parser, and a clean stop."""
 
     on_stderr: Callable[[str], None] = staticmethod(lambda line: None)
+    stop_with_sigterm = True  # live: dumpcap and tshark run until told; a file's tshark ends by itself
+    complaints: list[str]  # tshark's and dumpcap's own lines, for the error message
+
+    def why_it_failed(self) -> str:
+        """tshark's complaint, e.g. 'The file "x.pcap" appears to be damaged or corrupt.' (and its detail line)."""
+        lines = [line.removeprefix("tshark: ").removeprefix("dumpcap: ") for line in getattr(self, "complaints", [])]
+        return " ".join(lines[-2:])
 
     def _setup_tshark_output_parser(self) -> _EkLineBatches:
         return _EkLineBatches()  # pyshark's EK parser would also run `tshark -G elastic-mapping` first
@@ -58,12 +65,19 @@ class _Batched:
                 break
             text = line.decode(errors="replace").strip()
             self._last_error_line = text
+            if text and not text.startswith(("Running as user", "Capturing on", "File:", "Packets captured")) and not _DROPS.search(text):
+                self.complaints = [*getattr(self, "complaints", [])[-4:], text]
             self.on_stderr(text)
 
     async def _cleanup_subprocess(self, process: Any) -> None:
         # SIGTERM first: dumpcap then reports its kernel drop counts on stderr; pyshark would SIGKILL.
         # os.kill, not process.send_signal: Popen.send_signal polls (reaps) the child first, and asyncio's
         # child watcher then reports it as an unknown child with return code 255.
+        if process.returncode is None and not self.stop_with_sigterm:
+            try:  # a file's tshark is finishing on its own: its exit code says whether the file was whole
+                await asyncio.wait_for(process.wait(), _TERM_GRACE_S)
+            except asyncio.TimeoutError:
+                pass
         if process.returncode is None:
             try:
                 os.kill(process.pid, signal.SIGTERM)
@@ -91,6 +105,7 @@ class LiveTapCapture(_Batched, pyshark.LiveCapture):
 
 
 class FileTapCapture(_Batched, pyshark.FileCapture):
+    stop_with_sigterm = False
     def __init__(self, path: Path, tshark_path: str | None) -> None:
         super().__init__(input_file=str(path), use_ek=True, keep_packets=False, tshark_path=tshark_path,
                          override_prefs=dict(TSHARK_PREFS), custom_parameters=tshark_parameters())

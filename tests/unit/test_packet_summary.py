@@ -84,3 +84,17 @@ def test_tap_specs_parse_and_bad_ones_are_config_errors():
         load_settings({"packets": {"taps": ["eth0=a", "eth0=b"]}})
     settings = load_settings({}, {"TRACETAP_PACKETS__TAPS": "eth0=node-nic,veth1@pod=client-nic/web"})
     assert [t.tap_point for t in settings.packets.tap_specs()] == ["node-nic", "client-nic"]
+
+
+def test_the_encoded_summary_is_the_avro_of_the_decoded_one():
+    import io
+
+    import fastavro
+
+    from schemas.catalog import PACKETS
+
+    decoder = PacketSummaryDecoder("n", TAPS, schema=PACKETS.schema())
+    for line in (HTTP_REQUEST, DNS_ANSWER):
+        key, body = decoder.encode(line)
+        read = fastavro.schemaless_reader(io.BytesIO(body), fastavro.parse_schema(PACKETS.schema()), return_record_name=False)
+        assert (key, read) == decoder.decode(line)

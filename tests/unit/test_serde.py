@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from schemas.catalog import SPANS
 from schemas.registry import UnknownSchemaId
-from schemas.serde import avro_long, AvroDeserializer, AvroSerializer, DecodeFailure, InvalidRecord, UndecodableRecord
+from schemas.serde import AvroDeserializer, AvroSerializer, DecodeFailure, FlatRecordWriter, InvalidRecord, UndecodableRecord, avro_long
 
 
 class InMemoryRegistry:
@@ -140,3 +140,37 @@ def test_avro_long_encodes_exactly_as_fastavro(n):
 def test_avro_long_refuses_what_does_not_fit(n):
     with pytest.raises(ValueError, match="does not fit"):
         avro_long(n)
+
+
+FLAT = {
+    "type": "record", "name": "Flat", "fields": [
+        {"name": "s", "type": "string"}, {"name": "b", "type": "bytes"}, {"name": "i", "type": "int"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-nanos"}}, {"name": "ok", "type": "boolean"},
+        {"name": "d", "type": "double"}, {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B", "C"]}},
+        {"name": "n", "type": ["null", "long"]}, {"name": "ns", "type": ["null", "string"]}, {"name": "nb", "type": ["null", "boolean"]},
+    ],
+}
+_LONGS = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
+_FLAT_RECORDS = st.fixed_dictionaries({
+    "s": st.text(), "b": st.binary(), "i": st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1), "ts": _LONGS,
+    "ok": st.booleans(), "d": st.floats(allow_nan=False), "e": st.sampled_from("ABC"), "n": st.none() | _LONGS,
+    "ns": st.none() | st.text(), "nb": st.none() | st.booleans(),
+})
+
+
+@given(_FLAT_RECORDS)
+@settings(max_examples=300)
+def test_the_flat_writer_encodes_exactly_as_fastavro(record):
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, fastavro.parse_schema(FLAT), record)
+    assert FlatRecordWriter(FLAT).body(record) == expected.getvalue()
+
+
+def test_the_flat_writer_names_the_field_that_does_not_fit():
+    writer = FlatRecordWriter(FLAT)
+    good = {"s": "s", "b": b"", "i": 1, "ts": 1, "ok": True, "d": 1.0, "e": "A", "n": None, "ns": None, "nb": None}
+    for field, bad in (("ts", 1 << 64), ("e", "Z"), ("ok", "yes"), ("s", 5)):
+        with pytest.raises(InvalidRecord, match=repr(field)):
+            writer.body({**good, field: bad})
+    with pytest.raises(InvalidRecord, match="nested"):
+        FlatRecordWriter({"type": "record", "name": "R", "fields": [{"name": "nested", "type": {"type": "array", "items": "int"}}]})

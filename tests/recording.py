@@ -1,0 +1,49 @@
+"""A TCP relay that records what a real client and a real server wrote, chunk by chunk, so protocol
+tests parse bytes that real software produced (not bytes the test made up)."""
+
+import socket
+import threading
+
+
+class RecordingRelay:
+    """Listen on 127.0.0.1:<port>, forward to target; `chunks` holds (direction, bytes) in arrival order,
+    direction "c2s" or "s2c", one entry per recv."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.chunks: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, server, "c2s"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, "s2c"), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        try:
+            while data := src.recv(65536):
+                with self._lock:
+                    self.chunks.append((direction, data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def stream(self, direction: str) -> bytes:
+        with self._lock:
+            return b"".join(data for d, data in self.chunks if d == direction)
+
+    def close(self) -> None:
+        self._listener.close()

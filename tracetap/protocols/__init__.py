@@ -1,0 +1,35 @@
+"""The protocol registry: which parsers exist, per transport, in detection order.
+
+To add a protocol, write one module here with an object following `base.L7Protocol`, add it to
+REGISTRY below, and give it tests (real bytes from a real client and server, plus the property test
+in tests/unit/test_protocols.py, which covers every registered parser).
+"""
+
+from __future__ import annotations
+
+from tracetap.protocols.base import L7Protocol
+from tracetap.protocols.dns import DNS_TCP, DNS_UDP
+from tracetap.protocols.http1 import HTTP1
+from tracetap.protocols.redis import REDIS
+
+# Detection order matters only for bytes two protocols could both claim; the stricter check goes first.
+REGISTRY: dict[str, tuple[L7Protocol, ...]] = {
+    "TCP": (HTTP1, REDIS, DNS_TCP),
+    "UDP": (DNS_UDP,),
+}
+
+
+def detect(l4_protocol: str, first: bytes, server_port: int) -> L7Protocol | None:
+    """The protocol of a conversation from its client's first bytes; the server port breaks ties."""
+    candidates = REGISTRY.get(l4_protocol, ())
+    for protocol in candidates:  # a port that names a protocol wins when its parser agrees
+        if server_port in protocol.ports and protocol.detect(first, server_port):
+            return protocol
+    for protocol in candidates:
+        if protocol.detect(first, server_port):
+            return protocol
+    return None
+
+
+def all_protocols() -> list[L7Protocol]:
+    return [p for protocols in REGISTRY.values() for p in protocols]

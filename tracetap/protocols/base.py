@@ -1,0 +1,77 @@
+"""What a protocol module provides, and what its parsers return.
+
+A parser reads one message from the start of a byte buffer and never raises: it answers with a
+message, "need more bytes", or "not this protocol / malformed". `final` tells it no contiguous bytes
+will follow (the capture cut the message), so it should return what it can read from the prefix.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol as _Interface
+
+
+class Status(enum.Enum):
+    MESSAGE = "message"
+    NEED_MORE = "need_more"
+    MALFORMED = "malformed"
+
+
+class ErrorClass(enum.StrEnum):
+    """The L7Span schema's ErrorClass symbols."""
+
+    CLIENT_ERROR = "CLIENT_ERROR"
+    SERVER_ERROR = "SERVER_ERROR"
+    TIMEOUT = "TIMEOUT"
+    PROTOCOL_ERROR = "PROTOCOL_ERROR"
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """One request or response, as much as the captured bytes show."""
+
+    is_request: bool
+    size: int | None  # whole message length in bytes (may exceed what was captured); None: unknown
+    request_type: str | None = None  # HTTP method, DNS qtype, Redis command, SQL verb, Kafka API
+    request_domain: str | None = None  # HTTP Host, DNS name
+    request_resource: str | None = None  # HTTP path, DNS name, Redis key, SQL text (literals masked)
+    response_code: int | None = None
+    response_message: str | None = None
+    error_class: ErrorClass | None = None
+    pair_key: int | str | None = None  # responses pair with the request of the same key (DNS id); None: in order
+    trace_headers: tuple[tuple[str, str], ...] = ()  # (lowercase name, value): traceparent, x-request-id, sw8
+    attributes: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(slots=True, frozen=True)
+class Parse:
+    status: Status
+    message: Message | None = None
+    reason: str | None = None  # why MALFORMED
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.MESSAGE
+
+
+NEED_MORE = Parse(Status.NEED_MORE)
+
+
+def malformed(reason: str) -> Parse:
+    return Parse(Status.MALFORMED, reason=reason)
+
+
+class L7Protocol(_Interface):
+    """The seam for a new protocol: one module in tracetap/protocols/ with an object like this, registered
+    in tracetap/protocols/__init__.py."""
+
+    name: str  # the L7Protocol enum symbol in the schemas, e.g. "HTTP"
+    ports: frozenset[int]  # well-known server ports (a hint, never required)
+
+    def detect(self, first: bytes, port: int) -> bool:
+        """Do these first bytes of a client's first message look like this protocol?"""
+
+    def parse_request(self, data: bytes, final: bool) -> Parse: ...
+
+    def parse_response(self, data: bytes, final: bool) -> Parse: ...

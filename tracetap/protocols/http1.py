@@ -1,0 +1,130 @@
+"""HTTP/1.0 and 1.1: requests and responses with content-length, chunked or close-delimited bodies,
+keep-alive and pipelining (each message's size says where the next one starts)."""
+
+from __future__ import annotations
+
+import re
+
+from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
+
+METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE"})
+TRACE_HEADERS = frozenset({"traceparent", "x-request-id", "sw8"})
+_MAX_HEADER_BYTES = 64 * 1024
+_REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) (\S{1,8192}) HTTP/1\.([01])\r?$")
+_CUT_REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) (\S{1,8192})")  # a start line the capture cut short
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?\r?$")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[^\r\n]*\r\n")
+
+
+class Http1:
+    name = "HTTP"
+    ports = frozenset({80, 8080, 8000, 8081, 8443, 3000, 5000, 9000})
+
+    def detect(self, first: bytes, port: int) -> bool:
+        space = first.find(b" ", 0, 8)
+        return space > 2 and first[:space] in METHODS
+
+    def parse_request(self, data: bytes, final: bool) -> Parse:
+        head = _head(data, final)
+        if isinstance(head, Parse):
+            return head
+        lines, header_bytes, complete = head
+        match = _REQUEST_LINE.match(lines[0]) or (None if complete or len(lines) > 1 else _CUT_REQUEST_LINE.match(lines[0]))
+        if not match or match[1] not in METHODS:
+            return malformed(f"not an HTTP request line: {lines[0][:60]!r}")
+        headers = _headers(lines[1:])
+        method, target = match[1].decode(), match[2].decode("latin-1")
+        path = target.split("?", 1)[0]
+        if path.startswith(("http://", "https://")):  # absolute form, as proxies receive
+            path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+        size = _body_end(data, header_bytes, headers, complete) if complete else None
+        if isinstance(size, Parse):
+            return size
+        return Parse(Status.MESSAGE, Message(
+            is_request=True, size=size, request_type=method, request_domain=headers.get("host"), request_resource=path,
+            trace_headers=tuple((k, v) for k, v in headers.items() if k in TRACE_HEADERS)))
+
+    def parse_response(self, data: bytes, final: bool) -> Parse:
+        head = _head(data, final)
+        if isinstance(head, Parse):
+            return head
+        lines, header_bytes, complete = head
+        match = _STATUS_LINE.match(lines[0])
+        if not match:
+            return malformed(f"not an HTTP status line: {lines[0][:60]!r}")
+        status = int(match[2])
+        headers = _headers(lines[1:])
+        if status < 200 and status != 101:  # 1xx interim responses precede the real one
+            size: int | None | Parse = header_bytes if complete else None
+        elif status in (204, 304):
+            size = header_bytes if complete else None
+        else:
+            size = _body_end(data, header_bytes, headers, complete, until_close=True) if complete else None
+        if isinstance(size, Parse):
+            return size
+        error = ErrorClass.SERVER_ERROR if status >= 500 else ErrorClass.CLIENT_ERROR if status >= 400 else None
+        return Parse(Status.MESSAGE, Message(
+            is_request=False, size=size, response_code=status, response_message=(match[3] or b"").decode("latin-1") or None,
+            error_class=error, trace_headers=tuple((k, v) for k, v in headers.items() if k in TRACE_HEADERS)))
+
+
+def _head(data: bytes, final: bool) -> tuple[list[bytes], int, bool] | Parse:
+    """The start line and header lines; (lines, bytes up to the body, whether the header block is complete)."""
+    end = data.find(b"\r\n\r\n", 0, _MAX_HEADER_BYTES)
+    if end == -1:
+        if len(data) >= _MAX_HEADER_BYTES:
+            return malformed("no end of headers within 64 KiB")
+        if not final:
+            first_line_end = data.find(b"\n")
+            if first_line_end == -1 and len(data) > 8200:
+                return malformed("start line too long")
+            return NEED_MORE
+        cut = data.rfind(b"\r\n")  # a cut prefix: the complete lines are still worth reading
+        if cut == -1:
+            return malformed("the captured prefix ends inside the start line") if len(data) > 8200 or b" " not in data else \
+                _partial_line(data)
+        return data[:cut].split(b"\r\n"), len(data), False
+    return data[:end].split(b"\r\n"), end + 4, True
+
+
+def _partial_line(data: bytes) -> tuple[list[bytes], int, bool]:
+    return [data], len(data), False
+
+
+def _headers(lines: list[bytes]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if sep and name and b" " not in name:
+            headers.setdefault(name.decode("latin-1").lower(), value.strip().decode("latin-1"))
+    return headers
+
+
+def _body_end(data: bytes, header_bytes: int, headers: dict[str, str], complete: bool, until_close: bool = False) -> int | None | Parse:
+    """Where the message ends: header + body length; None when only the connection's close says."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return _chunked_end(data, header_bytes)
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            return malformed(f"content-length {length[:20]!r} is not a number")
+        return header_bytes + int(length)
+    return None if until_close else header_bytes
+
+
+def _chunked_end(data: bytes, offset: int) -> int | None:
+    """End of a chunked body when the captured bytes reach it; None when they do not."""
+    while True:
+        match = _CHUNK_SIZE.match(data, offset)
+        if not match:
+            return None
+        size = int(match[1], 16)
+        offset = match.end() + size + 2
+        if size == 0:
+            trailer_end = data.find(b"\r\n\r\n", match.end() - 2)
+            return trailer_end + 4 if trailer_end != -1 else None
+        if offset > len(data):
+            return None
+
+
+HTTP1 = Http1()

@@ -226,3 +226,25 @@ def test_dns_over_tcp_uses_the_length_prefix(dnsmasq_port):
     a = _messages(DNS_TCP.parse_response, relay.stream("s2c"))
     assert [m.request_domain for m in q] == ["svc.tracetap.test"] and a[0].response_message == "NOERROR"
     assert q[0].pair_key == a[0].pair_key
+
+
+def test_recorded_keepalive_traffic_assembles_into_one_span_per_request(http_recording):
+    import re
+
+    from tracetap.assembly import SocketAssembler
+    from tracetap.model import SocketData
+
+    assembler, spans, sent, t = SocketAssembler(), [], {"c2s": 0, "s2c": 0}, 1_000_000
+    for direction, data in http_recording.chunks:
+        t += 1000
+        event = SocketData("node", t, t + 10, 1, 1, "client", 7, direction == "c2s", len(data), "TCP", "127.0.0.1", 50000,
+                           "127.0.0.1", 8080, "CLIENT", data[:1024], 5000 + sent[direction], None)
+        sent[direction] += len(data)
+        spans += assembler.add(event)
+    spans += assembler.close(t + 1)
+    c2s = http_recording.stream("c2s")
+    starts = [m.start() for m in re.finditer(rb"(?:GET|POST) /", c2s)]  # where each request begins, found by text (no body has these)
+    assert [(s.request_type, s.response_code) for s in spans] == [("GET", 200), ("POST", 201), ("GET", 200), ("GET", 404), ("GET", 503)]
+    assert [s.req_tcp_seq for s in spans] == [5000 + i for i in starts]
+    assert all(s.end_ns > s.start_ns and not s.connection_closed for s in spans)
+    assert spans[2].response_bytes is not None and assembler.counters.malformed == 0

@@ -1,0 +1,23 @@
+"""Low-cardinality endpoints for metrics: `GET /orders/{id}`, a DNS query type, a Redis command."""
+
+from __future__ import annotations
+
+import re
+
+_ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z0-9_-]{22,})$")
+_MAX_SEGMENTS = 8
+
+
+def route_template(path: str) -> str:
+    """Ids collapse to {id}: numbers, hex, UUIDs and long opaque tokens; deep paths are cut at 8 segments."""
+    segments = path.split("?", 1)[0].split("/")
+    templated = ["{id}" if _ID_SEGMENT.match(s) else s for s in segments[:_MAX_SEGMENTS + 1]]
+    if len(segments) > _MAX_SEGMENTS + 1:
+        templated.append("…")
+    return "/".join(templated) or "/"
+
+
+def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -> str | None:
+    if protocol == "HTTP":
+        return f"{request_type or '?'} {route_template(resource or '/')}"
+    return request_type

@@ -1,0 +1,161 @@
+"""Four-point join, call chains, NIC spans and RED windows on hand-written inputs (golden tests)."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracetap.metrics import RedWindows, WindowConfig
+from tracetap.model import Span, TapSide
+from tracetap.nic import FlowPacketAssembler
+from tracetap.paths import JoinConfig, PathJoiner
+from tracetap.sketch import DDSketch
+from tracetap.tracing import link_spans
+
+MS = 1_000_000
+FLOW = "tcp|10.0.0.1|40000|10.0.0.2|8080"
+
+
+def span(side, start, end, *, seq=1000, flow=FLOW, trace=None, pid=None, host="node", headers=None, status=200, error=None, client="10.0.0.1",
+         server="10.0.0.2", sport=8080, endpoint="GET /x", workload=(None, None), attrs=None, l4="TCP"):
+    return Span("HTTP", side, host, start, end, flow, l4, client, 40000, server, sport, request_type="GET", request_resource="/x",
+                endpoint=endpoint, response_code=status, error_class=error, req_tcp_seq=seq, syscall_trace_id_request=trace, pid=pid,
+                trace_headers=headers or {}, client_workload=workload[0], server_workload=workload[1], attributes=attrs or {},
+                identity=f"{side}|{pid}")
+
+
+def test_four_points_join_into_a_path_with_every_segment():
+    joiner = PathJoiner()
+    points = [span(TapSide.CLIENT_PROCESS, 0, 100 * MS), span(TapSide.CLIENT_NIC, 1 * MS, 99 * MS),
+              span(TapSide.SERVER_NIC, 3 * MS, 96 * MS), span(TapSide.SERVER_PROCESS, 4 * MS, 94 * MS)]
+    out = []
+    for p in reversed(points):  # arrival order does not matter
+        out += joiner.add(p)
+    [path] = out
+    assert path["complete"] and path["points_seen"] == ["CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS"]
+    assert (path["req_client_stack_ns"], path["req_network_ns"], path["req_server_stack_ns"], path["server_processing_ns"]) == (1 * MS, 2 * MS, 1 * MS, 90 * MS)
+    assert (path["resp_server_stack_ns"], path["resp_network_ns"], path["resp_client_stack_ns"]) == (2 * MS, 3 * MS, 1 * MS)
+    assert (path["duration_ns"], path["req_tcp_seq"], path["client_process_span_id"]) == (100 * MS, 1000, points[0].span_id)
+    assert len(joiner) == 0
+
+
+def test_a_partial_path_is_emitted_when_the_window_passes_and_not_before():
+    joiner = PathJoiner(JoinConfig(window_ns=50 * MS))
+    joiner.add(span(TapSide.CLIENT_PROCESS, 0, 100 * MS))
+    joiner.add(span(TapSide.SERVER_PROCESS, 4 * MS, 94 * MS))
+    joiner.add(span(TapSide.CLIENT_PROCESS, 0, 100 * MS, seq=5000))
+    assert joiner.expire(49 * MS) == []
+    paths = joiner.expire(50 * MS)
+    assert [(p["req_tcp_seq"], p["points_seen"], p["complete"], p["req_network_ns"]) for p in paths] == [
+        (1000, ["CLIENT_PROCESS", "SERVER_PROCESS"], False, None), (5000, ["CLIENT_PROCESS"], False, None)]
+    assert paths[0]["server_processing_ns"] == 90 * MS
+
+
+def test_dns_joins_on_flow_and_id():
+    joiner = PathJoiner()
+    dns = dict(seq=None, flow="udp|10.0.0.1|5353|10.0.0.9|53", l4="UDP", attrs={"dns.id": "77"})
+    out = []
+    for side, start in ((TapSide.CLIENT_PROCESS, 0), (TapSide.CLIENT_NIC, 1), (TapSide.SERVER_NIC, 2), (TapSide.SERVER_PROCESS, 3)):
+        out += joiner.add(span(side, start, 10 - start, **dns))
+    assert len(out) == 1 and out[0]["complete"]
+
+
+def _chain():
+    """A (pid 1) serves a request and calls B; B (pid 2) serves it, calls C and does a DNS lookup (thread trace ids)."""
+    a_in = span(TapSide.SERVER_PROCESS, 0, 100, seq=1, flow="f-user-a", pid=1, trace=501)
+    a_to_b_cp = span(TapSide.CLIENT_PROCESS, 10, 90, seq=2, flow="f-a-b", pid=1, trace=501)
+    a_to_b_sp = span(TapSide.SERVER_PROCESS, 12, 88, seq=2, flow="f-a-b", pid=2, trace=901)
+    b_to_c_cp = span(TapSide.CLIENT_PROCESS, 20, 60, seq=3, flow="f-b-c", pid=2, trace=901)
+    b_dns = span(TapSide.CLIENT_PROCESS, 15, 18, seq=None, flow="udp-b-dns", pid=2, trace=901, l4="UDP", attrs={"dns.id": "5"})
+    b_to_c_sp = span(TapSide.SERVER_PROCESS, 22, 58, seq=3, flow="f-b-c", pid=3, trace=1301)
+    return [a_in, a_to_b_cp, a_to_b_sp, b_to_c_cp, b_dns, b_to_c_sp]
+
+
+def test_a_three_service_chain_links_into_one_trace():
+    spans = _chain()
+    a_in, a_to_b_cp, a_to_b_sp, b_to_c_cp, b_dns, b_to_c_sp = spans
+    shuffled = spans[:]
+    random.Random(4).shuffle(shuffled)
+    link_spans(shuffled)
+    assert a_in.parent_span_id is None
+    assert a_to_b_cp.parent_span_id == a_in.span_id  # thread trace id in A
+    assert a_to_b_sp.parent_span_id == a_to_b_cp.span_id  # the path A->B
+    assert b_to_c_cp.parent_span_id == a_to_b_sp.span_id and b_dns.parent_span_id == a_to_b_sp.span_id  # thread trace id in B
+    assert b_to_c_sp.parent_span_id == b_to_c_cp.span_id
+    assert len({s.trace_id for s in spans}) == 1 and a_in.trace_id
+
+
+def test_trace_ids_do_not_depend_on_input_order():
+    first, second = _chain(), _chain()
+    link_spans(first)
+    link_spans(list(reversed(second)))
+    assert [(s.span_id, s.parent_span_id, s.trace_id) for s in first] == [(s.span_id, s.parent_span_id, s.trace_id) for s in second]
+
+
+def test_a_trace_header_links_a_call_made_from_another_thread():
+    server = span(TapSide.SERVER_PROCESS, 0, 100, seq=1, flow="f1", pid=7, trace=10, headers={"x-request-id": "r-1"})
+    call = span(TapSide.CLIENT_PROCESS, 5, 50, seq=2, flow="f2", pid=7, trace=None, headers={"x-request-id": "r-1"})
+    other = span(TapSide.CLIENT_PROCESS, 5, 50, seq=3, flow="f3", pid=7, trace=None, headers={"x-request-id": "r-2"})
+    link_spans([server, call, other])
+    assert call.parent_span_id == server.span_id and other.parent_span_id is None and other.trace_id != server.trace_id
+
+
+def _packet(t, src, dst, sport, dport, seq, payload, flags=0x18, **l7):
+    base = {"host": "n", "time": t, "interface": "veth", "tap_point": "server-nic", "workload": "db", "l4_protocol": "TCP",
+            "src_ip": src, "src_port": sport, "dst_ip": dst, "dst_port": dport, "tcp_seq": seq, "tcp_flags": flags, "payload_bytes": payload,
+            "http_method": None, "http_uri": None, "http_host": None, "http_status": None, "dns_id": None, "dns_is_response": None,
+            "dns_query_name": None, "dns_query_type": None, "dns_rcode": None, "dns_answer_count": None}
+    base.update(l7)
+    return base
+
+
+def test_nic_spans_pair_packets_and_extend_to_the_last_response_segment():
+    a = FlowPacketAssembler()
+    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 8080)
+    out = a.add(_packet(0, c[0], s[0], c[1], s[1], 100, 80, http_method="GET", http_uri="/users/9?x=1", http_host="api"))
+    out += a.add(_packet(5 * MS, s[0], c[0], s[1], c[1], 900, 1400, http_status=503))
+    out += a.add(_packet(6 * MS, s[0], c[0], s[1], c[1], 2300, 600))
+    assert out == []
+    [nic] = a.add(_packet(7 * MS, s[0], c[0], s[1], c[1], 2900, 0, flags=0x11))  # FIN ends the response
+    assert (nic.tap_side, nic.start_ns, nic.end_ns, nic.req_tcp_seq, nic.resp_tcp_seq) == (TapSide.SERVER_NIC, 0, 6 * MS, 100, 900)
+    assert (nic.response_code, nic.error_class, nic.endpoint, nic.response_bytes, nic.server_workload) == (503, "SERVER_ERROR", "GET /users/{id}", 2000, "db")
+
+
+def test_red_windows_count_errors_and_close_on_the_watermark():
+    windows = RedWindows(WindowConfig(window_ns=10 * MS, allowed_lateness_ns=5 * MS))
+    for end, error in ((1 * MS, None), (2 * MS, "SERVER_ERROR"), (9 * MS, "TIMEOUT"), (12 * MS, None)):
+        assert windows.add(span(TapSide.SERVER_PROCESS, end - 1 * MS, end, error=error))
+    assert windows.advance(14 * MS) == []  # window [0,10) closes at 10 + 5 ms of lateness
+    [first] = windows.advance(15 * MS)
+    assert (first["window_start"], first["window_end"], first["request_count"], first["error_count"]) == (0, 10, 3, 2)
+    assert (first["server_error_count"], first["timeout_count"], first["latency_max_ns"], first["latency_sum_ns"]) == (1, 1, 1 * MS, 3 * MS)
+    assert not windows.add(span(TapSide.SERVER_PROCESS, 0, 3 * MS)) and windows.late == 1  # its window was emitted
+    [second] = windows.advance(30 * MS)
+    assert second["request_count"] == 1 and second["metric_id"] != first["metric_id"]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=10**10), min_size=1, max_size=300), st.integers(1, 4))
+@settings(max_examples=200)
+def test_sketches_merge_exactly_and_quantiles_stay_within_one_percent(values, parts):
+    whole = DDSketch()
+    pieces = [DDSketch() for _ in range(parts)]
+    for i, v in enumerate(values):
+        whole.add(v)
+        pieces[i % parts].add(v)
+    merged = pieces[0]
+    for piece in pieces[1:]:
+        merged.merge(piece)
+    assert merged.bins == whole.bins and merged.count == whole.count
+    ordered = sorted(values)
+    for q in (0.5, 0.9, 0.99):
+        exact = ordered[int(q * (len(ordered) - 1))]
+        assert abs(merged.quantile(q) - exact) <= 0.0101 * exact
+    assert DDSketch.from_bytes(merged.to_bytes()).bins == merged.bins
+
+
+def test_sketch_refuses_negative_values_and_foreign_bytes():
+    with pytest.raises(ValueError):
+        DDSketch().add(-1)
+    with pytest.raises(ValueError):
+        DDSketch.from_bytes(b"\x09garbage")

@@ -1,0 +1,105 @@
+"""The four-point full-path join: a request's spans at c-p, c, s and s-p share a flow and the TCP
+sequence number of the request's first byte (UDP/DNS: the DNS id); joined, they show how long each
+segment took. Partial paths are emitted when the join window passes; nothing waits forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracetap.model import Span, TapSide, stable_id
+
+_ORDER = (TapSide.CLIENT_PROCESS, TapSide.CLIENT_NIC, TapSide.SERVER_NIC, TapSide.SERVER_PROCESS)
+
+
+def join_key(span: Span) -> tuple[str, str] | None:
+    """(flow id, request key) the four points agree on, or None when the span cannot join."""
+    if span.req_tcp_seq is not None and span.l4_protocol == "TCP":
+        return span.flow_id, f"seq:{span.req_tcp_seq}"
+    dns_id = span.attributes.get("dns.id")
+    if dns_id is not None:
+        return span.flow_id, f"dns:{dns_id}"
+    return None
+
+
+@dataclass(slots=True)
+class PathState:
+    """The spans of one request seen so far; engines keep one per join key in keyed state."""
+
+    key: tuple[str, str]
+    first_start_ns: int
+    spans: dict[TapSide, Span] = field(default_factory=dict)
+
+    def add(self, span: Span) -> bool:
+        """Keep the span (the first per tap side); True when all four points are in."""
+        self.spans.setdefault(span.tap_side, span)
+        self.first_start_ns = min(self.first_start_ns, span.start_ns)
+        return len(self.spans) == 4
+
+    def record(self) -> dict[str, Any]:
+        """The PathRecord for what was seen; segment latencies are null where a point is missing."""
+        cp, c, s, sp = (self.spans.get(side) for side in _ORDER)
+        outer = next(span for span in (cp, c, s, sp) if span is not None)
+        errors = [span.error_class for span in (sp, s, c, cp) if span is not None and span.error_class]
+        response_code = next((span.response_code for span in (sp, s, c, cp) if span is not None and span.response_code is not None), None)
+
+        def gap(a: int | None, b: int | None) -> int | None:
+            return b - a if a is not None and b is not None else None
+
+        return {
+            "path_id": stable_id("path", *self.key), "trace_id": next((x.trace_id for x in (sp, cp, s, c) if x and x.trace_id), None),
+            "flow_id": self.key[0], "protocol": outer.protocol, "start_time": outer.start_ns, "duration_ns": outer.duration_ns,
+            "client_ip": outer.client_ip, "client_port": outer.client_port, "server_ip": outer.server_ip, "server_port": outer.server_port,
+            "client_workload": next((x.client_workload for x in (cp, c, s, sp) if x and x.client_workload), None),
+            "server_workload": next((x.server_workload for x in (sp, s, c, cp) if x and x.server_workload), None),
+            "request_type": outer.request_type, "request_resource": outer.request_resource, "response_code": response_code,
+            "error_class": errors[0] if errors else None, "req_tcp_seq": outer.req_tcp_seq,
+            "points_seen": [str(side) for side in _ORDER if side in self.spans], "complete": len(self.spans) == 4,
+            "client_process_span_id": cp.span_id if cp else None, "client_nic_span_id": c.span_id if c else None,
+            "server_nic_span_id": s.span_id if s else None, "server_process_span_id": sp.span_id if sp else None,
+            "req_client_stack_ns": gap(cp and cp.start_ns, c and c.start_ns),
+            "req_network_ns": gap(c and c.start_ns, s and s.start_ns),
+            "req_server_stack_ns": gap(s and s.start_ns, sp and sp.start_ns),
+            "server_processing_ns": sp.duration_ns if sp else None,
+            "resp_server_stack_ns": gap(sp and sp.end_ns, s and s.end_ns),
+            "resp_network_ns": gap(s and s.end_ns, c and c.end_ns),
+            "resp_client_stack_ns": gap(c and c.end_ns, cp and cp.end_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JoinConfig:
+    window_ns: int = 10_000_000_000  # a path is emitted, partial or not, once the watermark passes its first start + this
+
+
+class PathJoiner:
+    """All open paths of one flow (engines key by flow id, so a flow's spans meet in one place)."""
+
+    def __init__(self, config: JoinConfig = JoinConfig()) -> None:
+        self._config = config
+        self._open: dict[tuple[str, str], PathState] = {}
+        self.unjoinable = 0
+
+    def add(self, span: Span) -> list[dict[str, Any]]:
+        key = join_key(span)
+        if key is None:
+            self.unjoinable += 1
+            return []
+        state = self._open.get(key)
+        if state is None:
+            state = self._open[key] = PathState(key, span.start_ns)
+        if state.add(span):
+            del self._open[key]
+            return [state.record()]
+        return []
+
+    def expire(self, watermark_ns: int) -> list[dict[str, Any]]:
+        due = sorted((s for s in self._open.values() if s.first_start_ns + self._config.window_ns <= watermark_ns),
+                     key=lambda s: (s.first_start_ns, s.key))
+        for state in due:
+            del self._open[state.key]
+        return [state.record() for state in due]
+
+    def __len__(self) -> int:
+        return len(self._open)

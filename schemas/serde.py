@@ -17,6 +17,7 @@ from fastavro.types import Schema
 
 from schemas.registry import SchemaRegistry, UnknownSchemaId
 from tracetap.errors import TracetapError
+from tracetap.varint import uvarint
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -69,17 +70,8 @@ class AvroSerializer:
 
 # Avro binary primitives, for hand-written encoders on hot paths (see producers/ebpf/events.py); a test
 # holds each such encoder to fastavro's output.
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 # Varints by table: every value below 2**14 whole, and 14-bit chunks (two continued bytes) for the rest.
-_VARINTS = [_varint(n) for n in range(1 << 14)]
+_VARINTS = [uvarint(n) for n in range(1 << 14)]
 _CHUNKS = [bytes([(n & 0x7F) | 0x80, (n >> 7) | 0x80]) for n in range(1 << 14)]
 
 

@@ -7,7 +7,10 @@ partitions or engines merge exactly (the result does not depend on the merge ord
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter
+
+from tracetap.varint import read_uvarint, uvarint
 
 RELATIVE_ACCURACY = 0.01
 _FORMAT_VERSION = 1
@@ -58,30 +61,28 @@ class DDSketch:
 
     def to_bytes(self) -> bytes:
         """version, accuracy (as gamma's log, 8 bytes), zeros, then (index delta, count) pairs as varints."""
-        import struct
-
-        out = bytearray([_FORMAT_VERSION]) + struct.pack("<d", self._gamma_log) + _uvarint(self.zeros) + _uvarint(len(self.bins))
+        out = bytearray([_FORMAT_VERSION]) + struct.pack("<d", self._gamma_log) + uvarint(self.zeros) + uvarint(len(self.bins))
         previous = 0
         for index in sorted(self.bins):
-            out += _uvarint(_zigzag(index - previous)) + _uvarint(self.bins[index])
+            out += uvarint(_zigzag(index - previous)) + uvarint(self.bins[index])
             previous = index
         return bytes(out)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DDSketch:
-        import struct
-
         if not data or data[0] != _FORMAT_VERSION:
             raise ValueError("not a tracetap DDSketch (version byte)")
         sketch = cls()
+        if len(data) < 9:
+            raise ValueError("DDSketch bytes end inside the header")
         sketch._gamma_log = struct.unpack_from("<d", data, 1)[0]
         offset = 9
-        sketch.zeros, offset = _read_uvarint(data, offset)
-        n, offset = _read_uvarint(data, offset)
+        sketch.zeros, offset = read_uvarint(data, offset)
+        n, offset = read_uvarint(data, offset)
         index = 0
         for _ in range(n):
-            delta, offset = _read_uvarint(data, offset)
-            count, offset = _read_uvarint(data, offset)
+            delta, offset = read_uvarint(data, offset)
+            count, offset = read_uvarint(data, offset)
             index += (delta >> 1) ^ -(delta & 1)
             sketch.bins[index] = count
         sketch.count = sketch.zeros + sum(sketch.bins.values())
@@ -90,25 +91,3 @@ class DDSketch:
 
 def _zigzag(n: int) -> int:
     return (n << 1) ^ (n >> 63)
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_uvarint(data: bytes, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if offset >= len(data):
-            raise ValueError("DDSketch bytes end inside a number")
-        byte = data[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, offset
-        shift += 7

@@ -13,6 +13,7 @@ packages=(
   linux-headers-amd64       # bcc compiles against headers; struct offsets still come from BTF
   redis-server dnsmasq      # a real Redis and DNS server for the agent tests and the demo
   tshark                    # the packet agent decodes through it (pyshark drives tshark)
+  postgresql mariadb-server # real database servers for the SQL parser tests (not started as services)
 )
 
 missing=()

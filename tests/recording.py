@@ -1,8 +1,27 @@
-"""A TCP relay that records what a real client and a real server wrote, chunk by chunk, so protocol
+"""Helpers for tests against real servers: free ports, waiting for a port, and a TCP relay that records what a real client and a real server wrote, chunk by chunk, so protocol
 tests parse bytes that real software produced (not bytes the test made up)."""
 
 import socket
 import threading
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+    """Until something accepts connections on 127.0.0.1:port; AssertionError after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f} s")
 
 
 class RecordingRelay:
@@ -12,6 +31,7 @@ class RecordingRelay:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.chunks: list[tuple[str, bytes]] = []
+        self._by_connection: list[list[tuple[str, bytes]]] = []
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -24,14 +44,18 @@ class RecordingRelay:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pump, args=(client, server, "c2s"), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, "s2c"), daemon=True).start()
+            with self._lock:
+                self._by_connection.append([])
+                connection = self._by_connection[-1]
+            threading.Thread(target=self._pump, args=(client, server, "c2s", connection), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, "s2c", connection), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str, connection: list) -> None:
         try:
             while data := src.recv(65536):
                 with self._lock:
                     self.chunks.append((direction, data))
+                    connection.append((direction, data))
                 dst.sendall(data)
         except OSError:
             pass
@@ -44,6 +68,11 @@ class RecordingRelay:
     def stream(self, direction: str) -> bytes:
         with self._lock:
             return b"".join(data for d, data in self.chunks if d == direction)
+
+    def connections(self) -> list[list[tuple[str, bytes]]]:
+        """Each proxied connection's chunks, in the order the connections were accepted."""
+        with self._lock:
+            return [list(c) for c in self._by_connection]
 
     def close(self) -> None:
         self._listener.close()

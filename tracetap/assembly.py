@@ -85,6 +85,8 @@ class SocketAssembler:
         self._last_egress = egress
         if egress == self._client_egress:
             for message, start, seq, trace in self._messages(event, request=True):
+                if not message.expects_response:
+                    continue
                 self._requests.append(_Open(message, start, seq, trace, event.tid, event.crossed_ns))
         else:
             for message, start, seq, trace in self._messages(event, request=False):
@@ -94,6 +96,9 @@ class SocketAssembler:
                 if request is None:
                     self.counters.unmatched_responses += 1
                     continue
+                finish = getattr(self.protocol, "finish", None)
+                if finish is not None:
+                    message = finish(request.message, message)
                 self._response = (request, _Open(message, start, seq, trace, event.tid, event.crossed_ns))
             if self._response is not None:
                 self._response[1].end_ns = event.crossed_ns
@@ -141,8 +146,9 @@ class SocketAssembler:
             self._client_egress = True
         elif event.role == "SERVER":
             self._client_egress = False
-        else:  # the first bytes the protocol recognises as a request travel from client to server
-            self._client_egress = event.egress
+        else:  # the first bytes the protocol recognises travel from client to server, unless the server speaks first
+            server_first = getattr(protocol, "server_first", None)
+            self._client_egress = not event.egress if server_first and server_first(event.payload) else event.egress
         return True
 
     def _messages(self, event: SocketData, request: bool) -> list[tuple[Message, int, int | None, int | None]]:

@@ -55,7 +55,8 @@ _MYSQL_PROTOCOL_41 = 0x0000_0200
 _MYSQL_SECURE_CONNECTION = 0x0000_8000
 _MYSQL_AUTH_LENENC = 0x0020_0000
 _MYSQL_FIXED = 4 + 4 + 4 + 1 + 23  # header, capabilities, max packet, charset, filler
-_MYSQL_FILLER = bytes(23)
+# MySQL zero-fills 23 bytes; MariaDB puts its extended capabilities in the last 4, so only 19 must be zero.
+_MYSQL_FILLER = bytes(19)
 _MYSQL_LENENC_WIDTH = {0xFC: 2, 0xFD: 3, 0xFE: 8}
 
 _PG_FRONTEND_TYPES = frozenset(b"BCcDdEFfHPpQSX")
@@ -274,7 +275,7 @@ def _mysql_spans(payload: bytes) -> list[_Span]:
     Sequence id 2 is accepted too: after an SSLRequest (id 1) the response travels inside TLS, which
     uprobe-based capture sees in clear.
     """
-    if payload[13:_MYSQL_FIXED] != _MYSQL_FILLER:
+    if payload[13:13 + len(_MYSQL_FILLER)] != _MYSQL_FILLER:
         return []
     length = int.from_bytes(payload[0:3], "little")
     capabilities = int.from_bytes(payload[4:8], "little")

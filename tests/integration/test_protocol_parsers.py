@@ -16,18 +16,13 @@ import dns.rcode
 import pytest
 import redis
 
-from tests.recording import RecordingRelay
+from tests.recording import RecordingRelay, free_port, wait_for_port
 from tracetap.protocols import detect
 from tracetap.protocols.base import ErrorClass, Status
 from tracetap.protocols.dns import DNS_TCP, DNS_UDP
 from tracetap.protocols.http1 import HTTP1
 from tracetap.protocols.redis import REDIS
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _messages(parse, stream):
@@ -131,17 +126,11 @@ def test_a_request_cut_by_the_capture_still_gives_its_method_and_path(http_recor
 @pytest.fixture(scope="module")
 def redis_recording():
     assert shutil.which("redis-server"), "redis-server is installed by make setup"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                               stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port)
         relay = RecordingRelay(port)
         client = redis.Redis(port=relay.port, protocol=3)
         client.set("user:1", "alice")
@@ -186,7 +175,7 @@ def test_redis_replies_of_every_type_pair_in_order_and_errors_carry_their_text(r
 
 @pytest.fixture(scope="module")
 def dnsmasq_port():
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
                                "--no-resolv", "--no-hosts", "--local=/tracetap.test/", "--address=/svc.tracetap.test/10.1.2.3", "--pid-file="],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -365,6 +365,15 @@ def test_mysql_handshake_response_after_an_ssl_request_is_masked():
     assert redact(packet)[1] == 1
 
 
+def test_a_mariadb_handshake_response_with_extended_capabilities_in_the_filler_is_masked():
+    # libmariadb 3.3 (recorded): 19 zero bytes, then MariaDB's extended capabilities 0x1d in the last 4
+    packet = _handshake_response(b"root", b"0123456789abcdefghij", MYSQL_8_CLIENT, filler=bytes(19) + b"\x1d\x00\x00\x00")
+
+    redacted, regions = redact(packet)
+
+    assert regions == 1 and b"0123456789" not in redacted and b"root" in redacted
+
+
 def test_mysql_handshake_response_cut_inside_the_auth_response_is_masked_to_the_end():
     packet = _handshake_response(b"app", b"0123456789abcdefghij", MYSQL_8_CLIENT)
     cut = packet[:packet.index(b"0123456789") + 5]
@@ -374,7 +383,7 @@ def test_mysql_handshake_response_cut_inside_the_auth_response_is_masked_to_the_
 
 @pytest.mark.parametrize("packet", [
     _handshake_response(b"app", b"0123456789abcdefghij", MYSQL_8_CLIENT, sequence_id=0),
-    _handshake_response(b"app", b"0123456789abcdefghij", MYSQL_8_CLIENT, filler=b"\0" * 22 + b"\1"),
+    _handshake_response(b"app", b"0123456789abcdefghij", MYSQL_8_CLIENT, filler=b"\1" + b"\0" * 22),
     _handshake_response(b"app", b"0123456789abcdefghij", MYSQL_8_CLIENT & ~CLIENT_PROTOCOL_41),
 ], ids=["sequence-id-0", "non-zero-filler", "no-protocol-41"])
 def test_mysql_packets_that_do_not_check_out_are_left_alone(packet):

@@ -10,11 +10,14 @@ from __future__ import annotations
 from tracetap.protocols.base import L7Protocol
 from tracetap.protocols.dns import DNS_TCP, DNS_UDP
 from tracetap.protocols.http1 import HTTP1
+from tracetap.protocols.kafka import KAFKA
+from tracetap.protocols.mysql import MYSQL
+from tracetap.protocols.postgres import POSTGRES
 from tracetap.protocols.redis import REDIS
 
 # Detection order matters only for bytes two protocols could both claim; the stricter check goes first.
 REGISTRY: dict[str, tuple[L7Protocol, ...]] = {
-    "TCP": (HTTP1, REDIS, DNS_TCP),
+    "TCP": (HTTP1, POSTGRES, MYSQL, KAFKA, REDIS, DNS_TCP),
     "UDP": (DNS_UDP,),
 }
 

@@ -42,6 +42,8 @@ class Message:
     pair_key: int | str | None = None  # responses pair with the request of the same key (DNS id); None: in order
     trace_headers: tuple[tuple[str, str], ...] = ()  # (lowercase name, value): traceparent, x-request-id, sw8
     attributes: tuple[tuple[str, str], ...] = field(default=())
+    expects_response: bool = True  # False for messages no answer follows (PostgreSQL Terminate, MySQL COM_QUIT)
+    head: bytes = b""  # a response's first body bytes, for protocols that decode them once paired (see `finish`)
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,3 +77,6 @@ class L7Protocol(_Interface):
     def parse_request(self, data: bytes, final: bool) -> Parse: ...
 
     def parse_response(self, data: bytes, final: bool) -> Parse: ...
+
+    # Optional: `finish(request, response) -> Message` completes a response once paired, for protocols whose
+    # responses only make sense next to their request (Kafka's error code position depends on the API).

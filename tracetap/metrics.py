@@ -1,14 +1,15 @@
 """RED metrics (rate, errors, duration) per tumbling event-time window and dimensions.
 
-A metric is an accumulator with `add`, `merge` and `result`; `RedWindows` assigns spans to windows
-by the time their response ended, closes windows once the watermark passes their end plus the
-allowed lateness, and counts (and hands back) spans that arrive for a window already closed.
+A metric is an accumulator with `add`, `merge` and `result`; `TumblingWindows` holds one per window and
+key, closes windows once the watermark passes their end plus the allowed lateness, and counts what
+arrives for a window already closed. RED counts spans; network metrics count lifecycle events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from tracetap.model import Span, stable_id
 from tracetap.sketch import DDSketch
@@ -78,32 +79,130 @@ class WindowConfig:
     allowed_lateness_ns: int = 5_000_000_000
 
 
-class RedWindows:
-    """Open windows of one key range; engines feed spans and watermarks, and emit what `add`/`advance` return."""
+class _Accumulator(Protocol):
+    def add(self, item: Any) -> None: ...
 
-    def __init__(self, config: WindowConfig = WindowConfig()) -> None:
+    def merge(self, other: Any) -> None: ...
+
+    def result(self, key: Any, window_start_ns: int, window_ns: int) -> dict[str, Any]: ...
+
+
+class TumblingWindows:
+    """Event-time tumbling windows of accumulators, per key. `add` puts an item in the window of its time
+    (False, and counted as late, when that window was already emitted); `advance` emits every window whose
+    end plus the allowed lateness the watermark has passed, in (start, key) order."""
+
+    def __init__(self, config: WindowConfig, new_accumulator: Callable[[], _Accumulator]) -> None:
         self._config = config
-        self._open: dict[tuple[int, RedKey], RedAccumulator] = {}
+        self._new = new_accumulator
+        self._open: dict[tuple[int, tuple[Any, ...]], _Accumulator] = {}
         self._closed_before_ns = 0  # windows ending at or before this have been emitted
         self.late = 0
 
-    def add(self, span: Span) -> bool:
-        """Count the span in its window; False (and counted as late) when that window was already emitted."""
-        start = span.end_ns - span.end_ns % self._config.window_ns
+    def add(self, time_ns: int, key: tuple[Any, ...], item: Any) -> bool:
+        start = time_ns - time_ns % self._config.window_ns
         if start + self._config.window_ns <= self._closed_before_ns:
             self.late += 1
             return False
-        key = (start, red_key(span))
-        accumulator = self._open.get(key)
+        accumulator = self._open.get((start, key))
         if accumulator is None:
-            accumulator = self._open[key] = RedAccumulator()
-        accumulator.add(span)
+            accumulator = self._open[(start, key)] = self._new()
+        accumulator.add(item)
         return True
 
     def advance(self, watermark_ns: int) -> list[dict[str, Any]]:
-        """Emit every window whose end plus the allowed lateness the watermark has passed, in (start, key) order."""
         horizon = watermark_ns - self._config.allowed_lateness_ns
         due = sorted((k for k in self._open if k[0] + self._config.window_ns <= horizon), key=lambda k: (k[0], tuple(map(str, k[1]))))
-        out = [self._open.pop(k).result(k[1], k[0], self._config.window_ns) for k in due]
         self._closed_before_ns = max(self._closed_before_ns, horizon)
-        return out
+        return [self._open.pop(k).result(k[1], k[0], self._config.window_ns) for k in due]
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class RedWindows(TumblingWindows):
+    """RED per window and RedKey; a span counts in the window its response ended in."""
+
+    def __init__(self, config: WindowConfig = WindowConfig()) -> None:
+        super().__init__(config, RedAccumulator)
+
+    def add_span(self, span: Span) -> bool:
+        return self.add(span.end_ns, red_key(span), span)
+
+
+class NetworkKey(NamedTuple):
+    l4_protocol: str
+    client_ip: str
+    server_ip: str
+    server_port: int
+    client_workload: str | None
+    server_workload: str | None
+
+
+@dataclass(slots=True)
+class NetworkAccumulator:
+    """Per client/server pair, from SocketLifecycleEvent records. Bytes come from the client socket's close
+    (a traced server socket's close would count the same bytes again); the rest from both sides."""
+
+    bytes_client_to_server: int = 0
+    bytes_server_to_client: int = 0
+    connects: int = 0
+    failed_connects: int = 0
+    retransmits: int = 0
+    resets: int = 0
+    rtt_samples: int = 0
+    rtt_sum_ns: int = 0
+    rtt_max_ns: int = 0
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "CONNECT":
+            self.connects += 1
+        elif kind == "CONNECT_FAILED":
+            self.failed_connects += 1
+        elif kind == "RETRANSMIT":
+            self.retransmits += 1
+        elif kind in ("RESET_SENT", "RESET_RECEIVED"):
+            self.resets += 1
+        elif kind == "RTT_SAMPLE" and event["srtt_us"] is not None:
+            rtt_ns = event["srtt_us"] * 1000
+            self.rtt_samples += 1
+            self.rtt_sum_ns += rtt_ns
+            self.rtt_max_ns = max(self.rtt_max_ns, rtt_ns)
+        elif kind == "CLOSE" and event["role"] == "CLIENT":
+            self.bytes_client_to_server += event["bytes_sent"] or 0
+            self.bytes_server_to_client += event["bytes_received"] or 0
+
+    def merge(self, other: NetworkAccumulator) -> None:
+        for name in ("bytes_client_to_server", "bytes_server_to_client", "connects", "failed_connects", "retransmits", "resets",
+                     "rtt_samples", "rtt_sum_ns"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rtt_max_ns = max(self.rtt_max_ns, other.rtt_max_ns)
+
+    def result(self, key: NetworkKey, window_start_ns: int, window_ns: int) -> dict[str, Any]:
+        start_ms = window_start_ns // _NS_PER_MS
+        return {
+            "metric_id": stable_id("net", start_ms, *key), "window_start": start_ms, "window_end": start_ms + window_ns // _NS_PER_MS,
+            **key._asdict(), "bytes_client_to_server": self.bytes_client_to_server, "bytes_server_to_client": self.bytes_server_to_client,
+            "connects": self.connects, "failed_connects": self.failed_connects, "retransmits": self.retransmits, "resets": self.resets,
+            "rtt_samples": self.rtt_samples, "rtt_mean_ns": self.rtt_sum_ns // self.rtt_samples if self.rtt_samples else None,
+            "rtt_max_ns": self.rtt_max_ns if self.rtt_samples else None,
+        }
+
+
+def network_key(event: dict[str, Any], workloads: tuple[str | None, str | None] = (None, None)) -> NetworkKey:
+    """Client and server sides of a lifecycle event: by role, else the lower port is the server's."""
+    local_is_client = event["role"] == "CLIENT" or (event["role"] == "UNKNOWN" and event["local_port"] > event["remote_port"])
+    if local_is_client:
+        client, server, port = event["local_ip"], event["remote_ip"], event["remote_port"]
+    else:
+        client, server, port = event["remote_ip"], event["local_ip"], event["local_port"]
+    return NetworkKey(event["l4_protocol"], client, server, port, *workloads)
+
+
+class NetworkWindows(TumblingWindows):
+    def __init__(self, config: WindowConfig = WindowConfig()) -> None:
+        super().__init__(config, NetworkAccumulator)
+
+    def add_event(self, event: dict[str, Any], workloads: tuple[str | None, str | None] = (None, None)) -> bool:
+        return self.add(event["time"], network_key(event, workloads), event)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracetap.metrics import RedWindows, WindowConfig
+from tracetap.metrics import NetworkWindows, RedWindows, WindowConfig
 from tracetap.model import Span, TapSide
 from tracetap.nic import FlowPacketAssembler
 from tracetap.paths import JoinConfig, PathJoiner
@@ -125,12 +125,12 @@ def test_nic_spans_pair_packets_and_extend_to_the_last_response_segment():
 def test_red_windows_count_errors_and_close_on_the_watermark():
     windows = RedWindows(WindowConfig(window_ns=10 * MS, allowed_lateness_ns=5 * MS))
     for end, error in ((1 * MS, None), (2 * MS, "SERVER_ERROR"), (9 * MS, "TIMEOUT"), (12 * MS, None)):
-        assert windows.add(span(TapSide.SERVER_PROCESS, end - 1 * MS, end, error=error))
+        assert windows.add_span(span(TapSide.SERVER_PROCESS, end - 1 * MS, end, error=error))
     assert windows.advance(14 * MS) == []  # window [0,10) closes at 10 + 5 ms of lateness
     [first] = windows.advance(15 * MS)
     assert (first["window_start"], first["window_end"], first["request_count"], first["error_count"]) == (0, 10, 3, 2)
     assert (first["server_error_count"], first["timeout_count"], first["latency_max_ns"], first["latency_sum_ns"]) == (1, 1, 1 * MS, 3 * MS)
-    assert not windows.add(span(TapSide.SERVER_PROCESS, 0, 3 * MS)) and windows.late == 1  # its window was emitted
+    assert not windows.add_span(span(TapSide.SERVER_PROCESS, 0, 3 * MS)) and windows.late == 1  # its window was emitted
     [second] = windows.advance(30 * MS)
     assert second["request_count"] == 1 and second["metric_id"] != first["metric_id"]
 
@@ -159,3 +159,54 @@ def test_sketch_refuses_negative_values_and_foreign_bytes():
         DDSketch().add(-1)
     with pytest.raises(ValueError):
         DDSketch.from_bytes(b"\x09garbage")
+
+
+def _life(kind, t, role="CLIENT", **extra):
+    event = {"kind": kind, "time": t, "role": role, "l4_protocol": "TCP", "local_ip": "10.0.0.1", "local_port": 40000,
+             "remote_ip": "10.0.0.2", "remote_port": 5432, "srtt_us": None, "bytes_sent": None, "bytes_received": None}
+    event.update(extra)
+    return event
+
+
+def test_network_metrics_per_pair_from_lifecycle_events():
+    windows = NetworkWindows(WindowConfig(window_ns=10 * MS, allowed_lateness_ns=0))
+    server_side = dict(role="SERVER", local_ip="10.0.0.2", local_port=5432, remote_ip="10.0.0.1", remote_port=40000)
+    for event in (_life("CONNECT", 1), _life("CONNECT_FAILED", 2), _life("RETRANSMIT", 3), _life("RESET_RECEIVED", 4),
+                  _life("RTT_SAMPLE", 5, srtt_us=100), _life("RTT_SAMPLE", 6, srtt_us=300, **server_side),
+                  _life("CLOSE", 7, bytes_sent=1000, bytes_received=5000), _life("CLOSE", 8, bytes_sent=5000, bytes_received=1000, **server_side)):
+        windows.add_event(event)
+    [metric] = windows.advance(10 * MS)
+    assert (metric["client_ip"], metric["server_ip"], metric["server_port"]) == ("10.0.0.1", "10.0.0.2", 5432)
+    assert (metric["connects"], metric["failed_connects"], metric["retransmits"], metric["resets"]) == (1, 1, 1, 1)
+    assert (metric["rtt_samples"], metric["rtt_mean_ns"], metric["rtt_max_ns"]) == (2, 200_000, 300_000)
+    assert (metric["bytes_client_to_server"], metric["bytes_server_to_client"]) == (1000, 5000)  # the client's close only
+
+
+def test_the_event_clock_counts_what_is_late_beyond_the_allowed_lateness():
+    from tracetap.eventtime import EventClock
+
+    clock = EventClock(max_out_of_order_ns=10, allowed_lateness_ns=5)
+    assert clock.observe(100) and clock.watermark_ns == 90
+    assert clock.observe(86) and clock.observe(85)  # behind the watermark, within the lateness
+    assert not clock.observe(84) and clock.late == 1 and clock.watermark_ns == 90
+
+
+def test_spans_are_tagged_from_resource_records_and_forget_tombstones():
+    from tracetap.workloads import WorkloadIndex
+
+    def resource(kind, **fields):
+        base = {"kind": kind, "host": "node", "workload": None, "pid": None, "netns_inode": None, "netns_name": None, "ip": None}
+        base.update(fields)
+        return base
+
+    index = WorkloadIndex()
+    index.apply("netns|node|77", resource("NETNS", netns_inode=77, netns_name="pod-orders"))
+    index.apply("process|node|10", resource("PROCESS", pid=10, netns_inode=77))
+    index.apply("ip|node|10.0.0.2", resource("IP_ADDRESS", ip="10.0.0.2", workload="payments"))
+    index.apply("ip|node|127.0.0.1", resource("IP_ADDRESS", ip="127.0.0.1", netns_inode=77))
+    client = span(TapSide.CLIENT_PROCESS, 0, 10, pid=10)
+    index.tag(client)
+    assert (client.client_workload, client.server_workload) == ("pod-orders", "payments")
+    index.apply("ip|node|10.0.0.2", None)
+    fresh = index.tag(span(TapSide.CLIENT_PROCESS, 0, 10, pid=10))
+    assert (fresh.client_workload, fresh.server_workload) == ("pod-orders", None) and "127.0.0.1" not in index.addresses

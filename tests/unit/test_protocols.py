@@ -83,3 +83,31 @@ def test_detection_by_first_bytes_and_port():
     assert detect("TCP", SAMPLES[2], 12345) is REDIS
     assert detect("TCP", b"\x16\x03\x01\x02\x00", 443) is None  # TLS is not parsed
     assert detect("UDP", SAMPLES[4], 53) is None  # a response is not a client's first message
+
+
+def _kafka_request(api, version, body, flexible=False):
+    header = struct.pack(">hhih", api, version, 5, 1) + b"c" + (b"\x00" if flexible else b"")
+    return struct.pack(">i", len(header) + len(body)) + header + body
+
+
+def test_kafka_produce_requests_name_their_topic_in_both_header_formats():
+    from tracetap.protocols.kafka import KAFKA
+
+    v7 = _kafka_request(0, 7, struct.pack(">hhii", -1, 1, 1000, 1) + struct.pack(">h", 6) + b"orders" + b"\x00" * 8)
+    v9 = _kafka_request(0, 9, b"\x00" + struct.pack(">hi", 1, 1000) + b"\x02" + b"\x07orders" + b"\x00" * 8, flexible=True)
+    for request in (v7, v9):
+        message = KAFKA.parse_request(request, False).message
+        assert (message.request_type, message.request_resource, message.size, message.pair_key) == ("Produce", "orders", len(request), 5)
+        assert ("kafka.client_id", "c") in message.attributes
+
+
+def test_kafka_error_codes_are_read_where_the_api_puts_them():
+    from tracetap.protocols.base import ErrorClass
+    from tracetap.protocols.kafka import KAFKA
+
+    heartbeat = KAFKA.parse_request(_kafka_request(12, 1, b"\x00"), False).message
+    response = KAFKA.parse_response(struct.pack(">ii", 10, 5) + struct.pack(">ih", 0, 27), False).message  # throttle, REBALANCE_IN_PROGRESS
+    finished = KAFKA.finish(heartbeat, response)
+    assert (finished.response_code, finished.response_message, finished.error_class) == (27, "REBALANCE_IN_PROGRESS", ErrorClass.SERVER_ERROR)
+    fetch = KAFKA.parse_request(_kafka_request(1, 4, b"\x00" * 20), False).message
+    assert KAFKA.finish(fetch, response).response_code is None  # per-partition errors: not decoded

@@ -65,6 +65,7 @@ class SocketAssembler:
         self._response: tuple[_Open, _Open] | None = None  # (request, response) still receiving bytes
         self._last_egress: bool | None = None
         self._first: SocketData | None = None
+        self._socket: tuple[TapSide, str, Endpoint, Endpoint] | None = None
         self.counters = Counters()
 
     # input --------------------------------------------------------------------------------------------
@@ -158,6 +159,10 @@ class SocketAssembler:
         payload = event.payload[:event.byte_count]
         if stream.draining:
             return []
+        if not stream.buffer and not stream.skip and not uncaptured:  # the common case: one whole message per call
+            whole = (self.protocol.parse_request if request else self.protocol.parse_response)(payload, False)
+            if whole.status is Status.MESSAGE and whole.message is not None and whole.message.size == len(payload):
+                return [(whole.message, event.crossed_ns, event.tcp_seq, event.syscall_trace_id)]
         if stream.skip >= event.byte_count:
             stream.skip -= event.byte_count
             return []
@@ -230,16 +235,16 @@ class SocketAssembler:
 
     def _span(self, request: _Open, response: _Open | None, error: ErrorClass | None, end_ns: int) -> Span:
         assert self._first is not None and self.protocol is not None
+        if self._socket is None:
+            self._socket = self._describe_socket()
         first = self._first
-        client_side = self._client_egress  # this process is the client when it writes the requests
-        local, remote = Endpoint(first.local_ip, first.local_port), Endpoint(first.remote_ip, first.remote_port)
-        client, server = (local, remote) if client_side else (remote, local)
+        tap_side, flow, client, server = self._socket
         req, resp = request.message, response.message if response else None
         self.counters.spans += 1
         return Span(
-            protocol=self.protocol.name, tap_side=TapSide.CLIENT_PROCESS if client_side else TapSide.SERVER_PROCESS,
+            protocol=self.protocol.name, tap_side=tap_side,
             host=first.host, start_ns=request.start_ns, end_ns=max(end_ns, request.start_ns),
-            flow_id=flow_id(first.l4_protocol, local, remote), l4_protocol=first.l4_protocol,
+            flow_id=flow, l4_protocol=first.l4_protocol,
             client_ip=client.ip, client_port=client.port, server_ip=server.ip, server_port=server.port,
             request_type=req.request_type or (resp.request_type if resp else None),
             request_domain=req.request_domain, request_resource=req.request_resource,
@@ -253,3 +258,12 @@ class SocketAssembler:
             trace_headers=dict(req.trace_headers), attributes=dict(req.attributes + (resp.attributes if resp else ())),
             identity=first.socket_key,
         )
+
+    def _describe_socket(self) -> tuple[TapSide, str, Endpoint, Endpoint]:
+        """What every span of this socket shares: its tap side, flow id, client and server."""
+        assert self._first is not None
+        first = self._first
+        local, remote = Endpoint(first.local_ip, first.local_port), Endpoint(first.remote_ip, first.remote_port)
+        client_side = self._client_egress  # this process is the client when it writes the requests
+        client, server = (local, remote) if client_side else (remote, local)
+        return (TapSide.CLIENT_PROCESS if client_side else TapSide.SERVER_PROCESS, flow_id(first.l4_protocol, local, remote), client, server)

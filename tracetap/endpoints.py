@@ -17,7 +17,17 @@ def route_template(path: str) -> str:
     return "/".join(templated) or "/"
 
 
+_TEMPLATES: dict[str, str] = {}  # path -> template; bounded, since paths are as many as ids
+_TEMPLATES_MAX = 65_536
+
+
 def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -> str | None:
     if protocol == "HTTP":
-        return f"{request_type or '?'} {route_template(resource or '/')}"
+        path = resource or "/"
+        template = _TEMPLATES.get(path)
+        if template is None:
+            if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                _TEMPLATES.clear()
+            template = _TEMPLATES[path] = route_template(path)
+        return f"{request_type or '?'} {template}"
     return request_type

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 failure; 2 bad usage; 69 a server is unavailable; 78 ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -174,18 +175,22 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
     from producers.common import agent_host, open_emitter
     from producers.ebpf.agent import EbpfAgent, check_requirements
-    from schemas.catalog import RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
+    from schemas.catalog import RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
 
     check_requirements()
+    if args.in_collector:
+        settings = dataclasses.replace(settings, agent=dataclasses.replace(settings.agent, in_collector=True))
     host = agent_host(settings)
-    emitter = open_emitter(settings, "ebpf", (SOCKET_DATA, SOCKET_LIFECYCLE, RESOURCES))
+    data_topic = SPANS if settings.agent.in_collector else SOCKET_DATA
+    emitter = open_emitter(settings, "ebpf", (data_topic, SOCKET_LIFECYCLE, RESOURCES))
     agent = EbpfAgent(settings, emitter, host)
+    what = "spans (in-collector)" if settings.agent.in_collector else "socket data"
     stats = agent.run(duration_s=args.duration,
-                      on_ready=lambda: print(f"capturing on {host}: socket data to {SOCKET_DATA.full_name(settings.topics.prefix)}, "
+                      on_ready=lambda: print(f"capturing on {host}: {what} to {data_topic.full_name(settings.topics.prefix)}, "
                                              f"lifecycle to {SOCKET_LIFECYCLE.full_name(settings.topics.prefix)}", flush=True))
     emitter.close()
     totals = emitter.totals()
-    print(f"captured {stats.data} data and {stats.lifecycle} lifecycle events; "
+    print(f"captured {stats.data} data and {stats.lifecycle} lifecycle events, {stats.spans} spans; "
           + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
     return EXIT_OK
 
@@ -258,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cmds = agent.add_subparsers(dest="agent_command", required=True, metavar="AGENT")
     ebpf = add(agent_cmds, "ebpf", cmd_agent_ebpf, "capture every process's socket data and TCP lifecycle with eBPF (root)")
     ebpf.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: until SIGINT/SIGTERM)")
+    ebpf.add_argument("--in-collector", action="store_true",
+                      help="parse L7 on the node and emit spans instead of raw socket data (agent.in_collector)")
     packets = add(agent_cmds, "packets", cmd_agent_packets,
                   "decode packets at NIC tap points (packets.taps) with tshark into packet summaries (root for live capture)")
     packets.add_argument("--read", action="append", metavar="PCAP", help="replay a pcap/pcapng file instead of capturing live (repeatable)")

@@ -173,6 +173,8 @@ class AgentSettings:
     exclude_comms: list[str] = field(default_factory=list)  # process names (comm, 15 characters at most)
     include_cgroups: list[str] = field(default_factory=list)  # cgroup v2 directories (relative: under /sys/fs/cgroup); empty: all
     redact_disable: list[str] = field(default_factory=list)  # names from REDACTION_RULES
+    # Parse L7 on the node and emit spans (to the spans topic) instead of raw socket data.
+    in_collector: bool = False
 
     def validate(self) -> None:
         if not 16 <= self.payload_bytes <= 8192:

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
+from producers.ebpf.collector import InCollector
 from producers.ebpf.events import COUNTERS, PID_OFFSET, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle
 from producers.common import excluded_ports
 from producers.emitter import Emitter
 from producers.resources import ResourceTracker
-from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE
+from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
 from tracetap.config import AgentSettings, Settings
 from tracetap.errors import TracetapError
+from tracetap.model import Span
 from tracetap.redact import RedactionRules, redact
 
 log = logging.getLogger("tracetap.agent.ebpf")
@@ -69,6 +71,7 @@ class AgentError(TracetapError):
 class CaptureStats:
     data: int = 0
     lifecycle: int = 0
+    spans: int = 0  # in-collector mode
     kernel_counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -215,15 +218,26 @@ class EbpfAgent:
         self._kernel_seen: dict[str, int] = {}
         self._tracer = SocketTracer(settings.agent, excluded_ports(settings), self._on_data, self._on_lifecycle)
         self._resources = ResourceTracker(emitter, host, settings.agent.resource_interval_s)
-        encoder = DataEventEncoder(SOCKET_DATA.schema(), host, self._clock, self._trace_prefix, self._redact)
-        emitter.register_raw(SOCKET_DATA, encoder.encode)
+        self._encoder = DataEventEncoder(SOCKET_DATA.schema(), host, self._clock, self._trace_prefix, self._redact)
+        emitter.register_raw(SOCKET_DATA, self._encoder.encode)
+        self._collector = InCollector(self._emit_span) if settings.agent.in_collector else None
 
     def _on_data(self, raw: bytes) -> None:
-        # The capture thread only copies: decoding, redaction and Avro run on the emitter's sender thread
-        # (the in-collector mode would parse L7 here instead).
         self.stats.data += 1
         self._resources.note_pid(int.from_bytes(raw[PID_OFFSET:PID_OFFSET + 4], "little"))
-        self._emitter.offer_raw(SOCKET_DATA, raw)
+        if self._collector is None:
+            # The capture thread only copies: decoding, redaction and Avro run on the emitter's sender thread.
+            self._emitter.offer_raw(SOCKET_DATA, raw)
+            return
+        try:  # in-collector mode: L7 is parsed here and only spans leave the node
+            self._collector.add(self._encoder.record(raw)[1])  # (key, record)
+        except Exception as exc:  # one bad event must not stop capture
+            self._emitter.count("decode_errors")
+            log.debug("in-collector cannot assemble event error=%s", exc)
+
+    def _emit_span(self, span: Span) -> None:
+        self.stats.spans += 1
+        self._emitter.offer(SPANS, span.flow_id, span.to_record())
 
     def _redact(self, payload: bytes) -> bytes:
         payload, masked = redact(payload, self._rules)
@@ -256,8 +270,12 @@ class EbpfAgent:
             self._tracer.poll(100)
             if time.monotonic() - last_counters >= 1.0:
                 self._collect_kernel_counters()
+                if self._collector is not None:
+                    self._collector.tick()
                 last_counters = time.monotonic()
         self._tracer.poll(0)  # drain what the kernel already wrote
+        if self._collector is not None:
+            self._collector.flush()
         self._resources.stop()
         self._collect_kernel_counters()
         self.stats.kernel_counters = dict(self._kernel_seen)

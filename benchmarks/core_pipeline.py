@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import pstats
 import statistics
@@ -87,9 +88,7 @@ def four_points(spans: list[Span]) -> list[Span]:
     out = []
     for s in spans:
         for side, shift in ((TapSide.CLIENT_NIC, 100), (TapSide.SERVER_NIC, 300), (TapSide.SERVER_PROCESS, 400)):
-            twin = Span(**{f: getattr(s, f) for f in Span.__dataclass_fields__})
-            twin.tap_side, twin.start_ns, twin.end_ns = side, s.start_ns + shift, s.end_ns - shift
-            out.append(twin)
+            out.append(dataclasses.replace(s, tap_side=side, start_ns=s.start_ns + shift, end_ns=s.end_ns - shift))
         out.append(s)
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class TapSide(enum.StrEnum):
@@ -21,9 +21,8 @@ class TapSide(enum.StrEnum):
     SERVER_PROCESS = "SERVER_PROCESS"
 
 
-@dataclass(slots=True, frozen=True)
-class SocketData:
-    """One syscall's data on one socket (a SocketDataEvent)."""
+class SocketData(NamedTuple):
+    """One syscall's data on one socket (a SocketDataEvent); a NamedTuple, as one is built per event."""
 
     host: str
     start_ns: int
@@ -99,11 +98,15 @@ class Span:
     trace_id: str | None = None
     parent_span_id: str | None = None
     identity: str = ""  # what makes the span unique at its tap point (socket or flow); part of span_id
+    _id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def span_id(self) -> str:
-        """Deterministic: the same input gives the same id in every engine and on every replay."""
-        return stable_id(self.host, self.tap_side, self.identity, self.start_ns, self.req_tcp_seq, self.request_type)
+        """Deterministic: the same input gives the same id in every engine and on every replay. Computed once:
+        the fields it covers are set at construction (copy with dataclasses.replace to change them)."""
+        if self._id is None:
+            self._id = stable_id(self.host, self.tap_side, self.identity, self.start_ns, self.req_tcp_seq, self.request_type)
+        return self._id
 
     @property
     def duration_ns(self) -> int:

@@ -8,7 +8,7 @@ will follow (the capture cut the message), so it should return what it can read 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from typing import Protocol as _Interface
 
 
@@ -27,9 +27,9 @@ class ErrorClass(enum.StrEnum):
     PROTOCOL_ERROR = "PROTOCOL_ERROR"
 
 
-@dataclass(slots=True, frozen=True)
-class Message:
-    """One request or response, as much as the captured bytes show."""
+class Message(NamedTuple):
+    """One request or response, as much as the captured bytes show (a NamedTuple: parsers make one per
+    message, and a frozen dataclass costs three times as much to build)."""
 
     is_request: bool
     size: int | None  # whole message length in bytes (may exceed what was captured); None: unknown
@@ -41,13 +41,12 @@ class Message:
     error_class: ErrorClass | None = None
     pair_key: int | str | None = None  # responses pair with the request of the same key (DNS id); None: in order
     trace_headers: tuple[tuple[str, str], ...] = ()  # (lowercase name, value): traceparent, x-request-id, sw8
-    attributes: tuple[tuple[str, str], ...] = field(default=())
+    attributes: tuple[tuple[str, str], ...] = ()
     expects_response: bool = True  # False for messages no answer follows (PostgreSQL Terminate, MySQL COM_QUIT)
     head: bytes = b""  # a response's first body bytes, for protocols that decode them once paired (see `finish`)
 
 
-@dataclass(slots=True, frozen=True)
-class Parse:
+class Parse(NamedTuple):
     status: Status
     message: Message | None = None
     reason: str | None = None  # why MALFORMED

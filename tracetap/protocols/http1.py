@@ -92,15 +92,21 @@ def _head(data: bytes, final: bool) -> tuple[bytes, bytes, int, bool] | Parse:
     return block[:line_end], block[line_end + 2:], header_bytes, complete
 
 
-# Only the headers a span uses are read: one C-speed scan instead of a dict of every header.
-_WANTED = re.compile(rb"^(host|content-length|transfer-encoding|traceparent|x-request-id|sw8)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$",
-                     re.IGNORECASE | re.MULTILINE)
+# Only the headers a span uses are read, found with C-speed searches in the lowercased block.
+_WANTED = tuple((name, b"\n" + name.encode() + b":") for name in
+                ("host", "content-length", "transfer-encoding", "traceparent", "x-request-id", "sw8"))
 
 
 def _headers(block: bytes) -> dict[str, str]:
+    lower = b"\n" + block.lower()
     headers: dict[str, str] = {}
-    for match in _WANTED.finditer(block):
-        headers.setdefault(match[1].decode().lower(), match[2].decode("latin-1"))
+    for name, needle in _WANTED:
+        at = lower.find(needle)
+        if at == -1:
+            continue
+        start = at + len(needle) - 1  # in `block`, which `lower` leads by one byte
+        end = block.find(b"\n", start)
+        headers[name] = block[start:end if end != -1 else len(block)].strip().decode("latin-1")
     return headers
 
 

@@ -155,6 +155,7 @@ class SocketTracer:
             for path in agent.include_cgroups:
                 cgroups[ctypes.c_uint64(_cgroup_id(path))] = one
             flags |= 4
+        flags |= 8  # FILTER_ARMED, last: the program captures nothing until the filters above are in place
         self.bpf["filter_flags"][ctypes.c_uint32(0)] = ctypes.c_uint32(flags)
         log.info("filters set excluded_ports=%s excluded_pids=%d include_netns=%s exclude_comms=%s include_cgroups=%s",
                  sorted(ports), len(agent.exclude_pids) + 1, list(agent.include_netns) or "all",

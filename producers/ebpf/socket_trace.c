@@ -158,6 +158,8 @@ BPF_ARRAY(filter_flags, u32, 1);
 #define FILTER_COMMS 2
 #define FILTER_CGROUPS 4
 
+#define FILTER_ARMED 8  // set last, once every filter map is filled: until then nothing is captured
+
 static __always_inline u32 filter_bits(void) {
     u32 zero = 0;
     u32 *flags = filter_flags.lookup(&zero);
@@ -167,6 +169,7 @@ static __always_inline u32 filter_bits(void) {
 // Filters that need process context (syscalls): the calling process's comm and cgroup.
 static __always_inline int process_filtered(void) {
     u32 bits = filter_bits();
+    if (!(bits & FILTER_ARMED)) return 1;  // the tracepoints are attached before the agent's own pid is excluded
     if (bits & FILTER_COMMS) {
         struct comm_key key = {};
         bpf_get_current_comm(&key.comm, sizeof(key.comm));
@@ -244,6 +247,7 @@ static __always_inline u16 sock_rport(void *sk) {
 
 // Everything excluded by the loader's filters is dropped here, before any copying.
 static __always_inline int filtered(void *sk) {
+    if (!(filter_bits() & FILTER_ARMED)) return 1;
     u16 lport = sock_lport(sk), rport = sock_rport(sk);
     if (excluded_ports.lookup(&lport) || excluded_ports.lookup(&rport)) return 1;
     if (filter_bits() & FILTER_NETNS) {

@@ -78,6 +78,8 @@ class MySql:
         if seq == 0 and first == 10:  # the greeting: answers no request
             return Parse(Status.MESSAGE, Message(is_request=False, size=4 + length, response_message="greeting"))
         if first == 0xFF and length >= 3:
+            if len(data) < start + 3:  # the error code itself is cut
+                return NEED_MORE if not final else malformed("MySQL error packet cut before its code")
             code = struct.unpack_from("<H", data, start + 1)[0]
             text = data[start + 3:start + length]
             if text[:1] == b"#":
@@ -102,7 +104,7 @@ def _login(data: bytes, length: int, seq: int, start: int) -> bool:
 
 
 def _prepare_ok(data: bytes, start: int, length: int) -> bool:
-    return length == 12 and data[start + 9] == 0  # status, statement id, columns, params, filler 0, warnings
+    return length == 12 and len(data) > start + 9 and data[start + 9] == 0  # status, statement id, columns, params, filler 0, warnings
 
 
 def _result_set_end(data: bytes, start: int, length: int) -> int | None:

@@ -183,7 +183,7 @@ class AgentRun:
         return sum(self.totals.get(k, 0) for k in OTHER_LOSS_KEYS)
 
 
-FINAL = re.compile(r"captured (\d+) data and (\d+) lifecycle events; (.*)")
+FINAL = re.compile(r"captured (\d+) data and (\d+) lifecycle events(?:, \d+ spans)?; (.*)")
 
 
 class Agent:

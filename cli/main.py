@@ -171,6 +171,38 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# stream jobs --------------------------------------------------------------------------------------
+def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.faust_app import FaustOptions, build_app
+    from tracetap.alerts import AlertConfig
+    from tracetap.metrics import WindowConfig
+    from tracetap.stages import StageConfig
+
+    seconds = 1_000_000_000
+    stages = StageConfig(windows=WindowConfig(window_ns=int(args.window_s * seconds)),
+                         alerts=AlertConfig(slow_request_ns=int(args.slow_ms * 1_000_000)),
+                         trace_gap_ns=int(args.trace_gap_s * seconds))
+    options = FaustOptions(app_id=args.app_id, web_port=args.web_port, idle_flush_s=args.idle_flush_s, stages=stages)
+    app, stats = build_app(settings, options)
+    print(f"faust worker {args.app_id}: raw topics -> spans, paths, metrics, alerts; stats on http://127.0.0.1:{args.web_port}/tracetap/stats/",
+          flush=True)
+    code = 0
+    workdir = state_dir(settings, dict(os.environ)) / "faust" / args.app_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    worker = faust.Worker(app, loglevel=(args.log_level or settings.log.level).lower(), quiet=True, redirect_stdouts=False,
+                          workdir=str(workdir))
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code or 0
+    print("consumed " + ", ".join(f"{k}={v}" for k, v in sorted(stats.consumed.items())) + "; produced "
+          + ", ".join(f"{k}={v}" for k, v in sorted(stats.produced.items())) + f"; dead_letters={sum(stats.dead_letters.values())}"
+          f" late={sum(stats.late.values())} replayed_skipped={stats.replayed}", flush=True)
+    return EXIT_OK if code == 0 else EXIT_FAILURE
+
+
 # agents -------------------------------------------------------------------------------------------
 def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
     from producers.common import agent_host, open_emitter
@@ -271,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     packets.add_argument("--tap", default="file=replay", metavar="SPEC",
                          help="with --read: the tap the file was recorded at, as interface[@netns]=tap_point[/workload] (default file=replay)")
     packets.add_argument("--duration", type=float, metavar="SECONDS", help="live: stop after this long (default: until SIGINT/SIGTERM)")
+
+    streams = commands.add_parser("streams", help="stream jobs: raw events to spans, paths, metrics and alerts",
+                                  description="Stream jobs hosting the core (tracetap/stages.py).")
+    stream_cmds = streams.add_subparsers(dest="streams_command", required=True, metavar="ENGINE")
+    faust_cmd = add(stream_cmds, "faust", cmd_streams_faust, "run the pipeline as a faust-streaming worker (until SIGINT/SIGTERM)")
+    faust_cmd.add_argument("--app-id", default="tracetap-streams", help="Faust app id: consumer group and table changelog prefix")
+    faust_cmd.add_argument("--web-port", type=int, default=6066, help="port of the worker's web endpoint (/tracetap/stats/)")
+    faust_cmd.add_argument("--window-s", type=float, default=10.0, help="RED, network and DNS metric window (default 10 s)")
+    faust_cmd.add_argument("--slow-ms", type=float, default=1000.0, help="a trace slower than this raises SLOW_REQUEST (default 1000)")
+    faust_cmd.add_argument("--trace-gap-s", type=float, default=5.0,
+                           help="event time after a trace's last span before it is complete and emitted (default 5 s)")
+    faust_cmd.add_argument("--idle-flush-s", type=float, default=10.0,
+                           help="with no input for this long, emit what waits for the watermark (default 10 s)")
 
     demo = add(commands, "demo", cmd_demo, "start the stack, send sample spans through Kafka into Elasticsearch, and query them back")
     demo.add_argument("--spans", type=int, default=2000, help="sample spans to produce (default 2000)")

@@ -6,7 +6,7 @@ same per-key order agree on it, and so on every timeout and window close that de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -27,3 +27,32 @@ class EventClock:
             return False
         self.max_seen_ns = max(self.max_seen_ns, time_ns)
         return True
+
+
+@dataclass(slots=True)
+class PartitionClocks:
+    """One EventClock per input partition (Kafka orders records only within one); the stage's watermark is
+    the lowest of them, as Flink's per-partition watermarks. Lateness is judged against the record's own
+    partition, so a partition that is behind the others is slow, not late."""
+
+    max_out_of_order_ns: int = 2_000_000_000
+    allowed_lateness_ns: int = 5_000_000_000
+    clocks: dict[str, EventClock] = field(default_factory=dict)
+    late: int = 0
+
+    def observe(self, partition: str, time_ns: int) -> bool:
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = EventClock(self.max_out_of_order_ns, self.allowed_lateness_ns)
+        if clock.observe(time_ns):
+            return True
+        self.late += 1
+        return False
+
+    @property
+    def watermark_ns(self) -> int:
+        return min((c.watermark_ns for c in self.clocks.values()), default=0)
+
+    @property
+    def max_seen_ns(self) -> int:
+        return max((c.max_seen_ns for c in self.clocks.values()), default=0)

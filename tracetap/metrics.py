@@ -99,6 +99,10 @@ class TumblingWindows:
         self._closed_before_ns = 0  # windows ending at or before this have been emitted
         self.late = 0
 
+    def accepts(self, time_ns: int) -> bool:
+        """Whether the window of this time is still open (not yet emitted)."""
+        return time_ns - time_ns % self._config.window_ns + self._config.window_ns > self._closed_before_ns
+
     def add(self, time_ns: int, key: tuple[Any, ...], item: Any) -> bool:
         start = time_ns - time_ns % self._config.window_ns
         if start + self._config.window_ns <= self._closed_before_ns:

@@ -58,6 +58,8 @@ class FlowPacketAssembler:
             request = self._pop(p)
             if request is not None:
                 self._open = (request, p, p["time"], p["payload_bytes"])
+                if p["dns_id"] is not None and p["l4_protocol"] == "UDP":  # one datagram is the whole answer
+                    out.append(self._finish())
         elif self._open is not None and src != self._client and p["payload_bytes"]:
             request, response, _, size = self._open
             self._open = (request, response, p["time"], size + p["payload_bytes"])  # more of the response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
@@ -11,6 +12,7 @@ QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT",
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 _HEADER = struct.Struct(">HHHHHH")
 _MAX_LABELS = 128
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 class Dns:
@@ -24,8 +26,18 @@ class Dns:
         body = first[2:] if self.over_tcp else first
         if len(body) < 17:
             return False
-        _, flags, qdcount, ancount, nscount, _ = _HEADER.unpack_from(body)
-        return port in self.ports and not flags & 0x8000 and (flags >> 11) & 0xF == 0 and qdcount == 1 and ancount == 0 and nscount == 0
+        _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(body)
+        if flags & 0x8000 or (flags >> 11) & 0xF or qdcount != 1 or ancount or nscount:
+            return False
+        if port in self.ports:
+            return True
+        # Any other port: only a query whose one question ends exactly where the message (or its EDNS record) does.
+        question = _name(body, 12, 0)
+        if question is None or not all(_HOSTNAME.fullmatch(label) for label in question[0].split(".") if question[0] != "."):
+            return False
+        end = question[1] + 4
+        qclass = struct.unpack_from(">H", body, question[1] + 2)[0] if len(body) >= end else None
+        return qclass == 1 and (len(body) == end or (arcount == 1 and len(body) >= end + 11 and body[end] == 0))
 
     def parse_request(self, data: bytes, final: bool) -> Parse:
         return self._parse(data, final, request=True)

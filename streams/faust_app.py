@@ -1,0 +1,374 @@
+"""`tracetap streams faust`: the core's two stages (tracetap/stages.py) hosted by a faust-streaming app.
+
+    raw.socket-data ┐
+    raw.packets     ├─▶ flow agent (key: flow id, table `flow-stages`) ──▶ <prefix>streams.trace-stage
+    raw.lifecycle   ┘                                                        (1 partition, private)
+    resources ─────────▶ resources agent (forwards workload tags) ──────────┘        │
+                                                                                     ▼
+    spans, paths, metrics.red, metrics.network, alerts ◀── trace agent (table `trace-stage`)
+
+One repartition hop: call chains cross flows, hosts and processes, so linking needs every span in
+one place (see the README). State lives in Faust tables backed by changelog topics; each batch's
+outputs are acknowledged by Kafka before the state that produced them is written, and each state
+records the offsets it holds, so a worker killed at any point resumes without loss and re-emits only
+records with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import ssl
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
+                             SOCKET_LIFECYCLE, SPANS, TopicSpec)
+from schemas.deadletter import dead_letter_key, dead_letter_record
+from schemas.registry import RegistryUnavailable, SchemaRegistry
+from schemas.serde import AvroDeserializer, AvroSerializer, UndecodableRecord
+from tracetap.config import Settings
+from tracetap.errors import TracetapError
+from tracetap.eventtime import PartitionClocks
+from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
+
+log = logging.getLogger("tracetap.streams.faust")
+
+COMPONENT = "tracetap streams faust"
+TRACE_STAGE_TOPIC = "streams.trace-stage"  # after the prefix; private to the stream job (pickled batches)
+_TRACE_KEY = b"trace-stage"
+_MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FaustOptions:
+    app_id: str = "tracetap-streams"
+    web_port: int = 6066
+    batch_events: int = 1000
+    batch_within_s: float = 0.5
+    idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
+    session_timeout_s: float = 15.0  # a killed worker's partitions move to the others after this
+    stages: StageConfig = field(default_factory=StageConfig)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What /tracetap/stats/ shows and the shutdown line reports."""
+
+    consumed: Counter[str] = field(default_factory=Counter)
+    produced: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    late: Counter[str] = field(default_factory=Counter)
+    replayed: int = 0  # records a recovered state already held, skipped
+    recovered_flow_states: int = 0  # flow states the last rebalance recovered from the changelog
+    started: float = field(default_factory=time.monotonic)
+
+
+def _credentials(settings: Settings) -> dict[str, Any]:
+    kafka = settings.kafka
+    protocol = kafka.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    context = ssl.create_default_context(cafile=str(kafka.ssl_ca_location) if kafka.ssl_ca_location else None)
+    if kafka.ssl_certificate_location:
+        context.load_cert_chain(str(kafka.ssl_certificate_location), str(kafka.ssl_key_location) if kafka.ssl_key_location else None,
+                                kafka.ssl_key_password.reveal() if kafka.ssl_key_password else None)
+    if protocol == "SSL":
+        return {"broker_credentials": faust.SSLCredentials(context)}
+    password = kafka.sasl_password.reveal() if kafka.sasl_password else None
+    return {"broker_credentials": faust.SASLCredentials(
+        username=kafka.sasl_username, password=password, mechanism=kafka.sasl_mechanism or "PLAIN",
+        ssl_context=context if protocol == "SASL_SSL" else None)}
+
+
+def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tuple[faust.App, WorkerStats]:
+    """The app with its topics, tables and agents, declared in data-flow order."""
+    prefix = settings.topics.prefix
+    registry = SchemaRegistry(settings.registry)
+    decode = AvroDeserializer(registry)
+    encoders = {spec.name: AvroSerializer(registry, spec.value_subject(prefix), spec.schema(), auto_register=settings.registry.auto_register)
+                for spec in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)}
+    stats = WorkerStats()
+    app = faust.App(
+        options.app_id, broker=f"kafka://{settings.kafka.bootstrap_servers.replace(',', ';kafka://')}", store="memory://",
+        web_port=options.web_port, topic_replication_factor=settings.topics.replication_factor, producer_acks=-1,
+        consumer_auto_offset_reset="earliest", topic_allow_declare=True, table_standby_replicas=0,
+        producer_max_request_size=_MAX_SNAPSHOT_BYTES, consumer_max_fetch_size=_MAX_SNAPSHOT_BYTES,
+        broker_session_timeout=options.session_timeout_s,
+        **_credentials(settings))
+
+    def raw_topic(*specs: TopicSpec) -> faust.TopicT:
+        return app.topic(*(s.full_name(prefix) for s in specs), key_serializer="raw", value_serializer="raw")
+
+    raw = raw_topic(SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE)
+    resources = raw_topic(RESOURCES)
+    trace_stage_topic = app.topic(prefix + TRACE_STAGE_TOPIC, partitions=1, key_serializer="raw", value_serializer="raw",
+                                  internal=True, retention=7 * 86400)
+    outputs = {spec.name: raw_topic(spec) for spec in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)}
+    flow_table = app.Table("flow-stages", partitions=SOCKET_DATA.partitions, key_type=bytes, value_type=bytes)
+    # The trace stage is one value, snapshotted whole after each batch (zlib), so its changelog takes large records.
+    trace_table = app.Table("trace-stage", partitions=1, key_type=bytes, value_type=bytes,
+                            extra_topic_configs={"max.message.bytes": str(_MAX_SNAPSHOT_BYTES)})
+    flow_clock = PartitionClocks(options.stages.max_out_of_order_ns, options.stages.allowed_lateness_ns)
+    flows: dict[bytes, tuple[int, FlowStage]] = {}  # key -> (partition, stage), the worker's view of flow_table
+    trace_box: list[TraceStage] = []
+    last_input = {"flow": time.monotonic(), "trace": time.monotonic()}
+    flushed = {"flow": False, "trace": False}  # an idle flush ran since the last input
+    positions: dict[str, int] = {}  # "topic/partition" -> the last offset processed, for the lag figures
+    topic_kind = {SOCKET_DATA.full_name(prefix): "socket_data", PACKETS.full_name(prefix): "packet",
+                  SOCKET_LIFECYCLE.full_name(prefix): "lifecycle"}
+
+    # helpers -------------------------------------------------------------------------------------------
+    async def dead_letter(event: Any, reason: str, detail: str) -> None:
+        message = event.message
+        record = dead_letter_record(COMPONENT, reason, detail, message.topic, message.partition, message.offset,
+                                    int(message.timestamp * 1000) if message.timestamp else None, message.key, message.value,
+                                    dict(message.headers or {}))
+        if reason not in stats.dead_letters:
+            log.warning("dead-lettering records reason=%s first_detail=%r", reason, detail)
+        stats.dead_letters[reason] += 1
+        # force: published now, not attached to the source offset's commit; awaited, so it is in Kafka before
+        # the state that skipped the record is written
+        fut = await outputs[DEAD_LETTER.name].send(key=dead_letter_key(record).encode(), value=encoders[DEAD_LETTER.name](record),
+                                                   force=True)
+        await fut
+
+    async def decoded(event: Any) -> dict[str, Any] | None:
+        """The Avro record, or None once dead-lettered; a registry outage is waited out, never dead-lettered."""
+        delay = 1.0
+        while True:
+            try:
+                return decode(event.message.value)
+            except UndecodableRecord as exc:
+                await dead_letter(event, exc.reason, exc.detail)
+                return None
+            except RegistryUnavailable as exc:
+                log.error("registry unavailable, retrying in %.0f s error=%s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def flow_stage(key: bytes, partition: int) -> FlowStage:
+        held = flows.get(key)
+        if held is None:
+            blob = flow_table.data.get(key)
+            held = flows[key] = pickle.loads(blob) if blob is not None else (partition, FlowStage(options.stages))
+        return held[1]
+
+    def trace_stage() -> TraceStage:
+        if not trace_box:
+            blob = trace_table.data.get(_TRACE_KEY)
+            trace_box.append(pickle.loads(zlib.decompress(blob)) if blob is not None else TraceStage(options.stages))
+        return trace_box[0]
+
+    def persist_flows(keys: set[bytes]) -> None:
+        for key in keys:
+            partition, stage = flows[key]
+            if stage.empty:
+                flows.pop(key)
+                flow_table.data.pop(key, None)
+                flow_table.send_changelog(partition, key, None)
+            else:
+                blob = pickle.dumps((partition, stage), protocol=pickle.HIGHEST_PROTOCOL)
+                flow_table.data[key] = blob
+                flow_table.send_changelog(partition, key, blob)
+
+    async def flow_watermark() -> int:
+        """The lowest watermark of the raw partitions that still have records to read: a partition this worker has
+        not read yet since it started (after a restart, or a rebalance) holds time back until it has been read,
+        and one that is caught up does not (as Flink's idle sources)."""
+        lowest = None
+        for tp in app.consumer.assignment():
+            if tp.topic not in topic_kind:
+                continue
+            slot = f"{tp.topic}/{tp.partition}"
+            highwater = app.consumer.highwater(tp)
+            position = positions.get(slot)
+            if position is None:
+                position = (await app.consumer.position(tp) or 0) - 1
+            if highwater is None or position + 1 >= highwater:
+                continue
+            clock = flow_clock.clocks.get(slot)
+            mark = clock.watermark_ns if clock is not None else 0
+            lowest = mark if lowest is None else min(lowest, mark)
+        return flow_clock.watermark_ns if lowest is None else min(lowest, flow_clock.watermark_ns)
+
+    async def send_to_trace_stage(items: list[tuple[str, Any]]) -> None:
+        if items:
+            fut = await trace_stage_topic.send(key=_TRACE_KEY, value=pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL), force=True)
+            await fut  # delivered before the state that produced it is written
+
+    async def emit(out: Emitted) -> None:
+        futures = []
+        for spec, records, key in ((SPANS, out.spans, "flow_id"), (PATHS, out.paths, "flow_id"), (RED_METRICS, out.red, "metric_id"),
+                                   (NETWORK_METRICS, out.network, "metric_id"), (ALERTS, out.alerts, "alert_id")):
+            encode, topic = encoders[spec.name], outputs[spec.name]
+            for record in records:
+                futures.append(await topic.send(key=record[key].encode(), value=encode(record), force=True))
+            stats.produced[spec.name] += len(records)
+        if futures:
+            await asyncio.gather(*futures)
+
+    # stage 1: per flow ------------------------------------------------------------------------------------
+    @app.agent(raw)
+    async def flow_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
+            last_input["flow"], flushed["flow"] = time.monotonic(), False
+            forward: list[tuple[str, Any]] = []
+            touched: set[bytes] = set()
+            for event in events:
+                message = event.message
+                kind = topic_kind[message.topic]
+                stats.consumed[kind] += 1
+                key = message.key or b""
+                stage = flow_stage(key, message.partition)
+                slot = f"{message.topic}/{message.partition}"
+                positions[slot] = message.offset
+                if stage.applied.get(slot, -1) >= message.offset:
+                    stats.replayed += 1
+                    continue
+                record = await decoded(event)
+                if record is not None:
+                    time_ns = record["time"] if kind != "socket_data" else record["end_time"]
+                    if not flow_clock.observe(slot, time_ns):
+                        stats.late[kind] += 1
+                        await dead_letter(event, "LATE", f"event time {time_ns} is before the watermark minus the allowed lateness")
+                    else:
+                        forward += [("span", (slot, span)) for span in getattr(stage, kind)(record)]
+                        if kind == "lifecycle":
+                            forward.append(("lifecycle", (slot, record)))
+                stage.applied[slot] = message.offset
+                touched.add(key)
+            watermark = await flow_watermark()
+            for key, (_, stage) in sorted(flows.items()):
+                due = stage.advance(watermark)
+                if due:
+                    forward += [("span", (None, span)) for span in due]
+                    touched.add(key)
+            await send_to_trace_stage(forward)
+            persist_flows(touched)
+
+    @app.agent(resources)
+    async def resources_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
+            items: list[tuple[str, Any]] = []
+            for event in events:
+                positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
+                value = event.message.value
+                resource_id = (event.message.key or b"").decode()
+                if value is None:
+                    items.append(("resource", (resource_id, None)))
+                    continue
+                record = await decoded(event)
+                if record is not None:
+                    items.append(("resource", (record["resource_id"], record)))
+            stats.consumed["resource"] += len(events)
+            await send_to_trace_stage(items)
+
+    # stage 2: the whole pipeline ---------------------------------------------------------------------------
+    @app.agent(trace_stage_topic)
+    async def trace_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
+            last_input["trace"], flushed["trace"] = time.monotonic(), False
+            stage = trace_stage()
+            for event in events:
+                message = event.message
+                slot = f"{message.topic}/{message.partition}"
+                positions[slot] = message.offset
+                if stage.applied.get(slot, -1) >= message.offset:
+                    stats.replayed += 1
+                    continue
+                for kind, item in pickle.loads(message.value):
+                    if kind == "span":
+                        if not stage.span(item[1], item[0]):
+                            stats.late["span"] += 1
+                    elif kind == "lifecycle":
+                        if not stage.lifecycle(item[1], item[0]):
+                            stats.late["lifecycle-metrics"] += 1
+                    else:
+                        stage.resource(*item)
+                stage.applied[slot] = message.offset
+            await finish_trace_batch(stage, stage.advance())
+
+    async def finish_trace_batch(stage: TraceStage, out: Emitted) -> None:
+        await emit(out)
+        blob = zlib.compress(pickle.dumps(stage, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        if len(blob) > _MAX_SNAPSHOT_BYTES:
+            raise TracetapError(f"the trace stage's state is {len(blob)} bytes, over {_MAX_SNAPSHOT_BYTES}: lower --trace-gap-s "
+                                "or the metric window, or run the Flink job")
+        trace_table.data[_TRACE_KEY] = blob
+        trace_table.send_changelog(0, _TRACE_KEY, blob)
+
+    @app.timer(interval=1.0)
+    async def idle_flush() -> None:
+        """Event time stands still without input: after idle_flush_s, time out open requests and emit what waits."""
+        now = time.monotonic()
+        if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s:
+            flushed["flow"] = True
+            forward, touched = [], set()
+            horizon = flow_clock.max_seen_ns + options.stages.assembly.request_timeout_ns + options.stages.nic.request_timeout_ns
+            for key, (_, stage) in sorted(flows.items()):
+                due = stage.advance(horizon)
+                forward += [("span", (None, span)) for span in due]
+                touched.add(key)
+            await send_to_trace_stage(forward)
+            persist_flows(touched)
+        if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s:
+            flushed["trace"] = True
+            stage = trace_box[0]
+            if stage.pending or len(stage.red) or len(stage.network) or len(stage.dns):
+                out = stage.advance(final=True)
+                log.info("idle flush spans=%d paths=%d red=%d alerts=%d", len(out.spans), len(out.paths), len(out.red), len(out.alerts))
+                await finish_trace_batch(stage, out)
+
+    # operability ----------------------------------------------------------------------------------------------
+    @app.page("/tracetap/stats/")
+    async def stats_page(web: Any, request: Any) -> Any:
+        trace = trace_box[0] if trace_box else None
+        lag = {}
+        inputs = {*topic_kind, RESOURCES.full_name(prefix), trace_stage_topic.get_topic_name()}
+        for tp in app.consumer.assignment() if app.consumer else ():
+            if tp.topic not in inputs:
+                continue
+            highwater = app.consumer.highwater(tp)
+            position = positions.get(f"{tp.topic}/{tp.partition}")
+            if position is None:  # nothing read from it since this worker started: where its group resumes
+                position = (await app.consumer.position(tp) or 0) - 1
+            if highwater is not None:
+                lag[f"{tp.topic}/{tp.partition}"] = max(highwater - position - 1, 0)
+        elapsed = max(time.monotonic() - stats.started, 1e-9)
+        return web.json({
+            "consumed": dict(stats.consumed), "consumed_per_s": sum(stats.consumed.values()) / elapsed,
+            "produced": dict(stats.produced), "dead_letters": dict(stats.dead_letters), "late": dict(stats.late),
+            "replayed_skipped": stats.replayed, "recovered_flow_states": stats.recovered_flow_states, "lag": lag,
+            "tables": {"flow-stages": len(flows), "trace-stage.pending_spans": len(trace.pending) if trace else 0,
+                       "trace-stage.open_red_windows": len(trace.red) if trace else 0},
+            "trace_stage": dataclass_dict(trace.counters) if trace else {},
+        })
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        log.info("rebalance: partitions revoked count=%d", len(revoked))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        flows.clear()  # the worker's view is rebuilt from the tables, which recovery fills from the changelogs
+        trace_box.clear()
+        log.info("partitions assigned count=%d partitions=%s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+        stats.recovered_flow_states = len(flow_table.data)
+        log.info("rebalance complete; tables recovered flow_states=%d trace_stage=%s", len(flow_table.data),
+                 "recovered" if _TRACE_KEY in trace_table.data else "new")
+
+    return app, stats
+
+
+def dataclass_dict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -1,0 +1,294 @@
+"""The Faust job on recorded traffic: a three-service chain (A -> B -> C, B also resolving names through a
+real dnsmasq), captured at all four points by the real agents (eBPF for the processes, two packet agents
+on loopback labelled client-nic and server-nic), replayed through the real topics into
+`tracetap streams faust`; the outputs are read back from Kafka and checked against what the test did
+and measured. A second worker is SIGKILLed mid-stream and restarted: its outputs equal an uninterrupted
+run's, id for id."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from confluent_kafka import Producer
+
+from benchmarks.core_pipeline import make_events
+from schemas.catalog import ALERTS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
+from schemas.kafka import client_config
+from schemas.producer import AvroProducer
+from schemas.topics import apply_catalog
+from schemas.serde import AvroDeserializer
+from tests.e2e.test_ebpf_agent import _start_agent
+from tests.kafka_helpers import read_until_idle
+from tests.recording import free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = Path(__file__).with_name("chain_service.py")
+REQUESTS = ["/order"] * 6 + ["/slow", "/fail"]
+
+
+def _start_packet_agent(settings, tap, ports):
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_PACKETS__TAPS=tap,
+               TRACETAP_PACKETS__CAPTURE_FILTER=" or ".join(f"port {p}" for p in ports))
+    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "agent", "packets", "--duration", "120"], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready = agent.stdout.readline()
+    if "capturing" not in ready:
+        agent.kill()
+        raise AssertionError(f"packet agent did not start: {ready!r} {agent.stderr.read()[-2000:]}")
+    return agent
+
+
+def _stop(process):
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def recording(own_topics, registry):
+    """Run the chain under the agents; returns the ports, what each request took as the client saw it."""
+    settings = own_topics
+    _add_background_load(settings, registry)
+    dns_port, c_port, b_port = free_port(), free_port(), free_port()
+    dnsmasq = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                                "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={dns_port}", "--pid-file=",
+                                "--local=/svc.test/", "--address=/stock.svc.test/10.1.2.3"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    service_c = subprocess.Popen([sys.executable, str(SERVICE), str(c_port)], stdout=subprocess.PIPE)
+    service_b = subprocess.Popen([sys.executable, str(SERVICE), str(b_port), str(c_port), str(dns_port)], stdout=subprocess.PIPE)
+    agents = []
+    try:
+        wait_for_port(b_port)
+        wait_for_port(c_port)
+        agents.append(_start_agent(settings))
+        agents += [_start_packet_agent(settings, f"lo={tap}", (b_port, c_port, dns_port)) for tap in ("client-nic", "server-nic")]
+        time.sleep(1.0)  # dumpcap is capturing once the agent says so; give the eBPF agent's first poll a moment too
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", b_port, timeout=10)
+        took = []
+        for path in REQUESTS:
+            started = time.monotonic_ns()
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            took.append((path, response.status, time.monotonic_ns() - started))
+        conn.close()
+        time.sleep(1.0)
+        for agent in agents:
+            _stop(agent)
+    finally:
+        for process in [*agents, service_b, service_c, dnsmasq]:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return {"settings": settings, "b": b_port, "c": c_port, "dns": dns_port, "took": took}
+
+
+def _add_background_load(settings, registry, events=20_000):
+    """Protocol-exact HTTP, Redis and DNS socket data on 200 other sockets, in the minute before the
+    recording: the worker has real work to do when it is killed, and findings must be picked out."""
+    from tracetap.flow import Endpoint, flow_id
+
+    records = make_events(events)
+    shift = time.time_ns() - 60_000_000_000 - records[0]["start_time"]
+    producer = AvroProducer(settings, registry)
+    for r in records:
+        r.update(start_time=r["start_time"] + shift, end_time=r["end_time"] + shift, cgroup_id=0, host="synthetic")
+        key = flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"]))
+        producer.produce(SOCKET_DATA, key, r)
+    producer.flush()
+
+
+def _run_worker(settings, app_id, web_port, kill_after_s=None):
+    """`tracetap streams faust` until every raw record is consumed and nothing more comes out; with
+    kill_after_s, SIGKILL it that far into the run first and start it again."""
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix)
+    command = [sys.executable, "-m", "cli.main", "streams", "faust", "--app-id", app_id, "--web-port", str(web_port),
+               "--trace-gap-s", "1", "--idle-flush-s", "4", "--window-s", "10", "--slow-ms", "1000"]
+    log = open(f"/tmp/{app_id}.log", "w")
+    worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        if kill_after_s is not None:
+            _wait_for_stats(web_port, lambda s: sum(s["consumed"].values()) > 0, timeout_s=120)
+            time.sleep(kill_after_s)
+            worker.kill()
+            worker.wait()
+            worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        last = {}
+
+        def settled(stats):
+            nonlocal last
+            done = (stats["tables"]["trace-stage.pending_spans"] == 0 and stats["tables"]["trace-stage.open_red_windows"] == 0
+                    and sum(stats["lag"].values()) == 0 and stats["lag"] and stats["produced"] == last.get("produced"))
+            last = stats
+            return done and sum(stats["produced"].values()) > 0
+
+        stats = _wait_for_stats(web_port, settled, timeout_s=240, every_s=3)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        return stats
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        log.close()
+
+
+def _wait_for_stats(port, condition, timeout_s, every_s=0.5):
+    deadline = time.monotonic() + timeout_s
+    stats = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/tracetap/stats/", timeout=5) as response:
+                stats = json.load(response)
+            if condition(stats):
+                return stats
+        except OSError:
+            pass
+        time.sleep(every_s)
+    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}")
+
+
+def _outputs(settings, registry):
+    decode = AvroDeserializer(registry)
+    read = {spec.name: [decode(m.value()) for m in read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=2)]
+            for spec in (SPANS, PATHS, RED_METRICS, ALERTS)}
+    return read
+
+
+@pytest.fixture(scope="module")
+def job(recording, registry):
+    settings = recording["settings"]
+    stats = _run_worker(settings, f"tt-faust-{uuid.uuid4().hex[:6]}", free_port())
+    out = {**recording, "stats": stats, **_outputs(settings, registry)}
+    return out
+
+
+def _chain_spans(job):
+    ports = (job["b"], job["c"])
+    return [s for s in job["spans"] if s["server_port"] in ports]
+
+
+def test_each_request_is_seen_at_all_four_points_of_both_hops(job):
+    spans = _chain_spans(job)
+    for port, count in ((job["b"], len(REQUESTS)), (job["c"], REQUESTS.count("/order") + REQUESTS.count("/slow"))):
+        sides = defaultdict(int)
+        for s in spans:
+            if s["server_port"] == port and s["protocol"] == "HTTP":
+                sides[s["tap_side"]] += 1
+        assert dict(sides) == {side: count for side in ("CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS")}, port
+
+
+def test_a_served_request_is_the_parent_of_the_calls_it_made_and_they_share_one_trace(job):
+    spans = _chain_spans(job)
+    by_id = {s["span_id"]: s for s in spans}
+    b_servers = [s for s in spans if s["server_port"] == job["b"] and s["tap_side"] == "SERVER_PROCESS" and s["request_resource"] == "/order"]
+    assert len(b_servers) == REQUESTS.count("/order")
+    for server in b_servers:
+        calls = [s for s in spans if s["parent_span_id"] == server["span_id"] and s["tap_side"] == "CLIENT_PROCESS"]
+        dns = [s for s in job["spans"] if s["parent_span_id"] == server["span_id"] and s["protocol"] == "DNS"]
+        assert [c["server_port"] for c in calls if c["protocol"] == "HTTP"] == [job["c"]]
+        assert [d["request_resource"] for d in dns] == ["stock.svc.test"]
+        # down the path to C's server process, and up to A's client span: one trace
+        c_chain = [s for s in spans if s["trace_id"] == server["trace_id"] and s["server_port"] == job["c"]]
+        assert {s["tap_side"] for s in c_chain} == {"CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS"}
+        root = server
+        while root["parent_span_id"] in by_id:
+            root = by_id[root["parent_span_id"]]
+        assert root["tap_side"] == "CLIENT_PROCESS" and root["server_port"] == job["b"] and root["parent_span_id"] is None
+
+
+def test_paths_put_the_slow_request_time_in_the_last_service(job):
+    paths = [p for p in job["paths"] if p["server_port"] in (job["b"], job["c"]) and p["protocol"] == "HTTP"]
+    assert len(paths) == len(REQUESTS) + REQUESTS.count("/order") + REQUESTS.count("/slow")
+    assert all(p["complete"] for p in paths)
+    slow_c = [p for p in paths if p["server_port"] == job["c"] and p["request_resource"] == "/stock/slow"]
+    assert len(slow_c) == 1
+    slow = slow_c[0]
+    assert slow["server_processing_ns"] >= 1_200_000_000  # the service slept 1.2 s
+    segments = [slow[k] for k in ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "resp_server_stack_ns",
+                                  "resp_network_ns", "resp_client_stack_ns")]
+    # Loopback: the stacks and the network take microseconds. Both taps are on `lo`, each dumpcap stamping the
+    # same packet on its own, so the "network" between them may come out a few hundred ns below zero.
+    assert all(-1_000_000 < s < 50_000_000 for s in segments), segments
+    client_took = dict((p, t) for p, _, t in job["took"])["/slow"]
+    slow_b = [p for p in paths if p["server_port"] == job["b"] and p["request_resource"] == "/slow"][0]
+    assert slow_b["duration_ns"] <= client_took  # A's own clock bounds what the capture saw
+    assert slow_b["server_processing_ns"] >= slow["duration_ns"]
+
+
+def test_red_counts_and_percentiles_match_the_spans(job):
+    spans = [s for s in _chain_spans(job) if s["server_port"] == job["b"] and s["tap_side"] == "SERVER_PROCESS"]
+    red = [r for r in job["metrics.red"] if r["tap_side"] == "SERVER_PROCESS" and r["protocol"] == "HTTP"
+           and any(s["endpoint"] == r["endpoint"] for s in spans)]
+    by_endpoint = defaultdict(list)
+    for s in spans:
+        by_endpoint[s["endpoint"]].append(s["duration_ns"])
+    expected_counts = {"GET /order": REQUESTS.count("/order"), "GET /slow": 1, "GET /fail": 1}
+    totals = defaultdict(int)
+    for r in red:
+        totals[r["endpoint"]] += r["request_count"]
+    assert dict(totals) == expected_counts
+    fail = [r for r in red if r["endpoint"] == "GET /fail"]
+    assert sum(r["server_error_count"] for r in fail) == 1
+    for r in red:
+        if r["request_count"] == len(by_endpoint[r["endpoint"]]):  # the whole series in one window
+            durations = sorted(by_endpoint[r["endpoint"]])
+            assert r["latency_max_ns"] == durations[-1]
+            for name, q in (("latency_p50_ns", 0.5), ("latency_p90_ns", 0.9), ("latency_p99_ns", 0.99)):
+                exact = durations[int(q * (len(durations) - 1))]  # the lower rank, as DDSketch defines it
+                assert abs(r[name] - exact) <= 0.011 * exact, (name, r[name], exact)  # within 1% relative error
+
+
+def test_the_slow_request_and_the_502_raise_alerts_with_their_evidence(job):
+    slow = [a for a in job["alerts"] if a["kind"] == "SLOW_REQUEST"]
+    assert len(slow) == 1
+    assert slow[0]["attributes"]["segment"] in ("server_own_ns", "server_processing_ns")
+    culprit = [s for s in job["spans"] if s["span_id"] == slow[0]["attributes"]["culprit_span_id"]][0]
+    assert culprit["server_port"] == job["c"] and culprit["tap_side"] == "SERVER_PROCESS"
+    failed = [a for a in job["alerts"] if a["kind"] == "ERROR_WITH_FAILED_DEPENDENCY"]
+    assert len(failed) == 1
+    assert failed[0]["attributes"]["dns.rcode"] == "NXDOMAIN" and failed[0]["attributes"]["dns.name"] == "missing.svc.test"
+    assert failed[0]["measurements"]["response_code"] == 502
+
+
+def test_the_worker_reports_what_it_consumed_and_dead_lettered_nothing(job, registry):
+    settings = job["settings"]
+    raw = sum(len(read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=1))
+              for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE))
+    stats = job["stats"]
+    assert sum(v for k, v in stats["consumed"].items() if k != "resource") == raw
+    assert stats["dead_letters"] == {} and stats["late"] == {}
+
+
+def test_a_worker_killed_mid_stream_and_restarted_emits_the_same_records(job, registry, admin):
+    """Same input under a second prefix (copied record for record, partition for partition); the worker is
+    SIGKILLed while it works through it and started again."""
+    settings = job["settings"]
+    second = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=settings.topics.prefix + "again."))
+    apply_catalog(admin, registry, second.topics.prefix, second.topics.replication_factor)
+    producer = Producer(client_config(settings.kafka))
+    for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, RESOURCES):
+        for m in read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=1):
+            producer.produce(spec.full_name(second.topics.prefix), m.value(), m.key(), partition=m.partition())
+    assert producer.flush(30) == 0
+    stats = _run_worker(second, f"tt-faust-kill-{uuid.uuid4().hex[:6]}", free_port(), kill_after_s=1.0)
+    again = _outputs(second, registry)
+    assert stats["recovered_flow_states"] > 0  # it was killed mid-stream: the restart resumed from recovered state
+    for name, id_field in (("spans", "span_id"), ("paths", "path_id"), ("metrics.red", "metric_id"), ("alerts", "alert_id")):
+        first = {r[id_field]: r for r in job[name]}
+        after_restart = {r[id_field]: r for r in again[name]}  # a record re-emitted after the restart is the same record
+        assert after_restart.keys() == first.keys(), (name, sorted(after_restart.keys() ^ first.keys())[:5])
+        differing = [k for k in first if first[k] != after_restart[k]]
+        assert not differing, (name, [(first[k], after_restart[k]) for k in differing[:2]])

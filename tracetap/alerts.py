@@ -1,0 +1,198 @@
+"""The seed's findings as Alert records: a slow request and the span that held the time, a 5xx whose
+trace holds a failed dependency, a DNS query storm, and a p99 regression against a service's baseline.
+
+Rules read linked traces and closed metric windows, so they fire from the same evidence in every engine;
+alert ids derive from that evidence, so a replay re-emits the same ids.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracetap.model import Span, TapSide, stable_id
+from tracetap.paths import PathState, join_key
+
+_SEGMENTS = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "server_processing_ns",
+             "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
+_FAILED_DNS = ("NXDOMAIN", "SERVFAIL", "REFUSED")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfig:
+    slow_request_ns: int = 1_000_000_000  # a trace whose root takes longer is a SLOW_REQUEST
+    dns_storm_queries_per_s: float = 10.0  # per client workload, over one window
+    dns_storm_nxdomain_ratio: float = 0.5
+    regression_factor: float = 2.0  # p99 above this times the baseline's median p99 ...
+    regression_min_delta_ns: int = 50_000_000  # ... and at least this much above it
+    regression_baseline_windows: int = 6  # windows that make the baseline (at least 3 must be in)
+    regression_min_requests: int = 5
+
+
+def _alert(kind: str, time_ns: int, severity: str, workload: str | None, summary: str, *, evidence: tuple[object, ...],
+           suggestion: str | None = None, trace_id: str | None = None, span_ids: list[str] | None = None,
+           workloads: list[str] | None = None, measurements: dict[str, float] | None = None,
+           attributes: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"alert_id": stable_id("alert", kind, *evidence), "time": time_ns, "kind": kind, "severity": severity,
+            "workload": workload, "summary": summary, "suggestion": suggestion, "trace_id": trace_id,
+            "span_ids": span_ids or [], "workloads": sorted(set(workloads or ([workload] if workload else []))),
+            "measurements": measurements or {}, "attributes": attributes or {}}
+
+
+def _describe(span: Span) -> str:
+    return " ".join(x for x in (span.request_type, span.request_resource) if x) or span.protocol
+
+
+def slow_request(trace: list[Span], config: AlertConfig) -> dict[str, Any] | None:
+    """The trace's root took too long: name the server span with the most time of its own (its duration less
+    the calls it made), and the segment of that request's path that held the time."""
+    by_id = {s.span_id: s for s in trace}
+    roots = [s for s in trace if s.parent_span_id not in by_id]
+    root = max(roots, key=lambda s: (s.duration_ns, s.span_id))
+    if root.duration_ns < config.slow_request_ns:
+        return None
+    children: dict[str, list[Span]] = {}
+    for span in trace:
+        if span.parent_span_id:
+            children.setdefault(span.parent_span_id, []).append(span)
+    servers = [s for s in trace if s.tap_side is TapSide.SERVER_PROCESS] or [root]
+
+    def own_ns(span: Span) -> int:
+        calls = [c for c in children.get(span.span_id, []) if c.tap_side is TapSide.CLIENT_PROCESS]
+        return span.duration_ns - sum(c.duration_ns for c in calls)
+
+    culprit = max(servers, key=lambda s: (own_ns(s), s.span_id))
+    path = PathState(("", ""), culprit.start_ns)
+    key = join_key(culprit)
+    for span in trace:
+        if key is not None and join_key(span) == key:
+            path.add(span)
+    record = path.record() if key is not None else {}
+    segments = {name: float(record[name]) for name in _SEGMENTS if record.get(name) is not None}
+    if culprit.tap_side is TapSide.SERVER_PROCESS:
+        segments["server_own_ns"] = float(own_ns(culprit))
+    segment = max(segments, key=lambda n: segments[n]) if segments else "unknown"
+    workload = culprit.server_workload
+    summary = (f"{_describe(root)} took {root.duration_ns / 1e9:.2f} s; {workload or culprit.server_ip} held "
+               f"{own_ns(culprit) / 1e9:.2f} s of it in {segment.removesuffix('_ns').replace('_', ' ')}")
+    return _alert("SLOW_REQUEST", root.start_ns, "WARNING", workload, summary, evidence=(root.trace_id, culprit.span_id),
+                  trace_id=root.trace_id, span_ids=[root.span_id, culprit.span_id],
+                  workloads=[w for w in (root.client_workload, workload) if w],
+                  measurements={"duration_ns": float(root.duration_ns), "culprit_duration_ns": float(culprit.duration_ns), **segments},
+                  attributes={"segment": segment, "culprit_span_id": culprit.span_id, "endpoint": culprit.endpoint or ""},
+                  suggestion="look at the application in the named workload: the network and the kernels were quick"
+                  if segment in ("server_processing_ns", "server_own_ns") else None)
+
+
+def failed_dependency(trace: list[Span], failed_connects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """An HTTP 5xx whose trace holds a failed DNS answer, or whose server process saw a connect refused
+    while it served the request."""
+    errors = sorted((s for s in trace if s.protocol == "HTTP" and (s.response_code or 0) >= 500), key=lambda s: (s.start_ns, s.span_id))
+    if not errors:
+        return None
+    top = errors[0]
+    dns = [s for s in trace if s.protocol == "DNS" and s.response_message in _FAILED_DNS and s.tap_side is TapSide.CLIENT_PROCESS]
+    dns = dns or [s for s in trace if s.protocol == "DNS" and s.response_message in _FAILED_DNS]
+    server = next((s for s in errors if s.tap_side is TapSide.SERVER_PROCESS), None)
+    refused = [e for e in failed_connects if server is not None and e["host"] == server.host and e["pid"] == server.pid
+               and server.start_ns <= e["time"] <= server.end_ns]
+    if not dns and not refused:
+        return None
+    where = (server or top).server_workload
+    if dns:
+        first = min(dns, key=lambda s: (s.start_ns, s.span_id))
+        cause = f"DNS {first.response_message} for {first.request_resource}"
+        attributes = {"dependency": "DNS", "dns.rcode": first.response_message or "", "dns.name": first.request_resource or ""}
+    else:
+        first_refused = min(refused, key=lambda e: e["time"])
+        cause = f"connect to {first_refused['remote_ip']}:{first_refused['remote_port']} failed ({first_refused['error_name'] or first_refused['error_code']})"
+        attributes = {"dependency": "connect", "remote": f"{first_refused['remote_ip']}:{first_refused['remote_port']}"}
+    summary = f"{_describe(top)} returned {top.response_code} from {where or top.server_ip}: {cause}"
+    return _alert("ERROR_WITH_FAILED_DEPENDENCY", top.start_ns, "CRITICAL", where, summary, evidence=(top.trace_id, top.span_id),
+                  trace_id=top.trace_id, span_ids=[top.span_id] + [s.span_id for s in dns],
+                  workloads=[w for w in (where, top.client_workload) if w],
+                  measurements={"response_code": float(top.response_code or 0), "failed_dns_spans": float(len(dns)),
+                                "failed_connects": float(len(refused))}, attributes=attributes)
+
+
+@dataclass(slots=True)
+class DnsAccumulator:
+    """DNS queries and failed answers of one client workload in one window (a metric, windowed like RED)."""
+
+    queries: int = 0
+    nxdomain: int = 0
+    names: dict[str, int] = field(default_factory=dict)
+
+    def add(self, span: Span) -> None:
+        self.queries += 1
+        if span.response_message == "NXDOMAIN":
+            self.nxdomain += 1
+        name = span.request_resource or "?"
+        self.names[name] = self.names.get(name, 0) + 1
+
+    def merge(self, other: DnsAccumulator) -> None:
+        self.queries += other.queries
+        self.nxdomain += other.nxdomain
+        for name, n in other.names.items():
+            self.names[name] = self.names.get(name, 0) + n
+
+    def result(self, key: tuple[str], window_start_ns: int, window_ns: int) -> dict[str, Any]:
+        return {"client_workload": key[0], "window_start_ns": window_start_ns, "window_ns": window_ns, "queries": self.queries,
+                "nxdomain": self.nxdomain, "top_names": sorted(self.names, key=lambda n: (-self.names[n], n))[:5]}
+
+
+def dns_storm(windows: list[dict[str, Any]], config: AlertConfig) -> list[dict[str, Any]]:
+    """One alert per window in which client workloads flood DNS with mostly failing queries."""
+    by_window: dict[int, list[dict[str, Any]]] = {}
+    for w in windows:
+        rate = w["queries"] / (w["window_ns"] / 1e9)
+        if rate >= config.dns_storm_queries_per_s and w["nxdomain"] / w["queries"] >= config.dns_storm_nxdomain_ratio:
+            by_window.setdefault(w["window_start_ns"], []).append(w)
+    alerts = []
+    for start, storming in sorted(by_window.items()):
+        storming.sort(key=lambda w: w["client_workload"])
+        names = [w["client_workload"] for w in storming]
+        seconds = storming[0]["window_ns"] / 1e9
+        queries, nxdomain = sum(w["queries"] for w in storming), sum(w["nxdomain"] for w in storming)
+        measurements = {"dns_queries_per_s": queries / seconds, "nxdomain_ratio": nxdomain / queries}
+        for w in storming:
+            measurements[f"{w['client_workload']}.dns_queries_per_s"] = w["queries"] / seconds
+            measurements[f"{w['client_workload']}.nxdomain_ratio"] = w["nxdomain"] / w["queries"]
+        alerts.append(_alert(
+            "DNS_STORM", start, "WARNING", names[0] if len(names) == 1 else None,
+            f"{', '.join(names)} sent {queries / seconds:.0f} DNS queries/s, {nxdomain / queries:.0%} NXDOMAIN",
+            evidence=(start, *names), workloads=names, measurements=measurements,
+            attributes={"top_names": ", ".join(storming[0]["top_names"])},
+            suggestion="names are expanded through the search path (ndots): use fully qualified names with a trailing dot, "
+                       "or lower ndots in the pods' resolv.conf (dnsConfig options ndots:1)"))
+    return alerts
+
+
+@dataclass(slots=True)
+class RegressionTracker:
+    """Recent p99s per (server workload, endpoint) of server-side RED windows; flags a window far above them."""
+
+    config: AlertConfig = field(default_factory=AlertConfig)
+    history: dict[tuple[str | None, str], deque[int]] = field(default_factory=dict)
+
+    def check(self, red: dict[str, Any]) -> dict[str, Any] | None:
+        if red["tap_side"] != "SERVER_PROCESS" or red["request_count"] < self.config.regression_min_requests:
+            return None
+        key = (red["server_workload"], red["endpoint"])
+        past = self.history.setdefault(key, deque(maxlen=self.config.regression_baseline_windows))
+        p99 = red["latency_p99_ns"]
+        alert = None
+        if len(past) >= 3:
+            baseline = int(statistics.median(past))
+            if p99 > baseline * self.config.regression_factor and p99 - baseline >= self.config.regression_min_delta_ns:
+                alert = _alert("LATENCY_REGRESSION", red["window_start"] * 1_000_000, "WARNING", red["server_workload"],
+                               f"{red['endpoint']} on {red['server_workload']}: p99 {p99 / 1e6:.0f} ms against "
+                               f"{baseline / 1e6:.0f} ms over the previous {len(past)} windows",
+                               evidence=(red["metric_id"],), workloads=[w for w in (red["server_workload"],) if w],
+                               measurements={"p99_ns": float(p99), "baseline_p99_ns": float(baseline),
+                                             "request_count": float(red["request_count"])},
+                               attributes={"endpoint": red["endpoint"], "metric_id": red["metric_id"]})
+        past.append(p99)
+        return alert

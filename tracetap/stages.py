@@ -1,0 +1,254 @@
+"""The pipeline's two keyed stages, which every engine hosts the same way:
+
+1. `FlowStage`, one per flow id (the raw topics' key, so no repartition): one flow's socket data and
+   packet summaries become spans at the four tap points.
+2. `TraceStage`, one for the whole pipeline: spans are grouped into connected traces (the links of
+   `tracing.link_spans`), linked, tagged with workloads, joined into path records, counted into RED,
+   network and DNS windows, and read by the alert rules. Call chains cross every key a span has, so
+   this stage sees all spans; it is the one stage that does not scale out.
+
+A stage is a plain object: an engine keeps it in keyed state (pickled), feeds it records in order and
+calls `advance` on a watermark. `applied` lets an engine skip records a recovered state already holds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
+from tracetap.assembly import AssemblyConfig, SocketAssembler
+from tracetap.eventtime import PartitionClocks
+from tracetap.metrics import NetworkWindows, RedWindows, TumblingWindows, WindowConfig
+from tracetap.model import Span, SocketData, TapSide
+from tracetap.nic import FlowPacketAssembler, NicConfig
+from tracetap.paths import PathState, join_key
+from tracetap.tracing import link_spans
+from tracetap.workloads import WorkloadIndex
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    assembly: AssemblyConfig = AssemblyConfig()
+    nic: NicConfig = NicConfig()
+    windows: WindowConfig = WindowConfig()
+    alerts: AlertConfig = AlertConfig()
+    max_out_of_order_ns: int = 2_000_000_000
+    allowed_lateness_ns: int = 5_000_000_000
+    trace_gap_ns: int = 5_000_000_000  # a trace is complete once the watermark is this far past its last span's end
+
+
+# stage 1 ----------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class FlowStage:
+    """The assemblers of one flow: one per socket (c-p, s-p) and one per NIC tap point (c, s)."""
+
+    config: StageConfig = field(default_factory=StageConfig)
+    sockets: dict[str, SocketAssembler] = field(default_factory=dict)
+    nics: dict[str, FlowPacketAssembler] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> the last offset this state holds
+
+    def socket_data(self, record: dict[str, Any]) -> list[Span]:
+        event = SocketData.from_record(record)
+        assembler = self.sockets.get(event.socket_key)
+        if assembler is None:
+            assembler = self.sockets[event.socket_key] = SocketAssembler(self.config.assembly)
+        return assembler.add(event)
+
+    def packet(self, record: dict[str, Any]) -> list[Span]:
+        tap = f"{record['host']}|{record['interface']}|{record['tap_point']}"
+        assembler = self.nics.get(tap)
+        if assembler is None:
+            assembler = self.nics[tap] = FlowPacketAssembler(self.config.nic)
+        return assembler.add(record)
+
+    def lifecycle(self, record: dict[str, Any]) -> list[Span]:
+        """A CLOSE ends the socket's assembler: its open requests end flagged as cut off."""
+        if record["kind"] != "CLOSE":
+            return []
+        assembler = self.sockets.pop(f"{record['host']}|{record['pid']}|{record['socket_id']}", None)
+        return assembler.close(record["time"]) if assembler is not None else []
+
+    def advance(self, watermark_ns: int) -> list[Span]:
+        """Timeouts due at this watermark; assemblers left with nothing open are forgotten."""
+        out: list[Span] = []
+        for key in sorted(self.sockets):
+            out += self.sockets[key].expire(watermark_ns)
+        for key in sorted(self.nics):
+            out += self.nics[key].expire(watermark_ns)
+        return out
+
+    @property
+    def empty(self) -> bool:
+        return not self.sockets and not self.nics
+
+
+# stage 2 ----------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Emitted:
+    """What one `TraceStage.advance` produced, as the records of the output topics."""
+
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[dict[str, Any]] = field(default_factory=list)
+    red: list[dict[str, Any]] = field(default_factory=list)
+    network: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.spans) + len(self.paths) + len(self.red) + len(self.network) + len(self.alerts)
+
+
+@dataclass(slots=True)
+class TraceCounters:
+    spans_in: int = 0
+    duplicate_spans: int = 0  # replays after a restart upstream: dropped by span id
+    late_spans: int = 0  # beyond the allowed lateness: the engine dead-letters them
+    late_lifecycle: int = 0
+    traces: int = 0
+
+
+def link_keys(span: Span) -> list[tuple[Any, ...]]:
+    """What ties a span to others (the evidence `tracing.link_spans` uses): its path, its thread trace id
+    within its process, and the trace headers it carried within its process."""
+    keys: list[tuple[Any, ...]] = []
+    path = join_key(span)
+    if path is not None:
+        keys.append(("path", *path))
+    if span.tap_side in (TapSide.CLIENT_PROCESS, TapSide.SERVER_PROCESS):
+        if span.syscall_trace_id_request:
+            keys.append(("thread", span.host, span.pid, span.syscall_trace_id_request))
+        for name, value in sorted(span.trace_headers.items()):
+            keys.append(("header", span.host, span.pid, name, value))
+    return keys
+
+
+@dataclass(slots=True)
+class TraceStage:
+    config: StageConfig = field(default_factory=StageConfig)
+    clock: PartitionClocks = field(default_factory=PartitionClocks)
+    workloads: WorkloadIndex = field(default_factory=WorkloadIndex)
+    pending: dict[str, Span] = field(default_factory=dict)  # span id -> span not yet in a complete trace
+    emitted: dict[str, int] = field(default_factory=dict)  # span id -> end, remembered to drop replays
+    failed_connects: list[dict[str, Any]] = field(default_factory=list)
+    red: RedWindows = field(init=False)
+    network: NetworkWindows = field(init=False)
+    dns: TumblingWindows = field(init=False)
+    regressions: RegressionTracker = field(init=False)
+    counters: TraceCounters = field(default_factory=TraceCounters)
+    applied: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.clock = PartitionClocks(self.config.max_out_of_order_ns, self.config.allowed_lateness_ns)
+        self.red = RedWindows(self.config.windows)
+        self.network = NetworkWindows(self.config.windows)
+        self.dns = TumblingWindows(self.config.windows, DnsAccumulator)
+        self.regressions = RegressionTracker(self.config.alerts)
+
+    # input ------------------------------------------------------------------------------------------
+    def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:
+        self.workloads.apply(resource_id, record)
+
+    def span(self, span: Span, source: str | None) -> bool:
+        """Take a span from stage 1; `source` is the input partition whose record completed it (None for a
+        timeout, which the watermark made). False when it is late beyond the allowed lateness (route it)."""
+        self.counters.spans_in += 1
+        if span.span_id in self.pending or span.span_id in self.emitted:
+            self.counters.duplicate_spans += 1
+            return True
+        on_time = (self.clock.observe(source, span.end_ns) if source is not None
+                   else span.end_ns >= self.clock.watermark_ns - self.config.allowed_lateness_ns)
+        on_time = on_time and self.red.accepts(span.end_ns)  # what is emitted is counted: its window must be open
+        if not on_time:
+            self.counters.late_spans += 1
+            return False
+        self.pending[span.span_id] = span
+        return True
+
+    def lifecycle(self, record: dict[str, Any], source: str) -> bool:
+        if not self.clock.observe(source, record["time"]):
+            self.counters.late_lifecycle += 1
+            return False
+        if record["kind"] == "CONNECT_FAILED":
+            self.failed_connects.append(record)
+        self.network.add_event(record, self._pair_workloads(record))
+        return True
+
+    # output -----------------------------------------------------------------------------------------
+    def advance(self, final: bool = False) -> Emitted:
+        """Emit every trace complete at the watermark (all of them when `final`), then the closed windows."""
+        watermark = self.clock.watermark_ns
+        horizon = watermark - self.config.trace_gap_ns
+        out = Emitted()
+        for trace in self._complete_traces(None if final else horizon):
+            self._emit_trace(trace, out)
+        if final:
+            window_watermark = self.clock.max_seen_ns + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns
+        else:  # a window stays open while a waiting trace may still add a span to it
+            window_watermark = min([horizon] + [s.end_ns for s in self.pending.values()])
+        out.red += self.red.advance(window_watermark)
+        out.network += self.network.advance(window_watermark)
+        out.alerts += dns_storm(self.dns.advance(window_watermark), self.config.alerts)
+        for record in out.red:
+            alert = self.regressions.check(record)
+            if alert is not None:
+                out.alerts.append(alert)
+        forget = horizon - 2 * self.config.trace_gap_ns - self.config.allowed_lateness_ns
+        self.emitted = {k: end for k, end in self.emitted.items() if end >= forget}
+        self.failed_connects = [e for e in self.failed_connects if e["time"] >= forget]
+        return out
+
+    def _complete_traces(self, horizon: int | None) -> list[list[Span]]:
+        """Connected groups of pending spans (union-find over their link keys) whose last end is before the horizon."""
+        parent: dict[str, str] = {}
+
+        def find(x: str) -> str:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        owner: dict[tuple[Any, ...], str] = {}
+        for span_id, span in self.pending.items():
+            parent.setdefault(span_id, span_id)
+            for key in link_keys(span):
+                other = owner.setdefault(key, span_id)
+                a, b = find(span_id), find(other)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        groups: dict[str, list[Span]] = defaultdict(list)
+        for span_id, span in self.pending.items():
+            groups[find(span_id)].append(span)
+        done = [g for g in groups.values() if horizon is None or max(s.end_ns for s in g) <= horizon]
+        for group in done:
+            for span in group:
+                del self.pending[span.span_id]
+        return sorted(done, key=lambda g: min((s.start_ns, s.span_id) for s in g))
+
+    def _emit_trace(self, trace: list[Span], out: Emitted) -> None:
+        self.counters.traces += 1
+        trace = link_spans([self.workloads.tag(replace(s)) for s in trace])
+        paths: dict[tuple[str, str], PathState] = {}
+        for span in trace:
+            self.emitted[span.span_id] = span.end_ns
+            out.spans.append(span.to_record())
+            self.red.add_span(span)
+            if span.protocol == "DNS" and span.tap_side is TapSide.CLIENT_PROCESS:
+                self.dns.add(span.end_ns, (span.client_workload or span.client_ip,), span)
+            key = join_key(span)
+            if key is not None:
+                state = paths.get(key)
+                if state is None:
+                    state = paths[key] = PathState(key, span.start_ns)
+                state.add(span)
+        out.paths += [paths[key].record() for key in sorted(paths)]
+        for alert in (slow_request(trace, self.config.alerts), failed_dependency(trace, self.failed_connects)):
+            if alert is not None:
+                out.alerts.append(alert)
+
+    def _pair_workloads(self, record: dict[str, Any]) -> tuple[str | None, str | None]:
+        local_is_client = record["role"] == "CLIENT" or (record["role"] == "UNKNOWN" and record["local_port"] > record["remote_port"])
+        own = self.workloads.process_workload(record["host"], record["pid"])
+        local = own or self.workloads.addresses.get(record["local_ip"])
+        remote = self.workloads.addresses.get(record["remote_ip"])
+        return (local, remote) if local_is_client else (remote, local)

@@ -1,0 +1,114 @@
+"""The stages engines host (flow and trace) and the alert rules, on hand-written spans; expected figures
+are worked out by hand in each test."""
+
+import dataclasses
+import pickle
+
+from tracetap.alerts import AlertConfig, RegressionTracker
+from tracetap.metrics import WindowConfig
+from tracetap.model import Span, TapSide
+from tracetap.stages import StageConfig, TraceStage
+
+S = 1_000_000_000
+MS = 1_000_000
+T0 = 1_800_000_000 * S  # a window boundary (10 s windows)
+
+
+def dns_span(workload, start, rcode, qid, name="api.tpp.svc.cluster.local"):
+    return Span("DNS", TapSide.CLIENT_PROCESS, "node", start, start + MS, f"udp|{workload}|{qid}", "UDP", "10.0.0.9", 40000 + qid,
+                "10.0.0.53", 53, request_type="A", request_resource=name, response_message=rcode,
+                error_class="CLIENT_ERROR" if rcode == "NXDOMAIN" else None, client_workload=workload,
+                attributes={"dns.id": str(qid)}, identity=f"{workload}|{qid}")
+
+
+def http_span(side, start, end, *, seq, trace=None, pid=1, server="10.0.0.2", port=8080, path="/x", status=200, workload="svc"):
+    return Span("HTTP", side, "node", start, end, f"tcp|10.0.0.1|40000|{server}|{port}", "TCP", "10.0.0.1", 40000, server, port,
+                request_type="GET", request_resource=path, endpoint=f"GET {path}", response_code=status,
+                error_class="SERVER_ERROR" if status >= 500 else None, req_tcp_seq=seq, syscall_trace_id_request=trace, pid=pid,
+                server_workload=workload, identity=f"{side}|{pid}|{seq}")
+
+
+def config(**alerts):
+    return StageConfig(windows=WindowConfig(window_ns=10 * S), alerts=AlertConfig(**alerts), trace_gap_ns=1 * S)
+
+
+def test_a_dns_storm_names_the_flooding_pods_with_their_rate_and_nxdomain_ratio():
+    stage = TraceStage(config())
+    # tpp-pay-1: 200 queries in the window, 160 NXDOMAIN (search-path expansion); web: 5 healthy queries
+    for i in range(200):
+        assert stage.span(dns_span("tpp-pay-1", T0 + i * 40 * MS, "NXDOMAIN" if i % 5 else "NOERROR", i), "p0")
+    for i in range(5):
+        assert stage.span(dns_span("web", T0 + i * S, "NOERROR", 1000 + i), "p1")
+    out = stage.advance(final=True)
+    storms = [a for a in out.alerts if a["kind"] == "DNS_STORM"]
+    assert len(storms) == 1
+    storm = storms[0]
+    assert storm["workloads"] == ["tpp-pay-1"] and storm["workload"] == "tpp-pay-1"
+    assert storm["measurements"]["dns_queries_per_s"] == 20.0  # 200 queries / 10 s
+    assert storm["measurements"]["nxdomain_ratio"] == 0.8  # 160 / 200
+    assert "ndots" in storm["suggestion"]
+
+
+def test_a_p99_far_above_the_recent_windows_is_a_regression():
+    tracker = RegressionTracker(AlertConfig(regression_factor=2.0, regression_min_delta_ns=50 * MS, regression_min_requests=5))
+
+    def window(i, p99_ms):
+        return {"tap_side": "SERVER_PROCESS", "request_count": 10, "server_workload": "acuiagwapp", "endpoint": "GET /retail",
+                "latency_p99_ns": p99_ms * MS, "window_start": i * 10_000, "metric_id": f"m{i}"}
+
+    assert [tracker.check(window(i, p99)) for i, p99 in enumerate((20, 22, 18, 21))] == [None] * 4
+    alert = tracker.check(window(4, 500))
+    assert alert["kind"] == "LATENCY_REGRESSION" and alert["workload"] == "acuiagwapp"
+    assert alert["measurements"]["baseline_p99_ns"] == 20.5 * MS  # the median of 20, 22, 18, 21 ms
+    assert tracker.check(window(5, 40)) is None  # 40 ms is under 2 x the median, now of 20, 22, 18, 21, 500
+
+
+def test_the_trace_stage_links_a_chain_emits_its_path_and_names_the_span_that_held_the_time():
+    stage = TraceStage(config(slow_request_ns=1 * S))
+    # A calls B (seq 100); B, while serving (thread trace 7), calls C (seq 500) which takes 3 s
+    a_to_b = [http_span(side, T0 + d, T0 + 3200 * MS - d, seq=100, trace=7 if side is TapSide.SERVER_PROCESS else None, pid=2,
+                        workload="gateway") for side, d in ((TapSide.CLIENT_PROCESS, 0), (TapSide.SERVER_PROCESS, 1 * MS))]
+    b_to_c = [http_span(side, T0 + 50 * MS + d, T0 + 3050 * MS - d, seq=500, trace=7 if side is TapSide.CLIENT_PROCESS else None,
+                        pid=2 if side is TapSide.CLIENT_PROCESS else 3, server="10.0.0.3", path="/orders", workload="oms-app")
+              for side, d in ((TapSide.CLIENT_PROCESS, 0), (TapSide.SERVER_PROCESS, 1 * MS))]
+    for s in a_to_b + b_to_c:
+        assert stage.span(s, "p0")
+    assert stage.span(dataclasses.replace(b_to_c[1]), "p0")  # a replay upstream: the same span again
+    assert stage.counters.duplicate_spans == 1
+    out = stage.advance(final=True)
+    assert len(out.spans) == 4 and len({s["trace_id"] for s in out.spans}) == 1
+    c_server = next(s for s in out.spans if s["server_ip"] == "10.0.0.3" and s["tap_side"] == "SERVER_PROCESS")
+    b_client = next(s for s in out.spans if s["server_ip"] == "10.0.0.3" and s["tap_side"] == "CLIENT_PROCESS")
+    b_server = next(s for s in out.spans if s["server_ip"] == "10.0.0.2" and s["tap_side"] == "SERVER_PROCESS")
+    assert c_server["parent_span_id"] == b_client["span_id"] and b_client["parent_span_id"] == b_server["span_id"]
+    assert sorted(p["server_processing_ns"] for p in out.paths) == [2998 * MS, 3198 * MS]
+    slow = [a for a in out.alerts if a["kind"] == "SLOW_REQUEST"]
+    assert len(slow) == 1 and slow[0]["workload"] == "oms-app"  # B's own time is 3198 - 3000 ms; C's is 2998 ms
+    assert slow[0]["attributes"]["culprit_span_id"] == c_server["span_id"]
+
+
+def test_a_502_with_a_failed_dns_answer_in_its_trace_raises_a_failed_dependency():
+    stage = TraceStage(config())
+    server = http_span(TapSide.SERVER_PROCESS, T0, T0 + 20 * MS, seq=100, trace=9, pid=4, status=502, workload="gateway")
+    lookup = dataclasses.replace(dns_span("gateway", T0 + 2 * MS, "NXDOMAIN", 77, name="backend.svc"), pid=4, syscall_trace_id_request=9)
+    assert stage.span(server, "p0") and stage.span(lookup, "p1")
+    out = stage.advance(final=True)
+    failed = [a for a in out.alerts if a["kind"] == "ERROR_WITH_FAILED_DEPENDENCY"]
+    assert len(failed) == 1
+    assert failed[0]["attributes"] == {"dependency": "DNS", "dns.rcode": "NXDOMAIN", "dns.name": "backend.svc"}
+    assert failed[0]["workload"] == "gateway" and lookup.span_id in failed[0]["span_ids"]
+
+
+def test_a_span_later_than_its_partition_allows_is_refused_and_counted():
+    stage = TraceStage(config())
+    assert stage.span(dns_span("web", T0 + 60 * S, "NOERROR", 1), "p0")
+    assert not stage.span(dns_span("web", T0, "NOERROR", 2), "p0")  # 60 s behind p0's own watermark
+    assert stage.span(dns_span("web", T0, "NOERROR", 3), "p1")  # another partition may be behind: slow, not late
+    assert stage.counters.late_spans == 1
+
+
+def test_a_stage_survives_pickling_as_engines_store_it():
+    stage = TraceStage(config())
+    stage.span(dns_span("web", T0, "NOERROR", 1), "p0")
+    again = pickle.loads(pickle.dumps(stage))
+    assert again.advance(final=True).spans == stage.advance(final=True).spans

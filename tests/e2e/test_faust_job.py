@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Producer
 
 from benchmarks.core_pipeline import make_events
-from schemas.catalog import ALERTS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
+from schemas.catalog import ALERTS, DEAD_LETTER, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
 from schemas.kafka import client_config
 from schemas.producer import AvroProducer
 from schemas.topics import apply_catalog
@@ -34,6 +34,7 @@ from tests.recording import free_port, wait_for_port
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).with_name("chain_service.py")
 REQUESTS = ["/order"] * 6 + ["/slow", "/fail"]
+GARBAGE = b"not an avro record"
 
 
 def _start_packet_agent(settings, tap, ports):
@@ -108,6 +109,7 @@ def _add_background_load(settings, registry, events=20_000):
         r.update(start_time=r["start_time"] + shift, end_time=r["end_time"] + shift, cgroup_id=0, host="synthetic")
         key = flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"]))
         producer.produce(SOCKET_DATA, key, r)
+    producer.produce_encoded(SOCKET_DATA, "tcp|10.9.9.9|1|10.9.9.9|2", GARBAGE)  # not Avro: the job dead-letters it
     producer.flush()
 
 
@@ -263,13 +265,17 @@ def test_the_slow_request_and_the_502_raise_alerts_with_their_evidence(job):
     assert failed[0]["measurements"]["response_code"] == 502
 
 
-def test_the_worker_reports_what_it_consumed_and_dead_lettered_nothing(job, registry):
+def test_the_worker_consumed_everything_and_dead_lettered_only_the_garbage_with_its_reason(job, registry):
     settings = job["settings"]
     raw = sum(len(read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=1))
               for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE))
     stats = job["stats"]
     assert sum(v for k, v in stats["consumed"].items() if k != "resource") == raw
-    assert stats["dead_letters"] == {} and stats["late"] == {}
+    assert stats["dead_letters"] == {"BAD_MAGIC_BYTE": 1} and stats["late"] == {}
+    decode = AvroDeserializer(registry)
+    letters = [decode(m.value()) for m in read_until_idle(settings, DEAD_LETTER.full_name(settings.topics.prefix), idle_s=1)]
+    assert [(d["reason"], d["value"], d["component"]) for d in letters] == [("BAD_MAGIC_BYTE", GARBAGE, "tracetap streams faust")]
+    assert letters[0]["source_topic"] == SOCKET_DATA.full_name(settings.topics.prefix) and letters[0]["source_offset"] is not None
 
 
 def test_a_worker_killed_mid_stream_and_restarted_emits_the_same_records(job, registry, admin):

@@ -69,6 +69,10 @@ class FlowPacketAssembler:
             out.append(self._finish())
         return out
 
+    @property
+    def idle(self) -> bool:
+        return not self._requests and self._open is None
+
     def expire(self, watermark_ns: int) -> list[Span]:
         out = []
         if self._open is not None and self._open[2] + self._config.response_linger_ns <= watermark_ns:

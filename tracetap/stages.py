@@ -37,6 +37,7 @@ class StageConfig:
     max_out_of_order_ns: int = 2_000_000_000
     allowed_lateness_ns: int = 5_000_000_000
     trace_gap_ns: int = 5_000_000_000  # a trace is complete once the watermark is this far past its last span's end
+    idle_state_ns: int = 120_000_000_000  # an assembler with nothing open and no input for this long is forgotten
 
 
 # stage 1 ----------------------------------------------------------------------------------------------
@@ -48,12 +49,14 @@ class FlowStage:
     sockets: dict[str, SocketAssembler] = field(default_factory=dict)
     nics: dict[str, FlowPacketAssembler] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> the last offset this state holds
+    last_seen_ns: dict[str, int] = field(default_factory=dict)  # assembler key -> its latest event time
 
     def socket_data(self, record: dict[str, Any]) -> list[Span]:
         event = SocketData.from_record(record)
         assembler = self.sockets.get(event.socket_key)
         if assembler is None:
             assembler = self.sockets[event.socket_key] = SocketAssembler(self.config.assembly)
+        self.last_seen_ns[event.socket_key] = event.end_ns
         return assembler.add(event)
 
     def packet(self, record: dict[str, Any]) -> list[Span]:
@@ -61,22 +64,28 @@ class FlowStage:
         assembler = self.nics.get(tap)
         if assembler is None:
             assembler = self.nics[tap] = FlowPacketAssembler(self.config.nic)
+        self.last_seen_ns[tap] = record["time"]
         return assembler.add(record)
 
     def lifecycle(self, record: dict[str, Any]) -> list[Span]:
         """A CLOSE ends the socket's assembler: its open requests end flagged as cut off."""
         if record["kind"] != "CLOSE":
             return []
-        assembler = self.sockets.pop(f"{record['host']}|{record['pid']}|{record['socket_id']}", None)
+        key = f"{record['host']}|{record['pid']}|{record['socket_id']}"
+        assembler = self.sockets.pop(key, None)
+        self.last_seen_ns.pop(key, None)
         return assembler.close(record["time"]) if assembler is not None else []
 
     def advance(self, watermark_ns: int) -> list[Span]:
-        """Timeouts due at this watermark; assemblers left with nothing open are forgotten."""
+        """Timeouts due at this watermark; assemblers with nothing open and no input for `idle_state_ns` are
+        forgotten (UDP sockets and NIC taps never see a close)."""
         out: list[Span] = []
-        for key in sorted(self.sockets):
-            out += self.sockets[key].expire(watermark_ns)
-        for key in sorted(self.nics):
-            out += self.nics[key].expire(watermark_ns)
+        for assemblers in (self.sockets, self.nics):
+            for key in sorted(assemblers):
+                out += assemblers[key].expire(watermark_ns)
+                if assemblers[key].idle and self.last_seen_ns.get(key, 0) + self.config.idle_state_ns <= watermark_ns:
+                    del assemblers[key]
+                    self.last_seen_ns.pop(key, None)
         return out
 
     @property

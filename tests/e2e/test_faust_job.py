@@ -28,6 +28,7 @@ from schemas.producer import AvroProducer
 from schemas.topics import apply_catalog
 from schemas.serde import AvroDeserializer
 from tests.e2e.test_ebpf_agent import _start_agent
+from tests.e2e.test_packet_agent import _start_agent as _start_packet_agent
 from tests.kafka_helpers import read_until_idle
 from tests.recording import free_port, wait_for_port
 
@@ -35,18 +36,6 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).with_name("chain_service.py")
 REQUESTS = ["/order"] * 6 + ["/slow", "/fail"]
 GARBAGE = b"not an avro record"
-
-
-def _start_packet_agent(settings, tap, ports):
-    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_PACKETS__TAPS=tap,
-               TRACETAP_PACKETS__CAPTURE_FILTER=" or ".join(f"port {p}" for p in ports))
-    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "agent", "packets", "--duration", "120"], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ready = agent.stdout.readline()
-    if "capturing" not in ready:
-        agent.kill()
-        raise AssertionError(f"packet agent did not start: {ready!r} {agent.stderr.read()[-2000:]}")
-    return agent
 
 
 def _stop(process):
@@ -73,7 +62,9 @@ def recording(own_topics, registry):
         wait_for_port(b_port)
         wait_for_port(c_port)
         agents.append(_start_agent(settings))
-        agents += [_start_packet_agent(settings, f"lo={tap}", (b_port, c_port, dns_port)) for tap in ("client-nic", "server-nic")]
+        capture_filter = " or ".join(f"port {p}" for p in (b_port, c_port, dns_port))
+        agents += [_start_packet_agent(settings, {"TRACETAP_PACKETS__TAPS": f"lo={tap}", "TRACETAP_PACKETS__CAPTURE_FILTER": capture_filter},
+                                       "--duration", "120") for tap in ("client-nic", "server-nic")]
         time.sleep(1.0)  # dumpcap is capturing once the agent says so; give the eBPF agent's first poll a moment too
         import http.client
 

@@ -112,3 +112,19 @@ def test_a_stage_survives_pickling_as_engines_store_it():
     stage.span(dns_span("web", T0, "NOERROR", 1), "p0")
     again = pickle.loads(pickle.dumps(stage))
     assert again.advance(final=True).spans == stage.advance(final=True).spans
+
+
+def test_a_flow_forgets_assemblers_idle_past_the_idle_state_time():
+    from tracetap.stages import FlowStage
+
+    stage = FlowStage(dataclasses.replace(config(), idle_state_ns=60 * S))
+    query = {"host": "node", "start_time": T0, "end_time": T0 + 1000, "pid": 5, "tid": 5, "comm": "app", "socket_id": 9,
+             "direction": "EGRESS", "bytes": 32, "l4_protocol": "UDP", "local_ip": "10.0.0.1", "local_port": 40000,
+             "remote_ip": "10.0.0.53", "remote_port": 53, "role": "UNKNOWN", "tcp_seq": None, "syscall_trace_id": None,
+             "payload": bytes.fromhex("04d20100000100000000000005737461636b0373766304746573740000010001")}
+    answer = dict(query, start_time=T0 + 5000, end_time=T0 + 6000, direction="INGRESS",
+                  payload=bytes.fromhex("04d28183000100000000000005737461636b0373766304746573740000010001"))
+    assert stage.socket_data(query) == []
+    assert [s.response_message for s in stage.socket_data(answer)] == ["NXDOMAIN"]
+    assert stage.advance(T0 + 59 * S) == [] and not stage.empty  # idle, but not for long enough
+    assert stage.advance(T0 + 61 * S) == [] and stage.empty

@@ -17,16 +17,21 @@ records with the same ids.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import pickle
 import ssl
 import time
+import weakref
 import zlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 
 from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
                              SOCKET_LIFECYCLE, SPANS, TopicSpec)
@@ -54,6 +59,7 @@ class FaustOptions:
     batch_within_s: float = 0.5
     idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
     session_timeout_s: float = 15.0  # a killed worker's partitions move to the others after this
+    store: str = "rocksdb://" if importlib.util.find_spec("rocksdict") else "memory://"  # table stores
     stages: StageConfig = field(default_factory=StageConfig)
 
 
@@ -87,6 +93,30 @@ def _credentials(settings: Settings) -> dict[str, Any]:
         ssl_context=context if protocol == "SASL_SSL" else None)}
 
 
+class _PartitionEvents:
+    """Faust's tables (and its RocksDB store) take a write's partition from the current event. A batch holds
+    events of many partitions, so each table access runs as the latest event of the key's partition."""
+
+    def __init__(self) -> None:
+        self._latest: dict[int, Any] = {}  # strong references: a weakref to a processed event may die
+
+    def note(self, event: Any) -> None:
+        self._latest[event.message.partition] = event
+
+    def forget(self) -> None:
+        self._latest.clear()
+
+    @contextmanager
+    def of(self, partition: int) -> Iterator[bool]:
+        """Within: the table sees that partition's latest event; False when this worker has none yet."""
+        event = self._latest.get(partition)
+        token = _current_event.set(weakref.ref(event) if event is not None else None)
+        try:
+            yield event is not None
+        finally:
+            _current_event.reset(token)
+
+
 def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tuple[faust.App, WorkerStats]:
     """The app with its topics, tables and agents, declared in data-flow order."""
     prefix = settings.topics.prefix
@@ -96,7 +126,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 for spec in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)}
     stats = WorkerStats()
     app = faust.App(
-        options.app_id, broker=f"kafka://{settings.kafka.bootstrap_servers.replace(',', ';kafka://')}", store="memory://",
+        options.app_id, broker=f"kafka://{settings.kafka.bootstrap_servers.replace(',', ';kafka://')}", store=options.store,
         web_port=options.web_port, topic_replication_factor=settings.topics.replication_factor, producer_acks=-1,
         consumer_auto_offset_reset="earliest", topic_allow_declare=True, table_standby_replicas=0,
         producer_max_request_size=_MAX_SNAPSHOT_BYTES, consumer_max_fetch_size=_MAX_SNAPSHOT_BYTES,
@@ -117,7 +147,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                             extra_topic_configs={"max.message.bytes": str(_MAX_SNAPSHOT_BYTES)})
     flow_clock = PartitionClocks(options.stages.max_out_of_order_ns, options.stages.allowed_lateness_ns)
     flows: dict[bytes, tuple[int, FlowStage]] = {}  # key -> (partition, stage), the worker's view of flow_table
+    unsaved: set[bytes] = set()  # flow keys changed by a timer before any event of their partition came
     trace_box: list[TraceStage] = []
+    flow_events, trace_events = _PartitionEvents(), _PartitionEvents()
     last_input = {"flow": time.monotonic(), "trace": time.monotonic()}
     flushed = {"flow": False, "trace": False}  # an idle flush ran since the last input
     positions: dict[str, int] = {}  # "topic/partition" -> the last offset processed, for the lag figures
@@ -156,27 +188,33 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     def flow_stage(key: bytes, partition: int) -> FlowStage:
         held = flows.get(key)
         if held is None:
-            blob = flow_table.data.get(key)
+            with flow_events.of(partition):
+                blob = flow_table.get(key)
             held = flows[key] = pickle.loads(blob) if blob is not None else (partition, FlowStage(options.stages))
         return held[1]
 
     def trace_stage() -> TraceStage:
         if not trace_box:
-            blob = trace_table.data.get(_TRACE_KEY)
+            with trace_events.of(0):
+                blob = trace_table.get(_TRACE_KEY)
             trace_box.append(pickle.loads(zlib.decompress(blob)) if blob is not None else TraceStage(options.stages))
         return trace_box[0]
 
     def persist_flows(keys: set[bytes]) -> None:
-        for key in keys:
+        """Write the changed flow states (table store and changelog), once their outputs are in Kafka."""
+        for key in keys | unsaved:
             partition, stage = flows[key]
-            if stage.empty:
-                flows.pop(key)
-                flow_table.data.pop(key, None)
-                flow_table.send_changelog(partition, key, None)
-            else:
-                blob = pickle.dumps((partition, stage), protocol=pickle.HIGHEST_PROTOCOL)
-                flow_table.data[key] = blob
-                flow_table.send_changelog(partition, key, blob)
+            with flow_events.of(partition) as known:
+                if not known:
+                    unsaved.add(key)
+                    continue
+                unsaved.discard(key)
+                if stage.empty:
+                    flows.pop(key)
+                    if key in flow_table:
+                        del flow_table[key]
+                else:
+                    flow_table[key] = pickle.dumps((partition, stage), protocol=pickle.HIGHEST_PROTOCOL)
 
     async def flow_watermark() -> int:
         """The lowest watermark of the raw partitions that still have records to read: a partition this worker has
@@ -222,6 +260,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             forward: list[tuple[str, Any]] = []
             touched: set[bytes] = set()
             for event in events:
+                flow_events.note(event)
                 message = event.message
                 kind = topic_kind[message.topic]
                 stats.consumed[kind] += 1
@@ -275,6 +314,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     async def trace_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
             last_input["trace"], flushed["trace"] = time.monotonic(), False
+            trace_events.note(events[-1])
             stage = trace_stage()
             for event in events:
                 message = event.message
@@ -301,8 +341,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         if len(blob) > _MAX_SNAPSHOT_BYTES:
             raise TracetapError(f"the trace stage's state is {len(blob)} bytes, over {_MAX_SNAPSHOT_BYTES}: lower --trace-gap-s "
                                 "or the metric window, or run the Flink job")
-        trace_table.data[_TRACE_KEY] = blob
-        trace_table.send_changelog(0, _TRACE_KEY, blob)
+        with trace_events.of(0) as known:
+            if known:  # else the next batch writes it
+                trace_table[_TRACE_KEY] = blob
 
     @app.timer(interval=1.0)
     async def idle_flush() -> None:
@@ -358,7 +399,10 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         flows.clear()  # the worker's view is rebuilt from the tables, which recovery fills from the changelogs
+        unsaved.clear()
         trace_box.clear()
+        flow_events.forget()
+        trace_events.forget()
         log.info("partitions assigned count=%d partitions=%s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     @app.on_rebalance_complete.connect

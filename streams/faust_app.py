@@ -216,6 +216,14 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 else:
                     flow_table[key] = pickle.dumps((partition, stage), protocol=pickle.HIGHEST_PROTOCOL)
 
+    async def records_left(tp: Any) -> int | None:
+        """Records in a partition this worker has not processed yet; None until its highwater is known."""
+        highwater = app.consumer.highwater(tp)
+        position = positions.get(f"{tp.topic}/{tp.partition}")
+        if position is None:  # nothing read from it since this worker started: where its group resumes
+            position = (await app.consumer.position(tp) or 0) - 1
+        return None if highwater is None else max(highwater - position - 1, 0)
+
     async def flow_watermark() -> int:
         """The lowest watermark of the raw partitions that still have records to read: a partition this worker has
         not read yet since it started (after a restart, or a rebalance) holds time back until it has been read,
@@ -224,14 +232,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         for tp in app.consumer.assignment():
             if tp.topic not in topic_kind:
                 continue
-            slot = f"{tp.topic}/{tp.partition}"
-            highwater = app.consumer.highwater(tp)
-            position = positions.get(slot)
-            if position is None:
-                position = (await app.consumer.position(tp) or 0) - 1
-            if highwater is None or position + 1 >= highwater:
+            if not await records_left(tp):
                 continue
-            clock = flow_clock.clocks.get(slot)
+            clock = flow_clock.clocks.get(f"{tp.topic}/{tp.partition}")
             mark = clock.watermark_ns if clock is not None else 0
             lowest = mark if lowest is None else min(lowest, mark)
         return flow_clock.watermark_ns if lowest is None else min(lowest, flow_clock.watermark_ns)
@@ -286,8 +289,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             watermark = await flow_watermark()
             for key, (_, stage) in sorted(flows.items()):
                 due = stage.advance(watermark)
-                if due:
-                    forward += [("span", (None, span)) for span in due]
+                forward += [("span", (None, span)) for span in due]
+                if due or stage.empty:  # an emptied stage (idle assemblers forgotten) leaves the table
                     touched.add(key)
             await send_to_trace_stage(forward)
             persist_flows(touched)
@@ -376,12 +379,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         for tp in app.consumer.assignment() if app.consumer else ():
             if tp.topic not in inputs:
                 continue
-            highwater = app.consumer.highwater(tp)
-            position = positions.get(f"{tp.topic}/{tp.partition}")
-            if position is None:  # nothing read from it since this worker started: where its group resumes
-                position = (await app.consumer.position(tp) or 0) - 1
-            if highwater is not None:
-                lag[f"{tp.topic}/{tp.partition}"] = max(highwater - position - 1, 0)
+            left = await records_left(tp)
+            if left is not None:
+                lag[f"{tp.topic}/{tp.partition}"] = left
         elapsed = max(time.monotonic() - stats.started, 1e-9)
         return web.json({
             "consumed": dict(stats.consumed), "consumed_per_s": sum(stats.consumed.values()) / elapsed,

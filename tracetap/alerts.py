@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracetap.model import Span, TapSide, stable_id
-from tracetap.paths import PathState, join_key
+from tracetap.paths import join_key
 
 _SEGMENTS = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "server_processing_ns",
              "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
@@ -45,9 +45,10 @@ def _describe(span: Span) -> str:
     return " ".join(x for x in (span.request_type, span.request_resource) if x) or span.protocol
 
 
-def slow_request(trace: list[Span], config: AlertConfig) -> dict[str, Any] | None:
+def slow_request(trace: list[Span], paths: dict[tuple[str, str], dict[str, Any]], config: AlertConfig) -> dict[str, Any] | None:
     """The trace's root took too long: name the server span with the most time of its own (its duration less
-    the calls it made), and the segment of that request's path that held the time."""
+    the calls it made), and the segment of that request's path (`paths`: the trace's records by join key)
+    that held the time."""
     by_id = {s.span_id: s for s in trace}
     roots = [s for s in trace if s.parent_span_id not in by_id]
     root = max(roots, key=lambda s: (s.duration_ns, s.span_id))
@@ -64,12 +65,8 @@ def slow_request(trace: list[Span], config: AlertConfig) -> dict[str, Any] | Non
         return span.duration_ns - sum(c.duration_ns for c in calls)
 
     culprit = max(servers, key=lambda s: (own_ns(s), s.span_id))
-    path = PathState(("", ""), culprit.start_ns)
     key = join_key(culprit)
-    for span in trace:
-        if key is not None and join_key(span) == key:
-            path.add(span)
-    record = path.record() if key is not None else {}
+    record = paths.get(key, {}) if key is not None else {}
     segments = {name: float(record[name]) for name in _SEGMENTS if record.get(name) is not None}
     if culprit.tap_side is TapSide.SERVER_PROCESS:
         segments["server_own_ns"] = float(own_ns(culprit))

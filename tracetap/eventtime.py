@@ -37,17 +37,13 @@ class PartitionClocks:
 
     max_out_of_order_ns: int = 2_000_000_000
     allowed_lateness_ns: int = 5_000_000_000
-    clocks: dict[str, EventClock] = field(default_factory=dict)
-    late: int = 0
+    clocks: dict[str, EventClock] = field(default_factory=dict)  # each counts its own late records
 
     def observe(self, partition: str, time_ns: int) -> bool:
         clock = self.clocks.get(partition)
         if clock is None:
             clock = self.clocks[partition] = EventClock(self.max_out_of_order_ns, self.allowed_lateness_ns)
-        if clock.observe(time_ns):
-            return True
-        self.late += 1
-        return False
+        return clock.observe(time_ns)
 
     @property
     def watermark_ns(self) -> int:

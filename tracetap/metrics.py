@@ -104,10 +104,10 @@ class TumblingWindows:
         return time_ns - time_ns % self._config.window_ns + self._config.window_ns > self._closed_before_ns
 
     def add(self, time_ns: int, key: tuple[Any, ...], item: Any) -> bool:
-        start = time_ns - time_ns % self._config.window_ns
-        if start + self._config.window_ns <= self._closed_before_ns:
+        if not self.accepts(time_ns):
             self.late += 1
             return False
+        start = time_ns - time_ns % self._config.window_ns
         accumulator = self._open.get((start, key))
         if accumulator is None:
             accumulator = self._open[(start, key)] = self._new()
@@ -194,10 +194,14 @@ class NetworkAccumulator:
         }
 
 
+def local_is_client(event: dict[str, Any]) -> bool:
+    """Which side of a lifecycle event the local socket is: by role, else the lower port is the server's."""
+    return event["role"] == "CLIENT" or (event["role"] == "UNKNOWN" and event["local_port"] > event["remote_port"])
+
+
 def network_key(event: dict[str, Any], workloads: tuple[str | None, str | None] = (None, None)) -> NetworkKey:
-    """Client and server sides of a lifecycle event: by role, else the lower port is the server's."""
-    local_is_client = event["role"] == "CLIENT" or (event["role"] == "UNKNOWN" and event["local_port"] > event["remote_port"])
-    if local_is_client:
+    """Client and server sides of a lifecycle event, and their workloads (client's first)."""
+    if local_is_client(event):
         client, server, port = event["local_ip"], event["remote_ip"], event["remote_port"]
     else:
         client, server, port = event["remote_ip"], event["local_ip"], event["local_port"]

@@ -20,7 +20,7 @@ from typing import Any
 from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
 from tracetap.assembly import AssemblyConfig, SocketAssembler
 from tracetap.eventtime import PartitionClocks
-from tracetap.metrics import NetworkWindows, RedWindows, TumblingWindows, WindowConfig
+from tracetap.metrics import NetworkWindows, RedWindows, TumblingWindows, WindowConfig, local_is_client
 from tracetap.model import Span, SocketData, TapSide
 from tracetap.nic import FlowPacketAssembler, NicConfig
 from tracetap.paths import PathState, join_key
@@ -250,14 +250,14 @@ class TraceStage:
                 if state is None:
                     state = paths[key] = PathState(key, span.start_ns)
                 state.add(span)
-        out.paths += [paths[key].record() for key in sorted(paths)]
-        for alert in (slow_request(trace, self.config.alerts), failed_dependency(trace, self.failed_connects)):
+        records = {key: paths[key].record() for key in sorted(paths)}
+        out.paths += records.values()
+        for alert in (slow_request(trace, records, self.config.alerts), failed_dependency(trace, self.failed_connects)):
             if alert is not None:
                 out.alerts.append(alert)
 
     def _pair_workloads(self, record: dict[str, Any]) -> tuple[str | None, str | None]:
-        local_is_client = record["role"] == "CLIENT" or (record["role"] == "UNKNOWN" and record["local_port"] > record["remote_port"])
         own = self.workloads.process_workload(record["host"], record["pid"])
         local = own or self.workloads.addresses.get(record["local_ip"])
         remote = self.workloads.addresses.get(record["remote_ip"])
-        return (local, remote) if local_is_client else (remote, local)
+        return (local, remote) if local_is_client(record) else (remote, local)

@@ -62,11 +62,11 @@ class Redis:
         if not data:
             return NEED_MORE
         try:
-            end, value = _value(data, 0, 0, collect=False)
+            end, _ = _value(data, 0, 0, collect=False)
         except _Cut:
             if not final:
                 return NEED_MORE
-            end, value = None, None
+            end = None
         except _Bad as exc:
             return malformed(str(exc))
         kind = data[:1]

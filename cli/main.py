@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cli import logs
 from tracetap.config import Settings, describe, load_settings
@@ -176,15 +178,8 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from streams.faust_app import FaustOptions, build_app
-    from tracetap.alerts import AlertConfig
-    from tracetap.metrics import WindowConfig
-    from tracetap.stages import StageConfig
 
-    seconds = 1_000_000_000
-    stages = StageConfig(windows=WindowConfig(window_ns=int(args.window_s * seconds)),
-                         alerts=AlertConfig(slow_request_ns=int(args.slow_ms * 1_000_000)),
-                         trace_gap_ns=int(args.trace_gap_s * seconds))
-    options = FaustOptions(app_id=args.app_id, web_port=args.web_port, idle_flush_s=args.idle_flush_s, stages=stages)
+    options = FaustOptions(app_id=args.app_id, web_port=args.web_port, idle_flush_s=args.idle_flush_s, stages=_stage_config(args))
     app, stats = build_app(settings, options)
     print(f"faust worker {args.app_id}: raw topics -> spans, paths, metrics, alerts; stats on http://127.0.0.1:{args.web_port}/tracetap/stats/",
           flush=True)
@@ -201,6 +196,54 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
           + ", ".join(f"{k}={v}" for k, v in sorted(stats.produced.items())) + f"; dead_letters={sum(stats.dead_letters.values())}"
           f" late={sum(stats.late.values())} replayed_skipped={stats.replayed}", flush=True)
     return EXIT_OK if code == 0 else EXIT_FAILURE
+
+
+def _stage_config(args: argparse.Namespace) -> Any:
+    from tracetap.alerts import AlertConfig
+    from tracetap.metrics import WindowConfig
+    from tracetap.stages import StageConfig
+
+    seconds = 1_000_000_000
+    return StageConfig(windows=WindowConfig(window_ns=int(args.window_s * seconds)),
+                       alerts=AlertConfig(slow_request_ns=int(args.slow_ms * 1_000_000)),
+                       trace_gap_ns=int(args.trace_gap_s * seconds))
+
+
+def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.stack import LocalStack
+    from streams.flink_job import FlinkOptions, build_job, latest_checkpoint
+
+    state = state_dir(settings, dict(os.environ))
+    jars = LocalStack(settings.stack, state).flink_jars()
+    missing = [jar.name for jar in jars if not jar.is_file()]
+    if missing:
+        raise TracetapError(f"the Flink Kafka connector is not installed ({', '.join(missing)}): run `tracetap stack install` (or make setup)")
+    checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else state / "flink" / args.app_id / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    restore = None
+    if args.from_checkpoint == "latest":
+        restore = latest_checkpoint(checkpoints)
+        print(f"restoring from {restore}" if restore else f"no checkpoint under {checkpoints} yet: starting from the group's offsets", flush=True)
+    elif args.from_checkpoint:
+        restore = Path(args.from_checkpoint)
+        if not restore.exists():
+            raise TracetapError(f"--from-checkpoint {restore}: no such checkpoint")
+    options = FlinkOptions(app_id=args.app_id, parallelism=args.parallelism, target=args.target, jobmanager=args.jobmanager,
+                           checkpoint_interval_s=args.checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
+                           bounded=args.bounded, idle_flush_s=args.idle_flush_s, stages=_stage_config(args))
+    env = build_job(settings, options, jars, checkpoints)
+    where = f"session cluster {args.jobmanager}" if args.target == "remote" else "a local mini-cluster"
+    print(f"flink job {args.app_id} on {where}, parallelism {args.parallelism}: raw topics -> spans, paths, metrics, alerts; "
+          f"checkpoints every {args.checkpoint_interval_s:g} s in {checkpoints}" + (" (bounded: stops at the latest offsets)" if args.bounded else ""),
+          flush=True)
+    started = time.monotonic()
+    if args.target == "remote" and args.detach:
+        client = env.execute_async(args.app_id)
+        print(f"submitted job {client.get_job_id()}", flush=True)
+        return EXIT_OK
+    result = env.execute(args.app_id)
+    print(f"job {result.get_job_id()} finished in {time.monotonic() - started:.1f} s", flush=True)
+    return EXIT_OK
 
 
 # agents -------------------------------------------------------------------------------------------
@@ -310,12 +353,30 @@ def build_parser() -> argparse.ArgumentParser:
     faust_cmd = add(stream_cmds, "faust", cmd_streams_faust, "run the pipeline as a faust-streaming worker (until SIGINT/SIGTERM)")
     faust_cmd.add_argument("--app-id", default="tracetap-streams", help="Faust app id: consumer group and table changelog prefix")
     faust_cmd.add_argument("--web-port", type=int, default=6066, help="port of the worker's web endpoint (/tracetap/stats/)")
-    faust_cmd.add_argument("--window-s", type=float, default=10.0, help="RED, network and DNS metric window (default 10 s)")
-    faust_cmd.add_argument("--slow-ms", type=float, default=1000.0, help="a trace slower than this raises SLOW_REQUEST (default 1000)")
-    faust_cmd.add_argument("--trace-gap-s", type=float, default=5.0,
-                           help="event time after a trace's last span before it is complete and emitted (default 5 s)")
-    faust_cmd.add_argument("--idle-flush-s", type=float, default=10.0,
-                           help="with no input for this long, emit what waits for the watermark (default 10 s)")
+    flink_cmd = add(stream_cmds, "flink", cmd_streams_flink,
+                    "run the pipeline on Apache Flink (PyFlink): a local mini-cluster, or a session cluster with --target remote")
+    flink_cmd.add_argument("--app-id", default="tracetap-streams-flink",
+                           help="job name, consumer group, transactional-id prefix and checkpoint folder")
+    flink_cmd.add_argument("--parallelism", type=int, default=2, help="parallelism of the job (default 2)")
+    flink_cmd.add_argument("--target", choices=("local", "remote"), default="local",
+                           help="local: a mini-cluster in this process (default); remote: submit to --jobmanager")
+    flink_cmd.add_argument("--jobmanager", metavar="HOST:PORT", help="REST endpoint of the session cluster, with --target remote")
+    flink_cmd.add_argument("--detach", action="store_true", help="with --target remote: submit and return instead of waiting")
+    flink_cmd.add_argument("--checkpoint-interval-s", type=float, default=10.0,
+                           help="checkpoint (and Kafka transaction commit) interval; 0 turns checkpoints off, and with them "
+                                "exactly-once output (default 10)")
+    flink_cmd.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default <state>/flink/<app-id>/checkpoints)")
+    flink_cmd.add_argument("--from-checkpoint", metavar="PATH|latest",
+                           help="restore state and offsets from a retained checkpoint (a chk-N folder), or the newest one")
+    flink_cmd.add_argument("--bounded", action="store_true",
+                           help="stop at the offsets that are the latest at start, flushing everything (replays, tests)")
+    for cmd in (faust_cmd, flink_cmd):
+        cmd.add_argument("--window-s", type=float, default=10.0, help="RED, network and DNS metric window (default 10 s)")
+        cmd.add_argument("--slow-ms", type=float, default=1000.0, help="a trace slower than this raises SLOW_REQUEST (default 1000)")
+        cmd.add_argument("--trace-gap-s", type=float, default=5.0,
+                         help="event time after a trace's last span before it is complete and emitted (default 5 s)")
+        cmd.add_argument("--idle-flush-s", type=float, default=10.0,
+                         help="with no input for this long, emit what waits for the watermark (default 10 s)")
 
     demo = add(commands, "demo", cmd_demo, "start the stack, send sample spans through Kafka into Elasticsearch, and query them back")
     demo.add_argument("--spans", type=int, default=2000, help="sample spans to produce (default 2000)")

@@ -29,12 +29,12 @@ ES_SYSTEM_USER = "tracetap-es"
 
 @cache
 def versions() -> dict[str, str]:
-    """Versions pinned in infra/pom.xml: kafka, apicurio, elasticsearch."""
+    """Versions pinned in infra/pom.xml: kafka, apicurio, elasticsearch, flink.kafka.connector."""
     pom = ET.fromstring(resources.files("infra").joinpath("pom.xml").read_bytes())
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     props = pom.find("m:properties", ns)
     assert props is not None
-    return {name: props.findtext(f"m:{name}.version", namespaces=ns) or "" for name in ("kafka", "apicurio", "elasticsearch")}
+    return {name: props.findtext(f"m:{name}.version", namespaces=ns) or "" for name in ("kafka", "apicurio", "elasticsearch", "flink.kafka.connector")}
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,15 @@ class LocalStack:
         self.components: list[Component] = [cls(settings, state_dir, java_home) for cls in (Kafka, Registry, Elasticsearch)]
 
     # install ---------------------------------------------------------------------------------
+    def flink_jars(self) -> list[Path]:
+        """The Kafka connector jars the PyFlink job ships (fetched by `install`)."""
+        v = versions()
+        lib = self.state / "dist" / "flink-lib"
+        return [lib / f"flink-connector-kafka-{v['flink.kafka.connector']}.jar", lib / f"kafka-clients-{v['kafka']}.jar"]
+
     def install(self) -> bool:
-        """Fetch and unpack the server artifacts if missing; True if anything was fetched."""
-        if all(c.installed() for c in self.components):
+        """Fetch and unpack the server artifacts and the Flink connector if missing; True if anything was fetched."""
+        if all(c.installed() for c in self.components) and all(jar.is_file() for jar in self.flink_jars()):
             return False
         mvn = shutil.which("mvn")
         if mvn is None:
@@ -61,7 +67,7 @@ class LocalStack:
         dist.mkdir(parents=True, exist_ok=True)
         v = versions()
         self.progress(f"fetching Kafka {v['kafka']}, Apicurio Registry {v['apicurio']} and Elasticsearch "
-                      f"{v['elasticsearch']} from Maven Central into {dist} (about 300 MB the first time)")
+                      f"{v['elasticsearch']} (and Flink's Kafka connector) from Maven Central into {dist} (about 300 MB the first time)")
         started = time.monotonic()
         with resources.as_file(resources.files("infra").joinpath("pom.xml")) as pom:
             result = subprocess.run(

@@ -26,8 +26,9 @@ log = logging.getLogger("tracetap.emitter")
 _STOP = object()
 _IDLE_S = 0.005  # how long the sender sleeps when the buffer is empty
 
-# Raw event bytes -> (key, Avro body without the wire header, or a record dict to encode with fastavro).
-RawEncoder = Callable[[bytes], tuple[str | None, bytes | dict[str, Any]]]
+# Raw event bytes -> (key, Avro body without the wire header or a record dict to encode with fastavro, event time in
+# ns for the Kafka timestamp or None).
+RawEncoder = Callable[[bytes], tuple[str | None, bytes | dict[str, Any], int | None]]
 
 
 class Emitter:
@@ -129,11 +130,11 @@ class Emitter:
             if record is None:  # a tombstone on a compacted topic
                 self._producer.produce_encoded(spec, key, None)
             elif isinstance(record, bytes):
-                key, value = self._raw_encoders[spec.name](record)
+                key, value, time_ns = self._raw_encoders[spec.name](record)
                 if isinstance(value, dict):
                     self._producer.produce(spec, key, value)
                 else:
-                    self._producer.produce_encoded(spec, key, self._producer.serializer(spec).frame(value))
+                    self._producer.produce_encoded(spec, key, self._producer.serializer(spec).frame(value), time_ns=time_ns)
             else:
                 self._producer.produce(spec, key, record)
         except Exception as exc:  # an encoding bug or a garbled event must not stop capture: count, log once per kind

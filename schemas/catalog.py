@@ -27,6 +27,9 @@ class TopicSpec:
     retention_ms: int | None = None  # None: the broker's default (or unlimited when compacted)
     producers: tuple[str, ...] = ()
     consumers: tuple[str, ...] = ()
+    # The value field (ns) whose time becomes the Kafka record timestamp (ms), so that Flink, Kafka Streams and
+    # Kafka's own time-based retention see event time; None: the producer's wall clock.
+    time_field: str | None = None
 
     def full_name(self, prefix: str) -> str:
         return prefix + self.name
@@ -52,17 +55,17 @@ SOCKET_DATA = TopicSpec(
     name="raw.socket-data",
     description="Socket data syscalls with payload prefixes, from every process on a node.",
     value_schema="socket_data_event.avsc", key="flow id", partitions=6, retention_ms=DAY_MS,
-    producers=("tracetap agent ebpf",), consumers=(_STREAMS,))
+    producers=("tracetap agent ebpf",), consumers=(_STREAMS,), time_field="end_time")
 SOCKET_LIFECYCLE = TopicSpec(
     name="raw.socket-lifecycle",
     description="Connect, accept, close, TCP state changes, retransmits, resets and RTT samples.",
     value_schema="socket_lifecycle_event.avsc", key="flow id", partitions=6, retention_ms=DAY_MS,
-    producers=("tracetap agent ebpf",), consumers=(_STREAMS,))
+    producers=("tracetap agent ebpf",), consumers=(_STREAMS,), time_field="time")
 PACKETS = TopicSpec(
     name="raw.packets",
     description="One decoded summary per packet at NIC tap points; also for security teams.",
     value_schema="packet_summary.avsc", key="flow id", partitions=6, retention_ms=DAY_MS,
-    producers=("tracetap agent packets",), consumers=(_STREAMS, "security teams"))
+    producers=("tracetap agent packets",), consumers=(_STREAMS, "security teams"), time_field="time")
 RESOURCES = TopicSpec(
     name="resources",
     description="What each pid, network namespace and IP belongs to (workload tags). Compacted; a tombstone removes a resource.",
@@ -72,7 +75,7 @@ SPANS = TopicSpec(
     name="spans",
     description="L7 request/response spans at the four tap points, linked into traces.",
     value_schema="l7_span.avsc", key="flow id", partitions=6, retention_ms=7 * DAY_MS,
-    producers=(_STREAMS, "tracetap demo (sample spans)"), consumers=(_SINK, "big-data teams"))
+    producers=(_STREAMS, "tracetap demo (sample spans)"), consumers=(_SINK, "big-data teams"), time_field="end_time")
 PATHS = TopicSpec(
     name="paths",
     description="Four-point full-path records with per-segment latencies.",

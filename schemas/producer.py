@@ -52,13 +52,18 @@ class AvroProducer:
 
     def produce(self, spec: TopicSpec, key: str | None, record: dict[str, Any]) -> None:
         """Encode and queue one record; waits for queue space rather than dropping."""
-        self.produce_encoded(spec, key, self.serializer(spec)(record))
+        time_ns = record.get(spec.time_field) if spec.time_field else None
+        self.produce_encoded(spec, key, self.serializer(spec)(record), time_ns=time_ns)
 
-    def produce_encoded(self, spec: TopicSpec, key: str | bytes | None, value: bytes | None, headers: dict[str, bytes] | None = None) -> None:
+    def produce_encoded(self, spec: TopicSpec, key: str | bytes | None, value: bytes | None, headers: dict[str, bytes] | None = None,
+                        time_ns: int | None = None) -> None:
+        """Queue one encoded record; `time_ns` (event time) becomes its Kafka timestamp, else the wall clock does."""
         topic = self.topic_name(spec)
+        timestamp_ms = time_ns // 1_000_000 if time_ns else 0  # 0: librdkafka stamps the current time
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery,
+                                       timestamp=timestamp_ms)
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)

@@ -131,6 +131,11 @@ class SocketAssembler:
     def idle(self) -> bool:
         return not self._requests and self._response is None
 
+    @property
+    def next_deadline_ns(self) -> int | None:
+        """The watermark at which `expire` next has something to do (None: nothing open can time out)."""
+        return self._requests[0].start_ns + self._config.request_timeout_ns if self._requests else None
+
     # internals ----------------------------------------------------------------------------------------
     def _detect(self, event: SocketData) -> bool:
         """Pick the protocol from the first payload, and which direction carries requests."""

@@ -52,3 +52,21 @@ class PartitionClocks:
     @property
     def max_seen_ns(self) -> int:
         return max((c.max_seen_ns for c in self.clocks.values()), default=0)
+
+
+@dataclass(slots=True)
+class EngineClock:
+    """The watermark as an engine computes it (Flink: the lowest of its inputs' watermarks), set by the engine
+    before each call; lateness is judged against it, as PartitionClocks does against its own."""
+
+    allowed_lateness_ns: int = 5_000_000_000
+    watermark_ns: int = 0
+    max_seen_ns: int = 0
+    late: int = 0
+
+    def observe(self, partition: str, time_ns: int) -> bool:
+        if time_ns < self.watermark_ns - self.allowed_lateness_ns:
+            self.late += 1
+            return False
+        self.max_seen_ns = max(self.max_seen_ns, time_ns)
+        return True

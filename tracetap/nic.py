@@ -73,6 +73,14 @@ class FlowPacketAssembler:
     def idle(self) -> bool:
         return not self._requests and self._open is None
 
+    @property
+    def next_deadline_ns(self) -> int | None:
+        """The watermark at which `expire` next has something to do (None: nothing open)."""
+        deadlines = [self._open[2] + self._config.response_linger_ns] if self._open is not None else []
+        if self._requests:
+            deadlines.append(self._requests[0].packet["time"] + self._config.request_timeout_ns)
+        return min(deadlines, default=None)
+
     def expire(self, watermark_ns: int) -> list[Span]:
         out = []
         if self._open is not None and self._open[2] + self._config.response_linger_ns <= watermark_ns:

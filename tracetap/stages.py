@@ -19,7 +19,7 @@ from typing import Any
 
 from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
 from tracetap.assembly import AssemblyConfig, SocketAssembler
-from tracetap.eventtime import PartitionClocks
+from tracetap.eventtime import EngineClock, PartitionClocks
 from tracetap.metrics import NetworkWindows, RedWindows, TumblingWindows, WindowConfig, local_is_client
 from tracetap.model import Span, SocketData, TapSide
 from tracetap.nic import FlowPacketAssembler, NicConfig
@@ -92,6 +92,19 @@ class FlowStage:
     def empty(self) -> bool:
         return not self.sockets and not self.nics
 
+    def next_deadline_ns(self) -> int | None:
+        """The lowest watermark at which `advance` has work: a timeout, a response's linger, or forgetting an idle
+        assembler. An engine with per-key timers (Flink) sets one here; one that advances every key each batch
+        (Faust) needs none."""
+        deadlines = []
+        for assemblers in (self.sockets, self.nics):
+            for key, assembler in assemblers.items():
+                due = assembler.next_deadline_ns
+                if due is None:
+                    due = self.last_seen_ns.get(key, 0) + self.config.idle_state_ns
+                deadlines.append(due)
+        return min(deadlines, default=None)
+
 
 # stage 2 ----------------------------------------------------------------------------------------------
 @dataclass(slots=True)
@@ -135,7 +148,7 @@ def link_keys(span: Span) -> list[tuple[Any, ...]]:
 @dataclass(slots=True)
 class TraceStage:
     config: StageConfig = field(default_factory=StageConfig)
-    clock: PartitionClocks = field(default_factory=PartitionClocks)
+    clock: PartitionClocks | EngineClock | None = None  # None: per-partition clocks of the sources named in `span`
     workloads: WorkloadIndex = field(default_factory=WorkloadIndex)
     pending: dict[str, Span] = field(default_factory=dict)  # span id -> span not yet in a complete trace
     emitted: dict[str, int] = field(default_factory=dict)  # span id -> end, remembered to drop replays
@@ -148,7 +161,8 @@ class TraceStage:
     applied: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.clock = PartitionClocks(self.config.max_out_of_order_ns, self.config.allowed_lateness_ns)
+        if self.clock is None:
+            self.clock = PartitionClocks(self.config.max_out_of_order_ns, self.config.allowed_lateness_ns)
         self.red = RedWindows(self.config.windows)
         self.network = NetworkWindows(self.config.windows)
         self.dns = TumblingWindows(self.config.windows, DnsAccumulator)

@@ -118,7 +118,7 @@ class DataEventEncoder:
         self._endpoints: dict[tuple[Any, ...], _Endpoints] = {}
         self._comms: dict[bytes, tuple[str, bytes]] = {}
 
-    def encode(self, raw: bytes) -> tuple[str, bytes]:
+    def encode(self, raw: bytes) -> tuple[str, bytes, int]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
          direction, syscall, protocol, role, has_seq, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
         payload = self._payload(raw, payload_len)
@@ -131,7 +131,7 @@ class DataEventEncoder:
             AVRO_SOME + avro_long(seq) if has_seq else AVRO_NULL,
             AVRO_SOME + avro_long(self._trace_base | trace_id) if trace_id else AVRO_NULL,
             AVRO_SOME + avro_long(cgroup_id) if cgroup_id else AVRO_NULL,
-        ))
+        )), exit_ns + self._offset_ns
 
     def record(self, raw: bytes) -> tuple[str, dict[str, Any]]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,

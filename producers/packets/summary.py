@@ -56,11 +56,11 @@ class PacketSummaryDecoder:
         self._taps = {tap.interface: tap for tap in taps}
         self._default_tap = default_tap or (taps[0] if len(taps) == 1 else None)
 
-    def encode(self, line: bytes) -> tuple[str | None, bytes]:
-        """(flow key, Avro body) for one EK line: the emitter's hot path (needs the schema at construction)."""
+    def encode(self, line: bytes) -> tuple[str | None, bytes, int]:
+        """(flow key, Avro body, capture time) for one EK line: the emitter's hot path (needs the schema at construction)."""
         assert self._writer is not None, "PacketSummaryDecoder.encode needs the PacketSummary schema"
         key, record = self.decode(line)
-        return key, self._writer.body(record)
+        return key, self._writer.body(record), record["time"]
 
     def decode(self, line: bytes) -> tuple[str | None, dict[str, Any]]:
         try:

@@ -59,11 +59,12 @@ def test_the_encoded_record_is_the_avro_fastavro_reads_back():
     header = _data(has_seq=1, seq=77, trace_id=9, payload_len=5, cgroup_id=12)
     raw = bytes(header)[:DATA_HEADER_SIZE] + b"hello" + b"junk past payload_len"
     encoder = DataEventEncoder(SOCKET_DATA.schema(), "node-1", CLOCK, 4)
-    key, body = encoder.encode(raw)
+    key, body, time_ns = encoder.encode(raw)
     schema = fastavro.parse_schema(SOCKET_DATA.schema())
     read = fastavro.schemaless_reader(io.BytesIO(body), schema, return_record_name=False)
     assert read["payload"] == b"hello" and read["cgroup_id"] == 12 and read["syscall_trace_id"] == (4 << 40) | 9
     assert (key, read) == encoder.record(raw)
+    assert time_ns == read["end_time"]  # the Kafka timestamp is the syscall's exit
 
 
 @given(st.lists(st.integers(min_value=0, max_value=(1 << 62) - 1), min_size=6, max_size=6),
@@ -76,9 +77,9 @@ def test_any_header_encodes_to_the_record_it_decodes_to(u64s, rest):
     raw = bytearray(struct.pack("<6Q", *u64s) + rest)
     raw[DataEventHeader.direction.offset] &= 1
     raw = bytes(raw)
-    key, body = encoder.encode(raw)
+    key, body, time_ns = encoder.encode(raw)
     read = fastavro.schemaless_reader(io.BytesIO(body), fastavro.parse_schema(SOCKET_DATA.schema()), return_record_name=False)
-    assert (key, read) == encoder.record(raw)
+    assert (key, read) == encoder.record(raw) and time_ns == read["end_time"]
 
 
 def test_the_payload_filter_sees_only_the_payload():

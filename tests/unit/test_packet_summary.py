@@ -95,6 +95,6 @@ def test_the_encoded_summary_is_the_avro_of_the_decoded_one():
 
     decoder = PacketSummaryDecoder("n", TAPS, schema=PACKETS.schema())
     for line in (HTTP_REQUEST, DNS_ANSWER):
-        key, body = decoder.encode(line)
+        key, body, time_ns = decoder.encode(line)
         read = fastavro.schemaless_reader(io.BytesIO(body), fastavro.parse_schema(PACKETS.schema()), return_record_name=False)
-        assert (key, read) == decoder.decode(line)
+        assert (key, read) == decoder.decode(line) and time_ns == read["time"]

@@ -1,0 +1,396 @@
+"""`tracetap streams flink`: the core's two stages (tracetap/stages.py) hosted by PyFlink.
+
+    raw.socket-data ┐  Kafka source (SQL connector, raw bytes,        keyBy(flow id)
+    raw.packets     ├─ per-partition watermarks on the record      ─▶ FlowFunction ──┐   keyBy(one key)
+    raw.lifecycle   ┘  timestamps, which the agents set to event time) (FlowStage)   ├─▶ TraceFunction ─▶ Kafka sink
+    resources ─────── Kafka source ─▶ ResourceFunction (decode) ─────────────────────┘    (TraceStage)    (transactional)
+
+The same stage objects as the Faust job, in Flink keyed state (pickled) with Flink's timers: each flow
+sets an event-time timer at its stage's next deadline (a request timeout, a response's linger, an idle
+assembler's eviction), and the trace stage advances on every watermark step. Undecodable and late
+records go to the dead-letter topic with the reason, as in the Faust job. With checkpointing on (the
+default), outputs are written in Kafka transactions committed at each checkpoint: consumers that read
+with isolation.level=read_committed see every record exactly once, a checkpoint interval later.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
+                             SOCKET_LIFECYCLE, SPANS)
+from schemas.deadletter import dead_letter_key, dead_letter_record
+from tracetap.config import Settings
+from tracetap.errors import TracetapError
+from tracetap.eventtime import EngineClock
+from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
+
+log = logging.getLogger("tracetap.streams.flink")
+
+COMPONENT = "tracetap streams flink"
+MAX_WATERMARK_MS = 2**63 - 1  # Flink's end-of-input watermark
+_MS = 1_000_000
+_OUTPUTS = (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)
+
+
+@dataclass(frozen=True, slots=True)
+class FlinkOptions:
+    app_id: str = "tracetap-streams-flink"  # consumer group, transactional-id prefix and checkpoint folder
+    parallelism: int = 2
+    target: str = "local"  # local: a mini-cluster in this process; remote: submit to --jobmanager
+    jobmanager: str | None = None  # host:port of a session cluster's REST endpoint, with target=remote
+    checkpoint_interval_s: float = 10.0  # 0: no checkpoints (then at-least-once, not transactional)
+    checkpoint_dir: Path | None = None  # default: <state>/flink/<app_id>/checkpoints
+    from_checkpoint: Path | None = None  # a chk-N folder (or its _metadata) to restore from
+    bounded: bool = False  # stop at the offsets that were the latest at start (replays, tests, benchmarks)
+    source_idle_timeout_s: float = 5.0  # a partition without records this long stops holding the watermark back
+    idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
+    stages: StageConfig = field(default_factory=StageConfig)
+
+
+def _types() -> tuple[Any, Any]:
+    from pyflink.common import Types
+
+    row = Types.ROW_NAMED(["t", "k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+    return row, Types.PICKLED_BYTE_ARRAY()
+
+
+# the Python functions (run in Flink's Python workers) ------------------------------------------------
+class _Codec:
+    """Avro through the registry, built in each worker's `open` (the functions travel pickled)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from schemas.registry import SchemaRegistry
+        from schemas.serde import AvroDeserializer, AvroSerializer
+
+        prefix = settings.topics.prefix
+        registry = SchemaRegistry(settings.registry)
+        self.decode = AvroDeserializer(registry)
+        self.topics = {spec.name: spec.full_name(prefix) for spec in _OUTPUTS}
+        self.encoders = {spec.name: AvroSerializer(registry, spec.value_subject(prefix), spec.schema(),
+                                                   auto_register=settings.registry.auto_register) for spec in _OUTPUTS}
+
+    def decoded(self, value: bytes | None) -> dict[str, Any]:
+        """The record; UndecodableRecord to dead-letter; a registry outage is waited out (backpressure)."""
+        from schemas.registry import RegistryUnavailable
+
+        delay = 1.0
+        while True:
+            try:
+                return self.decode(value)
+            except RegistryUnavailable as exc:
+                log.error("registry unavailable, retrying in %.0f s error=%s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def row(self, spec_name: str, key: str, record: dict[str, Any]) -> Any:
+        from pyflink.common import Row
+
+        return Row(self.topics[spec_name], key.encode(), self.encoders[spec_name](record))
+
+    def dead_letter(self, row: Any, reason: str, detail: str) -> Any:
+        timestamp_ms = int(row.ts.timestamp() * 1000) if row.ts is not None else None
+        record = dead_letter_record(COMPONENT, reason, detail, row.topic, row.partition, row.offset, timestamp_ms, row.k, row.v)
+        return self.row(DEAD_LETTER.name, dead_letter_key(record), record)
+
+    def emitted(self, out: Emitted) -> Iterator[Any]:
+        for spec, records, key in ((SPANS, out.spans, "flow_id"), (PATHS, out.paths, "flow_id"), (RED_METRICS, out.red, "metric_id"),
+                                   (NETWORK_METRICS, out.network, "metric_id"), (ALERTS, out.alerts, "alert_id")):
+            for record in records:
+                yield self.row(spec.name, record[key], record)
+
+
+def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
+    from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
+    from pyflink.datastream.state import ValueStateDescriptor
+    from pyflink.common import Types
+
+    from schemas.serde import UndecodableRecord
+
+    row_type, _ = _types()
+    prefix = settings.topics.prefix
+    kinds = {SOCKET_DATA.full_name(prefix): "socket_data", PACKETS.full_name(prefix): "packet",
+             SOCKET_LIFECYCLE.full_name(prefix): "lifecycle"}
+    stages = options.stages
+    flush_horizon_ns = stages.assembly.request_timeout_ns + stages.nic.request_timeout_ns
+    idle_flush_ms = int(options.idle_flush_s * 1000)
+
+    class FlowFunction(KeyedProcessFunction):
+        """Stage 1, per flow id: a FlowStage in keyed state, a timer at its next deadline."""
+
+        def open(self, runtime_context: Any) -> None:
+            self.codec = _Codec(settings)
+            self.stage_state = runtime_context.get_state(ValueStateDescriptor("flow-stage", Types.PICKLED_BYTE_ARRAY()))
+            self.timer_state = runtime_context.get_state(ValueStateDescriptor("flow-timer", Types.LONG()))
+            metrics = runtime_context.get_metrics_group()
+            self.consumed = {kind: metrics.counter(f"consumed_{kind}") for kind in set(kinds.values())}
+            self.dead_letters = metrics.counter("dead_letters")
+            self.late = metrics.counter("late_records")
+            self.spans = metrics.counter("spans")
+            self.last_input = time.monotonic()
+            self.max_seen_ns = 0
+
+        def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            self.last_input = time.monotonic()
+            kind = kinds[row.topic]
+            self.consumed[kind].inc()
+            try:
+                record = self.codec.decoded(row.v)
+            except UndecodableRecord as exc:
+                self.dead_letters.inc()
+                yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
+                return
+            time_ns = record["end_time"] if kind == "socket_data" else record["time"]
+            watermark_ns = ctx.timer_service().current_watermark() * _MS
+            if time_ns < watermark_ns - stages.allowed_lateness_ns:
+                self.late.inc()
+                self.dead_letters.inc()
+                yield DEAD_LETTERS, self.codec.dead_letter(row, "LATE", f"event time {time_ns} is before the watermark minus the allowed lateness")
+                return
+            self.max_seen_ns = max(self.max_seen_ns, time_ns)
+            stage = self.stage_state.value() or FlowStage(stages)
+            for span in getattr(stage, kind)(record):
+                yield ("span", span)
+            if kind == "lifecycle":
+                yield ("lifecycle", record)
+            self._save(stage, ctx)
+            now_ms = ctx.timer_service().current_processing_time()
+            ctx.timer_service().register_processing_time_timer((now_ms // 1000) * 1000 + idle_flush_ms + 1000)
+
+        def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+            stage = self.stage_state.value()
+            if stage is None:
+                return
+            if ctx.time_domain() == TimeDomain.EVENT_TIME:
+                watermark_ns = ctx.timer_service().current_watermark() * _MS
+            elif time.monotonic() - self.last_input >= options.idle_flush_s:  # nothing came in: as the Faust job's flush
+                watermark_ns = self.max_seen_ns + flush_horizon_ns
+            else:
+                return
+            for span in stage.advance(watermark_ns):
+                yield ("span", span)
+            self._save(stage, ctx)
+
+        def _save(self, stage: FlowStage, ctx: Any) -> None:
+            """Keep the stage (or drop it once empty) and move the event-time timer to its next deadline."""
+            timers = ctx.timer_service()
+            set_for = self.timer_state.value()
+            due = stage.next_deadline_ns()
+            due_ms = None if due is None else math.ceil(due / _MS)
+            if set_for is not None and set_for != due_ms:
+                timers.delete_event_time_timer(set_for)
+            if due_ms is not None and due_ms != set_for:
+                timers.register_event_time_timer(due_ms)
+            if stage.empty:
+                self.stage_state.clear()
+                self.timer_state.clear()
+            else:
+                self.stage_state.update(stage)
+                self.timer_state.update(due_ms)
+
+    DEAD_LETTERS = OutputTag("dead-letters", row_type)
+    return FlowFunction(), DEAD_LETTERS
+
+
+def _resource_function(settings: Settings) -> Any:
+    from pyflink.datastream import OutputTag, ProcessFunction
+
+    from schemas.serde import UndecodableRecord
+
+    row_type, _ = _types()
+
+    class ResourceFunction(ProcessFunction):
+        """Workload tags for the trace stage; a tombstone removes one."""
+
+        def open(self, runtime_context: Any) -> None:
+            self.codec = _Codec(settings)
+
+        def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            resource_id = (row.k or b"").decode(errors="replace")
+            if row.v is None:
+                yield ("resource", (resource_id, None))
+                return
+            try:
+                record = self.codec.decoded(row.v)
+            except UndecodableRecord as exc:
+                yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
+                return
+            yield ("resource", (record["resource_id"], record))
+
+    DEAD_LETTERS = OutputTag("resource-dead-letters", row_type)
+    return ResourceFunction(), DEAD_LETTERS
+
+
+def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
+    from pyflink.datastream import KeyedProcessFunction, TimeDomain
+    from pyflink.datastream.state import ValueStateDescriptor
+    from pyflink.common import Types
+
+    stages = options.stages
+
+    class TraceFunction(KeyedProcessFunction):
+        """Stage 2, one key: the TraceStage in keyed state, advanced on every watermark step."""
+
+        def open(self, runtime_context: Any) -> None:
+            self.codec = _Codec(settings)
+            self.state = runtime_context.get_state(ValueStateDescriptor("trace-stage", Types.PICKLED_BYTE_ARRAY()))
+            metrics = runtime_context.get_metrics_group()
+            self.late = metrics.counter("late_spans")
+            self.produced = metrics.counter("produced")
+            self.last_input = time.monotonic()
+            self.flushed = False
+
+        def _stage(self, ctx: Any) -> TraceStage:
+            stage = self.state.value()
+            if stage is None:
+                stage = TraceStage(stages, clock=EngineClock(stages.allowed_lateness_ns))
+            watermark_ms = ctx.timer_service().current_watermark()
+            stage.clock.watermark_ns = max(stage.clock.watermark_ns, watermark_ms * _MS)
+            return stage
+
+        def process_element(self, item: Any, ctx: Any) -> Iterator[Any]:
+            self.last_input, self.flushed = time.monotonic(), False
+            stage = self._stage(ctx)
+            kind, value = item
+            if kind == "span":
+                if not stage.span(value, "flink"):
+                    self.late.inc()
+            elif kind == "lifecycle":
+                if not stage.lifecycle(value, "flink"):
+                    self.late.inc()
+            else:
+                stage.resource(*value)
+            self.state.update(stage)
+            timers = ctx.timer_service()
+            timers.register_event_time_timer(max(timers.current_watermark() + 1, 0))
+            now_ms = timers.current_processing_time()
+            timers.register_processing_time_timer((now_ms // 1000) * 1000 + int(options.idle_flush_s * 1000) + 1000)
+            return iter(())
+
+        def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+            stage = self._stage(ctx)
+            timers = ctx.timer_service()
+            if ctx.time_domain() == TimeDomain.EVENT_TIME:
+                final = timers.current_watermark() == MAX_WATERMARK_MS
+                out = stage.advance(final=final)
+                if not final and (stage.pending or len(stage.red) or len(stage.network) or len(stage.dns)):
+                    timers.register_event_time_timer(timers.current_watermark() + 1)
+            elif not self.flushed and time.monotonic() - self.last_input >= options.idle_flush_s:
+                self.flushed = True
+                out = stage.advance(final=True)
+            else:
+                return
+            self.state.update(stage)
+            for row in self.codec.emitted(out):
+                self.produced.inc()
+                yield row
+
+    return TraceFunction()
+
+
+# the job ------------------------------------------------------------------------------------------------
+def kafka_properties(settings: Settings) -> dict[str, str]:
+    """The Java client's properties for the configured security (the same settings the Python clients use)."""
+    kafka = settings.kafka
+    props = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol.upper()}
+    if kafka.ssl_ca_location:
+        props.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": str(kafka.ssl_ca_location)})
+    if kafka.ssl_certificate_location:
+        raise TracetapError("kafka.ssl_certificate_location: client certificates are not passed to the Flink job yet; "
+                            "use SASL over TLS, or a keystore in kafka.client_properties")
+    if kafka.sasl_mechanism:
+        props["sasl.mechanism"] = kafka.sasl_mechanism
+        password = kafka.sasl_password.reveal() if kafka.sasl_password else ""
+        module = ("org.apache.kafka.common.security.scram.ScramLoginModule" if kafka.sasl_mechanism.startswith("SCRAM")
+                  else "org.apache.kafka.common.security.plain.PlainLoginModule")
+        props["sasl.jaas.config"] = f'{module} required username="{kafka.sasl_username}" password="{password}";'
+    props.update({k: v for k, v in kafka.client_properties.items() if "." in k and not k.startswith(("debug", "statistics"))})
+    return props
+
+
+def _with(props: dict[str, str], **options: str) -> str:
+    pairs = {**{f"properties.{k}": v for k, v in props.items()}, **options}
+    return ",\n".join(f"  '{k}' = '{v}'" for k, v in pairs.items())
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest completed checkpoint (a chk-N folder with its _metadata) under a job's checkpoint folder."""
+    done = [p.parent for p in checkpoint_dir.glob("*/chk-*/_metadata")]
+    return max(done, key=lambda p: (p.stat().st_mtime, int(p.name.split("-")[1])), default=None)
+
+
+def build_job(settings: Settings, options: FlinkOptions, jars: list[Path], checkpoint_dir: Path) -> Any:
+    """The StreamExecutionEnvironment with the whole pipeline attached (call .execute on it)."""
+    from pyflink.common import Configuration, Types
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    row_type, item_type = _types()
+    prefix = settings.topics.prefix
+    conf = Configuration()
+    conf.set_string("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in jars))
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("parallelism.default", str(options.parallelism))
+    conf.set_string("pipeline.name", options.app_id)
+    conf.set_string("table.exec.source.idle-timeout", f"{int(options.source_idle_timeout_s * 1000)} ms")
+    if options.checkpoint_interval_s > 0:
+        conf.set_string("execution.checkpointing.interval", f"{int(options.checkpoint_interval_s * 1000)} ms")
+        conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+        conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+        conf.set_string("state.checkpoints.dir", checkpoint_dir.resolve().as_uri())
+        conf.set_string("state.checkpoints.num-retained", "3")
+    if options.from_checkpoint is not None:
+        conf.set_string("execution.savepoint.path", str(options.from_checkpoint))
+    if options.target == "remote":
+        if not options.jobmanager or ":" not in options.jobmanager:
+            raise TracetapError("--target remote needs --jobmanager HOST:PORT (the JobManager's REST endpoint)")
+        host, port = options.jobmanager.rsplit(":", 1)
+        conf.set_string("execution.target", "remote")
+        conf.set_string("rest.address", host)
+        conf.set_string("rest.port", port)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    if options.target == "remote":  # the cluster's Python workers need tracetap's packages
+        root = Path(__file__).resolve().parent.parent
+        for package in ("tracetap", "schemas", "streams"):
+            env.add_python_file(str(root / package))
+    tables = StreamTableEnvironment.create(env)
+
+    props = kafka_properties(settings)
+    guarantee = "exactly-once" if options.checkpoint_interval_s > 0 else "at-least-once"
+    bounded = {"scan.bounded.mode": "latest-offset"} if options.bounded else {}
+    source_options = dict(connector="kafka", **{"scan.startup.mode": "group-offsets", "properties.group.id": options.app_id,
+                                                "properties.auto.offset.reset": "earliest", "properties.isolation.level": "read_committed",
+                                                "key.format": "raw", "key.fields": "k", "value.format": "raw",
+                                                "value.fields-include": "EXCEPT_KEY"}, **bounded)
+    columns = """k BYTES, v BYTES, `topic` STRING METADATA VIRTUAL, `partition` INT METADATA VIRTUAL, `offset` BIGINT METADATA VIRTUAL,
+  ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
+  WATERMARK FOR ts AS ts - INTERVAL '{bound}' SECOND""".format(bound=options.stages.max_out_of_order_ns / 1e9)
+    raw_topics = ";".join(s.full_name(prefix) for s in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE))
+    tables.execute_sql(f"CREATE TEMPORARY TABLE raw_events ({columns}) WITH (\n{_with(props, **source_options, topic=raw_topics)})")
+    tables.execute_sql(f"CREATE TEMPORARY TABLE resources ({columns}) WITH (\n{_with(props, **source_options, topic=RESOURCES.full_name(prefix))})")
+    sink_options = {"connector": "kafka", "topic": ";".join(s.full_name(prefix) for s in _OUTPUTS), "key.format": "raw",
+                    "key.fields": "k", "value.format": "raw", "value.fields-include": "EXCEPT_KEY",
+                    "sink.delivery-guarantee": guarantee, "sink.transactional-id-prefix": f"{options.app_id}-tx",
+                    "properties.transaction.timeout.ms": "900000"}  # the broker's default transaction.max.timeout.ms
+    tables.execute_sql(f"CREATE TEMPORARY TABLE outputs (t STRING METADATA FROM 'topic', k BYTES, v BYTES) WITH (\n{_with(props, **sink_options)})")
+
+    flow_fn, flow_dead = _flow_function(settings, options)
+    resource_fn, resource_dead = _resource_function(settings)
+    raw = tables.to_data_stream(tables.from_path("raw_events"))
+    flows = (raw.key_by(lambda r: (r.k or b"").decode(errors="replace"), key_type=Types.STRING())
+             .process(flow_fn, output_type=item_type).name("flow stage").uid("flow-stage"))
+    resources = tables.to_data_stream(tables.from_path("resources")).process(resource_fn, output_type=item_type).name("resources").uid("resources")
+    traced = (flows.union(resources).key_by(lambda _: 0, key_type=Types.INT())
+              .process(_trace_function(settings, options), output_type=row_type).name("trace stage").uid("trace-stage"))
+    out = traced.union(flows.get_side_output(flow_dead), resources.get_side_output(resource_dead))
+    statements = tables.create_statement_set()
+    statements.add_insert("outputs", tables.from_data_stream(out))
+    statements.attach_as_datastream()
+    return env

@@ -51,6 +51,7 @@ class FlinkOptions:
     bounded: bool = False  # stop at the offsets that were the latest at start (replays, tests, benchmarks)
     source_idle_timeout_s: float = 5.0  # a partition without records this long stops holding the watermark back
     idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
+    restart_attempts: int = 3
     stages: StageConfig = field(default_factory=StageConfig)
 
 
@@ -95,7 +96,7 @@ class _Codec:
         return Row(self.topics[spec_name], key.encode(), self.encoders[spec_name](record))
 
     def dead_letter(self, row: Any, reason: str, detail: str) -> Any:
-        timestamp_ms = int(row.ts.timestamp() * 1000) if row.ts is not None else None
+        timestamp_ms = row.ts.to_epoch_milli() if row.ts is not None else None
         record = dead_letter_record(COMPONENT, reason, detail, row.topic, row.partition, row.offset, timestamp_ms, row.k, row.v)
         return self.row(DEAD_LETTER.name, dead_letter_key(record), record)
 
@@ -131,8 +132,6 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
             metrics = runtime_context.get_metrics_group()
             self.consumed = {kind: metrics.counter(f"consumed_{kind}") for kind in set(kinds.values())}
             self.dead_letters = metrics.counter("dead_letters")
-            self.late = metrics.counter("late_records")
-            self.spans = metrics.counter("spans")
             self.last_input = time.monotonic()
             self.max_seen_ns = 0
 
@@ -146,14 +145,7 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
                 self.dead_letters.inc()
                 yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
                 return
-            time_ns = record["end_time"] if kind == "socket_data" else record["time"]
-            watermark_ns = ctx.timer_service().current_watermark() * _MS
-            if time_ns < watermark_ns - stages.allowed_lateness_ns:
-                self.late.inc()
-                self.dead_letters.inc()
-                yield DEAD_LETTERS, self.codec.dead_letter(row, "LATE", f"event time {time_ns} is before the watermark minus the allowed lateness")
-                return
-            self.max_seen_ns = max(self.max_seen_ns, time_ns)
+            self.max_seen_ns = max(self.max_seen_ns, record["end_time"] if kind == "socket_data" else record["time"])
             stage = self.stage_state.value() or FlowStage(stages)
             for span in getattr(stage, kind)(record):
                 yield ("span", span)
@@ -196,6 +188,39 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
 
     DEAD_LETTERS = OutputTag("dead-letters", row_type)
     return FlowFunction(), DEAD_LETTERS
+
+
+def _late_filter(settings: Settings, options: FlinkOptions) -> Any:
+    from pyflink.datastream import OutputTag, ProcessFunction
+
+    from tracetap.eventtime import PartitionClocks
+
+    row_type, _ = _types()
+    stages = options.stages
+
+    class LateFilter(ProcessFunction):
+        """Lateness is judged per input partition, against the record's own partition, as the Faust job does: this
+        runs forward from the source, so each instance sees every record of its partitions in order. (Flink's own
+        watermark, which the timers follow, is emitted periodically and so lags a fast replay by a varying amount:
+        judged against it, the same input would be late in one run and on time in the next.) The record's Kafka
+        timestamp is its event time (the agents set it). After a restore the clocks start again from the
+        partitions' next records."""
+
+        def open(self, runtime_context: Any) -> None:
+            self.codec = _Codec(settings)
+            self.clocks = PartitionClocks(stages.max_out_of_order_ns, stages.allowed_lateness_ns)
+            self.late = runtime_context.get_metrics_group().counter("late_records")
+
+        def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            if row.ts is None or self.clocks.observe(f"{row.topic}/{row.partition}", row.ts.to_epoch_milli() * _MS):
+                yield row
+                return
+            self.late.inc()
+            yield DEAD_LETTERS, self.codec.dead_letter(row, "LATE", f"event time {row.ts.to_epoch_milli()} ms is before its partition's "
+                                                       "watermark minus the allowed lateness")
+
+    DEAD_LETTERS = OutputTag("late-records", row_type)
+    return LateFilter(), DEAD_LETTERS
 
 
 def _resource_function(settings: Settings) -> Any:
@@ -295,6 +320,16 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
 
 
 # the job ------------------------------------------------------------------------------------------------
+def _row_of(table: Any) -> Any:
+    """The DataStream type of a table's rows (to pass them on through a Python function unchanged)."""
+    from pyflink.common import Types
+
+    names = table.get_schema().get_field_names()
+    kinds = {"k": Types.PRIMITIVE_ARRAY(Types.BYTE()), "v": Types.PRIMITIVE_ARRAY(Types.BYTE()), "topic": Types.STRING(),
+             "partition": Types.INT(), "offset": Types.LONG(), "ts": Types.INSTANT()}
+    return Types.ROW_NAMED(names, [kinds[n] for n in names])
+
+
 def kafka_properties(settings: Settings) -> dict[str, str]:
     """The Java client's properties for the configured security (the same settings the Python clients use)."""
     kafka = settings.kafka
@@ -340,6 +375,10 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path], check
     conf.set_string("parallelism.default", str(options.parallelism))
     conf.set_string("pipeline.name", options.app_id)
     conf.set_string("table.exec.source.idle-timeout", f"{int(options.source_idle_timeout_s * 1000)} ms")
+    # A failure restarts the job from its last checkpoint a few times, then fails it for good (no crash loop).
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(options.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", "5 s")
     if options.checkpoint_interval_s > 0:
         conf.set_string("execution.checkpointing.interval", f"{int(options.checkpoint_interval_s * 1000)} ms")
         conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
@@ -383,13 +422,15 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path], check
 
     flow_fn, flow_dead = _flow_function(settings, options)
     resource_fn, resource_dead = _resource_function(settings)
-    raw = tables.to_data_stream(tables.from_path("raw_events"))
+    late_fn, late_dead = _late_filter(settings, options)
+    raw_table = tables.from_path("raw_events")
+    raw = tables.to_data_stream(raw_table).process(late_fn, output_type=_row_of(raw_table)).name("lateness").uid("lateness")
     flows = (raw.key_by(lambda r: (r.k or b"").decode(errors="replace"), key_type=Types.STRING())
              .process(flow_fn, output_type=item_type).name("flow stage").uid("flow-stage"))
     resources = tables.to_data_stream(tables.from_path("resources")).process(resource_fn, output_type=item_type).name("resources").uid("resources")
     traced = (flows.union(resources).key_by(lambda _: 0, key_type=Types.INT())
               .process(_trace_function(settings, options), output_type=row_type).name("trace stage").uid("trace-stage"))
-    out = traced.union(flows.get_side_output(flow_dead), resources.get_side_output(resource_dead))
+    out = traced.union(raw.get_side_output(late_dead), flows.get_side_output(flow_dead), resources.get_side_output(resource_dead))
     statements = tables.create_statement_set()
     statements.add_insert("outputs", tables.from_data_stream(out))
     statements.attach_as_datastream()

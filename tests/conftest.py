@@ -38,7 +38,8 @@ def settings(base_settings, stack):
         elasticsearch=dataclasses.replace(base_settings.elasticsearch, index_prefix=f"it-{run}"),
     )
     yield mine
-    _remove_session_state(mine)
+    if not os.environ.get("TRACETAP_TEST_KEEP"):  # set it to look at a run's topics and indices afterwards
+        _remove_session_state(mine)
 
 
 def _remove_session_state(settings):

@@ -1,9 +1,13 @@
-"""The Faust job on recorded traffic: a three-service chain (A -> B -> C, B also resolving names through a
+"""Both stream jobs on recorded traffic: a three-service chain (A -> B -> C, B also resolving names through a
 real dnsmasq), captured at all four points by the real agents (eBPF for the processes, two packet agents
-on loopback labelled client-nic and server-nic), replayed through the real topics into
-`tracetap streams faust`; the outputs are read back from Kafka and checked against what the test did
-and measured. A second worker is SIGKILLed mid-stream and restarted: its outputs equal an uninterrupted
-run's, id for id."""
+on loopback labelled client-nic and server-nic), behind 20,000 background events produced out of order
+(within the bound) and followed by late ones (beyond it).
+
+`tracetap streams faust` runs on it; its outputs are read back from Kafka and checked against what the
+test did and measured. A second Faust worker is SIGKILLed mid-stream and restarted: its outputs equal an
+uninterrupted run's, id for id. Then the contract between the engines: `tracetap streams flink` (parallelism
+2) on a copy of the same input emits the same records as Faust, id for id and field for field, and a Flink
+job killed mid-stream and restored from its last checkpoint commits exactly those records too."""
 
 import dataclasses
 import json
@@ -26,7 +30,8 @@ from confluent_kafka.admin import AdminClient
 
 from benchmarks.core_pipeline import make_events
 from cli.main import state_dir
-from schemas.catalog import ALERTS, DEAD_LETTER, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
+from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
+                             SOCKET_LIFECYCLE, SPANS)
 from schemas.kafka import client_config
 from schemas.producer import AvroProducer
 from schemas.topics import apply_catalog
@@ -40,6 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).with_name("chain_service.py")
 REQUESTS = ["/order"] * 6 + ["/slow", "/fail"]
 GARBAGE = b"not an avro record"
+LATE = 30  # background events replayed two minutes late, after everything else
 
 
 def _stop(process):
@@ -84,6 +90,7 @@ def recording(own_topics, registry):
         time.sleep(1.0)
         for agent in agents:
             _stop(agent)
+        _add_late_events(settings, registry)
     finally:
         for process in [*agents, service_b, service_c, dnsmasq]:
             if process.poll() is None:
@@ -95,16 +102,39 @@ def recording(own_topics, registry):
 def _add_background_load(settings, registry, events=20_000):
     """Protocol-exact HTTP, Redis and DNS socket data on 200 other sockets, in the minute before the
     recording: the worker has real work to do when it is killed, and findings must be picked out."""
+    records = make_events(events)
+    first = records[0]["start_time"]
+    start = time.time_ns() - 60_000_000_000
+    for r in records:  # 1 ms apart (make_events packs them 1 us apart): 20 s of traffic
+        r.update(start_time=start + (r["start_time"] - first) * 1000, end_time=start + (r["end_time"] - first) * 1000,
+                 cgroup_id=0, host="synthetic")
+    # Out of order within the bound: each block of 400 events goes out socket by socket (each socket's own
+    # events stay in order, as one connection's are), so event time steps back by up to ~0.4 s.
+    shuffled = []
+    for i in range(0, len(records), 400):
+        shuffled += sorted(records[i:i + 400], key=lambda r: r["socket_id"])
+    producer = AvroProducer(settings, registry)
+    for r in shuffled:
+        producer.produce(SOCKET_DATA, _key(r), r)
+    producer.produce_encoded(SOCKET_DATA, "tcp|10.9.9.9|1|10.9.9.9|2", GARBAGE)  # not Avro: the job dead-letters it
+    producer.flush()
+
+
+def _key(record):
     from tracetap.flow import Endpoint, flow_id
 
-    records = make_events(events)
-    shift = time.time_ns() - 60_000_000_000 - records[0]["start_time"]
+    return flow_id(record["l4_protocol"], Endpoint(record["local_ip"], record["local_port"]),
+                   Endpoint(record["remote_ip"], record["remote_port"]))
+
+
+def _add_late_events(settings, registry):
+    """Background events two minutes older than anything in their partitions, on sockets of their own: late
+    beyond the allowed lateness in any engine, so both dead-letter them."""
     producer = AvroProducer(settings, registry)
-    for r in records:
-        r.update(start_time=r["start_time"] + shift, end_time=r["end_time"] + shift, cgroup_id=0, host="synthetic")
-        key = flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"]))
-        producer.produce(SOCKET_DATA, key, r)
-    producer.produce_encoded(SOCKET_DATA, "tcp|10.9.9.9|1|10.9.9.9|2", GARBAGE)  # not Avro: the job dead-letters it
+    for i, r in enumerate(make_events(LATE)):
+        start = time.time_ns() - 120_000_000_000 - 1000 * (LATE - i)
+        r.update(start_time=start, end_time=start + 500, socket_id=900_000 + i, cgroup_id=0, host="synthetic")
+        producer.produce(SOCKET_DATA, _key(r), r)
     producer.flush()
 
 
@@ -176,7 +206,7 @@ def _wait_for_stats(port, condition, timeout_s, every_s=0.5, log=None):
 def _outputs(settings, registry):
     decode = AvroDeserializer(registry)
     read = {spec.name: [decode(m.value()) for m in read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=2)]
-            for spec in (SPANS, PATHS, RED_METRICS, ALERTS)}
+            for spec in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS)}
     return read
 
 
@@ -282,30 +312,111 @@ def test_the_worker_consumed_everything_and_dead_lettered_only_the_garbage_with_
               for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE))
     stats = job["stats"]
     assert sum(v for k, v in stats["consumed"].items() if k != "resource") == raw
-    assert stats["dead_letters"] == {"BAD_MAGIC_BYTE": 1} and stats["late"] == {}
+    assert stats["dead_letters"] == {"BAD_MAGIC_BYTE": 1, "LATE": LATE} and stats["late"] == {"socket_data": LATE}
+    letters = _dead_letters(settings, registry)
+    garbage = [d for d in letters if d["reason"] == "BAD_MAGIC_BYTE"]
+    assert [(d["value"], d["component"]) for d in garbage] == [(GARBAGE, "tracetap streams faust")]
+    assert garbage[0]["source_topic"] == SOCKET_DATA.full_name(settings.topics.prefix) and garbage[0]["source_offset"] is not None
+    late = [d for d in letters if d["reason"] == "LATE"]
+    assert len(late) == LATE and all(d["source_topic"] == SOCKET_DATA.full_name(settings.topics.prefix) for d in late)
+
+
+def _dead_letters(settings, registry):
     decode = AvroDeserializer(registry)
-    letters = [decode(m.value()) for m in read_until_idle(settings, DEAD_LETTER.full_name(settings.topics.prefix), idle_s=1)]
-    assert [(d["reason"], d["value"], d["component"]) for d in letters] == [("BAD_MAGIC_BYTE", GARBAGE, "tracetap streams faust")]
-    assert letters[0]["source_topic"] == SOCKET_DATA.full_name(settings.topics.prefix) and letters[0]["source_offset"] is not None
+    return [decode(m.value()) for m in read_until_idle(settings, DEAD_LETTER.full_name(settings.topics.prefix), idle_s=1)]
 
 
 def test_a_worker_killed_mid_stream_and_restarted_emits_the_same_records(job, registry, admin):
     """Same input under a second prefix (copied record for record, partition for partition); the worker is
     SIGKILLed while it works through it and started again."""
-    settings = job["settings"]
-    second = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=settings.topics.prefix + "again."))
-    apply_catalog(admin, registry, second.topics.prefix, second.topics.replication_factor)
+    second = _copy_input(job["settings"], admin, registry, "again.")
+    stats = _run_worker(second, f"tt-faust-kill-{uuid.uuid4().hex[:6]}", free_port(), kill_after_s=1.0)
+    assert stats["recovered_flow_states"] > 0  # it was killed mid-stream: the restart resumed from recovered state
+    _assert_same_records(job, _outputs(second, registry))
+
+
+def _copy_input(settings, admin, registry, suffix):
+    """The raw topics under prefix + suffix, record for record: same partitions, offsets, keys and timestamps."""
+    copy = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=settings.topics.prefix + suffix))
+    apply_catalog(admin, registry, copy.topics.prefix, copy.topics.replication_factor)
     producer = Producer(client_config(settings.kafka))
     for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, RESOURCES):
         for m in read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=1):
-            producer.produce(spec.full_name(second.topics.prefix), m.value(), m.key(), partition=m.partition())
+            producer.produce(spec.full_name(copy.topics.prefix), m.value(), m.key(), partition=m.partition(), timestamp=m.timestamp()[1])
     assert producer.flush(30) == 0
-    stats = _run_worker(second, f"tt-faust-kill-{uuid.uuid4().hex[:6]}", free_port(), kill_after_s=1.0)
-    again = _outputs(second, registry)
-    assert stats["recovered_flow_states"] > 0  # it was killed mid-stream: the restart resumed from recovered state
-    for name, id_field in (("spans", "span_id"), ("paths", "path_id"), ("metrics.red", "metric_id"), ("alerts", "alert_id")):
-        first = {r[id_field]: r for r in job[name]}
-        after_restart = {r[id_field]: r for r in again[name]}  # a record re-emitted after the restart is the same record
-        assert after_restart.keys() == first.keys(), (name, sorted(after_restart.keys() ^ first.keys())[:5])
-        differing = [k for k in first if first[k] != after_restart[k]]
-        assert not differing, (name, [(first[k], after_restart[k]) for k in differing[:2]])
+    return copy
+
+
+def _assert_same_records(expected, got, exactly_once=False):
+    for name, id_field in (("spans", "span_id"), ("paths", "path_id"), ("metrics.red", "metric_id"),
+                           ("metrics.network", "metric_id"), ("alerts", "alert_id")):
+        want = {r[id_field]: r for r in expected[name]}
+        have = {r[id_field]: r for r in got[name]}  # a record re-emitted after a restart is the same record
+        assert len(want) == len(expected[name]), (name, "the reference run emitted one id twice")
+        if exactly_once:  # committed in Kafka transactions: no record twice, even across a restart
+            assert len(have) == len(got[name]), (name, len(got[name]) - len(have), "duplicates")
+        assert have.keys() == want.keys(), (name, len(have), len(want), sorted(have.keys() ^ want.keys())[:5])
+        differing = [k for k in want if want[k] != have[k]]
+        assert not differing, (name, [(want[k], have[k]) for k in differing[:2]])
+
+
+# the Flink job ----------------------------------------------------------------------------------------------
+def _flink_command(app_id, checkpoints, *extra):
+    return [sys.executable, "-m", "cli.main", "streams", "flink", "--bounded", "--app-id", app_id, "--parallelism", "2",
+            "--checkpoint-interval-s", "1", "--checkpoint-dir", str(checkpoints), "--trace-gap-s", "1", "--idle-flush-s", "4",
+            "--window-s", "10", "--slow-ms", "1000", *extra]
+
+
+def _run_flink(settings, app_id, checkpoints, *extra, timeout_s=400):
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix)
+    done = subprocess.run(_flink_command(app_id, checkpoints, *extra), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0 and "finished in" in done.stdout, (done.stdout[-2000:], done.stderr[-4000:])
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def flink_job(job, registry, admin, tmp_path_factory):
+    settings = _copy_input(job["settings"], admin, registry, "flink.")
+    app_id = f"tt-flink-{uuid.uuid4().hex[:6]}"
+    _run_flink(settings, app_id, tmp_path_factory.mktemp("flink-checkpoints"))
+    return {"settings": settings, **_outputs(settings, registry)}
+
+
+def test_flink_emits_the_records_faust_emits_id_for_id_and_field_for_field(job, flink_job):
+    assert len(flink_job["spans"]) > 10_000 and flink_job["alerts"]  # the whole workload, findings included
+    _assert_same_records(job, flink_job, exactly_once=True)
+
+
+def test_flink_dead_letters_what_faust_dead_letters_with_the_same_reasons(job, flink_job, registry):
+    def letters(settings):
+        prefix = settings.topics.prefix
+        return sorted((d["reason"], d["source_topic"].removeprefix(prefix), d["source_partition"], d["source_offset"])
+                      for d in _dead_letters(settings, registry))
+
+    from_faust = letters(job["settings"])
+    assert len(from_faust) == LATE + 1
+    assert letters(flink_job["settings"]) == from_faust
+
+
+def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_the_same_records(job, registry, admin, tmp_path):
+    settings = _copy_input(job["settings"], admin, registry, "flink-kill.")
+    app_id, checkpoints = f"tt-flink-kill-{uuid.uuid4().hex[:6]}", tmp_path / "checkpoints"
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix)
+    with tempfile.TemporaryFile("w+") as log:
+        first = subprocess.Popen(_flink_command(app_id, checkpoints), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(checkpoints.glob("*/chk-*/_metadata")):  # killed once a checkpoint is complete
+                assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the job ended"
+                time.sleep(0.2)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        log.seek(0)
+        assert "finished in" not in log.read()
+    committed = _outputs(settings, registry)
+    assert len(committed["spans"]) < len(job["spans"])  # killed mid-stream: not everything was committed yet
+    out = _run_flink(settings, app_id, checkpoints, "--from-checkpoint", "latest")
+    assert "restoring from" in out
+    _assert_same_records(job, _outputs(settings, registry), exactly_once=True)

@@ -221,6 +221,9 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
     checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else state / "flink" / args.app_id / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     restore = None
+    if args.from_checkpoint and args.bounded:
+        raise TracetapError("--from-checkpoint with --bounded: a bounded Kafka source restored from a checkpoint never finishes "
+                            "(FLINK-31006, open in connector 3.4); restore without --bounded")
     if args.from_checkpoint == "latest":
         restore = latest_checkpoint(checkpoints)
         print(f"restoring from {restore}" if restore else f"no checkpoint under {checkpoints} yet: starting from the group's offsets", flush=True)
@@ -231,10 +234,13 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
     options = FlinkOptions(app_id=args.app_id, parallelism=args.parallelism, target=args.target, jobmanager=args.jobmanager,
                            checkpoint_interval_s=args.checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
                            bounded=args.bounded, idle_flush_s=args.idle_flush_s, stages=_stage_config(args))
+    logs_dir = state / "logs" / "flink"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(logs_dir)  # the mini-cluster's own log (checkpoints, restarts, task failures)
     env = build_job(settings, options, jars, checkpoints)
     where = f"session cluster {args.jobmanager}" if args.target == "remote" else "a local mini-cluster"
     print(f"flink job {args.app_id} on {where}, parallelism {args.parallelism}: raw topics -> spans, paths, metrics, alerts; "
-          f"checkpoints every {args.checkpoint_interval_s:g} s in {checkpoints}" + (" (bounded: stops at the latest offsets)" if args.bounded else ""),
+          f"checkpoints every {args.checkpoint_interval_s:g} s in {checkpoints}; Flink's log in {logs_dir}" + (" (bounded: stops at the latest offsets)" if args.bounded else ""),
           flush=True)
     started = time.monotonic()
     if args.target == "remote" and args.detach:

@@ -162,8 +162,9 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
                 watermark_ns = ctx.timer_service().current_watermark() * _MS
             elif time.monotonic() - self.last_input >= options.idle_flush_s:  # nothing came in: as the Faust job's flush
-                watermark_ns = self.max_seen_ns + flush_horizon_ns
-            else:
+                watermark_ns = max(self.max_seen_ns, *stage.last_seen_ns.values()) + flush_horizon_ns
+            else:  # input came since (or this is a restored timer): look again later
+                ctx.timer_service().register_processing_time_timer(timestamp + idle_flush_ms)
                 return
             for span in stage.advance(watermark_ns):
                 yield ("span", span)
@@ -306,10 +307,13 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                 out = stage.advance(final=final)
                 if not final and (stage.pending or len(stage.red) or len(stage.network) or len(stage.dns)):
                     timers.register_event_time_timer(timers.current_watermark() + 1)
-            elif not self.flushed and time.monotonic() - self.last_input >= options.idle_flush_s:
+            elif self.flushed:
+                return
+            elif time.monotonic() - self.last_input >= options.idle_flush_s:
                 self.flushed = True
                 out = stage.advance(final=True)
-            else:
+            else:  # input came since (or this is a restored timer): look again later
+                timers.register_processing_time_timer(timestamp + int(options.idle_flush_s * 1000))
                 return
             self.state.update(stage)
             for row in self.codec.emitted(out):

@@ -1,0 +1,204 @@
+"""Benchmark: raw events/s end to end through the Flink job (parallelism 1 and 2) and the Faust job, on the
+same input in the same run, with the Flink job's checkpoint durations and state sizes.
+
+Input: N protocol-exact socket data events (benchmarks.core_pipeline.make_events: keep-alive HTTP, Redis,
+DNS over UDP on 200 sockets, 1 ms apart) in the raw topics of a bench prefix. Each engine reads all of them
+from the earliest offset into output topics of its own prefix (a copy of the input, so their outputs never
+mix). The Faust job is the baseline: rate = events / (time from its first consumed record to the last
+output). The Flink job runs bounded (stops at the latest offsets); its rate is events / the job's run time
+less the run time of the same job on a 1,000-event input measured in the same run (JVM, mini-cluster and
+Python worker start-up), and the raw run time is printed too.
+
+    .venv/bin/python benchmarks/stream_jobs.py --events 40000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from confluent_kafka.admin import AdminClient  # noqa: E402
+
+from benchmarks.core_pipeline import make_events  # noqa: E402
+from cli.main import read_settings, state_dir  # noqa: E402
+from schemas.catalog import SOCKET_DATA, SPANS  # noqa: E402
+from schemas.kafka import client_config  # noqa: E402
+from schemas.producer import AvroProducer  # noqa: E402
+from schemas.registry import SchemaRegistry  # noqa: E402
+from schemas.topics import apply_catalog  # noqa: E402
+from tracetap.flow import Endpoint, flow_id  # noqa: E402
+
+BENCH_PREFIX = "tracetap-bench."
+STAGE_FLAGS = ["--trace-gap-s", "1", "--idle-flush-s", "3", "--window-s", "10"]
+
+
+def seed(settings, admin, registry, events: int) -> None:
+    apply_catalog(admin, registry, settings.topics.prefix, settings.topics.replication_factor)
+    records = make_events(events)
+    first, start = records[0]["start_time"], time.time_ns() - 600_000_000_000
+    producer = AvroProducer(settings, registry)
+    for r in records:
+        r.update(start_time=start + (r["start_time"] - first) * 1000, end_time=start + (r["end_time"] - first) * 1000,
+                 cgroup_id=0, host="bench")
+        producer.produce(SOCKET_DATA, flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]),
+                                              Endpoint(r["remote_ip"], r["remote_port"])), r)
+    producer.flush(120)
+
+
+def prefixed(settings, prefix: str):
+    return dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=prefix))
+
+
+def env_for(settings) -> dict[str, str]:
+    return dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_LOG__LEVEL="WARNING")
+
+
+def run_flink(settings, parallelism: int, workdir: Path) -> dict:
+    app_id = f"bench-flink-{uuid.uuid4().hex[:6]}"
+    checkpoints = workdir / app_id
+    command = [sys.executable, "-m", "cli.main", "streams", "flink", "--bounded", "--app-id", app_id, "--parallelism", str(parallelism),
+               "--checkpoint-interval-s", "2", "--checkpoint-dir", str(checkpoints), *STAGE_FLAGS]
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=ROOT, env=env_for(settings), capture_output=True, text=True, timeout=1800)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"flink job failed: {done.stdout[-1500:]} {done.stderr[-3000:]}")
+    job = re.search(r"job (\w+) finished in ([\d.]+) s", done.stdout)
+    log_dir = state_dir(settings, dict(os.environ)) / "logs" / "flink"
+    checkpoints_done = []
+    for log in log_dir.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            hit = re.search(rf"Completed checkpoint (\d+) for job {job[1]} \((\d+) bytes, checkpointDuration=(\d+) ms", line)
+            if hit:
+                checkpoints_done.append((int(hit[1]), int(hit[2]), int(hit[3])))
+    return {"run_s": float(job[2]), "wall_s": wall, "checkpoints": sorted(checkpoints_done)}
+
+
+def run_faust(settings, events: int, workdir: Path) -> dict:
+    port = 6190 + os.getpid() % 500
+    app_id = f"bench-faust-{uuid.uuid4().hex[:6]}"
+    command = [sys.executable, "-m", "cli.main", "streams", "faust", "--app-id", app_id, "--web-port", str(port), *STAGE_FLAGS]
+    log = open(workdir / f"{app_id}.log", "w")
+    worker = subprocess.Popen(command, cwd=ROOT, env=env_for(settings), stdout=log, stderr=subprocess.STDOUT)
+    first = last_change = None
+    produced_before = None
+    try:
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/tracetap/stats/", timeout=5) as response:
+                    stats = json.load(response)
+            except OSError:
+                continue
+            consumed = sum(v for k, v in stats["consumed"].items() if k != "resource")
+            if consumed and first is None:
+                first = time.monotonic()
+            produced = sum(stats["produced"].values())
+            if produced != produced_before:
+                produced_before, last_change = produced, time.monotonic()
+            if (consumed >= events and stats["tables"]["trace-stage.pending_spans"] == 0
+                    and stats["tables"]["trace-stage.open_red_windows"] == 0 and time.monotonic() - last_change > 3):
+                return {"run_s": last_change - first, "consumed": consumed, "produced": produced}
+        raise RuntimeError("the Faust worker did not finish in 30 min")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+        admin = AdminClient(client_config(settings.kafka))
+        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
+        if mine:
+            for future in admin.delete_topics(mine).values():
+                future.result()
+
+
+def core_alone(events: int) -> tuple[float, int]:
+    """The same events through the same stage objects in one Python process, no engine: Avro decode, FlowStage
+    per flow key, TraceStage, record building. Flink's rate against this is what the engine and its Python
+    boundary (serialization to and from the JVM, keyed state, timers) cost."""
+    import io
+
+    import fastavro
+
+    from tracetap.stages import FlowStage, StageConfig, TraceStage
+
+    schema = fastavro.parse_schema(SOCKET_DATA.schema())
+    records = make_events(events)
+    bodies = []
+    for r in records:
+        r.update(cgroup_id=0, host="bench", )
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, schema, r)
+        bodies.append((flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"])),
+                       out.getvalue()))
+    config = StageConfig()
+    flows: dict[str, FlowStage] = {}
+    trace = TraceStage(config)
+    started = time.perf_counter()
+    for key, body in bodies:
+        record = fastavro.schemaless_reader(io.BytesIO(body), schema, None)
+        stage = flows.get(key) or flows.setdefault(key, FlowStage(config))
+        for span in stage.socket_data(record):
+            trace.span(span, "p")
+    out = trace.advance(final=True)
+    return events / (time.perf_counter() - started), len(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=40_000, help="raw socket data events (default 40000)")
+    args = ap.parse_args()
+    base = read_settings(None, dict(os.environ))
+    admin, registry = AdminClient(client_config(base.kafka)), SchemaRegistry(base.registry)
+    run = uuid.uuid4().hex[:6]
+    workdir = Path(tempfile.mkdtemp(prefix="tracetap-bench-streams-"))
+    print(f"stream jobs benchmark: {os.cpu_count()} cpus, {args.events:,} raw events, load {os.getloadavg()[0]:.2f}", flush=True)
+    inputs = {}
+    for name, events in (("small", 1000), ("faust", args.events), ("flink-p1", args.events), ("flink-p2", args.events)):
+        inputs[name] = prefixed(base, f"{BENCH_PREFIX}{run}.{name}.")
+        seed(inputs[name], admin, registry, events)
+    print("seeded the inputs", flush=True)
+    startup = run_flink(inputs["small"], 2, workdir)
+    print(f"flink start-up (1,000 events, p=2): {startup['run_s']:.1f} s", flush=True)
+    faust = run_faust(inputs["faust"], args.events, workdir)
+    print(f"faust (1 worker): {args.events / faust['run_s']:,.0f} events/s ({faust['run_s']:.1f} s from first record to last output)",
+          flush=True)
+    run_flink_p1 = 0.0
+    for p in (1, 2):
+        flink = run_flink(inputs[f"flink-p{p}"], p, workdir)
+        run_flink_p1 = run_flink_p1 or flink["run_s"]
+        net = max(flink["run_s"] - startup["run_s"], 1e-9)
+        cps = flink["checkpoints"]
+        cp = (f"{len(cps)} checkpoints, duration median {sorted(c[2] for c in cps)[len(cps) // 2]} ms max {max(c[2] for c in cps)} ms, "
+              f"state up to {max(c[1] for c in cps) / 1e6:.2f} MB") if cps else "no checkpoint completed"
+        print(f"flink p={p}: {args.events / net:,.0f} events/s net of start-up ({flink['run_s']:.1f} s run, "
+              f"{args.events / flink['run_s']:,.0f} events/s raw); ratio to faust {faust['run_s'] / net:.2f}; {cp}", flush=True)
+    rate, emitted = core_alone(args.events)
+    print(f"the core alone (same stages, one process, no engine): {rate:,.0f} events/s ({emitted:,} records); "
+          f"flink p=1 runs at {args.events / max(run_flink_p1 - startup['run_s'], 1e-9) / rate:.2f}x of it", flush=True)
+    admin_topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]
+    for future in admin.delete_topics(admin_topics).values():
+        future.result()
+    print(f"output spans topic e.g. {SPANS.full_name(inputs['faust'].topics.prefix)} (deleted); workdir {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -162,7 +162,7 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
                 watermark_ns = ctx.timer_service().current_watermark() * _MS
             elif time.monotonic() - self.last_input >= options.idle_flush_s:  # nothing came in: as the Faust job's flush
-                watermark_ns = max(self.max_seen_ns, *stage.last_seen_ns.values()) + flush_horizon_ns
+                watermark_ns = max([self.max_seen_ns, *stage.last_seen_ns.values()]) + flush_horizon_ns
             else:  # input came since (or this is a restored timer): look again later
                 ctx.timer_service().register_processing_time_timer(timestamp + idle_flush_ms)
                 return

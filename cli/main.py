@@ -213,6 +213,13 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
     from infra.stack import LocalStack
     from streams.flink_job import FlinkOptions, build_job, latest_checkpoint
 
+    if args.from_checkpoint and args.bounded:
+        print("tracetap: --from-checkpoint with --bounded: a bounded Kafka source restored from a checkpoint never finishes "
+              "(FLINK-31006, open in connector 3.4); restore without --bounded", file=sys.stderr)
+        return EXIT_USAGE
+    if args.target == "remote" and not args.jobmanager:
+        print("tracetap: --target remote needs --jobmanager HOST:PORT (the JobManager's REST endpoint)", file=sys.stderr)
+        return EXIT_USAGE
     state = state_dir(settings, dict(os.environ))
     jars = LocalStack(settings.stack, state).flink_jars()
     missing = [jar.name for jar in jars if not jar.is_file()]
@@ -221,9 +228,6 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
     checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else state / "flink" / args.app_id / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     restore = None
-    if args.from_checkpoint and args.bounded:
-        raise TracetapError("--from-checkpoint with --bounded: a bounded Kafka source restored from a checkpoint never finishes "
-                            "(FLINK-31006, open in connector 3.4); restore without --bounded")
     if args.from_checkpoint == "latest":
         restore = latest_checkpoint(checkpoints)
         print(f"restoring from {restore}" if restore else f"no checkpoint under {checkpoints} yet: starting from the group's offsets", flush=True)

@@ -53,3 +53,13 @@ def test_topics_list_markdown_names_every_topic(capsys):
     assert main(["topics", "list", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "`tracetap.raw.socket-data`" in out and "`tracetap.deadletter`" in out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["streams", "flink", "--bounded", "--from-checkpoint", "latest"], "FLINK-31006"),
+    (["streams", "flink", "--target", "remote"], "--jobmanager HOST:PORT"),
+])
+def test_flink_options_that_cannot_work_are_refused_as_usage_errors(argv, says, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]

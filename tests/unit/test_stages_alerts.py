@@ -128,3 +128,35 @@ def test_a_flow_forgets_assemblers_idle_past_the_idle_state_time():
     assert [s.response_message for s in stage.socket_data(answer)] == ["NXDOMAIN"]
     assert stage.advance(T0 + 59 * S) == [] and not stage.empty  # idle, but not for long enough
     assert stage.advance(T0 + 61 * S) == [] and stage.empty
+
+
+def test_a_flow_names_its_next_deadline_and_advancing_to_it_does_the_work():
+    from tracetap.stages import FlowStage
+
+    stage = FlowStage(dataclasses.replace(config(), idle_state_ns=60 * S))
+    assert stage.next_deadline_ns() is None  # nothing held, no timer
+    request = {"host": "node", "start_time": T0, "end_time": T0 + 1000, "pid": 5, "tid": 5, "comm": "app", "socket_id": 9,
+               "direction": "EGRESS", "bytes": 18, "l4_protocol": "TCP", "local_ip": "10.0.0.1", "local_port": 40000,
+               "remote_ip": "10.0.0.2", "remote_port": 80, "role": "CLIENT", "tcp_seq": 1, "syscall_trace_id": None,
+               "payload": b"GET / HTTP/1.1\r\n\r\n"}
+    assert stage.socket_data(request) == []
+    timeout = stage.config.assembly.request_timeout_ns
+    assert stage.next_deadline_ns() == T0 + timeout  # the open request's timeout
+    assert stage.advance(T0 + timeout - 1) == []
+    [span] = stage.advance(T0 + timeout)
+    assert span.error_class == "TIMEOUT" and span.end_ns == T0 + timeout
+    assert stage.next_deadline_ns() == T0 + 1000 + 60 * S  # then only the idle socket's eviction
+    assert stage.advance(T0 + 1000 + 60 * S) == [] and stage.empty and stage.next_deadline_ns() is None
+
+
+def test_an_engine_clock_judges_lateness_against_the_watermark_the_engine_sets():
+    from tracetap.eventtime import EngineClock
+
+    stage = TraceStage(config(), clock=EngineClock(allowed_lateness_ns=5 * S))
+    stage.clock.watermark_ns = T0 + 10 * S
+    assert stage.span(dns_span("web", T0 + 9500 * MS, "NOERROR", 1), "flink")
+    assert not stage.span(dns_span("web", T0 + 4 * S, "NOERROR", 2), "flink")  # 6 s behind the watermark: late
+    assert stage.counters.late_spans == 1 and stage.clock.max_seen_ns == T0 + 9501 * MS
+    assert stage.advance().spans == []  # ends 0.5 s before the watermark: its trace's 1 s gap has not passed
+    stage.clock.watermark_ns = T0 + 20 * S
+    assert len(stage.advance().spans) == 1

@@ -7,6 +7,14 @@
 #
 # infra/docker-compose.yml builds this image and runs each command as its own service.
 
+# The Flink job's Kafka connector, from Maven Central (the versions of infra/pom.xml; a test keeps them equal).
+FROM maven:3.9-eclipse-temurin-17 AS flink-connector
+ARG FLINK_KAFKA_CONNECTOR_VERSION=3.4.0-1.20
+ARG KAFKA_VERSION=3.9.1
+RUN set -eux; \
+    mvn -B -q -ntp dependency:copy -Dartifact=org.apache.flink:flink-connector-kafka:${FLINK_KAFKA_CONNECTOR_VERSION} -DoutputDirectory=/flink-lib; \
+    mvn -B -q -ntp dependency:copy -Dartifact=org.apache.kafka:kafka-clients:${KAFKA_VERSION} -DoutputDirectory=/flink-lib
+
 FROM python:3.11-slim-bookworm
 
 LABEL org.opencontainers.image.title="tracetap" \
@@ -21,6 +29,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # System packages the agents need, from Debian bookworm:
 #   tshark                      packet capture and dissection for `tracetap agent packets` (pyshark drives it)
 #   python3-bpfcc, bpfcc-tools  BCC, the eBPF toolkit behind `tracetap agent ebpf`
+#   openjdk-17-jre-headless     Java for `tracetap streams flink` (PyFlink's client) and the Flink cluster
+#                               compose runs from this image (infra/flink-cluster.sh)
 # BCC is packaged for Debian's own /usr/bin/python3 only. It is pure Python over libbcc (ctypes), and
 # bookworm's python3 is 3.11 as well, so linking the package into this image's site-packages lets
 # /usr/local/bin/python import it; the `import bcc` below fails the build if that ever stops holding.
@@ -31,7 +41,8 @@ RUN set -eux; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         tshark \
         python3-bpfcc \
-        bpfcc-tools; \
+        bpfcc-tools \
+        openjdk-17-jre-headless; \
     rm -rf /var/lib/apt/lists/*; \
     ln -s /usr/lib/python3/dist-packages/bcc /usr/local/lib/python3.11/site-packages/bcc; \
     python -c "import bcc"
@@ -42,6 +53,8 @@ COPY . .
 RUN set -eux; \
     pip install --no-cache-dir .; \
     tracetap --help > /dev/null
+
+COPY --from=flink-connector /flink-lib /opt/tracetap/flink-lib
 
 # Run from a neutral directory: the CLI reads ./tracetap.toml when present.
 WORKDIR /var/lib/tracetap

@@ -71,7 +71,7 @@ def run_flink(settings, parallelism: int, workdir: Path) -> dict:
     app_id = f"bench-flink-{uuid.uuid4().hex[:6]}"
     checkpoints = workdir / app_id
     command = [sys.executable, "-m", "cli.main", "streams", "flink", "--bounded", "--app-id", app_id, "--parallelism", str(parallelism),
-               "--checkpoint-interval-s", "2", "--checkpoint-dir", str(checkpoints), *STAGE_FLAGS]
+               "--checkpoint-interval-s", "10", "--checkpoint-dir", str(checkpoints), *STAGE_FLAGS]
     started = time.monotonic()
     done = subprocess.run(command, cwd=ROOT, env=env_for(settings), capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - started

@@ -222,29 +222,38 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     state = state_dir(settings, dict(os.environ))
     jars = LocalStack(settings.stack, state).flink_jars()
+    if args.connector_dir:
+        jars = [Path(args.connector_dir) / jar.name for jar in jars]
     missing = [jar.name for jar in jars if not jar.is_file()]
     if missing:
         raise TracetapError(f"the Flink Kafka connector is not installed ({', '.join(missing)}): run `tracetap stack install` (or make setup)")
-    checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else state / "flink" / args.app_id / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    if args.target == "remote":  # checkpoints go where the cluster is configured to put them (state.checkpoints.dir)
+        if args.from_checkpoint == "latest":
+            print("tracetap: with --target remote, --from-checkpoint takes the checkpoint's path as the cluster sees it", file=sys.stderr)
+            return EXIT_USAGE
+        checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    else:
+        checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else state / "flink" / args.app_id / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
     restore = None
     if args.from_checkpoint == "latest":
         restore = latest_checkpoint(checkpoints)
         print(f"restoring from {restore}" if restore else f"no checkpoint under {checkpoints} yet: starting from the group's offsets", flush=True)
     elif args.from_checkpoint:
         restore = Path(args.from_checkpoint)
-        if not restore.exists():
+        if args.target == "local" and not restore.exists():
             raise TracetapError(f"--from-checkpoint {restore}: no such checkpoint")
     options = FlinkOptions(app_id=args.app_id, parallelism=args.parallelism, target=args.target, jobmanager=args.jobmanager,
                            checkpoint_interval_s=args.checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
-                           bounded=args.bounded, idle_flush_s=args.idle_flush_s, stages=_stage_config(args))
+                           bounded=args.bounded, idle_flush_s=args.idle_flush_s, profile=args.profile, stages=_stage_config(args))
     logs_dir = state / "logs" / "flink"
     logs_dir.mkdir(parents=True, exist_ok=True)
     os.environ["FLINK_LOG_DIR"] = str(logs_dir)  # the mini-cluster's own log (checkpoints, restarts, task failures)
-    env = build_job(settings, options, jars, checkpoints)
+    env = build_job(settings, options, jars)
     where = f"session cluster {args.jobmanager}" if args.target == "remote" else "a local mini-cluster"
     print(f"flink job {args.app_id} on {where}, parallelism {args.parallelism}: raw topics -> spans, paths, metrics, alerts; "
-          f"checkpoints every {args.checkpoint_interval_s:g} s in {checkpoints}; Flink's log in {logs_dir}" + (" (bounded: stops at the latest offsets)" if args.bounded else ""),
+          f"checkpoints every {args.checkpoint_interval_s:g} s in {checkpoints or 'the cluster state.checkpoints.dir'}; "
+          f"Flink's log in {logs_dir}" + (" (bounded: stops at the latest offsets)" if args.bounded else ""),
           flush=True)
     started = time.monotonic()
     if args.target == "remote" and args.detach:
@@ -375,9 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     flink_cmd.add_argument("--checkpoint-interval-s", type=float, default=10.0,
                            help="checkpoint (and Kafka transaction commit) interval; 0 turns checkpoints off, and with them "
                                 "exactly-once output (default 10)")
+    flink_cmd.add_argument("--connector-dir", metavar="DIR",
+                           help="where the Kafka connector jars are (default <state>/dist/flink-lib, from `tracetap stack install`)")
     flink_cmd.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default <state>/flink/<app-id>/checkpoints)")
     flink_cmd.add_argument("--from-checkpoint", metavar="PATH|latest",
                            help="restore state and offsets from a retained checkpoint (a chk-N folder), or the newest one")
+    flink_cmd.add_argument("--profile", action="store_true",
+                           help="profile the Python workers (cProfile) into Flink's log, <state>/logs/flink/")
     flink_cmd.add_argument("--bounded", action="store_true",
                            help="stop at the offsets that are the latest at start, flushing everything (replays, tests)")
     for cmd in (faust_cmd, flink_cmd):

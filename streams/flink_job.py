@@ -46,12 +46,13 @@ class FlinkOptions:
     target: str = "local"  # local: a mini-cluster in this process; remote: submit to --jobmanager
     jobmanager: str | None = None  # host:port of a session cluster's REST endpoint, with target=remote
     checkpoint_interval_s: float = 10.0  # 0: no checkpoints (then at-least-once, not transactional)
-    checkpoint_dir: Path | None = None  # default: <state>/flink/<app_id>/checkpoints
+    checkpoint_dir: Path | None = None  # None: the cluster's state.checkpoints.dir (the CLI's local default: <state>/flink/<app_id>/checkpoints)
     from_checkpoint: Path | None = None  # a chk-N folder (or its _metadata) to restore from
     bounded: bool = False  # stop at the offsets that were the latest at start (replays, tests, benchmarks)
     source_idle_timeout_s: float = 5.0  # a partition without records this long stops holding the watermark back
     idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
     restart_attempts: int = 3
+    profile: bool = False  # cProfile of the Python workers, printed into Flink's log (python.profile.enabled)
     stages: StageConfig = field(default_factory=StageConfig)
 
 
@@ -123,15 +124,17 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
     idle_flush_ms = int(options.idle_flush_s * 1000)
 
     class FlowFunction(KeyedProcessFunction):
-        """Stage 1, per flow id: a FlowStage in keyed state, a timer at its next deadline."""
+        """Stage 1, per flow id: a FlowStage in keyed state, an event-time timer at its next deadline (rounded up
+        to a whole second, so that a busy flow does not move its timer on every record: a timer that finds
+        nothing due costs less than a registration per record), and a processing-time timer for the idle flush."""
 
         def open(self, runtime_context: Any) -> None:
             self.codec = _Codec(settings)
             self.stage_state = runtime_context.get_state(ValueStateDescriptor("flow-stage", Types.PICKLED_BYTE_ARRAY()))
-            self.timer_state = runtime_context.get_state(ValueStateDescriptor("flow-timer", Types.LONG()))
             metrics = runtime_context.get_metrics_group()
             self.consumed = {kind: metrics.counter(f"consumed_{kind}") for kind in set(kinds.values())}
             self.dead_letters = metrics.counter("dead_letters")
+            self.timers: dict[str, int] = {}  # flow id -> the event-time timer set for it (a cache: Flink holds them)
             self.last_input = time.monotonic()
             self.max_seen_ns = 0
 
@@ -146,46 +149,47 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
                 yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
                 return
             self.max_seen_ns = max(self.max_seen_ns, record["end_time"] if kind == "socket_data" else record["time"])
-            stage = self.stage_state.value() or FlowStage(stages)
+            stage = self.stage_state.value()
+            if stage is None:  # a new flow: watch it for the idle flush
+                stage = FlowStage(stages)
+                now_ms = ctx.timer_service().current_processing_time()
+                ctx.timer_service().register_processing_time_timer(now_ms + idle_flush_ms)
             for span in getattr(stage, kind)(record):
                 yield ("span", span)
             if kind == "lifecycle":
                 yield ("lifecycle", record)
             self._save(stage, ctx)
-            now_ms = ctx.timer_service().current_processing_time()
-            ctx.timer_service().register_processing_time_timer((now_ms // 1000) * 1000 + idle_flush_ms + 1000)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
             stage = self.stage_state.value()
             if stage is None:
                 return
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
+                self.timers.pop(ctx.get_current_key(), None)
                 watermark_ns = ctx.timer_service().current_watermark() * _MS
-            elif time.monotonic() - self.last_input >= options.idle_flush_s:  # nothing came in: as the Faust job's flush
+            else:  # idle flush: with no input for idle_flush_s, as the Faust job's
+                ctx.timer_service().register_processing_time_timer(timestamp + idle_flush_ms)  # watch on while the flow lives
+                if time.monotonic() - self.last_input < options.idle_flush_s:
+                    return
                 watermark_ns = max([self.max_seen_ns, *stage.last_seen_ns.values()]) + flush_horizon_ns
-            else:  # input came since (or this is a restored timer): look again later
-                ctx.timer_service().register_processing_time_timer(timestamp + idle_flush_ms)
-                return
             for span in stage.advance(watermark_ns):
                 yield ("span", span)
             self._save(stage, ctx)
 
         def _save(self, stage: FlowStage, ctx: Any) -> None:
-            """Keep the stage (or drop it once empty) and move the event-time timer to its next deadline."""
-            timers = ctx.timer_service()
-            set_for = self.timer_state.value()
-            due = stage.next_deadline_ns()
-            due_ms = None if due is None else math.ceil(due / _MS)
-            if set_for is not None and set_for != due_ms:
-                timers.delete_event_time_timer(set_for)
-            if due_ms is not None and due_ms != set_for:
-                timers.register_event_time_timer(due_ms)
+            """Keep the stage (or drop it once empty) and make sure a timer fires by its next deadline."""
+            key = ctx.get_current_key()
             if stage.empty:
                 self.stage_state.clear()
-                self.timer_state.clear()
-            else:
-                self.stage_state.update(stage)
-                self.timer_state.update(due_ms)
+                self.timers.pop(key, None)
+                return
+            self.stage_state.update(stage)
+            due = stage.next_deadline_ns()
+            if due is not None:
+                due_ms = math.ceil(due / 1_000_000_000) * 1000
+                if self.timers.get(key) != due_ms:
+                    ctx.timer_service().register_event_time_timer(due_ms)
+                    self.timers[key] = due_ms
 
     DEAD_LETTERS = OutputTag("dead-letters", row_type)
     return FlowFunction(), DEAD_LETTERS
@@ -271,6 +275,8 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             self.produced = metrics.counter("produced")
             self.last_input = time.monotonic()
             self.flushed = False
+            self.next_step: int | None = None  # caches of the timers set (Flink holds them; after a restore they are set again)
+            self.idle_timer = False
 
         def _stage(self, ctx: Any) -> TraceStage:
             stage = self.state.value()
@@ -294,9 +300,13 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                 stage.resource(*value)
             self.state.update(stage)
             timers = ctx.timer_service()
-            timers.register_event_time_timer(max(timers.current_watermark() + 1, 0))
-            now_ms = timers.current_processing_time()
-            timers.register_processing_time_timer((now_ms // 1000) * 1000 + int(options.idle_flush_s * 1000) + 1000)
+            step = max(timers.current_watermark() + 1, 0)
+            if self.next_step != step:  # one registration per watermark step, not per record
+                timers.register_event_time_timer(step)
+                self.next_step = step
+            if not self.idle_timer:
+                timers.register_processing_time_timer(timers.current_processing_time() + int(options.idle_flush_s * 1000))
+                self.idle_timer = True
             return iter(())
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
@@ -306,15 +316,15 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                 final = timers.current_watermark() == MAX_WATERMARK_MS
                 out = stage.advance(final=final)
                 if not final and (stage.pending or len(stage.red) or len(stage.network) or len(stage.dns)):
-                    timers.register_event_time_timer(timers.current_watermark() + 1)
-            elif self.flushed:
-                return
-            elif time.monotonic() - self.last_input >= options.idle_flush_s:
+                    self.next_step = timers.current_watermark() + 1
+                    timers.register_event_time_timer(self.next_step)
+            else:  # idle flush
+                timers.register_processing_time_timer(timestamp + int(options.idle_flush_s * 1000))  # keep watching
+                self.idle_timer = True
+                if self.flushed or time.monotonic() - self.last_input < options.idle_flush_s:
+                    return
                 self.flushed = True
                 out = stage.advance(final=True)
-            else:  # input came since (or this is a restored timer): look again later
-                timers.register_processing_time_timer(timestamp + int(options.idle_flush_s * 1000))
-                return
             self.state.update(stage)
             for row in self.codec.emitted(out):
                 self.produced.inc()
@@ -364,7 +374,7 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(done, key=lambda p: (p.stat().st_mtime, int(p.name.split("-")[1])), default=None)
 
 
-def build_job(settings: Settings, options: FlinkOptions, jars: list[Path], checkpoint_dir: Path) -> Any:
+def build_job(settings: Settings, options: FlinkOptions, jars: list[Path]) -> Any:
     """The StreamExecutionEnvironment with the whole pipeline attached (call .execute on it)."""
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
@@ -374,10 +384,13 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path], check
     prefix = settings.topics.prefix
     conf = Configuration()
     conf.set_string("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in jars))
-    conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
+    if options.target == "local":  # a session cluster's TaskManagers use their own (infra/flink-cluster.sh sets it)
+        conf.set_string("python.executable", sys.executable)
     conf.set_string("parallelism.default", str(options.parallelism))
     conf.set_string("pipeline.name", options.app_id)
+    if options.profile:
+        conf.set_string("python.profile.enabled", "true")
     conf.set_string("table.exec.source.idle-timeout", f"{int(options.source_idle_timeout_s * 1000)} ms")
     # A failure restarts the job from its last checkpoint a few times, then fails it for good (no crash loop).
     conf.set_string("restart-strategy.type", "fixed-delay")
@@ -387,7 +400,8 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path], check
         conf.set_string("execution.checkpointing.interval", f"{int(options.checkpoint_interval_s * 1000)} ms")
         conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
         conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-        conf.set_string("state.checkpoints.dir", checkpoint_dir.resolve().as_uri())
+        if options.checkpoint_dir is not None:
+            conf.set_string("state.checkpoints.dir", options.checkpoint_dir.resolve().as_uri())
         conf.set_string("state.checkpoints.num-retained", "3")
     if options.from_checkpoint is not None:
         conf.set_string("execution.savepoint.path", str(options.from_checkpoint))

@@ -51,3 +51,18 @@ def test_no_secret_is_written_into_the_file():
                 assert str(value).startswith("${") and ":?" in str(value), f"{name}.{key} must come from the environment"
                 checked += 1
     assert checked >= 3  # Elasticsearch, Kibana, the registry database and the tracetap services all take one
+
+
+def test_the_image_fetches_the_flink_connector_the_local_stack_uses():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    v = versions()
+    assert f"ARG FLINK_KAFKA_CONNECTOR_VERSION={v['flink.kafka.connector']}\n" in dockerfile
+    assert f"ARG KAFKA_VERSION={v['kafka']}\n" in dockerfile
+
+
+def test_the_flink_cluster_runs_from_the_tracetap_image_and_the_job_is_submitted_to_it():
+    for name in ("flink-jobmanager", "flink-taskmanager"):
+        assert "build" in SERVICES[name] and SERVICES[name]["entrypoint"][1:] == ["/src/infra/flink-cluster.sh", name.split("-")[1]]
+    job = SERVICES["streams-flink"]["command"]
+    assert job[:2] == ["streams", "flink"] and job[job.index("--jobmanager") + 1] == "flink-jobmanager:8081"
+    assert "pipeline-flink" in SERVICES["topics"]["profiles"] and "pipeline-flink" in SERVICES["sink-elasticsearch"]["profiles"]

@@ -125,6 +125,7 @@ class Emitted:
 class TraceCounters:
     spans_in: int = 0
     duplicate_spans: int = 0  # replays after a restart upstream: dropped by span id
+    duplicate_lifecycle: int = 0  # the same for lifecycle events, by their identity
     late_spans: int = 0  # beyond the allowed lateness: the engine dead-letters them
     late_lifecycle: int = 0
     traces: int = 0
@@ -153,6 +154,7 @@ class TraceStage:
     pending: dict[str, Span] = field(default_factory=dict)  # span id -> span not yet in a complete trace
     emitted: dict[str, int] = field(default_factory=dict)  # span id -> end, remembered to drop replays
     failed_connects: list[dict[str, Any]] = field(default_factory=list)
+    lifecycle_seen: dict[tuple[Any, ...], int] = field(default_factory=dict)  # identity -> time, remembered to drop replays
     red: RedWindows = field(init=False)
     network: NetworkWindows = field(init=False)
     dns: TumblingWindows = field(init=False)
@@ -189,9 +191,16 @@ class TraceStage:
         return True
 
     def lifecycle(self, record: dict[str, Any], source: str) -> bool:
+        """Count a lifecycle event into the network windows (once: an upstream restart may replay it)."""
+        identity = (record["host"], record["time"], record["kind"], record["pid"], record["socket_id"], record["local_ip"],
+                    record["local_port"], record["remote_ip"], record["remote_port"])
+        if identity in self.lifecycle_seen:
+            self.counters.duplicate_lifecycle += 1
+            return True
         if not self.clock.observe(source, record["time"]):
             self.counters.late_lifecycle += 1
             return False
+        self.lifecycle_seen[identity] = record["time"]
         if record["kind"] == "CONNECT_FAILED":
             self.failed_connects.append(record)
         self.network.add_event(record, self._pair_workloads(record))
@@ -219,6 +228,7 @@ class TraceStage:
         forget = horizon - 2 * self.config.trace_gap_ns - self.config.allowed_lateness_ns
         self.emitted = {k: end for k, end in self.emitted.items() if end >= forget}
         self.failed_connects = [e for e in self.failed_connects if e["time"] >= forget]
+        self.lifecycle_seen = {k: t for k, t in self.lifecycle_seen.items() if t >= forget}
         return out
 
     def _complete_traces(self, horizon: int | None) -> list[list[Span]]:

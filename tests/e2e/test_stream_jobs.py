@@ -438,3 +438,42 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
             os.killpg(restored.pid, signal.SIGKILL)
             restored.wait()
     _assert_same_records(job, _outputs(settings, registry), exactly_once=True)
+
+
+def test_the_same_job_submitted_to_a_session_cluster_emits_the_same_records(job, registry, admin, tmp_path):
+    """A standalone session cluster (a JobManager and a TaskManager, started by infra/flink-cluster.sh as compose
+    starts them) and `tracetap streams flink --target remote`: the job graph and its jars travel over REST, the
+    TaskManager's own Python workers run the stages."""
+    settings = _copy_input(job["settings"], admin, registry, "flink-remote.")
+    rest, rpc, tm_rpc, blob, data = (free_port() for _ in range(5))
+    properties = "\n".join([
+        "jobmanager.rpc.address: 127.0.0.1", f"jobmanager.rpc.port: {rpc}", f"rest.port: {rest}", "rest.address: 127.0.0.1",
+        "rest.bind-address: 127.0.0.1", f"blob.server.port: {blob}", "taskmanager.host: 127.0.0.1", f"taskmanager.rpc.port: {tm_rpc}",
+        f"taskmanager.data.port: {data}", "taskmanager.numberOfTaskSlots: 2", "jobmanager.memory.process.size: 1024m",
+        "taskmanager.memory.process.size: 1728m", "  # a comment line, as compose files have them"])
+    env = dict(os.environ, FLINK_PROPERTIES=properties, PYTHON=sys.executable)
+    cluster = []
+    try:
+        for role in ("jobmanager", "taskmanager"):
+            cluster.append(subprocess.Popen(["bash", str(REPO / "infra" / "flink-cluster.sh"), role], env=dict(env, FLINK_LOG_DIR=str(tmp_path / role)),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 120
+        while True:  # the TaskManager has registered its slots
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{rest}/overview", timeout=5) as response:
+                    if json.load(response)["slots-total"] >= 2:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and all(p.poll() is None for p in cluster), "the session cluster did not come up"
+            time.sleep(1)
+        out = _run_flink(settings, f"tt-flink-remote-{uuid.uuid4().hex[:6]}", tmp_path / "checkpoints", "--target", "remote",
+                         "--jobmanager", f"127.0.0.1:{rest}")
+        assert "session cluster" in out
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest}/jobs/overview", timeout=5) as response:
+            assert [j["state"] for j in json.load(response)["jobs"]] == ["FINISHED"]  # it ran there, not in this process
+    finally:
+        for process in cluster:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    _assert_same_records(job, _outputs(settings, registry), exactly_once=True)

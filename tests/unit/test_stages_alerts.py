@@ -160,3 +160,15 @@ def test_an_engine_clock_judges_lateness_against_the_watermark_the_engine_sets()
     assert stage.advance().spans == []  # ends 0.5 s before the watermark: its trace's 1 s gap has not passed
     stage.clock.watermark_ns = T0 + 20 * S
     assert len(stage.advance().spans) == 1
+
+
+def test_a_replayed_lifecycle_event_is_counted_once():
+    stage = TraceStage(config())
+    close = {"host": "node", "time": T0 + S, "kind": "CLOSE", "pid": 7, "tid": 7, "comm": "app", "socket_id": 3, "netns_inode": 1,
+             "l4_protocol": "TCP", "local_ip": "10.0.0.1", "local_port": 40000, "remote_ip": "10.0.0.2", "remote_port": 80,
+             "role": "CLIENT", "old_state": None, "new_state": None, "error_code": None, "error_name": None, "srtt_us": None,
+             "bytes_sent": 100, "bytes_received": 200, "retransmits": 2}
+    assert stage.lifecycle(close, "p0") and stage.lifecycle(dict(close), "p0")  # a worker restarted upstream sends it again
+    [metric] = stage.advance(final=True).network
+    assert (metric["bytes_client_to_server"], metric["bytes_server_to_client"]) == (100, 200)  # not 200, 400
+    assert stage.counters.duplicate_lifecycle == 1

@@ -21,8 +21,11 @@ while IFS= read -r line; do
   value=${line#*:}
   args+=(-D "${key//[[:space:]]/}=${value#"${value%%[![:space:]]*}"}")
 done <<< "${FLINK_PROPERTIES:-}"
-# The TaskManagers start their Python workers with this interpreter: the one that has tracetap.
-args+=(-D "python.executable=$(command -v "$python")")
+# The TaskManagers start their Python workers with `python` (a job's python.executable, by default): make that
+# the interpreter that has tracetap.
+interpreter=$(command -v "$python")
+export PATH="$(dirname "$interpreter"):$PATH"
+args+=(-D "python.executable=$interpreter")
 export FLINK_HOME=$home
 export FLINK_CONF_DIR=${FLINK_CONF_DIR:-$home/conf}
 export FLINK_LOG_DIR=${FLINK_LOG_DIR:-/tmp/flink-$role-log}

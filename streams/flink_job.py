@@ -412,7 +412,22 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path]) -> An
         conf.set_string("execution.target", "remote")
         conf.set_string("rest.address", host)
         conf.set_string("rest.port", port)
-    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    if options.target == "remote":  # a RemoteStreamEnvironment: the job graph and its jars go to the cluster over REST
+        from pyflink.java_gateway import get_gateway
+
+        import pyflink
+
+        # PyFlink's runtime (flink-python) is not in a cluster's lib/ by default: it travels with the job, as the connector
+        shipped = [*jars, *Path(pyflink.__file__).parent.joinpath("opt").glob("flink-python-*.jar")]
+        gateway = get_gateway()
+        j_jars = gateway.new_array(gateway.jvm.String, len(shipped))
+        for i, jar in enumerate(shipped):
+            j_jars[i] = str(jar.resolve())
+        j_env = gateway.jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment.createRemoteEnvironment(
+            host, int(port), conf._j_configuration, j_jars)
+        env = StreamExecutionEnvironment(j_env)
+    else:
+        env = StreamExecutionEnvironment.get_execution_environment(conf)
     if options.target == "remote":  # the cluster's Python workers need tracetap's packages
         root = Path(__file__).resolve().parent.parent
         for package in ("tracetap", "schemas", "streams"):

@@ -8,10 +8,12 @@ Undecodable and rejected records go to the dead-letter topic with the reason.
 from __future__ import annotations
 
 import base64
+import calendar
 import logging
 import random
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from schemas.kafka import consumer_config
 from schemas.producer import AvroProducer
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroDeserializer, UndecodableRecord
+from sinks.mappings import index_mapping
 from tracetap.config import ElasticsearchSettings, Settings
 from tracetap.errors import ConfigError
 
@@ -77,35 +80,79 @@ def es_client(settings: ElasticsearchSettings) -> Elasticsearch:
 
 
 def index_name(settings: ElasticsearchSettings, spec: TopicSpec) -> str:
+    """The pattern of a record type's daily indices (what searches and Kibana data views use)."""
+    return f"{index_base(settings, spec)}-*"
+
+
+def index_base(settings: ElasticsearchSettings, spec: TopicSpec) -> str:
     return f"{settings.index_prefix}-{spec.name}"
 
 
+def daily_index(settings: ElasticsearchSettings, spec: TopicSpec, time_ns: int) -> str:
+    """The index a document goes to: one per record type and UTC day of its own time, so a re-delivered record
+    lands in the same index under the same _id, and a day's index is dropped whole once it is past retention."""
+    return f"{index_base(settings, spec)}-{time.strftime('%Y.%m.%d', time.gmtime(time_ns // 1_000_000_000))}"
+
+
 def install_templates(es: Elasticsearch, settings: ElasticsearchSettings, types: tuple[IndexedType, ...] = INDEXED_TYPES) -> None:
-    """One index template per record type (idempotent): ids and names as keyword, addresses as ip,
-    @timestamp in nanoseconds."""
+    """One index template per record type (idempotent), with the explicit mapping derived from its schema."""
     for indexed in types:
-        name = index_name(settings, indexed.topic)
+        base = index_base(settings, indexed.topic)
         es.indices.put_index_template(
-            name=name,
-            index_patterns=[f"{name}*"],
+            name=base,
+            index_patterns=[f"{base}-*"],
             priority=200,
             template={
-                "settings": {"number_of_shards": 1, "number_of_replicas": 0},
-                "mappings": {
-                    "dynamic_templates": [
-                        {"addresses": {"match": "*_ip", "mapping": {"type": "ip"}}},
-                        {"strings": {"match_mapping_type": "string", "mapping": {"type": "keyword", "ignore_above": 4096}}},
-                    ],
-                    "properties": {"@timestamp": {"type": "date_nanos"}},
-                },
+                "settings": {"number_of_shards": 1, "number_of_replicas": settings.replicas},
+                "mappings": index_mapping(indexed.topic.name, indexed.topic.schema()),
             },
+            meta={"managed_by": "tracetap", "schema": indexed.topic.value_schema},
         )
 
 
-def to_document(indexed: IndexedType, record: dict[str, Any]) -> dict[str, Any]:
-    doc = {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v) for k, v in record.items()}
+def apply_retention(es: Elasticsearch, settings: ElasticsearchSettings, types: tuple[IndexedType, ...] = INDEXED_TYPES,
+                    now_s: float | None = None) -> list[str]:
+    """Delete the daily indices older than each type's retention_days; returns their names."""
+    today = (now_s if now_s is not None else time.time()) // 86400
+    doomed = []
+    for indexed in types:
+        days = settings.retention_days.get(indexed.topic.name, 0)
+        if not days:
+            continue
+        base = index_base(settings, indexed.topic)
+        for name in es.indices.get(index=f"{base}-*", expand_wildcards="open,closed", allow_no_indices=True):
+            try:
+                day = calendar.timegm(time.strptime(name.removeprefix(base + "-"), "%Y.%m.%d"))
+            except ValueError:
+                continue  # not one of ours
+            if today - day // 86400 > days:
+                doomed.append(name)
+    if doomed:
+        es.indices.delete(index=",".join(doomed))
+        log.info("retention: deleted indices count=%d names=%s", len(doomed), ",".join(doomed))
+    return doomed
+
+
+def to_document(indexed: IndexedType, record: dict[str, Any], nanos_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The record as a document: bytes as base64, nanosecond times as ISO strings (date_nanos), @timestamp."""
+    doc = {}
+    for key, value in record.items():
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode()
+        elif key in nanos_fields and value is not None:
+            value = _iso_nanos(value)
+        doc[key] = value
     doc["@timestamp"] = _iso_nanos(record[indexed.time_field] * indexed.time_unit_ns)
     return doc
+
+
+def nanos_fields(spec: TopicSpec) -> frozenset[str]:
+    """The schema's timestamp-nanos fields (written as ISO strings: JSON numbers would be read as milliseconds)."""
+    def nanos(t: Any) -> bool:
+        if isinstance(t, list):
+            return any(nanos(x) for x in t)
+        return isinstance(t, dict) and t.get("logicalType") == "timestamp-nanos"
+    return frozenset(f["name"] for f in spec.schema()["fields"] if nanos(f["type"]))
 
 
 def _iso_nanos(epoch_ns: int) -> str:
@@ -113,40 +160,73 @@ def _iso_nanos(epoch_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
+class _Batch:
+    """Decoded records of one consume call, with what the sink must do for each."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[Any, IndexedType, str, dict[str, Any]]] = []  # message, type, index, document
+
+
 def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str = "tracetap-sink-elasticsearch",
-             stop_when_idle_s: float | None = None, batch_size: int = 1000) -> SinkReport:
-    """Consume, index, commit; until interrupted or, with stop_when_idle_s, until nothing arrives for that long."""
+             stop_when_idle_s: float | None = None, batch_size: int = 2000, retention_every_s: float = 3600.0) -> SinkReport:
+    """Consume, index, commit; until interrupted or, with stop_when_idle_s, until nothing arrives for that long.
+
+    While Elasticsearch is unreachable the consumer's partitions are paused (it stays in its group, polling) and the
+    batch in hand is retried with backoff; nothing past it is read until it is indexed and its offsets committed."""
     types = tuple(t for t in INDEXED_TYPES if topics is None or t.topic.name in topics)
     unknown = set(topics or ()) - {t.topic.name for t in types}
     if unknown:
         raise ConfigError("--topic", f"{sorted(unknown)} not indexable; choose from {[t.topic.name for t in INDEXED_TYPES]}")
+    es_settings = settings.elasticsearch
     by_topic = {t.topic.full_name(settings.topics.prefix): t for t in types}
-    es = es_client(settings.elasticsearch)
+    nanos = {t.topic.name: nanos_fields(t.topic) for t in types}
+    es = es_client(es_settings)
     registry = SchemaRegistry(settings.registry)
     producer = AvroProducer(settings, registry)
     dead_letters = DeadLetters(producer, COMPONENT)
     decode = AvroDeserializer(registry)
-    _retry(lambda: install_templates(es, settings.elasticsearch, types), "install index templates", SinkReport())
+    report = SinkReport()
     consumer = Consumer(consumer_config(settings.kafka, group_id, logger=logging.getLogger("tracetap.kafka")))
+    held: list[Any] = []  # messages a poll returned while the partitions were paused: processed next
+    pool = ThreadPoolExecutor(max_workers=es_settings.bulk_concurrency, thread_name_prefix="bulk")
+
+    def keep_alive() -> None:
+        """While waiting on Elasticsearch: stay in the consumer group, fetch nothing."""
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause(assignment)
+        message = consumer.poll(0)
+        if message is not None and not message.error():
+            held.append(message)
+
+    _retry(lambda: install_templates(es, es_settings, types), "install index templates", report, keep_alive=None)
+    last_retention = 0.0
     assigned = []  # idle time counts only once partitions are assigned (a group join takes seconds)
 
     def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions assigned count=%d", len(partitions))
         assigned.append(time.monotonic())
 
-    consumer.subscribe(list(by_topic), on_assign=on_assign)
-    report = SinkReport()
+    def on_revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        held.clear()  # not ours any more; their offsets were not committed, so the new owner reads them
+        log.info("partitions revoked count=%d", len(partitions))
+
+    consumer.subscribe(list(by_topic), on_assign=on_assign, on_revoke=on_revoke)
     idle_since = time.monotonic()
     try:
         while True:
-            messages = consumer.consume(batch_size, timeout=0.5)
+            if time.monotonic() - last_retention >= retention_every_s:
+                last_retention = time.monotonic()
+                _retry(lambda: apply_retention(es, es_settings, types), "apply retention", report, keep_alive=keep_alive)
+            messages = held[:] + consumer.consume(batch_size, timeout=0.5)
+            held.clear()
             if not messages:
                 idle_from = max(idle_since, assigned[-1]) if assigned else None
                 if stop_when_idle_s is not None and idle_from is not None and time.monotonic() - idle_from > stop_when_idle_s:
                     break
                 continue
             idle_since = time.monotonic()
-            actions: list[tuple[Any, IndexedType, dict[str, Any]]] = []
+            batch = _Batch()
             for message in messages:
                 if message.error():
                     if message.error().code() != KafkaError._PARTITION_EOF:
@@ -154,57 +234,105 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
                     continue
                 indexed = by_topic[message.topic()]
                 try:
-                    actions.append((message, indexed, to_document(indexed, decode(message.value()))))
+                    record = decode(message.value())
+                    doc = to_document(indexed, record, nanos[indexed.topic.name])
                 except UndecodableRecord as exc:
                     dead_letters.send(message, exc.reason.value, exc.detail)
-            if actions:
-                _index_batch(es, settings.elasticsearch, actions, dead_letters, report)
+                    continue
+                index = daily_index(es_settings, indexed.topic, record[indexed.time_field] * indexed.time_unit_ns)
+                batch.actions.append((message, indexed, index, doc))
+            if batch.actions:
+                _index_batch(es, es_settings, batch, pool, dead_letters, report, keep_alive)
             producer.flush()  # dead letters are durable before the offsets that skip them are committed
             consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+            paused = [tp for tp in consumer.assignment()]
+            if paused:
+                consumer.resume(paused)
             report.batches += 1
     except KeyboardInterrupt:
         log.info("interrupted, stopping summary=%r", report.summary())
     finally:
+        pool.shutdown(wait=True)
         consumer.close()
         report.dead_lettered.update(dead_letters.counts)
     return report
 
 
-def _index_batch(es: Elasticsearch, settings: ElasticsearchSettings, actions: list[tuple[Any, IndexedType, dict[str, Any]]],
-                 dead_letters: DeadLetters, report: SinkReport) -> None:
-    operations: list[dict[str, Any]] = []
-    for _, indexed, doc in actions:
-        operations.append({"index": {"_index": index_name(settings, indexed.topic), "_id": doc[indexed.id_field]}})
-        operations.append(doc)
-    response = _retry(lambda: es.bulk(operations=operations), "bulk index", report)
-    for (message, indexed, doc), item in zip(actions, response["items"]):
-        result = item["index"]
-        if result.get("error"):
-            if result["status"] == 429 or result["status"] >= 500:
-                # A transient per-document failure: retry that document alone until it lands.
-                _retry(lambda: es.index(index=index_name(settings, indexed.topic), id=result["_id"], document=doc),
-                       "re-index a document", report)
-            else:
-                error = result["error"]
-                dead_letters.send(message, "REJECTED_BY_SINK", f"{error.get('type')}: {error.get('reason')}")
+def _index_batch(es: Elasticsearch, settings: ElasticsearchSettings, batch: _Batch, pool: ThreadPoolExecutor,
+                 dead_letters: DeadLetters, report: SinkReport, keep_alive: Any) -> None:
+    """Index the batch in bulk requests of bulk_actions documents, bulk_concurrency of them in flight; a document
+    Elasticsearch rejects goes to the dead-letter topic with its error, one it could not take now (429, 5xx) is
+    sent again until it lands."""
+    pending = batch.actions
+    backoff = 0.5
+    while pending:
+        chunks = [pending[i:i + settings.bulk_actions] for i in range(0, len(pending), settings.bulk_actions)]
+        futures = [pool.submit(_bulk, es, chunk) for chunk in chunks]
+        retry: list[tuple[Any, IndexedType, str, dict[str, Any]]] = []
+        down: Exception | None = None
+        for chunk, future in zip(chunks, futures):
+            try:
+                items = future.result()
+            except (EsConnectionError, ApiError) as exc:
+                if isinstance(exc, ApiError) and _status(exc) is not None and _status(exc) < 500 and _status(exc) != 429:
+                    raise
+                down = exc
+                retry += chunk
                 continue
-        report.indexed[indexed.topic.name] += 1
+            for action, item in zip(chunk, items):
+                result = item["index"]
+                if not result.get("error"):
+                    report.indexed[action[1].topic.name] += 1
+                elif result["status"] == 429 or result["status"] >= 500:
+                    retry.append(action)
+                else:
+                    error = result["error"]
+                    dead_letters.send(action[0], "REJECTED_BY_SINK", f"{error.get('type')}: {error.get('reason')}")
+        pending = retry
+        if pending:
+            report.retries += 1
+            what = f"elasticsearch unavailable ({type(down).__name__})" if down else f"{len(pending)} documents refused for now (429/5xx)"
+            log.warning("%s, retrying in_s=%.1f documents=%d", what, backoff, len(pending))
+            _sleep_alive(backoff * random.uniform(0.5, 1.5), keep_alive)
+            backoff = min(backoff * 2, 30.0)
 
 
-def _retry(call: Any, what: str, report: SinkReport, max_backoff_s: float = 30.0) -> Any:
-    """Retry while Elasticsearch is unreachable or overloaded, with exponential backoff and jitter;
-    nothing is dropped and offsets stay uncommitted meanwhile."""
+def _bulk(es: Elasticsearch, chunk: list[tuple[Any, IndexedType, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    operations: list[dict[str, Any]] = []
+    for _, indexed, index, doc in chunk:
+        operations.append({"index": {"_index": index, "_id": doc[indexed.id_field]}})
+        operations.append(doc)
+    return es.bulk(operations=operations)["items"]
+
+
+def _status(exc: Exception) -> int | None:
+    return getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
+
+
+def _sleep_alive(seconds: float, keep_alive: Any) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        if keep_alive is not None:
+            keep_alive()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.2))
+
+
+def _retry(call: Any, what: str, report: SinkReport, keep_alive: Any, max_backoff_s: float = 30.0) -> Any:
+    """Retry while Elasticsearch is unreachable or overloaded, with exponential backoff and jitter."""
     backoff = 0.5
     while True:
         try:
             return call()
         except (EsConnectionError, ApiError) as exc:
-            status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
+            status = _status(exc)
             if isinstance(exc, ApiError) and status is not None and status < 500 and status != 429:
                 raise
             report.retries += 1
             log.warning("elasticsearch unavailable, retrying action=%s in_s=%.1f error=%s", what, backoff, type(exc).__name__)
-            time.sleep(backoff * random.uniform(0.5, 1.5))
+            _sleep_alive(backoff * random.uniform(0.5, 1.5), keep_alive)
             backoff = min(backoff * 2, max_backoff_s)
 
 

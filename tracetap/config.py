@@ -93,6 +93,12 @@ class ElasticsearchSettings:
     verify_certs: bool = True
     request_timeout_s: float = 30.0
     index_prefix: str = "tracetap"
+    replicas: int = 0  # per index; 0 suits one node, 1 a cluster
+    bulk_actions: int = 500  # documents per bulk request
+    bulk_concurrency: int = 2  # bulk requests in flight at once
+    # Days each record type is kept (daily indices older than this are deleted by the sink); 0 keeps them forever.
+    retention_days: dict[str, int] = field(default_factory=lambda: {"spans": 7, "paths": 7, "metrics.red": 30,
+                                                                    "metrics.network": 30, "alerts": 90})
 
     def validate(self) -> None:
         if not self.hosts:
@@ -106,6 +112,12 @@ class ElasticsearchSettings:
             raise ConfigError("elasticsearch.username", "basic auth needs both username and password")
         if self.request_timeout_s <= 0:
             raise ConfigError("elasticsearch.request_timeout_s", "must be > 0")
+        for name in ("replicas", "bulk_actions", "bulk_concurrency"):
+            if getattr(self, name) < (0 if name == "replicas" else 1):
+                raise ConfigError(f"elasticsearch.{name}", "must be >= 1" if name != "replicas" else "must be >= 0")
+        for kind, days in self.retention_days.items():
+            if days < 0:
+                raise ConfigError(f"elasticsearch.retention_days.{kind}", "must be >= 0 (0 keeps the indices forever)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +388,8 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
                 raw = json.loads(raw)
             if not isinstance(raw, Mapping):
                 raise ValueError(f"{raw!r} is not a table")
-            return {str(k): str(v) for k, v in raw.items()}
+            value_type = typing.get_args(hint)[1]
+            return {str(k): _coerce(f"{name}.{k}", value_type, v) if value_type is not str else str(v) for k, v in raw.items()}
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise ConfigError(name, str(exc)) from None
     raise ConfigError(name, f"unsupported setting type {hint!r}")

@@ -166,6 +166,23 @@ def cmd_sink_elasticsearch(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_kibana_import(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks.kibana import import_saved_objects, saved_objects, to_ndjson
+
+    objects = saved_objects(settings.elasticsearch.index_prefix)
+    answer = import_saved_objects(args.url, to_ndjson(objects), settings.elasticsearch, space=args.space)
+    print(f"imported {answer.get('successCount', len(objects))} saved objects into {args.url}"
+          + (f" (space {args.space})" if args.space else "") + ": data views, saved searches, the RED dashboard")
+    return EXIT_OK
+
+
+def cmd_kibana_export(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks.kibana import saved_objects, to_ndjson
+
+    sys.stdout.write(to_ndjson(saved_objects(settings.elasticsearch.index_prefix)))
+    return EXIT_OK
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
@@ -400,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="event time after a trace's last span before it is complete and emitted (default 5 s)")
         cmd.add_argument("--idle-flush-s", type=float, default=10.0,
                          help="with no input for this long, emit what waits for the watermark (default 10 s)")
+
+    kibana = commands.add_parser("kibana", help="Kibana saved objects for the indices the sink writes",
+                                 description="Data views, saved searches and the RED dashboard (infra/kibana/), for elasticsearch.index_prefix.")
+    kibana_cmds = kibana.add_subparsers(dest="kibana_command", required=True, metavar="ACTION")
+    kibana_import = add(kibana_cmds, "import", cmd_kibana_import,
+                        "import them with Kibana's saved-objects API (overwriting earlier versions); Elasticsearch's credentials")
+    kibana_import.add_argument("--url", required=True, help="Kibana's base URL, e.g. http://localhost:5601")
+    kibana_import.add_argument("--space", help="a Kibana space id (default: the default space)")
+    add(kibana_cmds, "export", cmd_kibana_export, "print them as NDJSON (for Kibana's Saved Objects > Import)")
 
     demo = add(commands, "demo", cmd_demo, "start the stack, send sample spans through Kafka into Elasticsearch, and query them back")
     demo.add_argument("--spans", type=int, default=2000, help="sample spans to produce (default 2000)")

@@ -1,0 +1,232 @@
+"""`tracetap sink elasticsearch` against the real Kafka, registry and Elasticsearch: mappings and queries,
+Elasticsearch stopped and started under load, the sink killed mid-batch, two sinks in one group, and a
+record the mapping refuses. Records come from the core's own stages, so they are what the stream jobs emit."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from benchmarks.core_pipeline import make_events
+from infra import processes
+from schemas.catalog import ALERTS, DEAD_LETTER, NETWORK_METRICS, PATHS, RED_METRICS, SPANS
+from schemas.producer import AvroProducer
+from schemas.serde import AvroDeserializer
+from sinks.elasticsearch import es_client, index_name, run_sink
+from tests.kafka_helpers import read_until_idle
+from tracetap.flow import Endpoint, flow_id
+from tracetap.stages import FlowStage, TraceStage
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+S = 1_000_000_000
+
+
+def _outputs(events, start_ns):
+    """Spans, paths, RED and network metrics from the core on `events` request/response syscalls, and one alert."""
+    records = make_events(events)
+    first = records[0]["start_time"]
+    flows, trace = {}, TraceStage()
+    for r in records:
+        r.update(start_time=start_ns + (r["start_time"] - first) * 100, end_time=start_ns + (r["end_time"] - first) * 100,
+                 cgroup_id=0, host="it")
+        key = flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"]))
+        for span in flows.setdefault(key, FlowStage()).socket_data(r):
+            assert trace.span(span, "p0")
+    close = {"host": "it", "time": start_ns + S, "kind": "CLOSE", "pid": 7, "tid": 7, "comm": "app", "socket_id": 3, "netns_inode": 1,
+             "l4_protocol": "TCP", "local_ip": "10.0.0.1", "local_port": 40000, "remote_ip": "10.0.0.2", "remote_port": 80,
+             "role": "CLIENT", "old_state": None, "new_state": None, "error_code": None, "error_name": None, "srtt_us": None,
+             "bytes_sent": 100, "bytes_received": 200, "retransmits": 2}
+    assert trace.lifecycle(close, "p0")
+    out = trace.advance(final=True)
+    alert = {"alert_id": uuid.uuid4().hex, "time": start_ns + 2 * S, "kind": "SLOW_REQUEST", "severity": "WARNING", "workload": "oms-app",
+             "summary": "GET /orders took 3.1 s", "suggestion": None, "trace_id": out.spans[0]["trace_id"], "span_ids": [out.spans[0]["span_id"]],
+             "workloads": ["web", "oms-app"], "measurements": {"duration_ms": 3100.0}, "attributes": {"segment": "server_own_ns"}}
+    return {SPANS: out.spans, PATHS: out.paths, RED_METRICS: out.red, NETWORK_METRICS: out.network, ALERTS: [alert]}
+
+
+def _produce(settings, registry, records):
+    producer = AvroProducer(settings, registry)
+    for spec, batch in records.items():
+        key = {SPANS: "flow_id", PATHS: "flow_id", ALERTS: "alert_id"}.get(spec, "metric_id")
+        for record in batch:
+            producer.produce(spec, record[key], record)
+    producer.flush()
+
+
+def _ids(es, settings, spec, id_field):
+    es.indices.refresh(index=index_name(settings.elasticsearch, spec))
+    hits = es.search(index=index_name(settings.elasticsearch, spec), size=10_000, source=[id_field], query={"match_all": {}})["hits"]
+    return [h["_id"] for h in hits["hits"]]
+
+
+@pytest.fixture(scope="module")
+def indexed(own_topics, registry):
+    settings = own_topics
+    records = _outputs(2000, time.time_ns() - 600 * S)
+    _produce(settings, registry, records)
+    report = run_sink(settings, group_id=f"it-sink-{uuid.uuid4().hex[:6]}", stop_when_idle_s=3.0)
+    return {"settings": settings, "records": records, "report": report, "es": es_client(settings.elasticsearch)}
+
+
+def test_every_record_is_indexed_once_under_its_own_id(indexed):
+    es, settings, records = indexed["es"], indexed["settings"], indexed["records"]
+    for spec, id_field in ((SPANS, "span_id"), (PATHS, "path_id"), (RED_METRICS, "metric_id"), (NETWORK_METRICS, "metric_id"),
+                           (ALERTS, "alert_id")):
+        assert records[spec], spec.name
+        assert sorted(_ids(es, settings, spec, id_field)) == sorted(r[id_field] for r in records[spec]), spec.name
+    assert indexed["report"].dead_lettered == {}
+
+
+def test_fields_have_their_types_and_answer_range_term_and_ecs_queries(indexed):
+    es, settings, spans = indexed["es"], indexed["settings"], indexed["records"][SPANS]
+    pattern = index_name(settings.elasticsearch, SPANS)
+    [mapping] = es.indices.get_mapping(index=pattern).body.values()
+    props = mapping["mappings"]["properties"]
+    assert (props["client_ip"]["type"], props["duration_ns"]["type"], props["start_time"]["type"], props["span_id"]["type"]) == \
+        ("ip", "long", "date_nanos", "keyword")
+    assert props["source"]["properties"]["ip"] == {"type": "alias", "path": "client_ip"}
+    slow = sorted(s["duration_ns"] for s in spans)[len(spans) // 2]
+    expected = sum(1 for s in spans if s["duration_ns"] >= slow)
+    assert es.count(index=pattern, query={"range": {"duration_ns": {"gte": slow}}})["count"] == expected
+    assert es.count(index=pattern, query={"range": {"event.duration": {"gte": slow}}})["count"] == expected  # the ECS alias
+    ip = spans[0]["server_ip"]
+    expected_ip = sum(1 for s in spans if s["server_ip"] == ip)
+    assert es.count(index=pattern, query={"term": {"destination.ip": ip}})["count"] == expected_ip
+    assert es.count(index=pattern, query={"term": {"server_ip": "10.0.0.0/8"}})["count"] == len(spans)  # a CIDR on an ip field
+    hit = es.search(index=pattern, size=1, query={"term": {"span.id": spans[0]["span_id"]}})["hits"]["hits"][0]["_source"]
+    assert hit["start_time"].endswith("Z") and hit["@timestamp"] == hit["start_time"]  # nanosecond ISO times
+    alerts = index_name(settings.elasticsearch, ALERTS)
+    assert es.count(index=alerts, query={"range": {"measurements.duration_ms": {"gt": 3000}}})["count"] == 1
+    day = time.strftime("%Y.%m.%d", time.gmtime(spans[0]["start_time"] // S))
+    assert f"{settings.elasticsearch.index_prefix}-spans-{day}" in es.indices.get(index=pattern)
+
+
+def test_a_record_the_mapping_refuses_is_dead_lettered_with_the_error_and_the_rest_indexed(own_topics, registry):
+    settings = own_topics
+    records = _outputs(20, time.time_ns() - 300 * S)
+    spans = records[SPANS]
+    bad = dict(spans[0], span_id=uuid.uuid4().hex, client_ip="not-an-address")  # a string to Avro, not an ip to Elasticsearch
+    _produce(settings, registry, {SPANS: [bad, *spans[1:]]})
+    report = run_sink(settings, topics=[SPANS.name], group_id=f"it-sink-dlq-{uuid.uuid4().hex[:6]}", stop_when_idle_s=3.0)
+    assert report.dead_lettered["REJECTED_BY_SINK"] >= 1
+    es = es_client(settings.elasticsearch)
+    assert bad["span_id"] not in _ids(es, settings, SPANS, "span_id")
+    assert set(s["span_id"] for s in spans[1:]) <= set(_ids(es, settings, SPANS, "span_id"))
+    decode = AvroDeserializer(registry)
+    letters = [decode(m.value()) for m in read_until_idle(settings, DEAD_LETTER.full_name(settings.topics.prefix), idle_s=2)]
+    mine = [d for d in letters if d["reason"] == "REJECTED_BY_SINK" and bad["span_id"].encode() in d["value"]]
+    assert len(mine) == 1 and "mapper_parsing_exception" in mine[0]["detail"] and "client_ip" in mine[0]["detail"]
+
+
+# the sink as a process ----------------------------------------------------------------------------------
+def _fresh(settings, admin, registry, name):
+    import dataclasses
+
+    from schemas.topics import apply_catalog
+
+    mine = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=f"{settings.topics.prefix}{name}."),
+                               elasticsearch=dataclasses.replace(settings.elasticsearch, index_prefix=f"{settings.elasticsearch.index_prefix}-{name}"))
+    apply_catalog(admin, registry, mine.topics.prefix, mine.topics.replication_factor)
+    return mine
+
+
+def _sink(settings, group, idle_s=8.0, stderr=subprocess.PIPE):
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix,
+               TRACETAP_ELASTICSEARCH__INDEX_PREFIX=settings.elasticsearch.index_prefix, TRACETAP_ELASTICSEARCH__BULK_ACTIONS="200")
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "sink", "elasticsearch", "--topic", "spans", "--group", group,
+                             "--exit-when-idle", str(idle_s)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def _spans(n, start_ns):
+    spans = []
+    while len(spans) < n:
+        spans += _outputs(min(2 * (n - len(spans)) + 40, 20_000), start_ns + len(spans) * S // 100)[SPANS]
+    return spans[:n]
+
+
+def _wait_for_count(es, settings, at_least, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            es.indices.refresh(index=index_name(settings.elasticsearch, SPANS))
+            if es.count(index=index_name(settings.elasticsearch, SPANS))["count"] >= at_least:
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"fewer than {at_least} documents after {timeout_s} s")
+
+
+def test_elasticsearch_stopped_and_started_under_load_indexes_every_record_exactly_once(settings, admin, registry, stack):
+    mine = _fresh(settings, admin, registry, "es-outage")
+    first, second = _spans(3000, time.time_ns() - 900 * S), _spans(3000, time.time_ns() - 300 * S)
+    _produce(mine, registry, {SPANS: first})
+    es_component = next(c for c in stack.components if c.name == "elasticsearch")
+    es = es_client(mine.elasticsearch)
+    sink = _sink(mine, f"it-outage-{uuid.uuid4().hex[:6]}", idle_s=20.0)
+    try:
+        _wait_for_count(es, mine, 500)
+        processes.stop(processes.read_pid(es_component.pid_file), timeout_s=60)  # Elasticsearch goes away mid-stream
+        _produce(mine, registry, {SPANS: second})  # and records keep coming
+        time.sleep(5)
+        assert sink.poll() is None  # the sink waits, it does not exit or crash
+        stack.up()
+        out, err = sink.communicate(timeout=300)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+        stack.up()
+    assert sink.returncode == 0, err[-2000:]
+    assert "elasticsearch unavailable" in err and "retries:" in out
+    ids = _ids(es, mine, SPANS, "span_id")
+    assert len(ids) == len(set(ids)) == len(first) + len(second)
+    assert set(ids) == {s["span_id"] for s in first + second}
+
+
+def test_a_sink_killed_mid_batch_and_restarted_indexes_every_record_exactly_once(settings, admin, registry):
+    mine = _fresh(settings, admin, registry, "sink-kill")
+    spans = _spans(6000, time.time_ns() - 600 * S)
+    _produce(mine, registry, {SPANS: spans})
+    es = es_client(mine.elasticsearch)
+    group = f"it-kill-{uuid.uuid4().hex[:6]}"
+    sink = _sink(mine, group)
+    _wait_for_count(es, mine, 300)
+    sink.send_signal(signal.SIGKILL)  # between or inside bulk requests, before or after a commit
+    sink.wait()
+    es.indices.refresh(index=index_name(mine.elasticsearch, SPANS))
+    assert es.count(index=index_name(mine.elasticsearch, SPANS))["count"] < len(spans)  # it was killed mid-stream
+    again = _sink(mine, group, idle_s=4.0)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    ids = _ids(es, mine, SPANS, "span_id")
+    assert len(ids) == len(set(ids)) == len(spans) and set(ids) == {s["span_id"] for s in spans}
+
+
+def test_two_sinks_in_one_group_share_the_partitions_and_index_everything_once(settings, admin, registry, tmp_path):
+    mine = _fresh(settings, admin, registry, "sink-group")
+    group = f"it-group-{uuid.uuid4().hex[:6]}"
+    logs = [tmp_path / f"sink-{i}.log" for i in range(2)]
+    sinks = [_sink(mine, group, idle_s=10.0, stderr=open(log, "w")) for log in logs]
+    try:
+        deadline = time.monotonic() + 90
+        while not all("partitions assigned count=3" in log.read_text() for log in logs):  # six partitions, three each
+            assert time.monotonic() < deadline and all(s.poll() is None for s in sinks), [log.read_text()[-800:] for log in logs]
+            time.sleep(0.3)
+        spans = _spans(4000, time.time_ns() - 600 * S)
+        _produce(mine, registry, {SPANS: spans})
+        outs = [s.communicate(timeout=300)[0] for s in sinks]
+    finally:
+        for s in sinks:
+            if s.poll() is None:
+                s.kill()
+    assert all(s.returncode == 0 for s in sinks), [log.read_text()[-1500:] for log in logs]
+    indexed = [int(out.split()[1]) for out in outs]  # "indexed N documents ..."
+    assert all(n > 0 for n in indexed) and sum(indexed) == len(spans), indexed  # shared, and nothing twice
+    ids = _ids(es_client(mine.elasticsearch), mine, SPANS, "span_id")
+    assert len(ids) == len(set(ids)) == len(spans)

@@ -16,13 +16,15 @@ import argparse
 import dataclasses
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from elasticsearch.helpers import parallel_bulk  # noqa: E402
@@ -34,7 +36,7 @@ from schemas.kafka import client_config  # noqa: E402
 from schemas.producer import AvroProducer  # noqa: E402
 from schemas.registry import SchemaRegistry  # noqa: E402
 from schemas.topics import apply_catalog  # noqa: E402
-from sinks.elasticsearch import INDEXED_TYPES, daily_index, es_client, index_name, install_templates, nanos_fields, run_sink, to_document  # noqa: E402
+from sinks.elasticsearch import INDEXED_TYPES, daily_index, es_client, index_name, install_templates, run_sink, to_document  # noqa: E402
 from tracetap.flow import Endpoint, flow_id  # noqa: E402
 from tracetap.stages import FlowStage, TraceStage  # noqa: E402
 
@@ -69,6 +71,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spans", type=int, default=40_000, help="span records (default 40000)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    ap.add_argument("--sink-processes", type=int, default=1, help="sink processes in one consumer group (default 1)")
     args = ap.parse_args()
     base = read_settings(None, dict(os.environ))
     run = uuid.uuid4().hex[:6]
@@ -81,10 +84,9 @@ def main() -> int:
         producer.produce(SPANS, r["flow_id"], r)
     producer.flush(120)
     indexed = next(t for t in INDEXED_TYPES if t.topic is SPANS)
-    nanos = nanos_fields(SPANS)
     es_settings = base.elasticsearch
     print(f"Elasticsearch sink benchmark: {len(records):,} spans, bulk {es_settings.bulk_actions} documents x "
-          f"{es_settings.bulk_concurrency} in flight, {args.rounds} alternating rounds, load {os.getloadavg()[0]:.2f}", flush=True)
+          f"{es_settings.bulk_concurrency} in flight, {args.sink_processes} sink process(es), {args.rounds} alternating rounds, load {os.getloadavg()[0]:.2f}", flush=True)
     results: dict[str, list[float]] = {"parallel_bulk": [], "sink": []}
     es = es_client(es_settings)
     for i in range(args.rounds):
@@ -93,7 +95,7 @@ def main() -> int:
             pattern = index_name(es_round, SPANS)
             install_templates(es, es_round, (indexed,))
             if mode == "parallel_bulk":
-                docs = [(daily_index(es_round, SPANS, r["start_time"]), r["span_id"], to_document(indexed, r, nanos)) for r in records]
+                docs = [(daily_index(es_round, SPANS, r["start_time"]), r["span_id"], to_document(indexed, dict(r))) for r in records]
                 started = time.monotonic()
                 actions = ({"_index": index, "_id": doc_id, "_source": doc} for index, doc_id, doc in docs)
                 for ok, item in parallel_bulk(es, actions, chunk_size=es_round.bulk_actions, thread_count=es_round.bulk_concurrency):
@@ -104,14 +106,23 @@ def main() -> int:
                 watcher_end: list[float] = []
                 watcher = threading.Thread(target=lambda: watcher_end.append(wait_count(es, pattern, len(records), 0, first)))
                 watcher.start()
-                round_settings = dataclasses.replace(settings, elasticsearch=es_round)
-                run_sink(round_settings, topics=[SPANS.name], group_id=f"bench-sink-{run}-{i}", stop_when_idle_s=2.0)
+                if args.sink_processes == 1:
+                    round_settings = dataclasses.replace(settings, elasticsearch=es_round)
+                    run_sink(round_settings, topics=[SPANS.name], group_id=f"bench-sink-{run}-{i}", stop_when_idle_s=2.0)
+                else:  # sink processes in one consumer group, as `tracetap sink elasticsearch` scales out
+                    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_ELASTICSEARCH__INDEX_PREFIX=es_round.index_prefix,
+                               TRACETAP_LOG__LEVEL="WARNING")
+                    command = [sys.executable, "-m", "cli.main", "sink", "elasticsearch", "--topic", "spans", "--group",
+                               f"bench-sink-{run}-{i}", "--exit-when-idle", "3"]
+                    sinks = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for _ in range(args.sink_processes)]
+                    for sink in sinks:
+                        sink.wait()
                 watcher.join()
                 started, ended = first[0], watcher_end[0]
             rate = len(records) / (ended - started)
             results[mode].append(rate)
             print(f"round {i + 1} {mode:>13}: {rate:,.0f} documents/s", flush=True)
-            es.indices.delete(index=pattern)
+            es.indices.delete(index=",".join(es.indices.get(index=pattern)))
             es.indices.delete_index_template(name=pattern.removesuffix("-*"))
     med = {m: statistics.median(v) for m, v in results.items()}
     ratio = med["sink"] / med["parallel_bulk"]

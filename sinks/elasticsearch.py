@@ -15,11 +15,13 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch import ConnectionError as EsConnectionError
+from elasticsearch.serializer import OrjsonSerializer
 
 from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, RED_METRICS, SPANS, TopicSpec
 from schemas.deadletter import DeadLetters
@@ -46,6 +48,8 @@ class IndexedType:
     time_unit_ns: int  # 1 for timestamp-nanos fields, 1_000_000 for timestamp-millis
 
 
+Action = tuple[Any, "IndexedType", str, dict[str, Any]]  # message, type, its index, the document
+
 INDEXED_TYPES = (
     IndexedType(SPANS, "span_id", "start_time", 1),
     IndexedType(PATHS, "path_id", "start_time", 1),
@@ -69,7 +73,9 @@ class SinkReport:
 
 
 def es_client(settings: ElasticsearchSettings) -> Elasticsearch:
-    kwargs: dict[str, Any] = {"request_timeout": settings.request_timeout_s, "verify_certs": settings.verify_certs}
+    # orjson: bulk bodies are the sink's largest CPU cost after decoding, and json.dumps holds the GIL 3-4x as long
+    kwargs: dict[str, Any] = {"request_timeout": settings.request_timeout_s, "verify_certs": settings.verify_certs,
+                              "serializer": OrjsonSerializer()}
     if settings.api_key:
         kwargs["api_key"] = str(settings.api_key)
     elif settings.username:
@@ -91,7 +97,12 @@ def index_base(settings: ElasticsearchSettings, spec: TopicSpec) -> str:
 def daily_index(settings: ElasticsearchSettings, spec: TopicSpec, time_ns: int) -> str:
     """The index a document goes to: one per record type and UTC day of its own time, so a re-delivered record
     lands in the same index under the same _id, and a day's index is dropped whole once it is past retention."""
-    return f"{index_base(settings, spec)}-{time.strftime('%Y.%m.%d', time.gmtime(time_ns // 1_000_000_000))}"
+    return f"{index_base(settings, spec)}-{_day(time_ns // 86_400_000_000_000)}"
+
+
+@cache
+def _day(day: int) -> str:
+    return time.strftime("%Y.%m.%d", time.gmtime(day * 86400))
 
 
 def install_templates(es: Elasticsearch, settings: ElasticsearchSettings, types: tuple[IndexedType, ...] = INDEXED_TYPES) -> None:
@@ -133,38 +144,56 @@ def apply_retention(es: Elasticsearch, settings: ElasticsearchSettings, types: t
     return doomed
 
 
-def to_document(indexed: IndexedType, record: dict[str, Any], nanos_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The record as a document: bytes as base64, nanosecond times as ISO strings (date_nanos), @timestamp."""
-    doc = {}
-    for key, value in record.items():
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode()
-        elif key in nanos_fields and value is not None:
-            value = _iso_nanos(value)
-        doc[key] = value
-    doc["@timestamp"] = _iso_nanos(record[indexed.time_field] * indexed.time_unit_ns)
-    return doc
+def to_document(indexed: IndexedType, record: dict[str, Any]) -> dict[str, Any]:
+    """The record as its document, in place: nanosecond times as ISO strings (date_nanos; a JSON number would be
+    read as milliseconds), bytes as base64, and @timestamp."""
+    nanos, binary = _shape(indexed.topic)
+    for name in nanos:
+        value = record.get(name)
+        if value is not None:
+            record[name] = _iso_nanos(value)
+    for name in binary:
+        value = record.get(name)
+        if value is not None:
+            record[name] = base64.b64encode(value).decode()
+    stamp = record[indexed.time_field]
+    record["@timestamp"] = stamp if indexed.time_field in nanos else _iso_nanos(stamp * indexed.time_unit_ns)
+    return record
 
 
-def nanos_fields(spec: TopicSpec) -> frozenset[str]:
-    """The schema's timestamp-nanos fields (written as ISO strings: JSON numbers would be read as milliseconds)."""
-    def nanos(t: Any) -> bool:
+@cache
+def _shape(spec: TopicSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The schema's timestamp-nanos fields and its bytes fields."""
+    def kinds(t: Any) -> set[str]:
         if isinstance(t, list):
-            return any(nanos(x) for x in t)
-        return isinstance(t, dict) and t.get("logicalType") == "timestamp-nanos"
-    return frozenset(f["name"] for f in spec.schema()["fields"] if nanos(f["type"]))
+            return set().union(*(kinds(x) for x in t))
+        if isinstance(t, dict):
+            return {t.get("logicalType") or t["type"]}
+        return {t}
+    fields = [(f["name"], kinds(f["type"])) for f in spec.schema()["fields"]]
+    return tuple(n for n, k in fields if "timestamp-nanos" in k), tuple(n for n, k in fields if "bytes" in k)
+
+
+_SECONDS: dict[int, str] = {}  # epoch second -> its ISO text: records of a batch share a few seconds
 
 
 def _iso_nanos(epoch_ns: int) -> str:
     seconds, nanos = divmod(epoch_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    text = _SECONDS.get(seconds)
+    if text is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        text = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{nanos:09d}Z"
 
 
 class _Batch:
-    """Decoded records of one consume call, with what the sink must do for each."""
+    """One consume call's messages, their documents, and the bulk requests carrying them."""
 
-    def __init__(self) -> None:
-        self.actions: list[tuple[Any, IndexedType, str, dict[str, Any]]] = []  # message, type, index, document
+    def __init__(self, messages: list[Any]) -> None:
+        self.messages = messages
+        self.actions: list[Action] = []
+        self.submitted: list[tuple[list[Action], Any]] = []
 
 
 def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str = "tracetap-sink-elasticsearch",
@@ -179,7 +208,6 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
         raise ConfigError("--topic", f"{sorted(unknown)} not indexable; choose from {[t.topic.name for t in INDEXED_TYPES]}")
     es_settings = settings.elasticsearch
     by_topic = {t.topic.full_name(settings.topics.prefix): t for t in types}
-    nanos = {t.topic.name: nanos_fields(t.topic) for t in types}
     es = es_client(es_settings)
     registry = SchemaRegistry(settings.registry)
     producer = AvroProducer(settings, registry)
@@ -213,20 +241,30 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
 
     consumer.subscribe(list(by_topic), on_assign=on_assign, on_revoke=on_revoke)
     idle_since = time.monotonic()
+    inflight: _Batch | None = None  # submitted to Elasticsearch; its offsets are committed once it is indexed
+
+    def finish(batch: _Batch) -> None:
+        _finish_batch(es, es_settings, batch, pool, dead_letters, report, keep_alive)
+        producer.flush()  # dead letters are durable before the offsets that skip them are committed
+        if batch.messages:
+            try:
+                consumer.commit(offsets=_next_offsets(batch.messages), asynchronous=False)
+            except KafkaException as exc:  # a rebalance took the partitions meanwhile: their new owner indexes them again
+                log.warning("offsets not committed (partitions moved to another sink; re-indexing is idempotent) error=%s", exc)
+        paused = consumer.assignment()
+        if paused:
+            consumer.resume(paused)
+        report.batches += 1
+
     try:
         while True:
             if time.monotonic() - last_retention >= retention_every_s:
                 last_retention = time.monotonic()
                 _retry(lambda: apply_retention(es, es_settings, types), "apply retention", report, keep_alive=keep_alive)
-            messages = held[:] + consumer.consume(batch_size, timeout=0.5)
+            # While a batch is in flight, read and decode the next one (the wait overlaps Elasticsearch's work).
+            messages = held[:] + consumer.consume(batch_size, timeout=0.5 if inflight is None else 0.05)
             held.clear()
-            if not messages:
-                idle_from = max(idle_since, assigned[-1]) if assigned else None
-                if stop_when_idle_s is not None and idle_from is not None and time.monotonic() - idle_from > stop_when_idle_s:
-                    break
-                continue
-            idle_since = time.monotonic()
-            batch = _Batch()
+            batch = _Batch(messages)
             for message in messages:
                 if message.error():
                     if message.error().code() != KafkaError._PARTITION_EOF:
@@ -235,42 +273,53 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
                 indexed = by_topic[message.topic()]
                 try:
                     record = decode(message.value())
-                    doc = to_document(indexed, record, nanos[indexed.topic.name])
+                    time_ns = record[indexed.time_field] * indexed.time_unit_ns
+                    doc = to_document(indexed, record)
                 except UndecodableRecord as exc:
                     dead_letters.send(message, exc.reason.value, exc.detail)
                     continue
-                index = daily_index(es_settings, indexed.topic, record[indexed.time_field] * indexed.time_unit_ns)
+                index = daily_index(es_settings, indexed.topic, time_ns)
                 batch.actions.append((message, indexed, index, doc))
-            if batch.actions:
-                _index_batch(es, es_settings, batch, pool, dead_letters, report, keep_alive)
-            producer.flush()  # dead letters are durable before the offsets that skip them are committed
-            consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
-            paused = [tp for tp in consumer.assignment()]
-            if paused:
-                consumer.resume(paused)
-            report.batches += 1
+            if inflight is not None:
+                finish(inflight)
+                inflight = None
+            if messages:
+                idle_since = time.monotonic()
+                batch.submitted = _submit(es, es_settings, batch.actions, pool)
+                inflight = batch
+                continue
+            idle_from = max(idle_since, assigned[-1]) if assigned else None
+            if stop_when_idle_s is not None and idle_from is not None and time.monotonic() - idle_from > stop_when_idle_s:
+                break
     except KeyboardInterrupt:
         log.info("interrupted, stopping summary=%r", report.summary())
     finally:
-        pool.shutdown(wait=True)
-        consumer.close()
-        report.dead_lettered.update(dead_letters.counts)
+        try:
+            if inflight is not None:
+                finish(inflight)
+        finally:
+            pool.shutdown(wait=True)
+            consumer.close()
+            report.dead_lettered.update(dead_letters.counts)
     return report
 
 
-def _index_batch(es: Elasticsearch, settings: ElasticsearchSettings, batch: _Batch, pool: ThreadPoolExecutor,
-                 dead_letters: DeadLetters, report: SinkReport, keep_alive: Any) -> None:
-    """Index the batch in bulk requests of bulk_actions documents, bulk_concurrency of them in flight; a document
-    Elasticsearch rejects goes to the dead-letter topic with its error, one it could not take now (429, 5xx) is
-    sent again until it lands."""
-    pending = batch.actions
+def _submit(es: Elasticsearch, settings: ElasticsearchSettings, actions: list[Action], pool: ThreadPoolExecutor) -> list[tuple[list[Action], Any]]:
+    """Bulk requests of bulk_actions documents, run by the pool (bulk_concurrency of them in flight)."""
+    chunks = [actions[i:i + settings.bulk_actions] for i in range(0, len(actions), settings.bulk_actions)]
+    return [(chunk, pool.submit(_bulk, es, chunk)) for chunk in chunks]
+
+
+def _finish_batch(es: Elasticsearch, settings: ElasticsearchSettings, batch: _Batch, pool: ThreadPoolExecutor,
+                  dead_letters: DeadLetters, report: SinkReport, keep_alive: Any) -> None:
+    """Wait for the batch's bulk requests; a document Elasticsearch rejects goes to the dead-letter topic with its
+    error, one it could not take now (429, 5xx, or Elasticsearch unreachable) is sent again until it lands."""
+    submitted = batch.submitted
     backoff = 0.5
-    while pending:
-        chunks = [pending[i:i + settings.bulk_actions] for i in range(0, len(pending), settings.bulk_actions)]
-        futures = [pool.submit(_bulk, es, chunk) for chunk in chunks]
-        retry: list[tuple[Any, IndexedType, str, dict[str, Any]]] = []
+    while submitted:
+        retry: list[Action] = []
         down: Exception | None = None
-        for chunk, future in zip(chunks, futures):
+        for chunk, future in submitted:
             try:
                 items = future.result()
             except (EsConnectionError, ApiError) as exc:
@@ -288,16 +337,17 @@ def _index_batch(es: Elasticsearch, settings: ElasticsearchSettings, batch: _Bat
                 else:
                     error = result["error"]
                     dead_letters.send(action[0], "REJECTED_BY_SINK", f"{error.get('type')}: {error.get('reason')}")
-        pending = retry
-        if pending:
+        submitted = []
+        if retry:
             report.retries += 1
-            what = f"elasticsearch unavailable ({type(down).__name__})" if down else f"{len(pending)} documents refused for now (429/5xx)"
-            log.warning("%s, retrying in_s=%.1f documents=%d", what, backoff, len(pending))
+            what = f"elasticsearch unavailable ({type(down).__name__})" if down else f"{len(retry)} documents refused for now (429/5xx)"
+            log.warning("%s, retrying in_s=%.1f documents=%d", what, backoff, len(retry))
             _sleep_alive(backoff * random.uniform(0.5, 1.5), keep_alive)
             backoff = min(backoff * 2, 30.0)
+            submitted = _submit(es, settings, retry, pool)
 
 
-def _bulk(es: Elasticsearch, chunk: list[tuple[Any, IndexedType, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def _bulk(es: Elasticsearch, chunk: list[Action]) -> list[dict[str, Any]]:
     operations: list[dict[str, Any]] = []
     for _, indexed, index, doc in chunk:
         operations.append({"index": {"_index": index, "_id": doc[indexed.id_field]}})

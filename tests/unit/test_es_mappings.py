@@ -4,7 +4,7 @@ tests/integration/test_sink_elasticsearch.py)."""
 import pytest
 
 from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, RED_METRICS, SPANS
-from sinks.elasticsearch import INDEXED_TYPES, daily_index, nanos_fields, to_document
+from sinks.elasticsearch import INDEXED_TYPES, daily_index, to_document
 from sinks.mappings import ECS_ALIASES, field_mapping, index_mapping
 from tracetap.config import ElasticsearchSettings
 
@@ -53,14 +53,18 @@ def test_ecs_names_are_aliases_of_the_record_fields(topic):
 
 def test_a_document_carries_nanosecond_times_as_iso_strings_and_goes_to_its_days_index():
     spans = next(t for t in INDEXED_TYPES if t.topic is SPANS)
-    record = {"span_id": "s1", "start_time": 1_795_600_000_123_456_789, "end_time": 1_795_600_001_000_000_000, "duration_ns": 5,
-              "attributes": {}, "payload": b"\x00\x01"}
-    doc = to_document(spans, record, nanos_fields(SPANS))
-    assert doc["start_time"] == "2026-11-25T09:46:40.123456789Z" == doc["@timestamp"]
-    assert doc["duration_ns"] == 5 and doc["payload"] == "AAE="
+    record = {"span_id": "s1", "start_time": 1_795_600_000_123_456_789, "end_time": None, "duration_ns": 5}
+    doc = to_document(spans, record)
+    assert doc["start_time"] == "2026-11-25T09:46:40.123456789Z" == doc["@timestamp"] and doc["end_time"] is None
+    assert doc["duration_ns"] == 5
+    red = next(t for t in INDEXED_TYPES if t.topic is RED_METRICS)
+    doc = to_document(red, {"metric_id": "m", "window_start": 1_795_600_000_000, "window_end": 1_795_600_010_000,
+                            "latency_sketch": b"\x00\x01"})
+    assert doc["latency_sketch"] == "AAE=" and doc["window_start"] == 1_795_600_000_000  # epoch_millis, as mapped
+    assert doc["@timestamp"] == "2026-11-25T09:46:40.000000000Z"
     settings = ElasticsearchSettings(index_prefix="tt")
-    assert daily_index(settings, SPANS, record["start_time"]) == "tt-spans-2026.11.25"
-    assert nanos_fields(SPANS) == {"start_time", "end_time"}
+    assert daily_index(settings, SPANS, 1_795_600_000_123_456_789) == "tt-spans-2026.11.25"
+    assert daily_index(settings, SPANS, 1_795_600_000_123_456_789 - 10 * 3600 * 1_000_000_000) == "tt-spans-2026.11.24"
 
 
 class _Indices:
@@ -88,3 +92,19 @@ def test_retention_drops_whole_days_past_each_types_limit_and_nothing_else():
     now = 1_795_600_000  # 2026-11-25
     assert apply_retention(es, settings, now_s=now) == ["tt-spans-2026.11.17"]  # 8 days old; the 18th is 7 days old
     assert es.indices.deleted == ["tt-spans-2026.11.17"]  # alerts kept forever (0), a foreign name left alone
+
+
+def test_the_client_authenticates_and_verifies_as_configured(tmp_path):
+    from sinks.elasticsearch import es_client
+
+    ca = tmp_path / "ca.pem"
+    import subprocess
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k.pem"), "-out", str(ca),
+                    "-days", "1", "-subj", "/CN=tracetap-test"], check=True, capture_output=True)
+    with_key = es_client(ElasticsearchSettings(hosts=["https://es.example:9200"], api_key="a2V5", ca_certs=ca))
+    assert with_key._headers["authorization"] == "ApiKey a2V5"
+    node = with_key.transport.node_pool.get()
+    assert node.config.scheme == "https" and node.config.ca_certs == str(ca) and node.config.verify_certs
+    basic = es_client(ElasticsearchSettings(username="elastic", password="s3cret"))
+    assert basic._headers["authorization"] == "Basic ZWxhc3RpYzpzM2NyZXQ="

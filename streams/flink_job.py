@@ -1,9 +1,10 @@
 """`tracetap streams flink`: the core's two stages (tracetap/stages.py) hosted by PyFlink.
 
-    raw.socket-data ┐  Kafka source (SQL connector, raw bytes,        keyBy(flow id)
-    raw.packets     ├─ per-partition watermarks on the record      ─▶ FlowFunction ──┐   keyBy(one key)
-    raw.lifecycle   ┘  timestamps, which the agents set to event time) (FlowStage)   ├─▶ TraceFunction ─▶ Kafka sink
-    resources ─────── Kafka source ─▶ ResourceFunction (decode) ─────────────────────┘    (TraceStage)    (transactional)
+    raw.socket-data ┐ Kafka source (SQL connector, raw bytes,  lateness per       keyBy(flow id)     keyBy(one key)
+    raw.packets     ├ per-partition watermarks on the record  ─▶ input partition ─▶ FlowFunction ──┬─▶ TraceFunction ─▶ Kafka sink
+    raw.lifecycle   ┘ timestamps, which the agents set to      (as in Faust)        (FlowStage)    │   (TraceStage)    (transactions)
+                      event time)
+    resources ─────── Kafka source ─▶ ResourceFunction (decode) ───────────────────────────────────┘
 
 The same stage objects as the Faust job, in Flink keyed state (pickled) with Flink's timers: each flow
 sets an event-time timer at its stage's next deadline (a request timeout, a response's linger, an idle

@@ -206,21 +206,32 @@ class AgentSettings:
 
 @dataclass(frozen=True, slots=True)
 class TapSpec:
-    """One capture interface: `interface[@netns]=tap_point[/workload]`, e.g. `veth-c@pod-client=client-nic/frontend`."""
+    """One capture interface: `interface[@netns]=tap_point[/workload[@address]]`, e.g. `veth-c@pod-client=client-nic/frontend`.
+
+    `pod-nic/<workload>@<address>` taps a workload's own NIC, which carries its calls out (client side) and the
+    requests it serves (server side): each flow's packets are labelled client-nic or server-nic by whether
+    the workload's address is the client of that flow."""
 
     interface: str
     tap_point: str
     netns: str | None = None  # an `ip netns` name; None: the agent's own namespace
     workload: str | None = None
+    address: str | None = None  # the workload's address, for a pod-nic tap
 
     @classmethod
     def parse(cls, text: str) -> TapSpec:
         where, sep, label = text.partition("=")
         interface, _, netns = where.strip().partition("@")
-        tap_point, _, workload = label.strip().partition("/")
+        tap_point, _, owner = label.strip().partition("/")
+        workload, _, address = owner.partition("@")
         if not sep or not interface or not tap_point:
-            raise ConfigError("packets.taps", f"{text!r} is not interface[@netns]=tap_point[/workload], e.g. eth0=node-nic")
-        return cls(interface, tap_point, netns or None, workload or None)
+            raise ConfigError("packets.taps", f"{text!r} is not interface[@netns]=tap_point[/workload[@address]], e.g. eth0=node-nic")
+        if tap_point == POD_NIC and not address:
+            raise ConfigError("packets.taps", f"{text!r}: a pod-nic tap needs the workload's address, e.g. veth1=pod-nic/web@10.77.0.10")
+        return cls(interface, tap_point, netns or None, workload or None, address or None)
+
+
+POD_NIC = "pod-nic"
 
 
 @dataclass(frozen=True, slots=True)

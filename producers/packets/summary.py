@@ -55,6 +55,7 @@ class PacketSummaryDecoder:
         self._writer = FlatRecordWriter(schema) if schema else None
         self._taps = {tap.interface: tap for tap in taps}
         self._default_tap = default_tap or (taps[0] if len(taps) == 1 else None)
+        self._clients: dict[tuple[str, str], str] = {}  # (interface, flow key) -> the flow's client address, for pod-nic taps
 
     def encode(self, line: bytes) -> tuple[str | None, bytes, int]:
         """(flow key, Avro body, capture time) for one EK line: the emitter's hot path (needs the schema at construction)."""
@@ -135,7 +136,26 @@ class PacketSummaryDecoder:
         key = None
         if src_ip and dst_ip:
             key = flow_id(l4, Endpoint(src_ip, sport or 0), Endpoint(dst_ip, dport or 0))
+            if tap is not None and tap.address is not None:
+                record["tap_point"] = self._pod_side(tap, key, record, flags)
         return key, record
+
+    def _pod_side(self, tap: TapSpec, key: str, record: dict[str, Any], flags: int | None) -> str:
+        """On a workload's own NIC: client-nic for the flows it started, server-nic for those it serves. The client
+        is the sender of a request (or of a SYN), the receiver of a response (or of a SYN-ACK); other packets take
+        their flow's last answer."""
+        if record["http_method"] is not None or record["dns_is_response"] is False or (flags is not None and flags & 0x12 == 0x02):
+            client = record["src_ip"]
+        elif record["http_status"] is not None or record["dns_is_response"] is True or (flags is not None and flags & 0x12 == 0x12):
+            client = record["dst_ip"]
+        else:
+            client = self._clients.get((record["interface"], key))
+        if client is None:
+            return tap.tap_point  # not known yet (a capture that starts mid-flow): no request pairs on it
+        if len(self._clients) >= 65_536:
+            self._clients.clear()
+        self._clients[(record["interface"], key)] = client
+        return "client-nic" if client == tap.address else "server-nic"
 
 
 def _epoch_ns(text: str | None) -> int:

@@ -98,3 +98,23 @@ def test_the_encoded_summary_is_the_avro_of_the_decoded_one():
         key, body, time_ns = decoder.encode(line)
         read = fastavro.schemaless_reader(io.BytesIO(body), fastavro.parse_schema(PACKETS.schema()), return_record_name=False)
         assert (key, read) == decoder.decode(line) and time_ns == read["time"]
+
+
+def test_a_pod_nic_tap_labels_each_flow_by_whether_the_pod_is_its_client():
+    assert TapSpec.parse("v-web@node=pod-nic/web@10.0.0.1") == TapSpec("v-web", "pod-nic", "node", "web", "10.0.0.1")
+    with pytest.raises(ConfigError, match="needs the workload's address"):
+        TapSpec.parse("v-web=pod-nic/web")
+    client_pod = PacketSummaryDecoder("n", [TapSpec("veth-c", "pod-nic", None, "frontend", "10.0.0.1")])
+    assert client_pod.decode(HTTP_REQUEST)[1]["tap_point"] == "client-nic"  # the pod sent the request
+    ack = json.loads(HTTP_REQUEST)
+    ack["layers"] = {k: v for k, v in ack["layers"].items() if not k.startswith("http")}
+    ack["layers"].update(ip_src=["10.0.0.2"], ip_dst=["10.0.0.1"], tcp_srcport=["8080"], tcp_dstport=["48994"], tcp_flags=["0x0010"],
+                         tcp_len=["0"])
+    assert client_pod.decode(json.dumps(ack).encode())[1]["tap_point"] == "client-nic"  # a bare ACK: the flow's side, remembered
+    server_pod = PacketSummaryDecoder("n", [TapSpec("veth-c", "pod-nic", None, "backend", "10.0.0.2")])
+    assert server_pod.decode(HTTP_REQUEST)[1]["tap_point"] == "server-nic"  # the pod received it: it serves this flow
+    answer = json.loads(DNS_ANSWER)
+    answer["layers"]["frame_interface_name"] = ["veth-c"]
+    assert server_pod.decode(json.dumps(answer).encode())[1]["tap_point"] == "server-nic"  # it sent the DNS answer
+    unknown = PacketSummaryDecoder("n", [TapSpec("veth-c", "pod-nic", None, "x", "10.0.0.9")])
+    assert unknown.decode(json.dumps(ack).encode())[1]["tap_point"] == "pod-nic"  # mid-flow, nothing known yet

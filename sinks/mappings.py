@@ -83,7 +83,10 @@ def index_mapping(topic_name: str, schema: dict[str, Any]) -> dict[str, Any]:
         if target not in properties:
             raise ValueError(f"{topic_name}: ECS alias {ecs} points at {target}, which the schema does not have")
         _put(properties, ecs, {"type": "alias", "path": target})
-    templates = [{f"{name}_numbers": {"path_match": f"{name}.*", "mapping": {"type": "double"}}} for name in numeric_maps]
+    # Numbers under a numeric map are doubles; a key with dots in it (`tpp-pay-1.dns_queries_per_s`) makes objects on
+    # the way, which the templates leave to dynamic mapping (they match numbers only).
+    templates = [{f"{name}_{kind}s": {"path_match": f"{name}.*", "match_mapping_type": kind, "mapping": {"type": "double"}}}
+                 for name in numeric_maps for kind in ("double", "long")]
     return {"dynamic": "strict", "dynamic_templates": templates, "properties": properties}
 
 

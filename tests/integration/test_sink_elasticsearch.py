@@ -46,7 +46,9 @@ def _outputs(events, start_ns):
     out = trace.advance(final=True)
     alert = {"alert_id": uuid.uuid4().hex, "time": start_ns + 2 * S, "kind": "SLOW_REQUEST", "severity": "WARNING", "workload": "oms-app",
              "summary": "GET /orders took 3.1 s", "suggestion": None, "trace_id": out.spans[0]["trace_id"], "span_ids": [out.spans[0]["span_id"]],
-             "workloads": ["web", "oms-app"], "measurements": {"duration_ms": 3100.0}, "attributes": {"segment": "server_own_ns"}}
+             "workloads": ["web", "oms-app"], "attributes": {"segment": "server_own_ns"},
+             # a DNS storm's per-pod figures: keys with dots, which Elasticsearch turns into objects
+             "measurements": {"duration_ms": 3100.0, "tpp-pay-1.dns_queries_per_s": 41.6, "tpp-pay-1.nxdomain_ratio": 0.75}}
     return {SPANS: out.spans, PATHS: out.paths, RED_METRICS: out.red, NETWORK_METRICS: out.network, ALERTS: [alert]}
 
 
@@ -103,6 +105,7 @@ def test_fields_have_their_types_and_answer_range_term_and_ecs_queries(indexed):
     assert hit["start_time"].endswith("Z") and hit["@timestamp"] == hit["start_time"]  # nanosecond ISO times
     alerts = index_name(settings.elasticsearch, ALERTS)
     assert es.count(index=alerts, query={"range": {"measurements.duration_ms": {"gt": 3000}}})["count"] == 1
+    assert es.count(index=alerts, query={"range": {"measurements.tpp-pay-1.dns_queries_per_s": {"gt": 40}}})["count"] == 1
     day = time.strftime("%Y.%m.%d", time.gmtime(spans[0]["start_time"] // S))
     assert f"{settings.elasticsearch.index_prefix}-spans-{day}" in es.indices.get(index=pattern)
 

@@ -37,7 +37,9 @@ def test_types_follow_the_avro_types_and_names():
     assert red["window_start"]["type"] == "date" and red["latency_sketch"] == {"type": "binary"}
     alerts = index_mapping("alerts", ALERTS.schema())
     assert alerts["properties"]["measurements"] == {"type": "object", "dynamic": True}
-    assert alerts["dynamic_templates"] == [{"measurements_numbers": {"path_match": "measurements.*", "mapping": {"type": "double"}}}]
+    assert alerts["dynamic_templates"] == [
+        {"measurements_doubles": {"path_match": "measurements.*", "match_mapping_type": "double", "mapping": {"type": "double"}}},
+        {"measurements_longs": {"path_match": "measurements.*", "match_mapping_type": "long", "mapping": {"type": "double"}}}]
     with pytest.raises(ValueError, match="no single Elasticsearch type"):
         field_mapping("x", ["null", "string", "long"])
 

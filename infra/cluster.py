@@ -117,7 +117,7 @@ class Cluster:
         for name in pods:
             folder = ETC_NETNS / name
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "resolv.conf").write_text(f"nameserver {dns}\nsearch {' '.join(SEARCH)}\noptions ndots:5 timeout:1 attempts:1\n")
+            (folder / "resolv.conf").write_text(f"nameserver {dns}\nsearch {' '.join(SEARCH)}\noptions ndots:5 timeout:2 attempts:3\n")
         self._start_dns()
         log.info("cluster up pods=%d subnet=%s dns=%s", len(pods), self.subnet, dns)
 

@@ -63,6 +63,21 @@ def make_events(n_events: int, sockets: int = 200) -> list[dict]:
     return events
 
 
+def timed_events(n_events: int, start_ns: int, spacing: int = 1, host: str = "synthetic") -> list[tuple[str, dict]]:
+    """make_events from start_ns on, `spacing` times as far apart as make_events packs them (1 us), each with its
+    flow id: records to produce to raw.socket-data, as an agent would."""
+    from tracetap.flow import Endpoint, flow_id
+
+    records = make_events(n_events)
+    first = records[0]["start_time"]
+    keyed = []
+    for r in records:
+        r.update(start_time=start_ns + (r["start_time"] - first) * spacing, end_time=start_ns + (r["end_time"] - first) * spacing,
+                 cgroup_id=0, host=host)
+        keyed.append((flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"])), r))
+    return keyed
+
+
 def assemble(events: list[dict]) -> list[Span]:
     assemblers: dict[str, SocketAssembler] = {}
     spans: list[Span] = []

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from elasticsearch.helpers import parallel_bulk  # noqa: E402
 
-from benchmarks.core_pipeline import make_events  # noqa: E402
+from benchmarks.core_pipeline import timed_events  # noqa: E402
 from cli.main import read_settings  # noqa: E402
 from schemas.catalog import SPANS  # noqa: E402
 from schemas.kafka import client_config  # noqa: E402
@@ -37,17 +37,12 @@ from schemas.producer import AvroProducer  # noqa: E402
 from schemas.registry import SchemaRegistry  # noqa: E402
 from schemas.topics import apply_catalog  # noqa: E402
 from sinks.elasticsearch import INDEXED_TYPES, daily_index, es_client, index_name, install_templates, run_sink, to_document  # noqa: E402
-from tracetap.flow import Endpoint, flow_id  # noqa: E402
 from tracetap.stages import FlowStage, TraceStage  # noqa: E402
 
 
 def spans(n: int) -> list[dict]:
-    records = make_events(2 * n + 20)
-    first, start = records[0]["start_time"], time.time_ns() - 3600 * 1_000_000_000
     flows, trace = {}, TraceStage()
-    for r in records:
-        r.update(start_time=start + (r["start_time"] - first) * 10, end_time=start + (r["end_time"] - first) * 10, cgroup_id=0, host="bench")
-        key = flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"]))
+    for key, r in timed_events(2 * n + 20, time.time_ns() - 3600 * 1_000_000_000, spacing=10, host="bench"):
         for span in flows.setdefault(key, FlowStage()).socket_data(r):
             trace.span(span, "p")
     return trace.advance(final=True).spans[:n]

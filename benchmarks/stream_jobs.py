@@ -1,7 +1,7 @@
 """Benchmark: raw events/s end to end through the Flink job (parallelism 1 and 2) and the Faust job, on the
 same input in the same run, with the Flink job's checkpoint durations and state sizes.
 
-Input: N protocol-exact socket data events (benchmarks.core_pipeline.make_events: keep-alive HTTP, Redis,
+Input: N protocol-exact socket data events (benchmarks.core_pipeline.timed_events: keep-alive HTTP, Redis,
 DNS over UDP on 200 sockets, 1 ms apart) in the raw topics of a bench prefix. Each engine reads all of them
 from the earliest offset into output topics of its own prefix (a copy of the input, so their outputs never
 mix). The Faust job is the baseline: rate = events / (time from its first consumed record to the last
@@ -33,14 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
-from benchmarks.core_pipeline import make_events  # noqa: E402
+from benchmarks.core_pipeline import timed_events  # noqa: E402
 from cli.main import read_settings, state_dir  # noqa: E402
 from schemas.catalog import SOCKET_DATA, SPANS  # noqa: E402
 from schemas.kafka import client_config  # noqa: E402
 from schemas.producer import AvroProducer  # noqa: E402
 from schemas.registry import SchemaRegistry  # noqa: E402
 from schemas.topics import apply_catalog  # noqa: E402
-from tracetap.flow import Endpoint, flow_id  # noqa: E402
 
 BENCH_PREFIX = "tracetap-bench."
 STAGE_FLAGS = ["--trace-gap-s", "1", "--idle-flush-s", "3", "--window-s", "10"]
@@ -48,14 +47,9 @@ STAGE_FLAGS = ["--trace-gap-s", "1", "--idle-flush-s", "3", "--window-s", "10"]
 
 def seed(settings, admin, registry, events: int) -> None:
     apply_catalog(admin, registry, settings.topics.prefix, settings.topics.replication_factor)
-    records = make_events(events)
-    first, start = records[0]["start_time"], time.time_ns() - 600_000_000_000
     producer = AvroProducer(settings, registry)
-    for r in records:
-        r.update(start_time=start + (r["start_time"] - first) * 1000, end_time=start + (r["end_time"] - first) * 1000,
-                 cgroup_id=0, host="bench")
-        producer.produce(SOCKET_DATA, flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]),
-                                              Endpoint(r["remote_ip"], r["remote_port"])), r)
+    for key, r in timed_events(events, time.time_ns() - 600_000_000_000, spacing=1000, host="bench"):  # 1 ms apart
+        producer.produce(SOCKET_DATA, key, r)
     producer.flush(120)
 
 
@@ -140,14 +134,11 @@ def core_alone(events: int) -> tuple[float, int]:
     from tracetap.stages import FlowStage, StageConfig, TraceStage
 
     schema = fastavro.parse_schema(SOCKET_DATA.schema())
-    records = make_events(events)
     bodies = []
-    for r in records:
-        r.update(cgroup_id=0, host="bench", )
+    for key, r in timed_events(events, time.time_ns() - 600_000_000_000, spacing=1000, host="bench"):  # as seed() makes them
         out = io.BytesIO()
         fastavro.schemaless_writer(out, schema, r)
-        bodies.append((flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"])),
-                       out.getvalue()))
+        bodies.append((key, out.getvalue()))
     config = StageConfig()
     flows: dict[str, FlowStage] = {}
     trace = TraceStage(config)

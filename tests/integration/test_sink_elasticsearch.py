@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.core_pipeline import make_events
+from benchmarks.core_pipeline import timed_events
 from infra import processes
 from schemas.catalog import ALERTS, DEAD_LETTER, NETWORK_METRICS, PATHS, RED_METRICS, SPANS
 from schemas.producer import AvroProducer
 from schemas.serde import AvroDeserializer
 from sinks.elasticsearch import es_client, index_name, run_sink
 from tests.kafka_helpers import read_until_idle
-from tracetap.flow import Endpoint, flow_id
 from tracetap.stages import FlowStage, TraceStage
 
 pytestmark = pytest.mark.integration
@@ -29,13 +28,8 @@ S = 1_000_000_000
 
 def _outputs(events, start_ns):
     """Spans, paths, RED and network metrics from the core on `events` request/response syscalls, and one alert."""
-    records = make_events(events)
-    first = records[0]["start_time"]
     flows, trace = {}, TraceStage()
-    for r in records:
-        r.update(start_time=start_ns + (r["start_time"] - first) * 100, end_time=start_ns + (r["end_time"] - first) * 100,
-                 cgroup_id=0, host="it")
-        key = flow_id(r["l4_protocol"], Endpoint(r["local_ip"], r["local_port"]), Endpoint(r["remote_ip"], r["remote_port"]))
+    for key, r in timed_events(events, start_ns, spacing=100, host="it"):
         for span in flows.setdefault(key, FlowStage()).socket_data(r):
             assert trace.span(span, "p0")
     close = {"host": "it", "time": start_ns + S, "kind": "CLOSE", "pid": 7, "tid": 7, "comm": "app", "socket_id": 3, "netns_inode": 1,

@@ -1,78 +1,277 @@
-"""`tracetap demo` (foundation stage): stack up, topics applied, sample spans produced as Avro through
-Kafka, indexed by the Elasticsearch sink, and the findings read back from Elasticsearch.
+"""`tracetap demo [SCENARIO ...]`: the seed's four case studies, live, on a simulated cluster.
+
+    1/7 local stack                Kafka, the registry and Elasticsearch (or the configured ones, --no-stack)
+    2/7 topics                     this run's own topics (<topics.prefix>demo.<run>.), deleted at the end
+    3/7 cluster                    network namespaces as pods on a bridge, dnsmasq as kube-dns, redis, the services
+    4/7 agents                     the eBPF agent on the pods' processes, the packet agent on the pods' veths
+    5/7 stream job and sink        Faust or Flink (--engine), the Elasticsearch sink
+    6/7 traffic                    background requests plus each scenario's trigger, from the node namespace
+    7/7 findings                   read back from Elasticsearch, reported in the terminal and in an HTML file
+
+Everything runs as the user would run it: the agents, the stream job and the sink are `tracetap` processes with
+environment overrides, their logs in <state>/logs/demo/. Everything started is stopped and the cluster torn
+down, also on Ctrl-C, SIGTERM or a failure; the Elasticsearch documents stay, for Kibana.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
-from collections import Counter
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.catalog import SPANS
-from schemas.producer import AvroProducer
-from schemas.registry import SchemaRegistry
-from sinks.elasticsearch import es_client, index_name, run_sink
+from cli.demo_report import Findings, Results, html_report, text_report
+from infra.demo_services import PODS, SCENARIOS, start_workloads
 from tracetap.config import Settings
+from tracetap.errors import TracetapError
 
 Progress = Callable[[str], None]
+ROOT = Path(__file__).resolve().parent.parent
+
+# Pods each scenario's traffic crosses: the packet agent taps their veths (a tap per pod, one tshark).
+_TAPPED = {"slow-backend": ("web", "gateway", "oms-app"), "slow-service": ("retail", "acuiagwapp"),
+           "dns-502": ("web", "gateway"), "dns-storm": ()}
 
 
-def run_demo(settings: Settings, state_dir: Path, spans: int, start_stack: bool, progress: Progress) -> None:
-    started = time.monotonic()
-    if start_stack:
-        from infra.stack import LocalStack
+@dataclass(frozen=True)
+class DemoOptions:
+    scenarios: list[str]
+    engine: str = "faust"  # or "flink"
+    start_stack: bool = True
+    traffic_s: float = 20.0
+    settle_timeout_s: float = 150.0  # after the traffic: how long the findings may take to reach Elasticsearch
+    report: Path | None = None  # default <state>/demo/report.html
+    keep_topics: bool = False
 
-        print("1/5 local stack", flush=True)
-        LocalStack(settings.stack, state_dir, progress=progress).up()
-    else:
-        print("1/5 using the configured servers (--no-stack)", flush=True)
 
-    print("2/5 topics and schemas", flush=True)
+class _Children:
+    """The demo's tracetap processes: started with a log file each, stopped in reverse order."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env = logs, env
+        self.running: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.running.append((name, process))
+        return process
+
+    def wait_for(self, name: str, text: str, timeout_s: float) -> None:
+        """Until the process's log shows `text`; a process that exits or takes too long fails the demo."""
+        process = dict(self.running)[name]
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log(name):
+            if process.poll() is not None:
+                raise TracetapError(f"{name} exited with {process.returncode} before it was ready: {self.tail(name)}")
+            if time.monotonic() > deadline:
+                raise TracetapError(f"{name} was not ready within {timeout_s:.0f} s: {self.tail(name)}")
+            time.sleep(0.2)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def tail(self, name: str, lines: int = 8) -> str:
+        return " | ".join(self.log(name).strip().splitlines()[-lines:])
+
+    def stop(self, name: str, timeout_s: float = 30.0) -> int | None:
+        for i, (n, process) in enumerate(self.running):
+            if n == name:
+                del self.running[i]
+                return _stop(process, timeout_s)
+        return None
+
+    def stop_all(self) -> None:
+        while self.running:
+            self.stop(self.running[-1][0], timeout_s=15.0)
+
+
+def _stop(process: subprocess.Popen, timeout_s: float) -> int | None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return process.wait()
+
+
+def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress: Progress) -> Results:
+    """Stage the scenarios, observe them with the real pipeline, and return the findings read from Elasticsearch."""
     from confluent_kafka.admin import AdminClient
 
+    from infra.cluster import Cluster
     from schemas.kafka import client_config
+    from schemas.registry import SchemaRegistry
     from schemas.topics import apply_catalog
+    from sinks.elasticsearch import es_client
 
-    registry = SchemaRegistry(settings.registry)
-    results = apply_catalog(AdminClient(client_config(settings.kafka)), registry, settings.topics.prefix, settings.topics.replication_factor)
-    actions = Counter(r.action for r in results)
-    progress(f"{len(results)} topics ({', '.join(f'{n} {a}' for a, n in sorted(actions.items()))}), value schemas registered with BACKWARD compatibility")
+    if os.geteuid() != 0:
+        raise TracetapError("the demo needs root: it creates network namespaces and loads eBPF programs (run it with sudo)")
+    started = time.monotonic()
+    since_ns = time.time_ns()
+    run = uuid.uuid4().hex[:6]
+    prefix = f"{settings.topics.prefix}demo.{run}."  # the run's own topics: no earlier run's events replay into it
+    logs = state_dir / "logs" / "demo"
+    logs.mkdir(parents=True, exist_ok=True)
 
-    print(f"3/5 producing {spans} sample L7 spans as Avro to {SPANS.full_name(settings.topics.prefix)}", flush=True)
-    from producers.sample import sample_spans
+    def step(n: int, text: str) -> None:
+        print(f"{n}/7 {text}  [{time.monotonic() - started:.0f} s]", flush=True)
 
-    producer = AvroProducer(settings, registry)
-    t0 = time.monotonic()
-    for span in sample_spans(spans, start_ns=time.time_ns() - 60_000_000_000):
-        producer.produce(SPANS, span["flow_id"], span)
-    # One record that is not Avro at all, to show the dead-letter path.
-    producer.produce_encoded(SPANS, "demo|garbage", b"this is not avro")
-    producer.flush()
-    progress(f"{spans} spans + 1 garbage record acknowledged by Kafka in {time.monotonic() - t0:.2f} s")
+    if options.start_stack:
+        from infra.stack import LocalStack
 
-    print("4/5 Elasticsearch sink (runs until the topic is drained)", flush=True)
-    report = run_sink(settings, topics=[SPANS.name], group_id="tracetap-demo", stop_when_idle_s=3.0)
-    progress(report.summary())
+        step(1, "local stack")
+        LocalStack(settings.stack, state_dir, progress=progress).up()
+    else:
+        step(1, "using the configured servers (--no-stack)")
 
-    print("5/5 findings, read back from Elasticsearch", flush=True)
-    es = es_client(settings.elasticsearch)
-    index = index_name(settings.elasticsearch, SPANS)
-    es.indices.refresh(index=index)
-    total = es.count(index=index)["count"]
-    progress(f"{index} holds {total} documents (ids are deterministic: re-running the demo overwrites, never duplicates)")
-    slow = es.search(index=index, size=3, sort=[{"duration_ns": "desc"}], query={"match_all": {}})["hits"]["hits"]
-    progress("slowest spans:")
-    for hit in slow:
-        s = hit["_source"]
-        progress(f"  {s['duration_ns'] / 1e9:6.2f} s  {s['client_workload']} -> {s['server_workload']}  {s['endpoint']}")
-    errors = es.search(index=index, size=0, query={"exists": {"field": "error_class"}},
-                       aggs={"by": {"terms": {"field": "server_workload", "size": 5},
-                                    "aggs": {"msg": {"terms": {"field": "response_message", "size": 2}}}}})
-    progress("errors by server workload:")
-    for bucket in errors["aggregations"]["by"]["buckets"]:
-        messages = ", ".join(f"{m['key']} x{m['doc_count']}" for m in bucket["msg"]["buckets"])
-        progress(f"  {bucket['key']:<12} {bucket['doc_count']:>4}  ({messages})")
-    dead = report.dead_lettered.total()
-    progress(f"dead-lettered: {dead} record(s) on {settings.topics.prefix}deadletter, with the reason")
-    print(f"demo done in {time.monotonic() - started:.1f} s. Elasticsearch: {settings.elasticsearch.hosts[0]}/{index}/_search")
+    step(2, f"topics {prefix}* and their schemas")
+    admin, registry = AdminClient(client_config(settings.kafka)), SchemaRegistry(settings.registry)
+    created = apply_catalog(admin, registry, prefix, settings.topics.replication_factor)
+    progress(f"{len(created)} topics, value schemas registered with BACKWARD compatibility")
+
+    cluster = Cluster(list(PODS))
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=prefix, TRACETAP_AGENT__INCLUDE_NETNS=",".join(PODS), TRACETAP_LOG__FORMAT="text")
+    children = _Children(logs, env)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        step(3, f"cluster: {len(PODS)} pods on {cluster.subnet}, kube-dns with ndots:5, redis, the services")
+        cluster.up()
+        workloads = start_workloads(cluster, storm="dns-storm" in options.scenarios)
+        progress(", ".join(f"{name} {pod.address}" for name, pod in cluster.members.items()))
+
+        step(4, "agents: eBPF on the pods' processes, packets on their veths")
+        tapped = sorted({pod for s in options.scenarios for pod in _TAPPED[s]})
+        env["TRACETAP_PACKETS__TAPS"] = ",".join(f"{cluster.members[p].veth}@{cluster.node}=pod-nic/{p}@{cluster.members[p].address}" for p in tapped)
+        env["TRACETAP_PACKETS__CAPTURE_FILTER"] = "tcp port 8080"
+        children.start("agent-ebpf", ["agent", "ebpf"])
+        if tapped:
+            children.start("agent-packets", ["agent", "packets"])
+        children.wait_for("agent-ebpf", "capturing", 120)
+        progress(f"eBPF agent capturing in {len(PODS)} pods")
+        if tapped:
+            children.wait_for("agent-packets", "capturing", 60)
+            progress(f"packet agent capturing on {', '.join(cluster.members[p].veth for p in tapped)}")
+
+        step(5, f"stream job ({options.engine}) and Elasticsearch sink")
+        stages = ["--window-s", "5", "--slow-ms", "1000", "--trace-gap-s", "1", "--idle-flush-s", "3"]
+        app_id = f"tracetap-demo-{run}"
+        if options.engine == "flink":
+            children.start("streams", ["streams", "flink", "--app-id", app_id, "--parallelism", "1", "--checkpoint-interval-s", "2",
+                                       "--checkpoint-dir", str(state_dir / "flink" / app_id), *stages])
+            children.wait_for("streams", "flink job", 120)
+        else:
+            children.start("streams", ["streams", "faust", "--app-id", app_id, "--web-port", str(_free_port()), *stages])
+            children.wait_for("streams", "faust worker", 60)
+        children.start("sink", ["sink", "elasticsearch", "--group", app_id])
+        children.wait_for("sink", "partitions assigned", 60)
+        progress(f"{options.engine} job {app_id} and the sink are running; logs in {logs}")
+
+        step(6, f"traffic for {options.traffic_s:.0f} s: background orders + {', '.join(options.scenarios)}")
+        web, retail = cluster.members["web"].address, cluster.members["retail"].address
+        load = cluster.run(cluster.node, [sys.executable, "-m", "infra.demo_services", "traffic", "--web", web, "--retail", retail,
+                                          "--seconds", str(options.traffic_s), *[a for s in options.scenarios for a in ("--scenario", s)]],
+                           timeout_s=options.traffic_s + 60)
+        if load.returncode != 0:
+            raise TracetapError(f"the traffic client failed: {load.stderr.strip()[-500:]}")
+        answers = json.loads(load.stdout)
+        progress("answers: " + "; ".join(f"{kind} " + ", ".join(f"{n}x {status}" for status, n in sorted(seen.items()))
+                                         for kind, seen in sorted(answers.items())))
+        for name, process in workloads.items():
+            if name.startswith("tpp-pay"):
+                _stop(process, 5)  # the storm ends with the traffic
+        time.sleep(2)
+        for agent in ("agent-packets", "agent-ebpf"):
+            if children.stop(agent, 60) not in (None, 0):
+                raise TracetapError(f"{agent} failed: {children.tail(agent)}")
+            progress(f"{agent}: {children.tail(agent, 1)}")
+
+        step(7, "findings, read back from Elasticsearch")
+        es = es_client(settings.elasticsearch)
+        findings = Findings(es, settings.elasticsearch, since_ns)
+        results = _settle(es, findings, options, f"{settings.elasticsearch.index_prefix}-*", progress)
+    except KeyboardInterrupt:
+        print("interrupted: stopping the demo's processes and tearing the cluster down", flush=True)
+        raise
+    finally:
+        children.stop_all()
+        cluster.down()
+        signal.signal(signal.SIGTERM, previous)
+        if not options.keep_topics:
+            _delete_run(admin, registry, prefix)
+        shutil.rmtree(state_dir / "faust" / f"tracetap-demo-{run}", ignore_errors=True)
+        shutil.rmtree(state_dir / "flink" / f"tracetap-demo-{run}", ignore_errors=True)
+
+    minutes = (time.monotonic() - started) / 60
+    print(text_report(results), flush=True)
+    report = options.report or state_dir / "demo" / "report.html"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    hosts = settings.elasticsearch.hosts[0]
+    hint = (f"Kibana: point a Kibana 8.x at {hosts} (elasticsearch.hosts), then `tracetap kibana import --url http://localhost:5601` "
+            f"adds the data views ({settings.elasticsearch.index_prefix}-spans-*, -paths-*, -red-*, -alerts-*), saved searches and the RED dashboard.")
+    report.write_text(html_report(results, f"tracetap demo: {', '.join(options.scenarios)} ({options.engine})", minutes, hint))
+    found = sum(f.found for f in results.findings)
+    print(f"demo done in {minutes:.1f} min: {found} of {len(results.findings)} scenarios found in Elasticsearch. "
+          f"Report: {report}", flush=True)
+    print(hint, flush=True)
+    return results
+
+
+def _settle(es, findings: Findings, options: DemoOptions, indices: str, progress: Progress) -> Results:  # noqa: ANN001
+    """Poll until every scenario's finding is in Elasticsearch and the run's document counts stop growing
+    (the stream job emits the last traces and windows after its idle flush), or the timeout passes."""
+    deadline = time.monotonic() + options.settle_timeout_s
+    last, stable = None, 0
+    while True:
+        es.indices.refresh(index=indices, ignore_unavailable=True, allow_no_indices=True)
+        results = findings.collect(options.scenarios)
+        stable = stable + 1 if results.counts == last else 0
+        last = results.counts
+        done = all(f.found for f in results.findings) and stable >= 2
+        if done or time.monotonic() > deadline:
+            progress("indexed in this run: " + ", ".join(f"{n} {k}" for k, n in results.counts.items())
+                     + ("" if done else f" (stopped waiting after {options.settle_timeout_s:.0f} s)"))
+            return results
+        time.sleep(3)
+
+
+def _delete_run(admin, registry, prefix: str) -> None:  # noqa: ANN001
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if topics:
+        for future in admin.delete_topics(topics).values():
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 (best effort: a leftover topic is harmless)
+                pass
+    for subject in registry.subjects():
+        if subject.startswith(prefix):
+            try:
+                registry.delete_subject(subject)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+__all__ = ["DemoOptions", "SCENARIOS", "run_demo"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import logs
+from infra.demo_services import SCENARIOS
 from tracetap.config import Settings, describe, load_settings
 from tracetap.errors import ConfigError, ServerUnavailable, TracetapError
 
@@ -184,10 +185,18 @@ def cmd_kibana_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from cli.demo import run_demo
+    from cli.demo import DemoOptions, run_demo
 
-    run_demo(settings, state_dir(settings, dict(os.environ)), spans=args.spans, start_stack=not args.no_stack, progress=_progress)
-    return EXIT_OK
+    unknown = sorted(set(args.scenario) - set(SCENARIOS))
+    if unknown:
+        print(f"tracetap demo: unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return EXIT_USAGE
+    scenarios = [s for s in SCENARIOS if s in args.scenario] if args.scenario else list(SCENARIOS)
+    options = DemoOptions(scenarios=scenarios, engine=args.engine, start_stack=not args.no_stack, traffic_s=args.traffic_s,
+                          settle_timeout_s=args.settle_timeout_s, report=Path(args.report) if args.report else None,
+                          keep_topics=args.keep_topics)
+    results = run_demo(settings, state_dir(settings, dict(os.environ)), options, progress=_progress)
+    return EXIT_OK if all(f.found for f in results.findings) else EXIT_FAILURE
 
 
 # stream jobs --------------------------------------------------------------------------------------
@@ -427,8 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     kibana_import.add_argument("--space", help="a Kibana space id (default: the default space)")
     add(kibana_cmds, "export", cmd_kibana_export, "print them as NDJSON (for Kibana's Saved Objects > Import)")
 
-    demo = add(commands, "demo", cmd_demo, "start the stack, send sample spans through Kafka into Elasticsearch, and query them back")
-    demo.add_argument("--spans", type=int, default=2000, help="sample spans to produce (default 2000)")
+    demo = add(commands, "demo", cmd_demo,
+               "the seed's four case studies, live: a simulated cluster observed by the agents, the stream job and the sink (root)")
+    demo.add_argument("scenario", nargs="*", metavar="SCENARIO",
+                      help=f"which case studies to stage: {', '.join(SCENARIOS)} (default: all four)")
+    demo.add_argument("--engine", choices=("faust", "flink"), default="faust", help="stream job engine (default faust)")
+    demo.add_argument("--traffic-s", type=float, default=20.0, help="how long the traffic runs (default 20 s)")
+    demo.add_argument("--settle-timeout-s", type=float, default=150.0,
+                      help="after the traffic, how long to wait for the findings in Elasticsearch (default 150 s)")
+    demo.add_argument("--report", metavar="FILE", help="the HTML report (default <state>/demo/report.html)")
+    demo.add_argument("--keep-topics", action="store_true", help="keep the run's Kafka topics (<topics.prefix>demo.<run>.*) afterwards")
     demo.add_argument("--no-stack", action="store_true", help="use the configured servers instead of starting the local stack")
     return parser
 

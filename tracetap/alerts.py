@@ -93,6 +93,11 @@ def failed_dependency(trace: list[Span], failed_connects: list[dict[str, Any]]) 
     dns = [s for s in trace if s.protocol == "DNS" and s.response_message in _FAILED_DNS and s.tap_side is TapSide.CLIENT_PROCESS]
     dns = dns or [s for s in trace if s.protocol == "DNS" and s.response_message in _FAILED_DNS]
     server = next((s for s in errors if s.tap_side is TapSide.SERVER_PROCESS), None)
+    if dns:  # the 5xx served by the process whose own lookup failed: the callers' 5xx only pass it on
+        by_id = {s.span_id: s for s in trace}
+        origin = _served_by(min(dns, key=lambda s: (s.start_ns, s.span_id)), by_id)
+        if origin is not None and origin in errors:
+            top = server = origin
     refused = [e for e in failed_connects if server is not None and e["host"] == server.host and e["pid"] == server.pid
                and server.start_ns <= e["time"] <= server.end_ns]
     if not dns and not refused:
@@ -112,6 +117,17 @@ def failed_dependency(trace: list[Span], failed_connects: list[dict[str, Any]]) 
                   workloads=[w for w in (where, top.client_workload) if w],
                   measurements={"response_code": float(top.response_code or 0), "failed_dns_spans": float(len(dns)),
                                 "failed_connects": float(len(refused))}, attributes=attributes)
+
+
+def _served_by(span: Span, by_id: dict[str, Span]) -> Span | None:
+    """The server span a call was made while serving: its nearest server-process ancestor."""
+    seen = set()
+    while span.parent_span_id in by_id and span.span_id not in seen:
+        seen.add(span.span_id)
+        span = by_id[span.parent_span_id]
+        if span.tap_side is TapSide.SERVER_PROCESS:
+            return span
+    return None
 
 
 @dataclass(slots=True)

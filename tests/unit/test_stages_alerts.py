@@ -99,6 +99,26 @@ def test_a_502_with_a_failed_dns_answer_in_its_trace_raises_a_failed_dependency(
     assert failed[0]["workload"] == "gateway" and lookup.span_id in failed[0]["span_ids"]
 
 
+def test_a_502_passed_on_by_callers_is_blamed_on_the_service_whose_lookup_failed():
+    stage = TraceStage(config())
+    # web (pid 3) serves a request (thread trace 5), calls gateway (seq 200); gateway (pid 4, trace 9) fails to
+    # resolve its backend and answers 502, which web passes on as its own 502
+    web = http_span(TapSide.SERVER_PROCESS, T0, T0 + 30 * MS, seq=100, trace=5, pid=3, status=502, workload="web")
+    call = http_span(TapSide.CLIENT_PROCESS, T0 + 1 * MS, T0 + 25 * MS, seq=200, trace=5, pid=3, server="10.0.0.3", status=502,
+                     workload="gateway")
+    gateway = http_span(TapSide.SERVER_PROCESS, T0 + 2 * MS, T0 + 24 * MS, seq=200, trace=9, pid=4, server="10.0.0.3", status=502,
+                        workload="gateway")
+    lookup = dataclasses.replace(dns_span("gateway", T0 + 3 * MS, "NXDOMAIN", 78, name="payment-backend.svc"), pid=4,
+                                 syscall_trace_id_request=9)
+    for span in (web, call, gateway, lookup):
+        assert stage.span(span, "p0")
+    out = stage.advance(final=True)
+    failed = [a for a in out.alerts if a["kind"] == "ERROR_WITH_FAILED_DEPENDENCY"]
+    assert len(failed) == 1
+    assert failed[0]["workload"] == "gateway" and failed[0]["span_ids"] == [gateway.span_id, lookup.span_id]
+    assert failed[0]["summary"].startswith("GET /x returned 502 from gateway: DNS NXDOMAIN for payment-backend.svc")
+
+
 def test_a_span_later_than_its_partition_allows_is_refused_and_counted():
     stage = TraceStage(config())
     assert stage.span(dns_span("web", T0 + 60 * S, "NOERROR", 1), "p0")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.demo_report import Findings, Results, html_report, text_report
-from infra.demo_services import PODS, SCENARIOS, start_workloads
+from infra.demo_services import PODS, SCENARIOS, STORM_NAME, start_workloads
 from tracetap.config import Settings
 from tracetap.errors import TracetapError
 
@@ -143,7 +143,9 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
     created = apply_catalog(admin, registry, prefix, settings.topics.replication_factor)
     progress(f"{len(created)} topics, value schemas registered with BACKWARD compatibility")
 
-    cluster = Cluster(list(PODS))
+    # The partner's name resolves (as an external name does through the cluster DNS's upstream): each lookup is
+    # three NXDOMAINs down the search path, then the answer, as in the seed's storm.
+    cluster = Cluster(list(PODS), extra_hosts={STORM_NAME: "192.0.2.10"})
     env = dict(os.environ, TRACETAP_TOPICS__PREFIX=prefix, TRACETAP_AGENT__INCLUDE_NETNS=",".join(PODS), TRACETAP_LOG__FORMAT="text")
     children = _Children(logs, env)
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -176,7 +178,7 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
         else:
             children.start("streams", ["streams", "faust", "--app-id", app_id, "--web-port", str(_free_port()), *stages])
             children.wait_for("streams", "faust worker", 60)
-        children.start("sink", ["sink", "elasticsearch", "--group", app_id])
+        children.start("sink", ["sink", "elasticsearch", "--group", f"{app_id}-sink"])  # not Faust's group: its own protocol
         children.wait_for("sink", "partitions assigned", 60)
         progress(f"{options.engine} job {app_id} and the sink are running; logs in {logs}")
 
@@ -234,7 +236,7 @@ def _settle(es, findings: Findings, options: DemoOptions, indices: str, progress
     """Poll until every scenario's finding is in Elasticsearch and the run's document counts stop growing
     (the stream job emits the last traces and windows after its idle flush), or the timeout passes."""
     deadline = time.monotonic() + options.settle_timeout_s
-    last, stable = None, 0
+    last, stable, shown = None, 0, time.monotonic()
     while True:
         es.indices.refresh(index=indices, ignore_unavailable=True, allow_no_indices=True)
         results = findings.collect(options.scenarios)
@@ -245,6 +247,9 @@ def _settle(es, findings: Findings, options: DemoOptions, indices: str, progress
             progress("indexed in this run: " + ", ".join(f"{n} {k}" for k, n in results.counts.items())
                      + ("" if done else f" (stopped waiting after {options.settle_timeout_s:.0f} s)"))
             return results
+        if time.monotonic() - shown >= 15:
+            shown = time.monotonic()
+            progress("waiting for the findings; indexed so far: " + ", ".join(f"{n} {k}" for k, n in results.counts.items()))
         time.sleep(3)
 
 

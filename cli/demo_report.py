@@ -91,7 +91,7 @@ class Findings:
         rows = []
         for s in spans:
             what = " ".join(x for x in (s.get("request_type"), s.get("request_resource")) if x) or s["protocol"]
-            answer = s.get("response_code") or s.get("response_message") or s.get("error_class") or ""
+            answer = (s.get("response_code") if s["protocol"] == "HTTP" else None) or s.get("response_message") or s.get("error_class") or ""
             side = s["tap_side"].lower().replace("_", "-")
             label = f"{side:<14} {s.get('client_workload') or s['client_ip']} -> {s.get('server_workload') or s['server_ip']}  {s['protocol']} {what}  {answer}"
             rows.append(Row(depth(s), label, _ns(s["start_time"]), s["duration_ns"], bool(s.get("error_class"))))
@@ -102,7 +102,7 @@ class Findings:
         if trace_id:
             filters.append({"term": {"trace_id": trace_id}})
         paths = self._search(PATHS, filters)
-        return max(paths, key=lambda p: (p.get("points_seen", 0), p["duration_ns"]), default=None)
+        return max(paths, key=lambda p: (len(p.get("points_seen") or []), p["duration_ns"]), default=None)
 
     def red(self) -> tuple[list[dict[str, Any]], dict[str, list[tuple[int, float]]]]:
         windows = self._search(RED_METRICS, [{"term": {"tap_side": "SERVER_PROCESS"}}, {"term": {"protocol": "HTTP"}},
@@ -134,7 +134,7 @@ class Findings:
         if path:
             f.segments = {name: path[name] for name in SEGMENTS if path.get(name) is not None}
             f.details.append(f"four-point path {path.get('client_workload')} -> {path.get('server_workload')} "
-                             f"({path['points_seen']} of 4 points): server processing {path.get('server_processing_ns', 0) / 1e9:.2f} s "
+                             f"({len(path['points_seen'])} of 4 points): server processing {path.get('server_processing_ns', 0) / 1e9:.2f} s "
                              f"of {path['duration_ns'] / 1e9:.2f} s; network both ways "
                              f"{((path.get('req_network_ns') or 0) + (path.get('resp_network_ns') or 0)) / 1e6:.2f} ms")
         if alert.get("suggestion"):
@@ -154,7 +154,7 @@ class Findings:
         if path:
             f.segments = {name: path[name] for name in SEGMENTS if path.get(name) is not None}
             held = max(f.segments, key=lambda n: f.segments[n]) if f.segments else None
-            f.details.append(f"path {path.get('client_workload')} -> acuiagwapp ({path['points_seen']} of 4 points): "
+            f.details.append(f"path {path.get('client_workload')} -> acuiagwapp ({len(path['points_seen'])} of 4 points): "
                              f"{path['duration_ns'] / 1e6:.0f} ms, most of it in {(held or '?').removesuffix('_ns').replace('_', ' ')}")
         f.found = row["p99_ms"] >= 400 and held == "server_processing_ns"
         return f

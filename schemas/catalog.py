@@ -75,7 +75,7 @@ SPANS = TopicSpec(
     name="spans",
     description="L7 request/response spans at the four tap points, linked into traces.",
     value_schema="l7_span.avsc", key="flow id", partitions=6, retention_ms=7 * DAY_MS,
-    producers=(_STREAMS, "tracetap demo (sample spans)"), consumers=(_SINK, "big-data teams"), time_field="end_time")
+    producers=(_STREAMS, "tracetap agent ebpf --in-collector"), consumers=(_SINK, "big-data teams"), time_field="end_time")
 PATHS = TopicSpec(
     name="paths",
     description="Four-point full-path records with per-segment latencies.",

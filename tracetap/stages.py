@@ -50,6 +50,7 @@ class FlowStage:
     nics: dict[str, FlowPacketAssembler] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> the last offset this state holds
     last_seen_ns: dict[str, int] = field(default_factory=dict)  # assembler key -> its latest event time
+    closing: dict[str, int] = field(default_factory=dict)  # socket key -> its CLOSE's time, applied at that watermark
 
     def socket_data(self, record: dict[str, Any]) -> list[Span]:
         event = SocketData.from_record(record)
@@ -68,18 +69,27 @@ class FlowStage:
         return assembler.add(record)
 
     def lifecycle(self, record: dict[str, Any]) -> list[Span]:
-        """A CLOSE ends the socket's assembler: its open requests end flagged as cut off."""
+        """A CLOSE ends the socket's assembler once the watermark passes its time (`advance`): lifecycle events
+        come on their own topic, so the socket's last data may still be on its way when the CLOSE arrives.
+        Requests still open then end flagged as cut off."""
         if record["kind"] != "CLOSE":
             return []
         key = f"{record['host']}|{record['pid']}|{record['socket_id']}"
-        assembler = self.sockets.pop(key, None)
-        self.last_seen_ns.pop(key, None)
-        return assembler.close(record["time"]) if assembler is not None else []
+        if key in self.sockets:
+            self.closing[key] = record["time"]
+        return []
 
     def advance(self, watermark_ns: int) -> list[Span]:
-        """Timeouts due at this watermark; assemblers with nothing open and no input for `idle_state_ns` are
-        forgotten (UDP sockets and NIC taps never see a close)."""
+        """Closes and timeouts due at this watermark; assemblers with nothing open and no input for
+        `idle_state_ns` are forgotten (UDP sockets and NIC taps never see a close)."""
         out: list[Span] = []
+        for key, time_ns in sorted(self.closing.items(), key=lambda item: (item[1], item[0])):
+            if time_ns <= watermark_ns:
+                del self.closing[key]
+                assembler = self.sockets.pop(key, None)
+                self.last_seen_ns.pop(key, None)
+                if assembler is not None:
+                    out += assembler.close(time_ns)
         for assemblers in (self.sockets, self.nics):
             for key in sorted(assemblers):
                 out += assemblers[key].expire(watermark_ns)
@@ -96,7 +106,7 @@ class FlowStage:
         """The lowest watermark at which `advance` has work: a timeout, a response's linger, or forgetting an idle
         assembler. An engine with per-key timers (Flink) sets one here; one that advances every key each batch
         (Faust) needs none."""
-        deadlines = []
+        deadlines = list(self.closing.values())
         for assemblers in (self.sockets, self.nics):
             for key, assembler in assemblers.items():
                 due = assembler.next_deadline_ns

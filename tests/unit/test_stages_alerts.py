@@ -169,6 +169,32 @@ def test_a_flow_names_its_next_deadline_and_advancing_to_it_does_the_work():
     assert stage.advance(T0 + 1000 + 60 * S) == [] and stage.empty and stage.next_deadline_ns() is None
 
 
+def test_a_close_that_arrives_before_the_sockets_last_data_waits_for_the_watermark():
+    from tracetap.stages import FlowStage
+
+    stage = FlowStage(config())
+    base = {"host": "node", "pid": 5, "tid": 5, "comm": "app", "socket_id": 9, "l4_protocol": "TCP", "local_ip": "10.0.0.1",
+            "local_port": 40000, "remote_ip": "10.0.0.2", "remote_port": 80, "role": "CLIENT", "syscall_trace_id": None}
+    request = dict(base, start_time=T0, end_time=T0 + 1000, direction="EGRESS", bytes=18, tcp_seq=1, payload=b"GET / HTTP/1.1\r\n\r\n")
+    body = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    response = dict(base, start_time=T0 + 3 * S, end_time=T0 + 3 * S + 1000, direction="INGRESS", bytes=len(body), tcp_seq=1,
+                    payload=body)
+    close = {"host": "node", "time": T0 + 3 * S + 5000, "kind": "CLOSE", "pid": 5, "socket_id": 9}
+    assert stage.socket_data(request) == []
+    assert stage.lifecycle(close) == []  # the lifecycle topic was read first: the response is still on its way
+    assert stage.next_deadline_ns() == T0 + 3 * S + 5000
+    [span] = stage.socket_data(response)
+    assert span.response_code == 200 and span.duration_ns == 3 * S + 1000 and not span.connection_closed  # request start to response end
+    assert stage.advance(T0 + 3 * S + 4999) == [] and not stage.empty
+    assert stage.advance(T0 + 3 * S + 5000) == [] and stage.empty  # closed at its time, nothing cut off
+
+    cut = FlowStage(config())  # a request with no response by its socket's close is still cut off, at the close
+    cut.socket_data(request)
+    cut.lifecycle(dict(close, time=T0 + 2 * S))
+    [span] = cut.advance(T0 + 2 * S)
+    assert span.connection_closed and span.response_message == "connection closed before the response" and span.end_ns == T0 + 2 * S
+
+
 def test_an_engine_clock_judges_lateness_against_the_watermark_the_engine_sets():
     from tracetap.eventtime import EngineClock
 

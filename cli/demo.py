@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.demo_report import Findings, Results, html_report, text_report
+from schemas.catalog import ALERTS, PATHS, RED_METRICS, SPANS
 from infra.demo_services import PODS, SCENARIOS, STORM_NAME, start_workloads
+from sinks.elasticsearch import es_client, index_name
 from tracetap.config import Settings
 from tracetap.errors import TracetapError
 
@@ -116,7 +118,6 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
     from schemas.kafka import client_config
     from schemas.registry import SchemaRegistry
     from schemas.topics import apply_catalog
-    from sinks.elasticsearch import es_client
 
     if os.geteuid() != 0:
         raise TracetapError("the demo needs root: it creates network namespaces and loads eBPF programs (run it with sudo)")
@@ -223,7 +224,8 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
     report.parent.mkdir(parents=True, exist_ok=True)
     hosts = settings.elasticsearch.hosts[0]
     hint = (f"Kibana: point a Kibana 8.x at {hosts} (elasticsearch.hosts), then `tracetap kibana import --url http://localhost:5601` "
-            f"adds the data views ({settings.elasticsearch.index_prefix}-spans-*, -paths-*, -red-*, -alerts-*), saved searches and the RED dashboard.")
+            f"adds the data views ({', '.join(index_name(settings.elasticsearch, spec) for spec in (SPANS, PATHS, RED_METRICS, ALERTS))}), "
+            "saved searches and the RED dashboard.")
     report.write_text(html_report(results, f"tracetap demo: {', '.join(options.scenarios)} ({options.engine})", minutes, hint))
     found = sum(f.found for f in results.findings)
     print(f"demo done in {minutes:.1f} min: {found} of {len(results.findings)} scenarios found in Elasticsearch. "

@@ -90,7 +90,7 @@ def test_slow_service_and_dns_storm_are_found_in_elasticsearch(settings, admin, 
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
     # 2. The slow service: acuiagwapp's RED p99 is ~500 ms, and the path record puts the time in it.
-    red = _search(settings, f"{prefix}-red-*", _term(server_workload="acuiagwapp", tap_side="SERVER_PROCESS"))
+    red = _search(settings, f"{prefix}-metrics.red-*", _term(server_workload="acuiagwapp", tap_side="SERVER_PROCESS"))
     assert red and max(w["latency_p99_ns"] for w in red) >= 0.45e9
     assert sum(w["request_count"] for w in red) >= 20
     paths = [p for p in _search(settings, f"{prefix}-paths-*", _term(server_workload="acuiagwapp")) if len(p["points_seen"]) == 4]

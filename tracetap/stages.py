@@ -74,9 +74,7 @@ class FlowStage:
         Requests still open then end flagged as cut off."""
         if record["kind"] != "CLOSE":
             return []
-        key = f"{record['host']}|{record['pid']}|{record['socket_id']}"
-        if key in self.sockets:
-            self.closing[key] = record["time"]
+        self.closing[f"{record['host']}|{record['pid']}|{record['socket_id']}"] = record["time"]  # its data may come later still
         return []
 
     def advance(self, watermark_ns: int) -> list[Span]:
@@ -100,7 +98,7 @@ class FlowStage:
 
     @property
     def empty(self) -> bool:
-        return not self.sockets and not self.nics
+        return not self.sockets and not self.nics and not self.closing
 
     def next_deadline_ns(self) -> int | None:
         """The lowest watermark at which `advance` has work: a timeout, a response's linger, or forgetting an idle

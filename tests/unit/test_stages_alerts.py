@@ -188,6 +188,14 @@ def test_a_close_that_arrives_before_the_sockets_last_data_waits_for_the_waterma
     assert stage.advance(T0 + 3 * S + 4999) == [] and not stage.empty
     assert stage.advance(T0 + 3 * S + 5000) == [] and stage.empty  # closed at its time, nothing cut off
 
+    early = FlowStage(config())  # the CLOSE read before any of the socket's data: it still ends the socket
+    assert early.lifecycle(close) == [] and not early.empty
+    early.socket_data(request)
+    headers = body.replace(b"Length: 0", b"Length: 12")
+    assert early.socket_data(dict(response, bytes=len(headers), payload=headers)) == []  # its 12-byte body never came
+    [span] = early.advance(T0 + 3 * S + 5000)
+    assert span.response_code == 200 and early.empty
+
     cut = FlowStage(config())  # a request with no response by its socket's close is still cut off, at the close
     cut.socket_data(request)
     cut.lifecycle(dict(close, time=T0 + 2 * S))

@@ -120,6 +120,7 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
     since_ns = time.time_ns()
     run = uuid.uuid4().hex[:6]
     prefix = f"{settings.topics.prefix}demo.{run}."  # the run's own topics: no earlier run's events replay into it
+    app_id = f"tracetap-demo-{run}"  # the stream job's group (Faust's own topics start with it too)
     logs = state_dir / "logs" / "demo"
     logs.mkdir(parents=True, exist_ok=True)
 
@@ -165,7 +166,6 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
 
         step(5, f"stream job ({options.engine}) and Elasticsearch sink")
         stages = ["--window-s", "5", "--slow-ms", "1000", "--trace-gap-s", "1", "--idle-flush-s", "3"]
-        app_id = f"tracetap-demo-{run}"
         if options.engine == "flink":
             children.start("streams", ["streams", "flink", "--app-id", app_id, "--parallelism", "1", "--checkpoint-interval-s", "2",
                                        "--checkpoint-dir", str(state_dir / "flink" / app_id), *stages])
@@ -208,9 +208,9 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
         cluster.down()
         signal.signal(signal.SIGTERM, previous)
         if not options.keep_topics:
-            _delete_run(admin, registry, prefix)
-        shutil.rmtree(state_dir / "faust" / f"tracetap-demo-{run}", ignore_errors=True)
-        shutil.rmtree(state_dir / "flink" / f"tracetap-demo-{run}", ignore_errors=True)
+            _delete_run(admin, registry, (prefix, f"{app_id}-"))
+        shutil.rmtree(state_dir / "faust" / app_id, ignore_errors=True)
+        shutil.rmtree(state_dir / "flink" / app_id, ignore_errors=True)
 
     minutes = (time.monotonic() - started) / 60
     print(text_report(results), flush=True)
@@ -249,8 +249,9 @@ def _settle(es, findings: Findings, options: DemoOptions, indices: str, progress
         time.sleep(3)
 
 
-def _delete_run(admin, registry, prefix: str) -> None:  # noqa: ANN001
-    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+def _delete_run(admin, registry, prefixes: tuple[str, ...]) -> None:  # noqa: ANN001
+    """The run's topics (the catalog's and the stream job's own) and their schemas: best effort."""
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
     if topics:
         for future in admin.delete_topics(topics).values():
             try:
@@ -258,7 +259,7 @@ def _delete_run(admin, registry, prefix: str) -> None:  # noqa: ANN001
             except Exception:  # noqa: BLE001 (best effort: a leftover topic is harmless)
                 pass
     for subject in registry.subjects():
-        if subject.startswith(prefix):
+        if subject.startswith(prefixes):
             try:
                 registry.delete_subject(subject)
             except Exception:  # noqa: BLE001

@@ -7,6 +7,7 @@ writes to indices of its own and deletes its topics; the session's cleanup remov
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -42,8 +43,9 @@ def _term(**fields):
     return {"bool": {"filter": [{"term": {k: v}} for k, v in fields.items()]}}
 
 
-def _no_topics_left(admin, settings):
-    return not [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{settings.topics.prefix}demo.")]
+def _no_topics_left(admin, settings, stdout):
+    run = re.search(r"demo\.([0-9a-f]{6})\.", stdout).group(1)  # the run's topics, and its stream job's own
+    return not [t for t in admin.list_topics(timeout=10).topics if t.startswith((f"{settings.topics.prefix}demo.{run}.", f"tracetap-demo-{run}-"))]
 
 
 def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admin, tmp_path):
@@ -82,7 +84,7 @@ def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admi
     assert done.stdout.count("[FOUND]") == 2 and "trace waterfall" in done.stdout
     page = report.read_text()
     assert "<svg" in page and "oms-app" in page and "payment-backend" in page
-    assert _no_topics_left(admin, settings)
+    assert _no_topics_left(admin, settings, done.stdout)
 
 
 def test_slow_service_and_dns_storm_are_found_in_elasticsearch(settings, admin, tmp_path):
@@ -109,7 +111,7 @@ def test_slow_service_and_dns_storm_are_found_in_elasticsearch(settings, admin, 
     assert "api.partner-bank.com" in worst["attributes"]["top_names"] and "ndots" in worst["suggestion"]
 
     assert done.stdout.count("[FOUND]") == 2 and "acuiagwapp" in report.read_text()
-    assert _no_topics_left(admin, settings)
+    assert _no_topics_left(admin, settings, done.stdout)
 
 
 @pytest.mark.timeout(900)

@@ -168,7 +168,9 @@ def traffic(web: str, retail: str, scenarios: list[str], seconds: float) -> dict
         try:
             conn = http.client.HTTPConnection(host, PORT, timeout=15)
             conn.request("GET", path)
-            status = str(conn.getresponse().status)
+            response = conn.getresponse()
+            response.read()  # a client that closes with the body unread makes the server's last write fail (a reset)
+            status = str(response.status)
             conn.close()
         except OSError as exc:
             status = type(exc).__name__

@@ -80,6 +80,14 @@ def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admi
     dns = [spans[i] for i in alert["span_ids"][1:] if i in spans]
     assert dns and all(s["protocol"] == "DNS" and s["response_message"] in ("NXDOMAIN", "SERVFAIL", "REFUSED") for s in dns)
 
+    # Nothing lost: every request the client sent to web is one server span of web's (agent -> Kafka -> job -> index).
+    answers = re.search(r"answers: (.*)", done.stdout).group(1)
+    sent = sum(int(n) for n in re.findall(r"(\d+)x ", answers))
+    count = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{settings.elasticsearch.hosts[0]}/{prefix}-spans-*/_count", headers={"Content-Type": "application/json"},
+        data=json.dumps({"query": _term(server_workload="web", tap_side="SERVER_PROCESS", protocol="HTTP")}).encode())).read())["count"]
+    assert sent == 105 and count == sent, answers  # 100 orders, 2 slow ones, 3 payments in 20 s
+
     # What the user sees: both findings, a waterfall, the HTML report with its chart; nothing left behind.
     assert done.stdout.count("[FOUND]") == 2 and "trace waterfall" in done.stdout
     page = report.read_text()

@@ -142,9 +142,8 @@ class Findings:
         f.found = alert.get("workload") == "oms-app" and segment in ("server_processing_ns", "server_own_ns")
         return f
 
-    def slow_service(self) -> Finding:
+    def slow_service(self, table: list[dict[str, Any]]) -> Finding:
         f = Finding("slow-service", "2. Slow service", "the retail path takes ~500 ms, held by acuiagwapp")
-        table, _ = self.red()
         row = next((r for r in table if r["service"] == "acuiagwapp"), None)
         if row is None:
             return f
@@ -189,8 +188,9 @@ class Findings:
         return f
 
     def collect(self, scenarios: list[str]) -> Results:
-        queries = {"slow-backend": self.slow_backend, "slow-service": self.slow_service, "dns-502": self.dns_502, "dns-storm": self.dns_storm}
         red, series = self.red()
+        queries = {"slow-backend": self.slow_backend, "slow-service": lambda: self.slow_service(red), "dns-502": self.dns_502,
+                   "dns-storm": self.dns_storm}
         return Results([queries[s]() for s in scenarios], red, series, self.counts())
 
 

@@ -8,6 +8,7 @@ writes to indices of its own and deletes its topics; the session's cleanup remov
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -129,3 +130,26 @@ def test_the_flink_job_drives_the_demo_too(settings, admin, tmp_path):
     failed = _search(settings, f"{prefix}-alerts-*", _term(kind="ERROR_WITH_FAILED_DEPENDENCY"))
     assert failed and failed[0]["workload"] == "gateway" and failed[0]["attributes"]["dns.name"].startswith("payment-backend")
     assert "(flink)" in (tmp_path / "report.html").read_text()
+
+
+def test_ctrl_c_stops_what_the_demo_started_and_removes_the_cluster(settings, admin):
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix,
+               TRACETAP_ELASTICSEARCH__INDEX_PREFIX=f"{settings.elasticsearch.index_prefix}-demoint")
+    demo = subprocess.Popen([sys.executable, "-m", "cli.main", "demo", "--no-stack", "dns-502"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in demo.stdout:  # Ctrl-C once the agents capture and the stream job and the sink run
+        seen.append(line)
+        if line.startswith("6/7"):
+            break
+    demo.send_signal(signal.SIGINT)
+    rest, _ = demo.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert demo.returncode == 130, output[-3000:]
+    assert "interrupted: stopping the demo's processes" in output
+    run = re.search(r"demo\.([0-9a-f]{6})\.", output).group(1)
+    leftover = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()) & {*PODS, "tt-node"}
+    assert not leftover, leftover
+    processes = subprocess.run(["pgrep", "-af", f"tracetap-demo-{run}|infra.demo_services|cli.main agent"], capture_output=True, text=True).stdout
+    assert not [p for p in processes.splitlines() if "pgrep" not in p], processes
+    assert _no_topics_left(admin, settings, output)

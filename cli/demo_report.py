@@ -16,11 +16,9 @@ from typing import Any
 from elasticsearch import Elasticsearch
 
 from schemas.catalog import ALERTS, PATHS, RED_METRICS, SPANS
-from sinks.elasticsearch import index_name
+from sinks.elasticsearch import index_name, iso_nanos
 from tracetap.config import ElasticsearchSettings
-
-SEGMENTS = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "server_processing_ns",
-            "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
+from tracetap.paths import SEGMENTS
 
 
 @dataclass
@@ -59,7 +57,7 @@ class Findings:
 
     def __init__(self, es: Elasticsearch, settings: ElasticsearchSettings, since_ns: int) -> None:
         self.es, self.settings, self.since_ns = es, settings, since_ns
-        self.since_iso = _iso(since_ns)
+        self.since_iso = iso_nanos(since_ns)
 
     def _search(self, spec: Any, filters: list[dict[str, Any]], size: int = 500) -> list[dict[str, Any]]:
         hits = self.es.search(index=index_name(self.settings, spec), size=size, query={"bool": {"filter": filters}},
@@ -306,11 +304,6 @@ section.found{border-color:#2ca02c}section.missing{border-color:#d62728}h2 span{
 .seg,.k{display:inline-block;height:18px}.k{width:12px;height:12px;margin:0 4px 0 12px}
 .s0{background:#aec7e8}.s1{background:#ff9896}.s2{background:#98df8a}.s3{background:#1f77b4}.s4{background:#2ca02c}.s5{background:#d62728}
 .s6{background:#c5b0d5}.s7{background:#ff7f0e}.hint{color:#666}"""
-
-
-def _iso(ns: int) -> str:
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
 def _ns(iso: str) -> int:

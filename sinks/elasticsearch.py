@@ -152,13 +152,13 @@ def to_document(indexed: IndexedType, record: dict[str, Any]) -> dict[str, Any]:
     for name in nanos:
         value = record.get(name)
         if value is not None:
-            record[name] = _iso_nanos(value)
+            record[name] = iso_nanos(value)
     for name in binary:
         value = record.get(name)
         if value is not None:
             record[name] = base64.b64encode(value).decode()
     stamp = record[indexed.time_field]
-    record["@timestamp"] = stamp if indexed.time_field in nanos else _iso_nanos(stamp * indexed.time_unit_ns)
+    record["@timestamp"] = stamp if indexed.time_field in nanos else iso_nanos(stamp * indexed.time_unit_ns)
     return record
 
 
@@ -178,7 +178,8 @@ def _shape(spec: TopicSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
 _SECONDS: dict[int, str] = {}  # epoch second -> its ISO text: records of a batch share a few seconds
 
 
-def _iso_nanos(epoch_ns: int) -> str:
+def iso_nanos(epoch_ns: int) -> str:
+    """Epoch nanoseconds as the ISO text a date_nanos field takes (and a range query on it)."""
     seconds, nanos = divmod(epoch_ns, 1_000_000_000)
     text = _SECONDS.get(seconds)
     if text is None:

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracetap.model import Span, TapSide, stable_id
-from tracetap.paths import join_key
+from tracetap.paths import SEGMENTS, join_key
 
-_SEGMENTS = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "server_processing_ns",
-             "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
 _FAILED_DNS = ("NXDOMAIN", "SERVFAIL", "REFUSED")
 
 
@@ -67,7 +65,7 @@ def slow_request(trace: list[Span], paths: dict[tuple[str, str], dict[str, Any]]
     culprit = max(servers, key=lambda s: (own_ns(s), s.span_id))
     key = join_key(culprit)
     record = paths.get(key, {}) if key is not None else {}
-    segments = {name: float(record[name]) for name in _SEGMENTS if record.get(name) is not None}
+    segments = {name: float(record[name]) for name in SEGMENTS if record.get(name) is not None}
     if culprit.tap_side is TapSide.SERVER_PROCESS:
         segments["server_own_ns"] = float(own_ns(culprit))
     segment = max(segments, key=lambda n: segments[n]) if segments else "unknown"

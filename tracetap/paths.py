@@ -12,6 +12,10 @@ from tracetap.model import Span, TapSide, stable_id
 
 _ORDER = (TapSide.CLIENT_PROCESS, TapSide.CLIENT_NIC, TapSide.SERVER_NIC, TapSide.SERVER_PROCESS)
 
+# A PathRecord's segment fields, in the order a request and its response cross them.
+SEGMENTS = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "server_processing_ns",
+            "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
+
 
 def join_key(span: Span) -> tuple[str, str] | None:
     """(flow id, request key) the four points agree on, or None when the span cannot join."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from tracetap.errors import ConfigError
-from tracetap.redact import RedactionRules
+from tracetap.redact import SWITCHES as REDACTION_SWITCHES, RedactionRules
 
 ENV_PREFIX = "TRACETAP_"
 ENV_SEPARATOR = "__"
@@ -163,8 +163,7 @@ class StackSettings:
             raise ConfigError("stack.start_timeout_s", "must be > 0")
 
 
-# The switchable rules are RedactionRules' boolean fields.
-REDACTION_RULES = tuple(f.name for f in dataclasses.fields(RedactionRules) if f.name != "mask_byte")
+REDACTION_RULES = REDACTION_SWITCHES  # the rules `agent.redact_disable` can name
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +184,14 @@ class AgentSettings:
     exclude_comms: list[str] = field(default_factory=list)  # process names (comm, 15 characters at most)
     include_cgroups: list[str] = field(default_factory=list)  # cgroup v2 directories (relative: under /sys/fs/cgroup); empty: all
     redact_disable: list[str] = field(default_factory=list)  # names from REDACTION_RULES
+    redact_headers: list[str] = field(default_factory=list)  # more credential header names to mask
+    redact_keys: list[str] = field(default_factory=list)  # more secret query, form and JSON keys to mask
     # Parse L7 on the node and emit spans (to the spans topic) instead of raw socket data.
     in_collector: bool = False
+
+    def redaction_rules(self) -> RedactionRules:
+        return RedactionRules(**{rule: False for rule in self.redact_disable}, extra_headers=tuple(self.redact_headers),
+                              extra_keys=tuple(self.redact_keys))
 
     def validate(self) -> None:
         if not 16 <= self.payload_bytes <= 8192:

@@ -27,7 +27,7 @@ from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
 from tracetap.config import AgentSettings, Settings
 from tracetap.errors import TracetapError
 from tracetap.model import Span
-from tracetap.redact import RedactionRules, redact
+from tracetap.redact import Redactors
 
 log = logging.getLogger("tracetap.agent.ebpf")
 
@@ -213,7 +213,7 @@ class EbpfAgent:
         self._host = host
         self._clock = Clock.now()
         self._trace_prefix = random.getrandbits(22)  # ids stay unique across agent restarts and hosts
-        self._rules = RedactionRules(**{rule: False for rule in settings.agent.redact_disable})
+        self._redactors = Redactors(settings.agent.redaction_rules())
         self._stopping = False
         self.stats = CaptureStats()
         self._kernel_seen: dict[str, int] = {}
@@ -240,8 +240,8 @@ class EbpfAgent:
         self.stats.spans += 1
         self._emitter.offer(SPANS, span.flow_id, span.to_record())
 
-    def _redact(self, payload: bytes) -> bytes:
-        payload, masked = redact(payload, self._rules)
+    def _redact(self, stream: tuple[int, ...], payload: bytes, size: int) -> bytes:
+        payload, masked = self._redactors.redact(stream, payload, size)
         if masked:
             self._emitter.count("redacted_regions", masked)
         return payload

@@ -87,6 +87,8 @@ def ip_text(family: int, raw: Any) -> str:
 
 
 _CACHE_MAX = 65_536
+# (stream key, captured payload, bytes the syscall moved) -> the payload to emit (redaction)
+PayloadFilter = Callable[[tuple[int, ...], bytes, int], bytes]
 SOCKET_DATA_FIELDS = ("host", "start_time", "end_time", "pid", "tid", "comm", "fd", "socket_id", "netns_inode", "direction",
                       "syscall", "bytes", "l4_protocol", "local_ip", "local_port", "remote_ip", "remote_port", "role",
                       "payload", "tcp_seq", "syscall_trace_id", "cgroup_id")
@@ -102,7 +104,7 @@ class DataEventEncoder:
     """
 
     def __init__(self, schema: dict[str, Any], host: str, clock: Clock, trace_prefix: int,
-                 payload_filter: Callable[[bytes], bytes] | None = None) -> None:
+                 payload_filter: PayloadFilter | None = None) -> None:
         fields = {f["name"]: f["type"] for f in schema["fields"]}
         if tuple(fields) != SOCKET_DATA_FIELDS:
             raise ValueError(f"SocketDataEvent fields are now {tuple(fields)}: update DataEventEncoder to match")
@@ -121,7 +123,7 @@ class DataEventEncoder:
     def encode(self, raw: bytes) -> tuple[str, bytes, int]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
          direction, syscall, protocol, role, has_seq, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
-        payload = self._payload(raw, payload_len)
+        payload = self._payload(raw, payload_len, socket_ino, pid, fd, direction, nbytes)
         ends = self._endpoints.get((family, protocol, laddr, lport, raddr, rport)) or self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
         return ends.key, b"".join((
             self._host_avro, avro_long(enter_ns + self._offset_ns), avro_long(exit_ns + self._offset_ns), avro_long(pid),
@@ -142,14 +144,18 @@ class DataEventEncoder:
             "tid": tid, "comm": self._comm(comm)[0], "fd": fd, "socket_id": socket_ino, "netns_inode": netns,
             "direction": DIRECTIONS[direction], "syscall": SYSCALLS[syscall] if syscall < len(SYSCALLS) else "OTHER",
             "bytes": nbytes, "l4_protocol": ends.l4, "local_ip": ends.local_ip, "local_port": lport, "remote_ip": ends.remote_ip,
-            "remote_port": rport, "role": ROLES[role] if role < len(ROLES) else "UNKNOWN", "payload": self._payload(raw, payload_len),
+            "remote_port": rport, "role": ROLES[role] if role < len(ROLES) else "UNKNOWN", "payload": self._payload(raw, payload_len, socket_ino, pid, fd, direction, nbytes),
             "tcp_seq": seq if has_seq else None, "syscall_trace_id": self._trace_base | trace_id if trace_id else None,
             "cgroup_id": cgroup_id or None,
         }
 
-    def _payload(self, raw: bytes, payload_len: int) -> bytes:
+    def _payload(self, raw: bytes, payload_len: int, socket_ino: int, pid: int, fd: int, direction: int, nbytes: int) -> bytes:
         payload = raw[DATA_HEADER_SIZE:DATA_HEADER_SIZE + payload_len]
-        return self._payload_filter(payload) if payload and self._payload_filter else payload
+        if not payload or self._payload_filter is None:
+            return payload
+        # One stream per socket direction: redaction carries state from each event to the next.
+        stream = (socket_ino, direction) if socket_ino else (pid, fd, direction)
+        return self._payload_filter(stream, payload, nbytes)
 
     def _comm(self, comm: bytes) -> tuple[str, bytes]:
         known = self._comms.get(comm)

@@ -108,7 +108,8 @@ class PacketAgent:
     def run(self, emitter: Emitter, duration_s: float | None = None, on_ready: Callable[[], None] | None = None) -> PacketStats:
         """Capture until every source ends (files), stop(), a signal, or the duration; returns the counts."""
         schema = PACKETS.schema()
-        decoders = [PacketSummaryDecoder(self._host, source.taps, default_tap=source.taps[0], schema=schema) for source in self._sources]
+        decoders = [PacketSummaryDecoder(self._host, source.taps, default_tap=source.taps[0], schema=schema,
+                                         rules=self._settings.agent.redaction_rules()) for source in self._sources]
         emitter.register_raw(PACKETS, lambda raw: decoders[raw[0]].encode(raw[1:]))  # raw: source index byte + EK line
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)

@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency, this keeps a b
 from schemas.serde import FlatRecordWriter
 from tracetap.config import TapSpec
 from tracetap.flow import Endpoint, flow_id
+from tracetap.redact import DEFAULT_RULES, RedactionRules, redact_text
 
 # What `tracetap agent packets` asks tshark for; nothing else is dissected into the output.
 TSHARK_FIELDS = (
@@ -50,8 +51,9 @@ class PacketSummaryDecoder:
     """EK lines from one capture (one network namespace) to (flow key, PacketSummary record)."""
 
     def __init__(self, host: str, taps: list[TapSpec], default_tap: TapSpec | None = None,
-                 schema: dict[str, Any] | None = None) -> None:
+                 schema: dict[str, Any] | None = None, rules: RedactionRules = DEFAULT_RULES) -> None:
         self._host = host
+        self._rules = rules  # the request target may carry credentials (userinfo, access_token=...)
         self._writer = FlatRecordWriter(schema) if schema else None
         self._taps = {tap.interface: tap for tap in taps}
         self._default_tap = default_tap or (taps[0] if len(taps) == 1 else None)
@@ -119,7 +121,7 @@ class PacketSummaryDecoder:
             "tcp_seq": number("tcp_seq_raw"), "tcp_ack": number("tcp_ack_raw"), "tcp_window": number("tcp_window_size_value"),
             "payload_bytes": payload,
             "frame_bytes": frame_bytes,
-            "http_method": first("http_request_method"), "http_uri": first("http_request_uri"), "http_host": first("http_host"),
+            "http_method": first("http_request_method"), "http_uri": redact_text(first("http_request_uri"), self._rules), "http_host": first("http_host"),
             "http_status": number("http_response_code"),
             "dns_id": number("dns_id"),
             "dns_is_response": None if dns_response is None else dns_response in ("1", "True", "true"),

@@ -82,10 +82,18 @@ def test_any_header_encodes_to_the_record_it_decodes_to(u64s, rest):
     assert (key, read) == encoder.record(raw) and time_ns == read["end_time"]
 
 
-def test_the_payload_filter_sees_only_the_payload():
+def test_the_payload_filter_sees_the_payload_its_socket_direction_and_the_bytes_moved():
     seen = []
-    _, r = decode_data(_data(payload_len=3), b"abc", "n", CLOCK, 1, payload_filter=lambda p: seen.append(p) or b"***")
-    assert seen == [b"abc"] and r["payload"] == b"***"
+    _, r = decode_data(_data(payload_len=3, bytes=10, socket_ino=555, direction=1), b"abc", "n", CLOCK, 1,
+                       payload_filter=lambda *args: seen.append(args) or b"***")
+    assert seen == [((555, 1), b"abc", 10)] and r["payload"] == b"***"
+
+
+def test_a_socket_without_an_inode_is_a_stream_by_pid_and_fd():
+    seen = []
+    decode_data(_data(payload_len=3, socket_ino=0, direction=0), b"abc", "n", CLOCK, 1,
+                payload_filter=lambda *args: seen.append(args) or b"abc")
+    assert seen[0][0] == (100, 7, 0)
 
 
 def test_udp_has_no_sequence_number_and_no_trace_without_one():

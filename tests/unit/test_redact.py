@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracetap.redact import DEFAULT_RULES, RedactionRules, redact
+from tracetap.redact import DEFAULT_RULES, SWITCHES, RedactionRules, redact
 
 MASK = ord("*")
-RULES = [field.name for field in dataclasses.fields(RedactionRules) if field.name != "mask_byte"]
+RULES = list(SWITCHES)
 
 
 def _after(payload: bytes, marker: bytes, length: int) -> range:
@@ -458,6 +458,13 @@ EXAMPLES = {
     "redis_auth": _resp(b"AUTH", b"s3cret"),
     "mysql_password": _handshake_response(b"app", b"0123456789abcdefghij", MYSQL_8_CLIENT),
     "postgres_password": _password_message(b"s3cret"),
+    "http_credential_headers": b"GET / HTTP/1.1\r\nX-Api-Key: k3y\r\n\r\n",
+    "url_userinfo": b"GET http://app:s3cret@orders/ HTTP/1.1\r\n\r\n",
+    "secret_params": b"GET /v1/orders?access_token=t0ken HTTP/1.1\r\n\r\n",
+    "json_secrets": b'{"user": "app", "password": "s3cret"}',
+    "sql_passwords": b"\x1b\0\0\0\x03ALTER USER app PASSWORD 'pw'",
+    # SaslAuthenticate v1: size, api key 36, version 1, correlation id, client id "c", PLAIN auth bytes
+    "kafka_sasl": b"\0\0\0\x1b\0\x24\0\x01\0\0\0\x02\0\x01c\0\0\0\x0a\0app\0s3cret",
 }
 
 

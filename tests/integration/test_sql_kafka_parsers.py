@@ -2,18 +2,16 @@
 mariadbd) and Kafka (librdkafka against the stack's broker): bytes recorded through a relay, parsed and
 assembled into spans. Expected values are the statements the test ran."""
 
-import glob
 import os
-import shutil
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from tests.recording import RecordingRelay, free_port, wait_for_port
+from tests import servers
+from tests.recording import RecordingRelay
 from tracetap.assembly import SocketAssembler
 from tracetap.model import SocketData
 from tracetap.protocols import detect
@@ -37,25 +35,8 @@ def _assemble(relay, server_port):
 
 @pytest.fixture(scope="module")
 def postgres():
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    assert binaries, "PostgreSQL is installed by make setup (Debian package postgresql)"
-    bindir = os.path.dirname(binaries[-1])
-    data = tempfile.mkdtemp(prefix="tracetap-pg-")  # not under pytest's root-only tmp: postgres refuses to run as root
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", str(data), "-U", "tracetap", "--auth=trust"], check=True, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen([*as_postgres, f"{bindir}/postgres", "-D", str(data), "-p", str(port), "-k", str(data),
-                               "-c", "listen_addresses=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        time.sleep(0.5)
+    with servers.postgres() as port:
         yield port
-    finally:
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_postgres_simple_and_extended_queries_become_spans(postgres):
@@ -87,20 +68,8 @@ def test_postgres_simple_and_extended_queries_become_spans(postgres):
 
 @pytest.fixture(scope="module")
 def mariadb(tmp_path_factory):
-    assert shutil.which("mariadbd"), "MariaDB is installed by make setup (Debian package mariadb-server)"
-    data = tmp_path_factory.mktemp("mysql")
-    subprocess.run(["mariadb-install-db", f"--datadir={data}", "--user=root", "--auth-root-authentication-method=normal",
-                    "--skip-test-db"], check=True, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen(["mariadbd", f"--datadir={data}", "--user=root", f"--port={port}", "--bind-address=127.0.0.1",
-                               f"--socket={data}/mysqld.sock", "--skip-networking=0", f"--pid-file={data}/mysqld.pid"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
+    with servers.mariadb(str(tmp_path_factory.mktemp("mysql"))) as port:
         yield port
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def test_mysql_login_queries_errors_and_result_sets_become_spans(mariadb):

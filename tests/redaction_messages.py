@@ -203,6 +203,48 @@ def kafka_sasl_legacy(s: list[bytes]) -> bytes:
     ])
 
 
+# --- HTTP/2 and gRPC ------------------------------------------------------------------------------------
+
+
+def h2_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream_id.to_bytes(4, "big") + payload
+
+
+def h2_client(s: list[bytes], huffman: bool = True) -> bytes:
+    """A gRPC client's connection: preface, SETTINGS, three calls whose headers hpack's encoder compresses
+    (indexed names, new literal names, the dynamic table, a never-indexed authorization, Huffman strings)."""
+    from hpack import Encoder, NeverIndexedHeaderTuple
+
+    encoder = Encoder()
+    first = encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", "/orders.Orders/Get?access_token=" + s[0].decode()),
+                            (":authority", "orders:50051"), ("content-type", "application/grpc"),
+                            ("authorization", "Bearer " + s[1].decode()), ("x-api-key", s[2].decode()), ("x-request-id", "r-1")], huffman=huffman)
+    second = encoder.encode([(":method", "POST"), (":path", "/orders.Orders/List"), ("content-type", "application/grpc"),
+                             ("authorization", "Bearer " + s[3].decode()), ("x-request-id", "r-2"), ("cookie", "sess=" + s[4].decode())], huffman=huffman)
+    third = encoder.encode([(":method", "POST"), (":path", "/orders.Orders/List"), ("x-request-id", "r-3"),
+                            NeverIndexedHeaderTuple("authorization", "Basic " + s[5].decode()), ("x-custom-secret", s[6].decode())],
+                           huffman=huffman)
+    message = b"\0\0\0\0\x05\x08\x2a\x10\x01\x18"  # a gRPC length-prefixed message
+    return b"".join([
+        PREFACE_H2, h2_frame(4, 0, 0, b"\0\x04\0\x40\0\0"),
+        h2_frame(1, 0x04, 1, first), h2_frame(0, 0x01, 1, message),
+        h2_frame(1, 0x24, 3, b"\0\0\0\0\x10" + second), h2_frame(0, 0x01, 3, message),  # with PRIORITY
+        h2_frame(1, 0x0C, 5, b"\x03" + third + b"\0\0\0"), h2_frame(0, 0x01, 5, message),  # PADDED
+    ])
+
+
+def h2_server(s: list[bytes]) -> bytes:
+    from hpack import Encoder
+
+    encoder = Encoder()
+    first = encoder.encode([(":status", "200"), ("content-type", "application/grpc"), ("set-cookie", "sid=" + s[0].decode() + "; Path=/")])
+    second = encoder.encode([(":status", "200"), ("set-cookie", "sid=" + s[1].decode() + "; Path=/"), ("x-request-id", "r-2")])
+    return b"".join([h2_frame(4, 0, 0, b""), h2_frame(4, 1, 0, b""), h2_frame(1, 0x04, 1, first), h2_frame(1, 0x04, 3, second)])
+
+
+PREFACE_H2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
 # builder -> (number of secrets, what must stay visible when the stream arrives in one piece)
 STREAMS = {
     "http-request-headers": (http_request_headers, 14, [b"Authorization: Bearer ", b"Cookie: theme=", b"access_token=", b"X-Api-Key: "]),
@@ -218,4 +260,7 @@ STREAMS = {
     "kafka-sasl-plain": (kafka_sasl_plain, 1, [b"PLAIN", b"\0app\0"]),
     "kafka-sasl-scram": (kafka_sasl_scram, 2, [b"SCRAM-SHA-512"]),
     "kafka-sasl-legacy": (kafka_sasl_legacy, 1, [b"\0app\0"]),
+    "http2-grpc-client": (h2_client, 7, [PREFACE_H2, b"\x05\x08\x2a\x10\x01\x18"]),
+    "http2-grpc-client-plain": (lambda s: h2_client(s, huffman=False), 7, [b"x-request-id", b"r-2", b"/orders.Orders/List"]),
+    "http2-grpc-server": (h2_server, 2, [b"\x88"]),  # ':status: 200' indexed
 }

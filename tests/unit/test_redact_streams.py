@@ -10,6 +10,8 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 from producers.ebpf.events import DATA_HEADER_SIZE, Clock, DataEventEncoder, DataEventHeader
 from schemas.catalog import SOCKET_DATA
@@ -21,12 +23,20 @@ RUN = 8  # no run of this many canary bytes may survive
 canaries = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789", min_size=12, max_size=24).map(str.encode)
 
 
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+HUFFMAN_RUN = 6  # HPACK's Huffman code packs about 1.4 characters in a byte
+
+
 def _runs(secret: bytes) -> set[bytes]:
-    """Every RUN-byte run of the secret, in clear and in each of the three base64 alignments."""
+    """Every RUN-byte run of the secret in clear and in each of the three base64 alignments, and every
+    HUFFMAN_RUN-byte run of its HPACK Huffman coding at each of the eight bit alignments."""
     runs = {secret[i:i + RUN] for i in range(len(secret) - RUN + 1)}
     for pad in (b"", b"x", b"xy"):
         encoded = base64.b64encode(pad + secret)[4:-4]  # the characters that depend on the secret alone
         runs |= {encoded[i:i + RUN] for i in range(len(encoded) - RUN + 1)}
+    for pad_chars in range(8):  # '0' is a 5-bit code: 0..7 of them start the secret at every bit offset
+        encoded = _HUFFMAN.encode(b"0" * pad_chars + secret)[pad_chars * 5 // 8 + 1:-1]
+        runs |= {encoded[i:i + HUFFMAN_RUN] for i in range(len(encoded) - HUFFMAN_RUN + 1)}
     return runs
 
 
@@ -176,3 +186,44 @@ def test_many_streams_are_bounded_and_the_oldest_forgotten_first():
         redactors.redact(stream, b"x")
 
     assert len(redactors) <= 64 and redactors.evicted >= 136 and 199 in redactors._streams
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=600), min_size=1, max_size=6), st.lists(st.integers(0, 4096), min_size=6, max_size=6))
+def test_any_events_keep_their_length_and_change_only_to_the_mask_byte(chunks, extra):
+    redactor = StreamRedactor(RULES)
+    for chunk, more in zip(chunks, extra):
+        redacted, _ = redactor.redact(chunk, len(chunk) + more % 3 * more)
+        assert len(redacted) == len(chunk)
+        assert all(after in (before, ord("*")) for before, after in zip(chunk, redacted))
+
+
+HOSTILE = {
+    "password-words": b"password " * 900,
+    "identified-quotes": b"IDENTIFIED BY '" * 600,
+    "resp-auth": b"*9\r\n$4\r\nAUTH\r\n" * 550,
+    "inline-auth-lines": b"AUTH a\r\n" * 1000,
+    "userinfo": b"http://" * 1100,
+    "json-keys": b'"token":' * 1000,
+    "params": b"&token=" * 1100,
+    "cookies": b"\nCookie: " + b"a=b;" * 2000,
+    "headers": b"\nAuthorization: x" * 450,
+    "backslashes": b'{"password":"' + b"\\" * 8000,
+    "pg-frames": b"p\0\0\0\x05" * 1600,
+    "mysql-zeros": bytes(8000),
+    "kafka-frames": b"\0\0\0\x08\0\x24\0\x01" * 1000,
+    "hpack-garbage": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + (b"\x00\x1f\x40\x01\x04\x00\x00\x00\x01" + b"\x40\xff\xff\xff\x0f" * 6) * 100,
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_payloads_cost_linear_time(name):
+    """8 KiB of one repeated pattern, as one event and as 64 events: well under a millisecond per KiB."""
+    payload = HOSTILE[name][:8192]
+    started = time.perf_counter()
+    redact(payload, RULES)
+    redactor = StreamRedactor(RULES)
+    for i in range(0, len(payload), 128):
+        redactor.redact(payload[i:i + 128])
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.25, f"{name}: {elapsed:.3f} s for 2 x 8 KiB"

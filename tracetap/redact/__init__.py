@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from tracetap.redact import http, kafka, mysql, postgres, redis, sql
+from tracetap.redact import http, http2, kafka, mysql, postgres, redis, sql
 from tracetap.redact.base import Mask, Until, Window
 
 
@@ -24,7 +24,7 @@ from tracetap.redact.base import Mask, Until, Window
 class RedactionRules:
     """Which secrets to mask (all by default), extra names to treat as secret, and the mask byte."""
 
-    http_authorization: bool = True  # Authorization, X-Forwarded-Authorization (the scheme stays)
+    http_authorization: bool = True  # Authorization, X-Forwarded-Authorization (the scheme stays); HTTP/2 too
     http_proxy_authorization: bool = True
     http_credential_headers: bool = True  # X-Api-Key, Api-Key, X-Auth-Token, ... and extra_headers
     http_cookie: bool = True
@@ -53,7 +53,7 @@ DEFAULT_RULES = RedactionRules()
 SWITCHES = tuple(f.name for f in dataclasses.fields(RedactionRules) if f.type in ("bool", bool))
 
 TAIL_BYTES = 64  # carried by default: a header name or keyword cut between two events is found whole
-MAX_CARRY_BYTES = 8192  # what a rule may ask to see again (a long header line, a cut command)
+MAX_CARRY_BYTES = 4096  # what a rule may ask to see again (a long header line, a cut command); bounds the rescans
 
 
 def _header_kinds(rules: RedactionRules) -> dict[str, str]:
@@ -93,6 +93,9 @@ def _plan(rules: RedactionRules, http_only: bool = False) -> tuple[Scan, ...]:
         scans.append(lambda w: http.json_values(w, keys))
     if http_only:
         return tuple(scans)
+    if kinds:
+        names = http2.header_names(kinds)
+        scans.append(lambda w: http2.passwords(w, names, keys))
     for enabled, scan in ((rules.sql_passwords, sql.passwords), (rules.redis_auth, redis.passwords),
                           (rules.mysql_password, mysql.passwords), (rules.postgres_password, postgres.passwords),
                           (rules.kafka_sasl, kafka.passwords)):

@@ -2,7 +2,8 @@
 are worked out by hand in each test."""
 
 import dataclasses
-import pickle
+
+import orjson
 
 from tracetap.alerts import AlertConfig, RegressionTracker
 from tracetap.metrics import WindowConfig
@@ -127,10 +128,10 @@ def test_a_span_later_than_its_partition_allows_is_refused_and_counted():
     assert stage.counters.late_spans == 1
 
 
-def test_a_stage_survives_pickling_as_engines_store_it():
+def test_a_stage_survives_its_state_through_json_as_engines_store_it():
     stage = TraceStage(config())
     stage.span(dns_span("web", T0, "NOERROR", 1), "p0")
-    again = pickle.loads(pickle.dumps(stage))
+    again = TraceStage.from_state(orjson.loads(orjson.dumps(stage.to_state())), config())
     assert again.advance(final=True).spans == stage.advance(final=True).spans
 
 

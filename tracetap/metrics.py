@@ -136,6 +136,11 @@ class TumblingWindows:
     def __len__(self) -> int:
         return len(self._open)
 
+    @property
+    def last_start_ns(self) -> int | None:
+        """The start of the latest open window (None: none is open)."""
+        return max((start for start, _ in self._open), default=None)
+
     def to_state(self) -> list[Any]:
         """JSON-ready data: the open windows (start, key, accumulator) and what was emitted."""
         return [[[start, list(key), accumulator.to_state()] for (start, key), accumulator in self._open.items()],

@@ -295,8 +295,9 @@ class TraceStage:
         out = Emitted()
         for trace in self._complete_traces(None if final else horizon):
             self._emit_trace(trace, out)
-        if final:
-            window_watermark = self.clock.max_seen_ns + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns
+        if final:  # every window: a span a timeout made (no partition's clock saw it) may end past the latest time seen
+            latest = max([self.clock.max_seen_ns] + [w.last_start_ns for w in (self.red, self.network, self.dns) if w.last_start_ns is not None])
+            window_watermark = latest + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns
         else:  # a window stays open while a waiting trace may still add a span to it
             window_watermark = min([horizon] + [s.end_ns for s in self.pending.values()])
         out.red += self.red.advance(window_watermark)

@@ -224,12 +224,15 @@ def _wait_for_stats(port, condition, timeout_s, every_s=0.5, log=None):
         except OSError:
             pass
         time.sleep(every_s)
-    tail = ""
+    tail = errors = ""
     if log is not None:
         log.flush()
         log.seek(0)
-        tail = log.read()[-3000:]
-    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}\nworker log tail:\n{tail}")
+        text = log.read()
+        tail = text[-3000:]
+        errors = "\n".join([line for line in text.splitlines() if "ERROR" in line or "Error" in line][:30])
+    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}\nworker log errors:\n{errors}\n"
+                         f"worker log tail:\n{tail}")
 
 
 def _outputs(settings, registry):

@@ -9,7 +9,11 @@ output). The Flink job runs bounded (stops at the latest offsets); its rate is e
 less the run time of the same job on a 1,000-event input measured in the same run (JVM, mini-cluster and
 Python worker start-up), and the raw run time is printed too.
 
+With --baseline-tree DIR (another checkout, e.g. before a change), each engine also runs from that tree on a
+copy of its own, alternating with this tree in the same run, and the ratios of this tree to it are printed.
+
     .venv/bin/python benchmarks/stream_jobs.py --events 40000
+    .venv/bin/python benchmarks/stream_jobs.py --events 20000 --baseline-tree ../main
 """
 
 from __future__ import annotations
@@ -57,17 +61,17 @@ def prefixed(settings, prefix: str):
     return dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=prefix))
 
 
-def env_for(settings) -> dict[str, str]:
-    return dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_LOG__LEVEL="WARNING")
+def env_for(settings, root: Path = ROOT) -> dict[str, str]:
+    return dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_LOG__LEVEL="WARNING", PYTHONPATH=str(root))
 
 
-def run_flink(settings, parallelism: int, workdir: Path) -> dict:
+def run_flink(settings, parallelism: int, workdir: Path, root: Path = ROOT) -> dict:
     app_id = f"bench-flink-{uuid.uuid4().hex[:6]}"
     checkpoints = workdir / app_id
     command = [sys.executable, "-m", "cli.main", "streams", "flink", "--bounded", "--app-id", app_id, "--parallelism", str(parallelism),
                "--checkpoint-interval-s", "10", "--checkpoint-dir", str(checkpoints), *STAGE_FLAGS]
     started = time.monotonic()
-    done = subprocess.run(command, cwd=ROOT, env=env_for(settings), capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(command, cwd=root, env=env_for(settings, root), capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"flink job failed: {done.stdout[-1500:]} {done.stderr[-3000:]}")
@@ -82,12 +86,12 @@ def run_flink(settings, parallelism: int, workdir: Path) -> dict:
     return {"run_s": float(job[2]), "wall_s": wall, "checkpoints": sorted(checkpoints_done)}
 
 
-def run_faust(settings, events: int, workdir: Path) -> dict:
+def run_faust(settings, events: int, workdir: Path, root: Path = ROOT) -> dict:
     port = 6190 + os.getpid() % 500
     app_id = f"bench-faust-{uuid.uuid4().hex[:6]}"
     command = [sys.executable, "-m", "cli.main", "streams", "faust", "--app-id", app_id, "--web-port", str(port), *STAGE_FLAGS]
     log = open(workdir / f"{app_id}.log", "w")
-    worker = subprocess.Popen(command, cwd=ROOT, env=env_for(settings), stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(command, cwd=root, env=env_for(settings, root), stdout=log, stderr=subprocess.STDOUT)
     first = last_change = None
     produced_before = None
     try:
@@ -105,7 +109,8 @@ def run_faust(settings, events: int, workdir: Path) -> dict:
             produced = sum(stats["produced"].values())
             if produced != produced_before:
                 produced_before, last_change = produced, time.monotonic()
-            if (consumed >= events and stats["tables"]["trace-stage.pending_spans"] == 0
+            # every request/response pair is one span: done once all are out (the trace stage may not have had a batch yet)
+            if (consumed >= events and stats["produced"].get("spans", 0) >= events // 2 and stats["tables"]["trace-stage.pending_spans"] == 0
                     and stats["tables"]["trace-stage.open_red_windows"] == 0 and time.monotonic() - last_change > 3):
                 return {"run_s": last_change - first, "consumed": consumed, "produced": produced}
         raise RuntimeError("the Faust worker did not finish in 30 min")
@@ -155,7 +160,10 @@ def core_alone(events: int) -> tuple[float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=40_000, help="raw socket data events (default 40000)")
+    ap.add_argument("--baseline-tree", type=Path, help="another checkout whose jobs run alternating with this tree's, as the baseline")
     args = ap.parse_args()
+    if args.baseline_tree:
+        return compare_trees(args.events, args.baseline_tree.resolve())
     base = read_settings(None, dict(os.environ))
     admin, registry = AdminClient(client_config(base.kafka)), SchemaRegistry(base.registry)
     run = uuid.uuid4().hex[:6]
@@ -188,6 +196,36 @@ def main() -> int:
     for future in admin.delete_topics(admin_topics).values():
         future.result()
     print(f"output spans topic e.g. {SPANS.full_name(inputs['faust'].topics.prefix)} (deleted); workdir {workdir}")
+    return 0
+
+
+def compare_trees(events: int, baseline: Path) -> int:
+    """Each engine from the baseline tree and from this one, alternating, each on its own copy of the input."""
+    base = read_settings(None, dict(os.environ))
+    admin, registry = AdminClient(client_config(base.kafka)), SchemaRegistry(base.registry)
+    run = uuid.uuid4().hex[:6]
+    workdir = Path(tempfile.mkdtemp(prefix="tracetap-bench-streams-"))
+    print(f"stream jobs, {baseline} (baseline) against {ROOT}: {os.cpu_count()} cpus, {events:,} raw events, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    inputs = {}
+    for name, n in (("small", 1000), ("small-base", 1000), *((f"{e}-{t}", events) for e in ("faust", "flink") for t in ("base", "this"))):
+        inputs[name] = prefixed(base, f"{BENCH_PREFIX}{run}.{name}.")
+        seed(inputs[name], admin, registry, n)
+    startup = {"base": run_flink(inputs["small-base"], 1, workdir, baseline)["run_s"], "this": run_flink(inputs["small"], 1, workdir)["run_s"]}
+    rates: dict[str, dict[str, float]] = {"faust": {}, "flink": {}}
+    for tree, root in (("base", baseline), ("this", ROOT)):
+        rates["faust"][tree] = events / run_faust(inputs[f"faust-{tree}"], events, workdir, root)["run_s"]
+        print(f"faust ({tree}): {rates['faust'][tree]:,.0f} events/s", flush=True)
+    for tree, root in (("base", baseline), ("this", ROOT)):
+        flink = run_flink(inputs[f"flink-{tree}"], 1, workdir, root)
+        rates["flink"][tree] = events / max(flink["run_s"] - startup[tree], 1e-9)
+        print(f"flink p=1 ({tree}): {rates['flink'][tree]:,.0f} events/s net of {startup[tree]:.1f} s start-up "
+              f"({flink['run_s']:.1f} s run)", flush=True)
+    for engine, by_tree in rates.items():
+        print(f"{engine}: this tree {by_tree['this']:,.0f} events/s, baseline {by_tree['base']:,.0f} events/s, "
+              f"ratio {by_tree['this'] / by_tree['base']:.2f}")
+    for future in admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]).values():
+        future.result()
     return 0
 
 

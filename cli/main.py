@@ -220,7 +220,8 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
         code = exc.code or 0
     print("consumed " + ", ".join(f"{k}={v}" for k, v in sorted(stats.consumed.items())) + "; produced "
           + ", ".join(f"{k}={v}" for k, v in sorted(stats.produced.items())) + f"; dead_letters={sum(stats.dead_letters.values())}"
-          f" late={sum(stats.late.values())} replayed_skipped={stats.replayed}", flush=True)
+          + "".join(f" {k}={v}" for k, v in sorted(stats.dead_letters.items()))
+          + f" late={sum(stats.late.values())} replayed_skipped={stats.replayed}", flush=True)
     return EXIT_OK if code == 0 else EXIT_FAILURE
 
 

@@ -38,8 +38,9 @@ class DeadLetters:
 
 def dead_letter_record(component: str, reason: str, detail: str, topic: str | None, partition: int | None, offset: int | None,
                        timestamp_ms: int | None, key: str | bytes | None, value: bytes | None,
-                       headers: Any = None) -> dict[str, Any]:
-    """A DeadLetter record: the original record whole, where it came from, and why it could not be processed."""
+                       headers: Any = None, exception_type: str | None = None, core_frame: str | None = None) -> dict[str, Any]:
+    """A DeadLetter record: the original record whole, where it came from, and why it could not be processed
+    (with the exception and the core's frame that raised it, when the core did)."""
     pairs = headers.items() if isinstance(headers, dict) else (headers or [])
     return {
         "time": int(time.time() * 1000),
@@ -53,6 +54,8 @@ def dead_letter_record(component: str, reason: str, detail: str, topic: str | No
         "key": key.encode() if isinstance(key, str) else key,
         "value": value,
         "headers": {k: v or b"" for k, v in pairs},
+        "exception_type": exception_type,
+        "core_frame": core_frame,
     }
 
 

@@ -11,7 +11,8 @@ One repartition hop: call chains cross flows, hosts and processes, so linking ne
 one place (see the README). State lives in Faust tables backed by changelog topics; each batch's
 outputs are acknowledged by Kafka before the state that produced them is written, and each state
 records the offsets it holds, so a worker killed at any point resumes without loss and re-emits only
-records with the same ids.
+records with the same ids. The tables and the private topic carry streams/edge.py's data-only
+encoding; a record the core raises on is dead-lettered and the job goes on (streams/edge.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import pickle
 import ssl
 import time
 import weakref
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,15 +37,17 @@ from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATH
 from schemas.deadletter import dead_letter_key, dead_letter_record
 from schemas.registry import RegistryUnavailable, SchemaRegistry
 from schemas.serde import AvroDeserializer, AvroSerializer, UndecodableRecord
+from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode_items, decode_trace, encode_flow, encode_items,
+                          encode_trace, flow_record, trace_item)
 from tracetap.config import Settings
-from tracetap.errors import TracetapError
+from tracetap.errors import TracetapError, UndecodableState
 from tracetap.eventtime import PartitionClocks
 from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
 
 log = logging.getLogger("tracetap.streams.faust")
 
 COMPONENT = "tracetap streams faust"
-TRACE_STAGE_TOPIC = "streams.trace-stage"  # after the prefix; private to the stream job (pickled batches)
+TRACE_STAGE_TOPIC = "streams.trace-stage"  # after the prefix; private to the stream job (streams/edge.py's encode_items)
 _TRACE_KEY = b"trace-stage"
 _MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
@@ -157,19 +158,37 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                   SOCKET_LIFECYCLE.full_name(prefix): "lifecycle"}
 
     # helpers -------------------------------------------------------------------------------------------
-    async def dead_letter(event: Any, reason: str, detail: str) -> None:
+    async def dead_letter(event: Any, reason: str, detail: str, failure: CoreFailure | None = None, value: bytes | None = None) -> None:
+        """The event's record (or `value`, the part of it that failed) to the dead-letter topic."""
         message = event.message
-        record = dead_letter_record(COMPONENT, reason, detail, message.topic, message.partition, message.offset,
-                                    int(message.timestamp * 1000) if message.timestamp else None, message.key, message.value,
-                                    dict(message.headers or {}))
+        await send_dead_letter(dead_letter_record(
+            COMPONENT, reason, detail, message.topic, message.partition, message.offset,
+            int(message.timestamp * 1000) if message.timestamp else None, message.key, message.value if value is None else value,
+            dict(message.headers or {}), failure and failure.exception_type, failure and failure.frame))
+
+    async def send_dead_letter(record: dict[str, Any]) -> None:
+        reason = record["reason"]
         if reason not in stats.dead_letters:
-            log.warning("dead-lettering records reason=%s first_detail=%r", reason, detail)
+            log.warning("dead-lettering records reason=%s first_detail=%r", reason, record["detail"])
         stats.dead_letters[reason] += 1
         # force: published now, not attached to the source offset's commit; awaited, so it is in Kafka before
         # the state that skipped the record is written
         fut = await outputs[DEAD_LETTER.name].send(key=dead_letter_key(record).encode(), value=encoders[DEAD_LETTER.name](record),
                                                    force=True)
         await fut
+
+    async def undecodable_state(table: Any, partition: int, key: bytes, blob: bytes, exc: UndecodableState) -> None:
+        """A table value that is not the stages' encoding (never unpickled, never run): kept in the dead-letter
+        topic, and the key starts from a new stage."""
+        await send_dead_letter(dead_letter_record(COMPONENT, "UNDECODABLE_STATE", str(exc), table.changelog_topic.get_topic_name(),
+                                                  partition, None, None, key, blob))
+
+    async def stage_failed(key: bytes, partition: int, stage: FlowStage, failure: CoreFailure) -> None:
+        """A flow's `advance` raised: no record to blame, so its state goes to the dead-letter topic and the flow
+        starts again (kept, it would raise at every watermark)."""
+        await send_dead_letter(dead_letter_record(COMPONENT, failure.reason, f"advance: {failure.detail}", None, partition, None, None,
+                                                  key, encode_flow(stage, partition), None, failure.exception_type, failure.frame))
+        flows[key] = (partition, FlowStage(options.stages))  # empty: the next persist removes it from the table
 
     async def decoded(event: Any) -> dict[str, Any] | None:
         """The Avro record, or None once dead-lettered; a registry outage is waited out, never dead-lettered."""
@@ -185,19 +204,31 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    def flow_stage(key: bytes, partition: int) -> FlowStage:
+    async def flow_stage(key: bytes, partition: int) -> FlowStage:
         held = flows.get(key)
         if held is None:
             with flow_events.of(partition):
                 blob = flow_table.get(key)
-            held = flows[key] = pickle.loads(blob) if blob is not None else (partition, FlowStage(options.stages))
+            if blob is not None:
+                try:
+                    saved, stage = decode_flow(blob, options.stages)
+                    held = (partition if saved is None else saved, stage)
+                except UndecodableState as exc:
+                    await undecodable_state(flow_table, partition, key, blob, exc)
+            held = flows[key] = held or (partition, FlowStage(options.stages))
         return held[1]
 
-    def trace_stage() -> TraceStage:
+    async def trace_stage() -> TraceStage:
         if not trace_box:
             with trace_events.of(0):
                 blob = trace_table.get(_TRACE_KEY)
-            trace_box.append(pickle.loads(zlib.decompress(blob)) if blob is not None else TraceStage(options.stages))
+            stage = None
+            if blob is not None:
+                try:
+                    stage = decode_trace(blob, options.stages)
+                except UndecodableState as exc:
+                    await undecodable_state(trace_table, 0, _TRACE_KEY, blob, exc)
+            trace_box.append(stage or TraceStage(options.stages))
         return trace_box[0]
 
     def persist_flows(keys: set[bytes]) -> None:
@@ -214,7 +245,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                     if key in flow_table:
                         del flow_table[key]
                 else:
-                    flow_table[key] = pickle.dumps((partition, stage), protocol=pickle.HIGHEST_PROTOCOL)
+                    flow_table[key] = encode_flow(stage, partition)
 
     async def records_left(tp: Any) -> int | None:
         """Records in a partition this worker has not processed yet; None until its highwater is known."""
@@ -239,10 +270,24 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             lowest = mark if lowest is None else min(lowest, mark)
         return flow_clock.watermark_ns if lowest is None else min(lowest, flow_clock.watermark_ns)
 
-    async def send_to_trace_stage(items: list[tuple[str, Any]]) -> None:
+    async def send_to_trace_stage(items: list[StageItem]) -> None:
         if items:
-            fut = await trace_stage_topic.send(key=_TRACE_KEY, value=pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL), force=True)
+            fut = await trace_stage_topic.send(key=_TRACE_KEY, value=encode_items(items), force=True)
             await fut  # delivered before the state that produced it is written
+
+    async def advance_flows(watermark_ns: int, touched: set[bytes]) -> list[StageItem]:
+        """Every flow's `advance` at this watermark: the spans it times out, and the keys it changed into `touched`."""
+        forward = []
+        for key, (partition, stage) in sorted(flows.items()):
+            due, failure = call_core(stage.advance, watermark_ns)
+            if failure is not None:
+                await stage_failed(key, partition, stage, failure)
+                touched.add(key)
+                continue
+            forward += [StageItem("span", None, span) for span in due]
+            if due or stage.empty:  # an emptied stage (idle assemblers forgotten) leaves the table
+                touched.add(key)
+        return forward
 
     async def emit(out: Emitted) -> None:
         futures = []
@@ -260,7 +305,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     async def flow_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
             last_input["flow"], flushed["flow"] = time.monotonic(), False
-            forward: list[tuple[str, Any]] = []
+            forward: list[StageItem] = []
             touched: set[bytes] = set()
             for event in events:
                 flow_events.note(event)
@@ -268,7 +313,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 kind = topic_kind[message.topic]
                 stats.consumed[kind] += 1
                 key = message.key or b""
-                stage = flow_stage(key, message.partition)
+                stage = await flow_stage(key, message.partition)
                 slot = f"{message.topic}/{message.partition}"
                 positions[slot] = message.offset
                 if stage.applied.get(slot, -1) >= message.offset:
@@ -276,39 +321,40 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                     continue
                 record = await decoded(event)
                 if record is not None:
-                    time_ns = record["time"] if kind != "socket_data" else record["end_time"]
-                    if not flow_clock.observe(slot, time_ns):
+                    time_ns, failure = call_core(FlowStage.event_time_ns, kind, record)
+                    if failure is not None:  # before the clock sees it: an absurd time would make the partition's records late
+                        await dead_letter(event, failure.reason, failure.detail, failure)
+                    elif not flow_clock.observe(slot, time_ns):
                         stats.late[kind] += 1
                         await dead_letter(event, "LATE", f"event time {time_ns} is before the watermark minus the allowed lateness")
                     else:
-                        forward += [("span", (slot, span)) for span in getattr(stage, kind)(record)]
-                        if kind == "lifecycle":
-                            forward.append(("lifecycle", (slot, record)))
+                        stage, spans, failure = flow_record(stage, kind, record, options.stages)
+                        if failure is not None:
+                            flows[key] = (flows[key][0], stage)  # as before the record
+                            await dead_letter(event, failure.reason, failure.detail, failure)
+                        forward += [StageItem("span", slot, span) for span in spans]
+                        if kind == "lifecycle" and failure is None:
+                            forward.append(StageItem("lifecycle", slot, record))
                 stage.applied[slot] = message.offset
                 touched.add(key)
-            watermark = await flow_watermark()
-            for key, (_, stage) in sorted(flows.items()):
-                due = stage.advance(watermark)
-                forward += [("span", (None, span)) for span in due]
-                if due or stage.empty:  # an emptied stage (idle assemblers forgotten) leaves the table
-                    touched.add(key)
+            forward += await advance_flows(await flow_watermark(), touched)
             await send_to_trace_stage(forward)
             persist_flows(touched)
 
     @app.agent(resources)
     async def resources_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
-            items: list[tuple[str, Any]] = []
+            items: list[StageItem] = []
             for event in events:
                 positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
                 value = event.message.value
-                resource_id = (event.message.key or b"").decode()
+                resource_id = (event.message.key or b"").decode(errors="replace")
                 if value is None:
-                    items.append(("resource", (resource_id, None)))
+                    items.append(StageItem("resource", resource_id, None))
                     continue
                 record = await decoded(event)
                 if record is not None:
-                    items.append(("resource", (record["resource_id"], record)))
+                    items.append(StageItem("resource", record["resource_id"], record))
             stats.consumed["resource"] += len(events)
             await send_to_trace_stage(items)
 
@@ -318,7 +364,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
             last_input["trace"], flushed["trace"] = time.monotonic(), False
             trace_events.note(events[-1])
-            stage = trace_stage()
+            stage = await trace_stage()
             for event in events:
                 message = event.message
                 slot = f"{message.topic}/{message.partition}"
@@ -326,21 +372,23 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 if stage.applied.get(slot, -1) >= message.offset:
                     stats.replayed += 1
                     continue
-                for kind, item in pickle.loads(message.value):
-                    if kind == "span":
-                        if not stage.span(item[1], item[0]):
-                            stats.late["span"] += 1
-                    elif kind == "lifecycle":
-                        if not stage.lifecycle(item[1], item[0]):
-                            stats.late["lifecycle-metrics"] += 1
-                    else:
-                        stage.resource(*item)
+                try:
+                    items = decode_items(message.value)
+                except UndecodableState as exc:  # not the flow agent's encoding: never unpickled, never run
+                    items = []
+                    await dead_letter(event, "UNDECODABLE_STATE", str(exc))
+                for item in items:
+                    on_time, failure = trace_item(stage, item)
+                    if failure is not None:
+                        await dead_letter(event, failure.reason, failure.detail, failure, value=encode_items([item]))
+                    elif not on_time:
+                        stats.late["span" if item.kind == "span" else "lifecycle-metrics"] += 1
                 stage.applied[slot] = message.offset
             await finish_trace_batch(stage, stage.advance())
 
     async def finish_trace_batch(stage: TraceStage, out: Emitted) -> None:
         await emit(out)
-        blob = zlib.compress(pickle.dumps(stage, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        blob = encode_trace(stage)
         if len(blob) > _MAX_SNAPSHOT_BYTES:
             raise TracetapError(f"the trace stage's state is {len(blob)} bytes, over {_MAX_SNAPSHOT_BYTES}: lower --trace-gap-s "
                                 "or the metric window, or run the Flink job")
@@ -354,13 +402,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         now = time.monotonic()
         if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s:
             flushed["flow"] = True
-            forward, touched = [], set()
+            touched: set[bytes] = set(flows)
             horizon = flow_clock.max_seen_ns + options.stages.assembly.request_timeout_ns + options.stages.nic.request_timeout_ns
-            for key, (_, stage) in sorted(flows.items()):
-                due = stage.advance(horizon)
-                forward += [("span", (None, span)) for span in due]
-                touched.add(key)
-            await send_to_trace_stage(forward)
+            await send_to_trace_stage(await advance_flows(horizon, touched))
             persist_flows(touched)
         if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s:
             flushed["trace"] = True

@@ -6,10 +6,11 @@
                       event time)
     resources ─────── Kafka source ─▶ ResourceFunction (decode) ───────────────────────────────────┘
 
-The same stage objects as the Faust job, in Flink keyed state (pickled) with Flink's timers: each flow
-sets an event-time timer at its stage's next deadline (a request timeout, a response's linger, an idle
-assembler's eviction), and the trace stage advances on every watermark step. Undecodable and late
-records go to the dead-letter topic with the reason, as in the Faust job. With checkpointing on (the
+The same stage objects as the Faust job, in Flink keyed state as bytes of streams/edge.py's data-only
+encoding (never pickled), with Flink's timers: each flow sets an event-time timer at its stage's next
+deadline (a request timeout, a response's linger, an idle assembler's eviction), and the trace stage
+advances on every watermark step. Undecodable and late records, and records the core raises on, go to
+the dead-letter topic with the reason, as in the Faust job. With checkpointing on (the
 default), outputs are written in Kafka transactions committed at each checkpoint: consumers that read
 with isolation.level=read_committed see every record exactly once, a checkpoint interval later.
 """
@@ -31,11 +32,13 @@ from tracetap.config import Settings
 from tracetap.errors import TracetapError
 from tracetap.eventtime import EngineClock
 from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
+from tracetap.errors import UndecodableState
 
 log = logging.getLogger("tracetap.streams.flink")
 
 COMPONENT = "tracetap streams flink"
 MAX_WATERMARK_MS = 2**63 - 1  # Flink's end-of-input watermark
+MAX_NS = 2**63 - 1
 _MS = 1_000_000
 _OUTPUTS = (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)
 
@@ -57,11 +60,16 @@ class FlinkOptions:
     stages: StageConfig = field(default_factory=StageConfig)
 
 
+_FLOW_CACHE = 20_000  # decoded flow stages a worker keeps beside their bytes in state, so a record does not decode its flow
+
+
 def _types() -> tuple[Any, Any]:
+    """The output rows (topic, key, value), and the bytes of streams/edge.py's encoding, which carry the trace
+    stage's input between operators and every stage's state (not Flink's pickled bytes type: nothing is pickled)."""
     from pyflink.common import Types
 
     row = Types.ROW_NAMED(["t", "k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())])
-    return row, Types.PICKLED_BYTE_ARRAY()
+    return row, Types.PRIMITIVE_ARRAY(Types.BYTE())
 
 
 # the Python functions (run in Flink's Python workers) ------------------------------------------------
@@ -97,9 +105,16 @@ class _Codec:
 
         return Row(self.topics[spec_name], key.encode(), self.encoders[spec_name](record))
 
-    def dead_letter(self, row: Any, reason: str, detail: str) -> Any:
+    def dead_letter(self, row: Any, reason: str, detail: str, failure: Any = None) -> Any:
         timestamp_ms = row.ts.to_epoch_milli() if row.ts is not None else None
-        record = dead_letter_record(COMPONENT, reason, detail, row.topic, row.partition, row.offset, timestamp_ms, row.k, row.v)
+        record = dead_letter_record(COMPONENT, reason, detail, row.topic, row.partition, row.offset, timestamp_ms, row.k, row.v,
+                                    None, failure and failure.exception_type, failure and failure.frame)
+        return self.row(DEAD_LETTER.name, dead_letter_key(record), record)
+
+    def dead_letter_of(self, reason: str, detail: str, key: bytes | None, value: bytes | None, failure: Any = None) -> Any:
+        """A dead letter without a source record (a timer's failure, an item between operators)."""
+        record = dead_letter_record(COMPONENT, reason, detail, None, None, None, None, key, value, None,
+                                    failure and failure.exception_type, failure and failure.frame)
         return self.row(DEAD_LETTER.name, dead_letter_key(record), record)
 
     def emitted(self, out: Emitted) -> Iterator[Any]:
@@ -112,11 +127,11 @@ class _Codec:
 def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
     from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
     from pyflink.datastream.state import ValueStateDescriptor
-    from pyflink.common import Types
 
     from schemas.serde import UndecodableRecord
+    from streams.edge import StageItem, call_core, decode_flow, encode_flow, encode_items, flow_record
 
-    row_type, _ = _types()
+    row_type, bytes_type = _types()
     prefix = settings.topics.prefix
     kinds = {SOCKET_DATA.full_name(prefix): "socket_data", PACKETS.full_name(prefix): "packet",
              SOCKET_LIFECYCLE.full_name(prefix): "lifecycle"}
@@ -131,11 +146,13 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
 
         def open(self, runtime_context: Any) -> None:
             self.codec = _Codec(settings)
-            self.stage_state = runtime_context.get_state(ValueStateDescriptor("flow-stage", Types.PICKLED_BYTE_ARRAY()))
+            self.stage_state = runtime_context.get_state(ValueStateDescriptor("flow-stage", bytes_type))
             metrics = runtime_context.get_metrics_group()
             self.consumed = {kind: metrics.counter(f"consumed_{kind}") for kind in set(kinds.values())}
             self.dead_letters = metrics.counter("dead_letters")
+            self.stage_errors = metrics.counter("stage_errors")  # records the core raised on or refused (dead-lettered too)
             self.timers: dict[str, int] = {}  # flow id -> the event-time timer set for it (a cache: Flink holds them)
+            self.stages: dict[str, tuple[bytes, FlowStage]] = {}  # flow id -> (its bytes in state, them decoded)
             self.last_input = time.monotonic()
             self.max_seen_ns = 0
 
@@ -149,20 +166,35 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
                 self.dead_letters.inc()
                 yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
                 return
-            self.max_seen_ns = max(self.max_seen_ns, record["end_time"] if kind == "socket_data" else record["time"])
-            stage = self.stage_state.value()
-            if stage is None:  # a new flow: watch it for the idle flush
-                stage = FlowStage(stages)
-                now_ms = ctx.timer_service().current_processing_time()
-                ctx.timer_service().register_processing_time_timer(now_ms + idle_flush_ms)
-            for span in getattr(stage, kind)(record):
-                yield ("span", span)
+            time_ns, failure = call_core(FlowStage.event_time_ns, kind, record)
+            if failure is None:
+                self.max_seen_ns = max(self.max_seen_ns, time_ns)
+                stage, dead = self._stage(ctx)
+                if dead is not None:
+                    yield DEAD_LETTERS, dead
+                if stage is None:  # a new flow: watch it for the idle flush
+                    stage = FlowStage(stages)
+                    now_ms = ctx.timer_service().current_processing_time()
+                    ctx.timer_service().register_processing_time_timer(now_ms + idle_flush_ms)
+                stage, spans, failure = flow_record(stage, kind, record, stages)
+            if failure is not None:  # the state in Flink is still the bytes from before the record
+                self.stages.pop(ctx.get_current_key(), None)
+                self.dead_letters.inc()
+                self.stage_errors.inc()
+                _log_once(failure.reason, failure.detail)
+                yield DEAD_LETTERS, self.codec.dead_letter(row, failure.reason, failure.detail, failure)
+                return
+            items = [StageItem("span", "flink", span) for span in spans]
             if kind == "lifecycle":
-                yield ("lifecycle", record)
+                items.append(StageItem("lifecycle", "flink", record))
+            if items:
+                yield encode_items(items)
             self._save(stage, ctx)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-            stage = self.stage_state.value()
+            stage, dead = self._stage(ctx)
+            if dead is not None:
+                yield DEAD_LETTERS, dead
             if stage is None:
                 return
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
@@ -173,18 +205,52 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
                 if time.monotonic() - self.last_input < options.idle_flush_s:
                     return
                 watermark_ns = max([self.max_seen_ns, *stage.last_seen_ns.values()]) + flush_horizon_ns
-            for span in stage.advance(watermark_ns):
-                yield ("span", span)
+            due, failure = call_core(stage.advance, watermark_ns)
+            if failure is not None:  # no record to blame: the flow's state goes to the dead letters, the flow starts again
+                key = ctx.get_current_key()
+                self.stage_errors.inc()
+                _log_once(failure.reason, failure.detail)
+                yield DEAD_LETTERS, self.codec.dead_letter_of(failure.reason, f"advance: {failure.detail}", key.encode(),
+                                                              self.stage_state.value(), failure)
+                self._save(FlowStage(stages), ctx)
+                return
+            if due:
+                yield encode_items([StageItem("span", "flink", span) for span in due])
             self._save(stage, ctx)
+
+        def _stage(self, ctx: Any) -> tuple[FlowStage | None, Any]:
+            """The flow's stage (None for a new flow), decoded once per worker; and a dead letter when its state
+            is not the stages' encoding (the flow then starts again)."""
+            blob = self.stage_state.value()
+            if blob is None:
+                return None, None
+            key = ctx.get_current_key()
+            held = self.stages.get(key)
+            if held is not None and held[0] == blob:
+                return held[1], None
+            try:
+                _, stage = decode_flow(blob, stages)
+            except UndecodableState as exc:
+                self.stage_state.clear()
+                self.dead_letters.inc()
+                _log_once("UNDECODABLE_STATE", str(exc))
+                return None, self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), key.encode(), blob)
+            if len(self.stages) >= _FLOW_CACHE:
+                self.stages.clear()
+            self.stages[key] = (blob, stage)
+            return stage, None
 
         def _save(self, stage: FlowStage, ctx: Any) -> None:
             """Keep the stage (or drop it once empty) and make sure a timer fires by its next deadline."""
             key = ctx.get_current_key()
             if stage.empty:
                 self.stage_state.clear()
+                self.stages.pop(key, None)
                 self.timers.pop(key, None)
                 return
-            self.stage_state.update(stage)
+            blob = encode_flow(stage)
+            self.stage_state.update(blob)
+            self.stages[key] = (blob, stage)
             due = stage.next_deadline_ns()
             if due is not None:
                 due_ms = math.ceil(due / 1_000_000_000) * 1000
@@ -194,6 +260,16 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
 
     DEAD_LETTERS = OutputTag("dead-letters", row_type)
     return FlowFunction(), DEAD_LETTERS
+
+
+_logged: set[str] = set()
+
+
+def _log_once(reason: str, detail: str) -> None:
+    """Once per kind of failure and worker, not once per record."""
+    if reason not in _logged:
+        _logged.add(reason)
+        log.warning("dead-lettering records reason=%s first_detail=%r", reason, detail)
 
 
 def _late_filter(settings: Settings, options: FlinkOptions) -> Any:
@@ -233,6 +309,7 @@ def _resource_function(settings: Settings) -> Any:
     from pyflink.datastream import OutputTag, ProcessFunction
 
     from schemas.serde import UndecodableRecord
+    from streams.edge import StageItem, encode_items
 
     row_type, _ = _types()
 
@@ -245,61 +322,111 @@ def _resource_function(settings: Settings) -> Any:
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
             resource_id = (row.k or b"").decode(errors="replace")
             if row.v is None:
-                yield ("resource", (resource_id, None))
+                yield encode_items([StageItem("resource", resource_id, None)])
                 return
             try:
                 record = self.codec.decoded(row.v)
             except UndecodableRecord as exc:
                 yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
                 return
-            yield ("resource", (record["resource_id"], record))
+            yield encode_items([StageItem("resource", record["resource_id"], record)])
 
     DEAD_LETTERS = OutputTag("resource-dead-letters", row_type)
     return ResourceFunction(), DEAD_LETTERS
 
 
+_LOG_ITEMS, _LOG_ADVANCE, _LOG_FINAL = b"I", b"A", b"F"
+_SNAPSHOT_EVERY = 1000  # entries of the trace stage's input log between two snapshots of the whole stage
+
+
+def _log_entry(kind: bytes, watermark_ns: int, body: bytes = b"") -> bytes:
+    return kind + watermark_ns.to_bytes(8, "big", signed=True) + body  # the stage's watermark: 0 up to MAX_NS
+
+
 def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
     from pyflink.datastream import KeyedProcessFunction, TimeDomain
-    from pyflink.datastream.state import ValueStateDescriptor
-    from pyflink.common import Types
+    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
+    from streams.edge import decode_items, decode_trace, encode_items, encode_trace, trace_item
+
+    _, bytes_type = _types()
     stages = options.stages
 
     class TraceFunction(KeyedProcessFunction):
-        """Stage 2, one key: the TraceStage in keyed state, advanced on every watermark step."""
+        """Stage 2, one key: the TraceStage, advanced on every watermark step. Encoding the whole stage (every
+        waiting span) on each input would cost its size per record, so Flink's state holds a snapshot of it
+        and the log of what happened since (each input batch and each advance, with the watermark it saw):
+        a restored worker replays the log onto the snapshot and is exactly where the checkpoint was."""
 
         def open(self, runtime_context: Any) -> None:
             self.codec = _Codec(settings)
-            self.state = runtime_context.get_state(ValueStateDescriptor("trace-stage", Types.PICKLED_BYTE_ARRAY()))
+            self.snapshot = runtime_context.get_state(ValueStateDescriptor("trace-stage", bytes_type))
+            self.log = runtime_context.get_list_state(ListStateDescriptor("trace-stage-log", bytes_type))
             metrics = runtime_context.get_metrics_group()
             self.late = metrics.counter("late_spans")
             self.produced = metrics.counter("produced")
+            self.stage_errors = metrics.counter("stage_errors")
+            self.live: TraceStage | None = None  # the stage, once read from state in this worker
+            self.logged = 0  # log entries since the snapshot
             self.last_input = time.monotonic()
             self.flushed = False
             self.next_step: int | None = None  # caches of the timers set (Flink holds them; after a restore they are set again)
             self.idle_timer = False
 
         def _stage(self, ctx: Any) -> TraceStage:
-            stage = self.state.value()
-            if stage is None:
-                stage = TraceStage(stages, clock=EngineClock(stages.allowed_lateness_ns))
-            watermark_ms = ctx.timer_service().current_watermark()
-            stage.clock.watermark_ns = max(stage.clock.watermark_ns, watermark_ms * _MS)
+            if self.live is None:
+                self.live = self._restore()
+            watermark_ms = ctx.timer_service().current_watermark()  # Long.MAX_VALUE at the end of input: kept within a long in ns
+            self.live.clock.watermark_ns = min(max(self.live.clock.watermark_ns, watermark_ms * _MS), MAX_NS)
+            return self.live
+
+        def _restore(self) -> TraceStage:
+            """The snapshot with the log replayed onto it (what the replay emits was emitted before the checkpoint)."""
+            blob = self.snapshot.value()
+            stage = None
+            if blob is not None:
+                try:
+                    stage = decode_trace(blob, stages)
+                except UndecodableState as exc:
+                    log.error("the trace stage's state is not its encoding; starting from an empty stage error=%s", exc)
+            stage = stage or TraceStage(stages, clock=EngineClock(stages.allowed_lateness_ns))
+            self.logged = 0
+            for entry in self.log.get() or ():
+                self.logged += 1
+                kind, watermark_ns = entry[:1], int.from_bytes(entry[1:9], "big", signed=True)
+                stage.clock.watermark_ns = max(stage.clock.watermark_ns, watermark_ns)
+                if kind == _LOG_ITEMS:
+                    try:
+                        items = decode_items(entry[9:])
+                    except UndecodableState as exc:  # a checkpoint this job did not write: skipped, never run
+                        log.error("an entry of the trace stage's log is not its encoding; skipped error=%s", exc)
+                        continue
+                    for item in items:
+                        trace_item(stage, item)
+                else:
+                    stage.advance(final=kind == _LOG_FINAL)
             return stage
 
-        def process_element(self, item: Any, ctx: Any) -> Iterator[Any]:
+        def process_element(self, blob: bytes, ctx: Any) -> Iterator[Any]:
             self.last_input, self.flushed = time.monotonic(), False
             stage = self._stage(ctx)
-            kind, value = item
-            if kind == "span":
-                if not stage.span(value, "flink"):
+            try:
+                items = decode_items(blob)
+            except UndecodableState as exc:  # from this job's own operators: a bug, kept for a look
+                self.stage_errors.inc()
+                _log_once("UNDECODABLE_STATE", str(exc))
+                yield self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), None, blob)
+                return
+            self.log.add(_log_entry(_LOG_ITEMS, stage.clock.watermark_ns, blob))
+            self.logged += 1
+            for item in items:
+                on_time, failure = trace_item(stage, item)
+                if failure is not None:
+                    self.stage_errors.inc()
+                    _log_once(failure.reason, failure.detail)
+                    yield self.codec.dead_letter_of(failure.reason, failure.detail, None, encode_items([item]), failure)
+                elif not on_time:
                     self.late.inc()
-            elif kind == "lifecycle":
-                if not stage.lifecycle(value, "flink"):
-                    self.late.inc()
-            else:
-                stage.resource(*value)
-            self.state.update(stage)
             timers = ctx.timer_service()
             step = max(timers.current_watermark() + 1, 0)
             if self.next_step != step:  # one registration per watermark step, not per record
@@ -308,14 +435,13 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             if not self.idle_timer:
                 timers.register_processing_time_timer(timers.current_processing_time() + int(options.idle_flush_s * 1000))
                 self.idle_timer = True
-            return iter(())
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
             stage = self._stage(ctx)
             timers = ctx.timer_service()
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
                 final = timers.current_watermark() == MAX_WATERMARK_MS
-                out = stage.advance(final=final)
+                out = self._advance(stage, final)
                 if not final and (stage.pending or len(stage.red) or len(stage.network) or len(stage.dns)):
                     self.next_step = timers.current_watermark() + 1
                     timers.register_event_time_timer(self.next_step)
@@ -325,11 +451,21 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                 if self.flushed or time.monotonic() - self.last_input < options.idle_flush_s:
                     return
                 self.flushed = True
-                out = stage.advance(final=True)
-            self.state.update(stage)
+                out = self._advance(stage, True)
             for row in self.codec.emitted(out):
                 self.produced.inc()
                 yield row
+
+        def _advance(self, stage: TraceStage, final: bool) -> Emitted:
+            out = stage.advance(final=final)
+            if final or self.logged >= _SNAPSHOT_EVERY:
+                self.snapshot.update(encode_trace(stage))
+                self.log.clear()
+                self.logged = 0
+            else:
+                self.log.add(_log_entry(_LOG_FINAL if final else _LOG_ADVANCE, stage.clock.watermark_ns))
+                self.logged += 1
+            return out
 
     return TraceFunction()
 

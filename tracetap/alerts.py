@@ -143,6 +143,14 @@ class DnsAccumulator:
         name = span.request_resource or "?"
         self.names[name] = self.names.get(name, 0) + 1
 
+    def to_state(self) -> list[Any]:
+        return [self.queries, self.nxdomain, dict(self.names)]
+
+    @classmethod
+    def from_state(cls, state: list[Any]) -> DnsAccumulator:
+        queries, nxdomain, names = state
+        return cls(queries, nxdomain, dict(names))
+
     def merge(self, other: DnsAccumulator) -> None:
         self.queries += other.queries
         self.nxdomain += other.nxdomain
@@ -187,6 +195,13 @@ class RegressionTracker:
 
     config: AlertConfig = field(default_factory=AlertConfig)
     history: dict[tuple[str | None, str], deque[int]] = field(default_factory=dict)
+
+    def to_state(self) -> list[Any]:
+        return [[workload, endpoint, list(p99s)] for (workload, endpoint), p99s in self.history.items()]
+
+    def load_state(self, state: list[Any]) -> None:
+        self.history = {(workload, endpoint): deque(p99s, maxlen=self.config.regression_baseline_windows)
+                        for workload, endpoint, p99s in state}
 
     def check(self, red: dict[str, Any]) -> dict[str, Any] | None:
         if red["tap_side"] != "SERVER_PROCESS" or red["request_count"] < self.config.regression_min_requests:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from tracetap.endpoints import endpoint_of
 from tracetap.flow import Endpoint, flow_id
 from tracetap.model import SocketData, Span, TapSide
-from tracetap.protocols import detect
+from tracetap.protocols import REGISTRY, detect
 from tracetap.protocols.base import ErrorClass, L7Protocol, Message, Status
 
 MAX_BUFFERED_BYTES = 64 * 1024  # a header that never completes is dropped past this, and counted
@@ -135,6 +136,41 @@ class SocketAssembler:
     def next_deadline_ns(self) -> int | None:
         """The watermark at which `expire` next has something to do (None: nothing open can time out)."""
         return self._requests[0].start_ns + self._config.request_timeout_ns if self._requests else None
+
+    # state --------------------------------------------------------------------------------------------
+    def to_state(self) -> list[Any]:
+        """JSON-ready data (bytes as latin-1 text); `from_state` reads it back. The first event is kept without
+        its payload, which only detection read."""
+        protocol = None
+        if self.protocol is not None:
+            protocol = [next(l4 for l4, known in REGISTRY.items() if self.protocol in known), self.protocol.name]
+        streams = [[s.buffer.decode("latin-1"), s.start_ns, s.seq, s.trace_id, s.skip, s.draining]
+                   for s in (self._streams[True], self._streams[False])]
+        response = None if self._response is None else [_open_state(self._response[0]), _open_state(self._response[1])]
+        first = None if self._first is None else [*self._first[:15], "", *self._first[16:]]
+        socket = None if self._socket is None else [str(self._socket[0]), self._socket[1], list(self._socket[2]), list(self._socket[3])]
+        c = self.counters
+        return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests], response,
+                self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses]]
+
+    @classmethod
+    def from_state(cls, state: list[Any], config: AssemblyConfig) -> SocketAssembler:
+        protocol, undetected, client_egress, streams, requests, response, last_egress, first, socket, counters = state
+        assembler = cls(config)
+        if protocol is not None:
+            assembler.protocol = next(p for p in REGISTRY[protocol[0]] if p.name == protocol[1])
+        assembler._undetected, assembler._client_egress, assembler._last_egress = undetected, client_egress, last_egress
+        for egress, (buffer, start_ns, seq, trace_id, skip, draining) in zip((True, False), streams):
+            assembler._streams[egress] = _Stream(bytearray(buffer.encode("latin-1")), start_ns, seq, trace_id, skip, draining)
+        assembler._requests = deque(_open_from_state(r) for r in requests)
+        if response is not None:
+            assembler._response = (_open_from_state(response[0]), _open_from_state(response[1]))
+        if first is not None:
+            assembler._first = SocketData(*first[:15], b"", *first[16:])
+        if socket is not None:
+            assembler._socket = (TapSide(socket[0]), socket[1], Endpoint(*socket[2]), Endpoint(*socket[3]))
+        assembler.counters = Counters(*counters)
+        return assembler
 
     # internals ----------------------------------------------------------------------------------------
     def _detect(self, event: SocketData) -> bool:
@@ -272,3 +308,20 @@ class SocketAssembler:
         client_side = self._client_egress  # this process is the client when it writes the requests
         client, server = (local, remote) if client_side else (remote, local)
         return (TapSide.CLIENT_PROCESS if client_side else TapSide.SERVER_PROCESS, flow_id(first.l4_protocol, local, remote), client, server)
+
+
+def _open_state(o: _Open) -> list[Any]:
+    m = o.message
+    message = [m.is_request, m.size, m.request_type, m.request_domain, m.request_resource, m.response_code, m.response_message,
+               None if m.error_class is None else str(m.error_class), m.pair_key, [list(h) for h in m.trace_headers],
+               [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1")]
+    return [message, o.start_ns, o.seq, o.trace_id, o.tid, o.end_ns]
+
+
+def _open_from_state(state: list[Any]) -> _Open:
+    message, start_ns, seq, trace_id, tid, end_ns = state
+    (is_request, size, request_type, domain, resource, code, response_message, error, pair_key, headers, attributes, expects,
+     head) = message
+    return _Open(Message(is_request, size, request_type, domain, resource, code, response_message, None if error is None else ErrorClass(error),
+                         pair_key, tuple((k, v) for k, v in headers), tuple((k, v) for k, v in attributes), expects,
+                         head.encode("latin-1")), start_ns, seq, trace_id, tid, end_ns)

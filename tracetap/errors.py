@@ -18,3 +18,12 @@ class ConfigError(TracetapError):
 
 class ServerUnavailable(TracetapError):
     """A server (Kafka, the registry, Elasticsearch) cannot be reached; retry later, do not drop data."""
+
+
+class InvalidEvent(TracetapError):
+    """A record that fits its schema but cannot be true (a payload longer than the bytes the syscall moved, a
+    request packet without addresses): the core refuses it whole; the engine dead-letters it."""
+
+
+class UndecodableState(TracetapError):
+    """Bytes that should hold a stage's state (or a batch for the trace stage) are not the core's encoding."""

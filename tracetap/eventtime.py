@@ -7,6 +7,7 @@ same per-key order agree on it, and so on every timeout and window close that de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -49,6 +50,14 @@ class PartitionClocks:
     def watermark_ns(self) -> int:
         return min((c.watermark_ns for c in self.clocks.values()), default=0)
 
+    def to_state(self) -> dict[str, Any]:
+        """JSON-ready data: each partition's max seen time and late count (the bounds are configuration)."""
+        return {"partitions": {p: [c.max_seen_ns, c.late] for p, c in self.clocks.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.clocks = {p: EventClock(self.max_out_of_order_ns, self.allowed_lateness_ns, max_seen, late)
+                       for p, (max_seen, late) in state["partitions"].items()}
+
     @property
     def max_seen_ns(self) -> int:
         return max((c.max_seen_ns for c in self.clocks.values()), default=0)
@@ -70,3 +79,9 @@ class EngineClock:
             return False
         self.max_seen_ns = max(self.max_seen_ns, time_ns)
         return True
+
+    def to_state(self) -> dict[str, Any]:
+        return {"engine": [self.watermark_ns, self.max_seen_ns, self.late]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.watermark_ns, self.max_seen_ns, self.late = state["engine"]

@@ -36,10 +36,10 @@ class RedAccumulator:
     sum_ns: int = 0
 
     def add(self, span: Span) -> None:
+        self.latency.add(span.duration_ns)  # first: the one step that refuses a value (a negative duration)
         self.request_count += 1
         if span.error_class:
             self.errors[span.error_class] = self.errors.get(span.error_class, 0) + 1
-        self.latency.add(span.duration_ns)
         self.max_ns = max(self.max_ns, span.duration_ns)
         self.sum_ns += span.duration_ns
 
@@ -50,6 +50,14 @@ class RedAccumulator:
         self.latency.merge(other.latency)
         self.max_ns = max(self.max_ns, other.max_ns)
         self.sum_ns += other.sum_ns
+
+    def to_state(self) -> list[Any]:
+        return [self.request_count, dict(self.errors), self.latency.to_state(), self.max_ns, self.sum_ns]
+
+    @classmethod
+    def from_state(cls, state: list[Any]) -> RedAccumulator:
+        count, errors, latency, max_ns, sum_ns = state
+        return cls(count, dict(errors), DDSketch.from_state(latency), max_ns, sum_ns)
 
     def result(self, key: RedKey, window_start_ns: int, window_ns: int) -> dict[str, Any]:
         """The RedMetric record."""
@@ -82,6 +90,8 @@ class WindowConfig:
 class _Accumulator(Protocol):
     def add(self, item: Any) -> None: ...
 
+    def to_state(self) -> Any: ...
+
     def merge(self, other: Any) -> None: ...
 
     def result(self, key: Any, window_start_ns: int, window_ns: int) -> dict[str, Any]: ...
@@ -109,9 +119,12 @@ class TumblingWindows:
             return False
         start = time_ns - time_ns % self._config.window_ns
         accumulator = self._open.get((start, key))
-        if accumulator is None:
-            accumulator = self._open[(start, key)] = self._new()
-        accumulator.add(item)
+        if accumulator is None:  # kept only once the item is in: a failed add leaves no empty window behind
+            accumulator = self._new()
+            accumulator.add(item)
+            self._open[(start, key)] = accumulator
+        else:
+            accumulator.add(item)
         return True
 
     def advance(self, watermark_ns: int) -> list[dict[str, Any]]:
@@ -122,6 +135,22 @@ class TumblingWindows:
 
     def __len__(self) -> int:
         return len(self._open)
+
+    @property
+    def last_start_ns(self) -> int | None:
+        """The start of the latest open window (None: none is open)."""
+        return max((start for start, _ in self._open), default=None)
+
+    def to_state(self) -> list[Any]:
+        """JSON-ready data: the open windows (start, key, accumulator) and what was emitted."""
+        return [[[start, list(key), accumulator.to_state()] for (start, key), accumulator in self._open.items()],
+                self._closed_before_ns, self.late]
+
+    def load_state(self, state: list[Any], make_key: Callable[[list[Any]], tuple[Any, ...]] = tuple) -> None:
+        """Take the windows of `to_state` (into a new instance; `make_key` builds a key from its list)."""
+        windows, self._closed_before_ns, self.late = state
+        restore = getattr(self._new, "from_state")
+        self._open = {(start, make_key(key)): restore(accumulator) for start, key, accumulator in windows}
 
 
 class RedWindows(TumblingWindows):
@@ -158,6 +187,14 @@ class NetworkAccumulator:
     rtt_sum_ns: int = 0
     rtt_max_ns: int = 0
 
+    def to_state(self) -> list[int]:
+        return [self.bytes_client_to_server, self.bytes_server_to_client, self.connects, self.failed_connects, self.retransmits,
+                self.resets, self.rtt_samples, self.rtt_sum_ns, self.rtt_max_ns]
+
+    @classmethod
+    def from_state(cls, state: list[int]) -> NetworkAccumulator:
+        return cls(*state)
+
     def add(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
         if kind == "CONNECT":
@@ -168,14 +205,14 @@ class NetworkAccumulator:
             self.retransmits += 1
         elif kind in ("RESET_SENT", "RESET_RECEIVED"):
             self.resets += 1
-        elif kind == "RTT_SAMPLE" and event["srtt_us"] is not None:
+        elif kind == "RTT_SAMPLE" and event["srtt_us"] is not None:  # new values first: a bad one changes nothing
             rtt_ns = event["srtt_us"] * 1000
-            self.rtt_samples += 1
-            self.rtt_sum_ns += rtt_ns
-            self.rtt_max_ns = max(self.rtt_max_ns, rtt_ns)
+            total, peak = self.rtt_sum_ns + rtt_ns, max(self.rtt_max_ns, rtt_ns)
+            self.rtt_samples, self.rtt_sum_ns, self.rtt_max_ns = self.rtt_samples + 1, total, peak
         elif kind == "CLOSE" and event["role"] == "CLIENT":
-            self.bytes_client_to_server += event["bytes_sent"] or 0
+            sent = self.bytes_client_to_server + (event["bytes_sent"] or 0)
             self.bytes_server_to_client += event["bytes_received"] or 0
+            self.bytes_client_to_server = sent
 
     def merge(self, other: NetworkAccumulator) -> None:
         for name in ("bytes_client_to_server", "bytes_server_to_client", "connects", "failed_connects", "retransmits", "resets",

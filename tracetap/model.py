@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
+
+from tracetap.errors import InvalidEvent, UndecodableState
 
 
 class TapSide(enum.StrEnum):
@@ -45,6 +47,11 @@ class SocketData(NamedTuple):
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> SocketData:
+        """The event of a SocketDataEvent record; InvalidEvent for one no capture can produce."""
+        if len(r["payload"]) > max(r["bytes"], 0):
+            raise InvalidEvent(f"payload of {len(r['payload'])} bytes, longer than the {r['bytes']} bytes the syscall moved")
+        if not 0 <= r["start_time"] <= r["end_time"] < 2**62:  # 2**62 ns: 2116; a time plus a timeout stays within a long
+            raise InvalidEvent(f"start_time {r['start_time']} and end_time {r['end_time']} are not in order within 0..2**62 ns")
         return cls(r["host"], r["start_time"], r["end_time"], r["pid"], r["tid"], r["comm"], r["socket_id"], r["direction"] == "EGRESS",
                    r["bytes"], r["l4_protocol"], r["local_ip"], r["local_port"], r["remote_ip"], r["remote_port"], r["role"],
                    r["payload"], r["tcp_seq"], r["syscall_trace_id"])
@@ -128,6 +135,46 @@ class Span:
             "x_request_id": self.trace_headers.get("x-request-id"), "sw8": self.trace_headers.get("sw8"),
             "attributes": dict(self.attributes),
         }
+
+
+_SPAN_FIELDS = tuple(f.name for f in fields(Span) if f.init)
+_OPTIONAL_INTS = frozenset({"response_code", "req_tcp_seq", "resp_tcp_seq", "syscall_trace_id_request", "syscall_trace_id_response",
+                            "pid", "tid"})
+_INTS = frozenset({"start_ns", "end_ns", "client_port", "server_port", "request_bytes", "response_bytes"})
+_MAPS = frozenset({"trace_headers", "attributes"})
+
+
+def span_to_state(span: Span) -> list[Any]:
+    """The span as JSON-ready data: its fields in declaration order (the cached id is recomputed)."""
+    return [getattr(span, name) for name in _SPAN_FIELDS]
+
+
+def span_from_state(state: list[Any]) -> Span:
+    """The span of `span_to_state`; UndecodableState for anything else (every field's type is checked: the
+    state may come from a topic)."""
+    if not isinstance(state, list) or len(state) != len(_SPAN_FIELDS):
+        raise UndecodableState(f"a span is a list of {len(_SPAN_FIELDS)} fields, not {type(state).__name__}")
+    for name, value in zip(_SPAN_FIELDS, state):
+        if name in _INTS:
+            ok = type(value) is int
+        elif name in _OPTIONAL_INTS:
+            ok = value is None or type(value) is int
+        elif name in _MAPS:
+            ok = isinstance(value, dict) and all(type(k) is str and type(v) is str for k, v in value.items())
+        elif name == "connection_closed":
+            ok = type(value) is bool
+        elif name in ("protocol", "host", "flow_id", "l4_protocol", "client_ip", "server_ip", "identity", "tap_side"):
+            ok = type(value) is str
+        else:
+            ok = value is None or type(value) is str
+        if not ok:
+            raise UndecodableState(f"span field {name}: {type(value).__name__} {str(value)[:40]!r} is not of its type")
+    span = Span(*state)
+    try:
+        span.tap_side = TapSide(span.tap_side)
+    except ValueError:
+        raise UndecodableState(f"span field tap_side: {span.tap_side[:40]!r} is not a tap side") from None
+    return span
 
 
 def stable_id(*parts: object) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracetap.endpoints import endpoint_of
+from tracetap.errors import InvalidEvent
 from tracetap.flow import Endpoint, flow_id
 from tracetap.model import Span, TapSide
 
@@ -46,6 +47,8 @@ class FlowPacketAssembler:
         out: list[Span] = []
         is_request = p["http_method"] is not None or (p["dns_id"] is not None and p["dns_is_response"] is False)
         is_response = p["http_status"] is not None or (p["dns_id"] is not None and p["dns_is_response"] is True)
+        if (is_request or is_response) and None in (p["src_ip"], p["src_port"], p["dst_ip"], p["dst_port"]):
+            raise InvalidEvent("a request or response packet without its addresses and ports")  # its span would have no flow
         src = (p["src_ip"], p["src_port"])
         if is_request:
             self._client = src
@@ -89,6 +92,23 @@ class FlowPacketAssembler:
             request = self._requests.popleft()
             out.append(self._span(request, None, request.packet["time"] + self._config.request_timeout_ns, 0, error="TIMEOUT"))
         return out
+
+    def to_state(self) -> list[Any]:
+        """JSON-ready data (the packets are PacketSummary records as decoded); `from_state` reads it back."""
+        requests = [[r.packet, r.payload] for r in self._requests]
+        opened = None if self._open is None else [[self._open[0].packet, self._open[0].payload], *self._open[1:]]
+        return [requests, opened, None if self._client is None else list(self._client)]
+
+    @classmethod
+    def from_state(cls, state: list[Any], config: NicConfig) -> FlowPacketAssembler:
+        requests, opened, client = state
+        assembler = cls(config)
+        assembler._requests = deque(_Request(packet, payload) for packet, payload in requests)
+        if opened is not None:
+            (packet, payload), response, end_ns, size = opened
+            assembler._open = (_Request(packet, payload), response, end_ns, size)
+        assembler._client = None if client is None else (client[0], client[1])
+        return assembler
 
     def _pop(self, response: dict[str, Any]) -> _Request | None:
         if response["dns_id"] is not None:

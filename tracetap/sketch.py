@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import Counter
+from typing import Any
 
 from tracetap.varint import read_uvarint, uvarint
 
@@ -67,6 +68,20 @@ class DDSketch:
             out += uvarint(_zigzag(index - previous)) + uvarint(self.bins[index])
             previous = index
         return bytes(out)
+
+    def to_state(self) -> list[Any]:
+        """JSON-ready data; `from_state` reads it back (faster than the bytes format, for engine state)."""
+        return [self._gamma_log, self.zeros, [[index, n] for index, n in self.bins.items()]]
+
+    @classmethod
+    def from_state(cls, state: list[Any]) -> DDSketch:
+        gamma_log, zeros, bins = state
+        sketch = cls()
+        sketch._gamma_log = float(gamma_log)
+        sketch.zeros = zeros
+        sketch.bins = Counter({index: n for index, n in bins})
+        sketch.count = zeros + sum(sketch.bins.values())
+        return sketch
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DDSketch:

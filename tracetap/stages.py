@@ -7,25 +7,31 @@
    network and DNS windows, and read by the alert rules. Call chains cross every key a span has, so
    this stage sees all spans; it is the one stage that does not scale out.
 
-A stage is a plain object: an engine keeps it in keyed state (pickled), feeds it records in order and
-calls `advance` on a watermark. `applied` lets an engine skip records a recovered state already holds.
+A stage is a plain object: an engine keeps it in keyed state as `to_state()` (JSON-ready data, never a
+pickle: state travels through topics), feeds it records in order and calls `advance` on a watermark.
+`applied` lets an engine skip records a recovered state already holds. A record method that raises may
+have changed the stage: the engine puts back the state from before the record (streams/edge.py).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
 from tracetap.assembly import AssemblyConfig, SocketAssembler
+from tracetap.errors import InvalidEvent, UndecodableState
 from tracetap.eventtime import EngineClock, PartitionClocks
-from tracetap.metrics import NetworkWindows, RedWindows, TumblingWindows, WindowConfig, local_is_client
-from tracetap.model import Span, SocketData, TapSide
+from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig, local_is_client
+from tracetap.model import Span, SocketData, TapSide, span_from_state, span_to_state
 from tracetap.nic import FlowPacketAssembler, NicConfig
 from tracetap.paths import PathState, join_key
 from tracetap.tracing import link_spans
 from tracetap.workloads import WorkloadIndex
+
+
+MAX_EVENT_TIME_NS = 2**62  # 2116: later times are refused, so that a time plus a timeout stays within a long
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,15 @@ class FlowStage:
     last_seen_ns: dict[str, int] = field(default_factory=dict)  # assembler key -> its latest event time
     closing: dict[str, int] = field(default_factory=dict)  # socket key -> its CLOSE's time, applied at that watermark
 
+    @staticmethod
+    def event_time_ns(kind: str, record: dict[str, Any]) -> int:
+        """A raw record's event time (socket data: the syscall's exit); InvalidEvent outside 1970..2116, which
+        no capture produces and which would overflow the state's 64-bit times."""
+        time_ns = record["end_time"] if kind == "socket_data" else record["time"]
+        if not 0 <= time_ns < MAX_EVENT_TIME_NS:
+            raise InvalidEvent(f"event time {time_ns} is outside 0..2**62 ns")
+        return time_ns
+
     def socket_data(self, record: dict[str, Any]) -> list[Span]:
         event = SocketData.from_record(record)
         assembler = self.sockets.get(event.socket_key)
@@ -61,6 +76,7 @@ class FlowStage:
         return assembler.add(event)
 
     def packet(self, record: dict[str, Any]) -> list[Span]:
+        self.event_time_ns("packet", record)
         tap = f"{record['host']}|{record['interface']}|{record['tap_point']}"
         assembler = self.nics.get(tap)
         if assembler is None:
@@ -72,6 +88,7 @@ class FlowStage:
         """A CLOSE ends the socket's assembler once the watermark passes its time (`advance`): lifecycle events
         come on their own topic, so the socket's last data may still be on its way when the CLOSE arrives.
         Requests still open then end flagged as cut off."""
+        self.event_time_ns("lifecycle", record)
         if record["kind"] != "CLOSE":
             return []
         self.closing[f"{record['host']}|{record['pid']}|{record['socket_id']}"] = record["time"]  # its data may come later still
@@ -99,6 +116,24 @@ class FlowStage:
     @property
     def empty(self) -> bool:
         return not self.sockets and not self.nics and not self.closing
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-ready data, sharing nothing mutable with the stage (so it is a snapshot too); the configuration
+        is not part of it: the engine passes its own to `from_state`."""
+        return {"sockets": {k: a.to_state() for k, a in self.sockets.items()}, "nics": {k: a.to_state() for k, a in self.nics.items()},
+                "applied": dict(self.applied), "last_seen_ns": dict(self.last_seen_ns), "closing": dict(self.closing)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: StageConfig) -> FlowStage:
+        """The stage of `to_state`; UndecodableState when the data is not one."""
+        try:
+            return cls(config, {k: SocketAssembler.from_state(a, config.assembly) for k, a in state["sockets"].items()},
+                       {k: FlowPacketAssembler.from_state(a, config.nic) for k, a in state["nics"].items()},
+                       _ints(state["applied"]), _ints(state["last_seen_ns"]), _ints(state["closing"]))
+        except UndecodableState:
+            raise
+        except Exception as exc:  # malformed data fails in many ways (a missing key, a wrong shape); all mean the same
+            raise UndecodableState(f"not a flow stage's state: {type(exc).__name__}: {exc}") from None
 
     def next_deadline_ns(self) -> int | None:
         """The lowest watermark at which `advance` has work: a timeout, a response's linger, or forgetting an idle
@@ -178,6 +213,44 @@ class TraceStage:
         self.dns = TumblingWindows(self.config.windows, DnsAccumulator)
         self.regressions = RegressionTracker(self.config.alerts)
 
+    # state ------------------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """JSON-ready data (without the configuration, as FlowStage's)."""
+        assert self.clock is not None
+        return {"clock": self.clock.to_state(), "workloads": self.workloads.to_state(),
+                "pending": [span_to_state(s) for s in self.pending.values()], "emitted": dict(self.emitted),
+                "failed_connects": list(self.failed_connects), "lifecycle_seen": [[*k, t] for k, t in self.lifecycle_seen.items()],
+                "red": self.red.to_state(), "network": self.network.to_state(), "dns": self.dns.to_state(),
+                "regressions": self.regressions.to_state(), "counters": asdict(self.counters), "applied": dict(self.applied)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: StageConfig) -> TraceStage:
+        """The stage of `to_state`; UndecodableState when the data is not one."""
+        try:
+            clock_state = state["clock"]
+            if "engine" in clock_state:
+                clock: PartitionClocks | EngineClock = EngineClock(config.allowed_lateness_ns)
+            else:
+                clock = PartitionClocks(config.max_out_of_order_ns, config.allowed_lateness_ns)
+            clock.load_state(clock_state)
+            stage = cls(config, clock=clock)
+            stage.workloads.load_state(state["workloads"])
+            stage.pending = {span.span_id: span for span in map(span_from_state, state["pending"])}
+            stage.emitted = _ints(state["emitted"])
+            stage.failed_connects = list(state["failed_connects"])
+            stage.lifecycle_seen = {tuple(entry[:-1]): entry[-1] for entry in state["lifecycle_seen"]}
+            stage.red.load_state(state["red"], RedKey._make)
+            stage.network.load_state(state["network"], NetworkKey._make)
+            stage.dns.load_state(state["dns"])
+            stage.regressions.load_state(state["regressions"])
+            stage.counters = TraceCounters(**state["counters"])
+            stage.applied = _ints(state["applied"])
+            return stage
+        except UndecodableState:
+            raise
+        except Exception as exc:
+            raise UndecodableState(f"not a trace stage's state: {type(exc).__name__}: {exc}") from None
+
     # input ------------------------------------------------------------------------------------------
     def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:
         self.workloads.apply(resource_id, record)
@@ -208,10 +281,10 @@ class TraceStage:
         if not self.clock.observe(source, record["time"]):
             self.counters.late_lifecycle += 1
             return False
+        self.network.add_event(record, self._pair_workloads(record))  # before it is remembered: the one step that may raise
         self.lifecycle_seen[identity] = record["time"]
         if record["kind"] == "CONNECT_FAILED":
             self.failed_connects.append(record)
-        self.network.add_event(record, self._pair_workloads(record))
         return True
 
     # output -----------------------------------------------------------------------------------------
@@ -222,8 +295,9 @@ class TraceStage:
         out = Emitted()
         for trace in self._complete_traces(None if final else horizon):
             self._emit_trace(trace, out)
-        if final:
-            window_watermark = self.clock.max_seen_ns + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns
+        if final:  # every window: a span a timeout made (no partition's clock saw it) may end past the latest time seen
+            latest = max([self.clock.max_seen_ns] + [w.last_start_ns for w in (self.red, self.network, self.dns) if w.last_start_ns is not None])
+            window_watermark = latest + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns
         else:  # a window stays open while a waiting trace may still add a span to it
             window_watermark = min([horizon] + [s.end_ns for s in self.pending.values()])
         out.red += self.red.advance(window_watermark)
@@ -293,3 +367,10 @@ class TraceStage:
         local = own or self.workloads.addresses.get(record["local_ip"])
         remote = self.workloads.addresses.get(record["remote_ip"])
         return (local, remote) if local_is_client(record) else (remote, local)
+
+
+def _ints(mapping: dict[str, Any]) -> dict[str, int]:
+    """A str -> int map of decoded state, checked (an offset or a time the engine compares)."""
+    if not all(type(k) is str and type(v) is int for k, v in mapping.items()):
+        raise UndecodableState("a map of state holds a key or value of the wrong type")
+    return dict(mapping)

@@ -41,6 +41,23 @@ class WorkloadIndex:
                 self.addresses[record["ip"]] = workload
                 self._keys[resource_id] = ("addresses", record["ip"])
 
+    def to_state(self) -> list[Any]:
+        """JSON-ready data (tuple keys as lists); `load_state` reads it back."""
+        return [[[host, pid, workload, netns] for (host, pid), (workload, netns) in self.processes.items()],
+                [[host, inode, name] for (host, inode), name in self.namespaces.items()], dict(self.addresses),
+                {rid: [where, list(key) if isinstance(key, tuple) else key] for rid, (where, key) in self._keys.items()}]
+
+    def load_state(self, state: list[Any]) -> None:
+        processes, namespaces, addresses, keys = state
+        self.processes = {(host, pid): (workload, netns) for host, pid, workload, netns in processes}
+        self.namespaces = {(host, inode): name for host, inode, name in namespaces}
+        self.addresses = dict(addresses)
+        self._keys = {}
+        for rid, (where, key) in keys.items():
+            if where not in ("processes", "namespaces", "addresses"):  # the attribute a tombstone pops from
+                raise ValueError(f"resource {rid!r} indexed in {where!r}")
+            self._keys[rid] = (where, tuple(key) if isinstance(key, list) else key)
+
     def process_workload(self, host: str, pid: int | None) -> str | None:
         if pid is None:
             return None

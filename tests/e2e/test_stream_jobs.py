@@ -7,11 +7,19 @@ on loopback labelled client-nic and server-nic), behind 20,000 background events
 test did and measured. A second Faust worker is SIGKILLed mid-stream and restarted: its outputs equal an
 uninterrupted run's, id for id. Then the contract between the engines: `tracetap streams flink` (parallelism
 2) on a copy of the same input emits the same records as Faust, id for id and field for field, and a Flink
-job killed mid-stream and restored from its last checkpoint commits exactly those records too."""
+job killed mid-stream and restored from its last checkpoint commits exactly those records too.
+
+Among the background events are two records the core refuses (CRAFTED): a read whose payload is longer than
+the bytes it returned, in the middle of a busy socket's events, and a request packet without addresses on
+the same flow. Both engines dead-letter them with the exception and the core's frame, and their output is a
+run's without them. Pickles written into the Faust job's private topic and changelogs are reported, never
+run."""
 
 import dataclasses
 import json
 import os
+import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks.core_pipeline import make_events
 from cli.main import state_dir
@@ -46,6 +54,7 @@ SERVICE = Path(__file__).with_name("chain_service.py")
 REQUESTS = ["/order"] * 6 + ["/slow", "/fail"]
 GARBAGE = b"not an avro record"
 LATE = 30  # background events replayed two minutes late, after everything else
+CRAFTED = {}  # what the core refuses, by (topic name without prefix, encoded value) -> the core frame's function
 
 
 def _stop(process):
@@ -114,10 +123,30 @@ def _add_background_load(settings, registry, events=20_000):
     for i in range(0, len(records), 400):
         shuffled += sorted(records[i:i + 400], key=lambda r: r["socket_id"])
     producer = AvroProducer(settings, registry)
-    for r in shuffled:
+    at = 5000
+    for i, r in enumerate(shuffled):
         producer.produce(SOCKET_DATA, _key(r), r)
+        if i == at:
+            _add_crafted(producer, r, [n for n in shuffled[at + 1:] if n["socket_id"] == r["socket_id"]])
     producer.produce_encoded(SOCKET_DATA, "tcp|10.9.9.9|1|10.9.9.9|2", GARBAGE)  # not Avro: the job dead-letters it
     producer.flush()
+
+
+def _add_crafted(producer, neighbour, after):
+    """Two records that fit their schemas but that no capture produces, on the flow of `neighbour` (a busy
+    background socket whose next events follow): a read of 10 bytes with the whole 100-odd-byte payload, and
+    an HTTP request packet without addresses. The core refuses both (tracetap.errors.InvalidEvent)."""
+    assert after, "the crafted read must sit between events of its socket"
+    longer = dict(neighbour, bytes=10, start_time=neighbour["end_time"], end_time=neighbour["end_time"] + 100)
+    assert len(longer["payload"]) > 10
+    packet = {f["name"]: None for f in PACKETS.schema()["fields"]}
+    packet.update(host="synthetic", time=neighbour["end_time"], interface="eth0", tap_point="client-nic", l4_protocol="TCP",
+                  payload_bytes=90, frame_bytes=156, truncated=False, malformed=False, http_method="GET", http_uri="/crafted",
+                  dst_ip=neighbour["remote_ip"], dst_port=neighbour["remote_port"])
+    for spec, record, function in ((SOCKET_DATA, longer, "from_record"), (PACKETS, packet, "add")):
+        value = producer.serializer(spec)(record)
+        producer.produce_encoded(spec, _key(neighbour), value, time_ns=record["end_time" if spec is SOCKET_DATA else "time"])
+        CRAFTED[(spec.name, value)] = function
 
 
 def _key(record):
@@ -195,12 +224,15 @@ def _wait_for_stats(port, condition, timeout_s, every_s=0.5, log=None):
         except OSError:
             pass
         time.sleep(every_s)
-    tail = ""
+    tail = errors = ""
     if log is not None:
         log.flush()
         log.seek(0)
-        tail = log.read()[-3000:]
-    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}\nworker log tail:\n{tail}")
+        text = log.read()
+        tail = text[-3000:]
+        errors = "\n".join([line for line in text.splitlines() if "ERROR" in line or "Error" in line][:30])
+    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}\nworker log errors:\n{errors}\n"
+                         f"worker log tail:\n{tail}")
 
 
 def _outputs(settings, registry):
@@ -312,13 +344,35 @@ def test_the_worker_consumed_everything_and_dead_lettered_only_the_garbage_with_
               for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE))
     stats = job["stats"]
     assert sum(v for k, v in stats["consumed"].items() if k != "resource") == raw
-    assert stats["dead_letters"] == {"BAD_MAGIC_BYTE": 1, "LATE": LATE} and stats["late"] == {"socket_data": LATE}
+    assert stats["dead_letters"] == {"BAD_MAGIC_BYTE": 1, "LATE": LATE, "INVALID_RECORD": 2} and stats["late"] == {"socket_data": LATE}
     letters = _dead_letters(settings, registry)
     garbage = [d for d in letters if d["reason"] == "BAD_MAGIC_BYTE"]
     assert [(d["value"], d["component"]) for d in garbage] == [(GARBAGE, "tracetap streams faust")]
     assert garbage[0]["source_topic"] == SOCKET_DATA.full_name(settings.topics.prefix) and garbage[0]["source_offset"] is not None
     late = [d for d in letters if d["reason"] == "LATE"]
     assert len(late) == LATE and all(d["source_topic"] == SOCKET_DATA.full_name(settings.topics.prefix) for d in late)
+    _assert_crafted_dead_lettered(settings, letters, "tracetap streams faust")
+
+
+def _assert_crafted_dead_lettered(settings, letters, component):
+    """Each crafted record is in the dead-letter topic whole, with the exception and the frame of the core that refused it."""
+    refused = {(d["source_topic"].removeprefix(settings.topics.prefix), d["value"]): d for d in letters if d["reason"] == "INVALID_RECORD"}
+    assert refused.keys() == CRAFTED.keys()
+    modules = {"from_record": "model", "add": "nic"}
+    for where, letter in refused.items():
+        function = CRAFTED[where]
+        assert letter["component"] == component and letter["exception_type"] == "InvalidEvent"
+        assert re.fullmatch(rf"tracetap/{modules[function]}\.py:\d+ in {function}", letter["core_frame"]), letter["core_frame"]
+        assert letter["core_frame"] in letter["detail"] and letter["source_offset"] is not None
+
+
+def test_the_records_the_core_refuses_leave_the_output_as_a_run_without_them(job, registry, admin):
+    """The same input less the crafted records (record for record otherwise), through a worker of its own."""
+    without = _copy_input(job["settings"], admin, registry, "uncrafted.",
+                          keep=lambda spec, m: (spec.name, m.value()) not in CRAFTED)
+    stats = _run_worker(without, f"tt-faust-plain-{uuid.uuid4().hex[:6]}", free_port())
+    assert "INVALID_RECORD" not in stats["dead_letters"]
+    _assert_same_records(job, _outputs(without, registry))
 
 
 def _dead_letters(settings, registry):
@@ -335,13 +389,62 @@ def test_a_worker_killed_mid_stream_and_restarted_emits_the_same_records(job, re
     _assert_same_records(job, _outputs(second, registry))
 
 
-def _copy_input(settings, admin, registry, suffix):
-    """The raw topics under prefix + suffix, record for record: same partitions, offsets, keys and timestamps."""
+class _Marker:
+    """Unpickled, it creates the file: what a pickle from a topic could do with any code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_pickles_in_the_private_topic_and_the_changelogs_are_reported_and_never_run(job, registry, admin, tmp_path):
+    from streams.faust_app import TRACE_STAGE_TOPIC
+
+    settings = _copy_input(job["settings"], admin, registry, "pickled.")
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Marker(control)))
+    assert control.exists()  # the payload runs when unpickled
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Marker(marker))
+    app_id = f"tt-faust-pickle-{uuid.uuid4().hex[:6]}"
+    flow_changelog, trace_changelog = f"{app_id}-flow-stages-changelog", f"{app_id}-trace-stage-changelog"
+    trace_topic = settings.topics.prefix + TRACE_STAGE_TOPIC
+    replicas = settings.topics.replication_factor
+    created = admin.create_topics([NewTopic(flow_changelog, SOCKET_DATA.partitions, replicas, config={"cleanup.policy": "compact"}),
+                                   NewTopic(trace_changelog, 1, replicas, config={"cleanup.policy": "compact"}),
+                                   NewTopic(trace_topic, 1, replicas)], operation_timeout=30)
+    for future in created.values():
+        future.result()
+    flow = read_until_idle(settings, SOCKET_DATA.full_name(settings.topics.prefix), idle_s=1)[0]  # a flow the worker will read
+    producer = Producer(client_config(settings.kafka))
+    producer.produce(flow_changelog, payload, flow.key(), partition=flow.partition())  # its partition: where the table looks
+    producer.produce(trace_changelog, payload, b"trace-stage", partition=0)
+    producer.produce(trace_topic, payload, b"trace-stage", partition=0)
+    assert producer.flush(30) == 0
+
+    stats = _run_worker(settings, app_id, free_port())
+
+    assert not marker.exists()
+    assert stats["dead_letters"]["UNDECODABLE_STATE"] == 3
+    letters = [d for d in _dead_letters(settings, registry) if d["reason"] == "UNDECODABLE_STATE"]
+    assert sorted(d["source_topic"] for d in letters) == sorted([flow_changelog, trace_changelog, trace_topic])
+    assert all(d["value"] == payload for d in letters)
+    assert [d["key"] for d in letters if d["source_topic"] == flow_changelog] == [flow.key()]
+    _assert_same_records(job, _outputs(settings, registry))  # the job went on as if they were not there
+
+
+def _copy_input(settings, admin, registry, suffix, keep=lambda spec, message: True):
+    """The raw topics under prefix + suffix, record for record (those `keep` keeps): same partitions, offsets,
+    keys and timestamps."""
     copy = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=settings.topics.prefix + suffix))
     apply_catalog(admin, registry, copy.topics.prefix, copy.topics.replication_factor)
     producer = Producer(client_config(settings.kafka))
     for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, RESOURCES):
         for m in read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=1):
+            if not keep(spec, m):
+                continue
             producer.produce(spec.full_name(copy.topics.prefix), m.value(), m.key(), partition=m.partition(), timestamp=m.timestamp()[1])
     assert producer.flush(30) == 0
     return copy
@@ -394,8 +497,9 @@ def test_flink_dead_letters_what_faust_dead_letters_with_the_same_reasons(job, f
                       for d in _dead_letters(settings, registry))
 
     from_faust = letters(job["settings"])
-    assert len(from_faust) == LATE + 1
+    assert len(from_faust) == LATE + 1 + len(CRAFTED)
     assert letters(flink_job["settings"]) == from_faust
+    _assert_crafted_dead_lettered(flink_job["settings"], _dead_letters(flink_job["settings"], registry), "tracetap streams flink")
 
 
 def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_the_same_records(job, registry, admin, tmp_path):

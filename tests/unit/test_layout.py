@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,3 +29,22 @@ def test_the_venv_imports_debians_bcc():
 
     assert os.path.realpath(bcc.__file__).startswith("/usr/lib/python3/dist-packages/bcc/")
     assert hasattr(bcc, "BPF")
+
+
+# Formats that can build arbitrary objects (or run code) when they decode; nothing read from Kafka or a
+# checkpoint may go through them.
+OBJECT_FORMATS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve", "jsonpickle"}
+KAFKA_READERS = ("streams", "schemas", "sinks", "producers")
+
+
+def test_no_module_that_reads_kafka_imports_an_object_format():
+    offenders = {(str(path.relative_to(ROOT)), name) for folder in KAFKA_READERS for path in (ROOT / folder).rglob("*.py")
+                 for name in _imports(path) if name in OBJECT_FORMATS}
+    assert not offenders
+
+
+def test_no_module_that_reads_kafka_unpickles_or_keeps_pickled_flink_state():
+    unpickling = re.compile(r"pickle\.loads?\b|Unpickler|PICKLED_BYTE_ARRAY")
+    offenders = {(str(path.relative_to(ROOT)), hit) for folder in KAFKA_READERS for path in (ROOT / folder).rglob("*.py")
+                 for hit in unpickling.findall(path.read_text())}
+    assert not offenders

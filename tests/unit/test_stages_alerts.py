@@ -2,7 +2,8 @@
 are worked out by hand in each test."""
 
 import dataclasses
-import pickle
+
+import orjson
 
 from tracetap.alerts import AlertConfig, RegressionTracker
 from tracetap.metrics import WindowConfig
@@ -127,10 +128,10 @@ def test_a_span_later_than_its_partition_allows_is_refused_and_counted():
     assert stage.counters.late_spans == 1
 
 
-def test_a_stage_survives_pickling_as_engines_store_it():
+def test_a_stage_survives_its_state_through_json_as_engines_store_it():
     stage = TraceStage(config())
     stage.span(dns_span("web", T0, "NOERROR", 1), "p0")
-    again = pickle.loads(pickle.dumps(stage))
+    again = TraceStage.from_state(orjson.loads(orjson.dumps(stage.to_state())), config())
     assert again.advance(final=True).spans == stage.advance(final=True).spans
 
 
@@ -226,3 +227,14 @@ def test_a_replayed_lifecycle_event_is_counted_once():
     [metric] = stage.advance(final=True).network
     assert (metric["bytes_client_to_server"], metric["bytes_server_to_client"]) == (100, 200)  # not 200, 400
     assert stage.counters.duplicate_lifecycle == 1
+
+
+def test_the_final_advance_closes_the_window_of_a_timeout_later_than_any_time_seen():
+    """A timeout's span comes from the watermark (no source partition): its end may lie in a window after the
+    latest event time any partition saw, and a final flush still emits that window."""
+    stage = TraceStage(config())
+    assert stage.span(http_span(TapSide.SERVER_PROCESS, T0 + 1 * S, T0 + 2 * S, seq=1), "p0")
+    assert stage.span(http_span(TapSide.SERVER_PROCESS, T0 + 3 * S, T0 + 33 * S, seq=2, status=504), None)  # a timeout, 3 windows on
+    out = stage.advance(final=True)
+    assert sorted((r["window_start"], r["request_count"]) for r in out.red) == [(T0 // MS, 1), ((T0 + 30 * S) // MS, 1)]
+    assert len(stage.red) == 0

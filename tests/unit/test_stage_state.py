@@ -1,0 +1,151 @@
+"""The stages' state as data (streams/edge.py's encoding of the core's `to_state`): a job that stores and
+reloads its state at every record gives the same answers as one that never does, and bytes that are not
+that encoding (a pickle among them) are refused without being run."""
+
+import pickle
+import zlib
+
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from benchmarks.core_pipeline import timed_events
+from streams.edge import (StageItem, decode_flow, decode_items, decode_trace, encode_flow, encode_items, encode_trace)
+from tracetap.errors import UndecodableState
+from tracetap.stages import FlowStage, StageConfig, TraceStage
+
+S = 1_000_000_000
+T0 = 1_800_000_000 * S
+CONFIG = StageConfig()
+
+
+def _packets(n):
+    """HTTP request and response packets of one flow at a client-nic tap (as the packet agent emits them)."""
+    out = []
+    for i in range(n):
+        base = {"host": "node", "interface": "eth0", "tap_point": "client-nic", "workload": None, "netns": None, "ip_version": 4,
+                "l4_protocol": "TCP", "ip_id": None, "ttl": 64, "tcp_ack": None, "tcp_window": None, "frame_bytes": 200,
+                "http_host": None, "http_uri": None, "http_method": None, "http_status": None, "dns_id": None, "dns_is_response": None,
+                "dns_query_name": None, "dns_query_type": None, "dns_rcode": None, "dns_answer_count": None, "tls_sni": None,
+                "app_command": None, "truncated": False, "malformed": False, "malformed_reason": None}
+        out.append(dict(base, time=T0 + i * S, src_ip="10.0.0.1", src_port=40000, dst_ip="10.0.0.2", dst_port=80, tcp_flags=0x18,
+                        tcp_seq=1000 + i * 100, payload_bytes=100, http_method="GET", http_uri=f"/items/{i}", http_host="shop"))
+        out.append(dict(base, time=T0 + i * S + 5_000_000, src_ip="10.0.0.2", src_port=80, dst_ip="10.0.0.1", dst_port=40000,
+                        tcp_flags=0x18, tcp_seq=9000 + i * 100, payload_bytes=100, http_status=200 if i % 3 else 503))
+    return out
+
+
+def _lifecycle(i):
+    return {"host": "node", "time": T0 + i * S, "kind": ("CONNECT", "RTT_SAMPLE", "CLOSE")[i % 3], "pid": 7, "tid": 7, "comm": "app",
+            "socket_id": 1, "netns_inode": 1, "l4_protocol": "TCP", "local_ip": "10.0.0.1", "local_port": 40000, "remote_ip": "10.0.0.2",
+            "remote_port": 80, "role": "CLIENT", "old_state": None, "new_state": None, "error_code": None, "error_name": None,
+            "srtt_us": 300, "bytes_sent": 10, "bytes_received": 20, "retransmits": None}
+
+
+def _inputs():
+    records = [("socket_data", key, r) for key, r in timed_events(3000, T0, spacing=1000)]
+    records += [("packet", "tcp|10.0.0.1|40000|10.0.0.2|80", p) for p in _packets(40)]
+    records += [("lifecycle", "tcp|10.0.0.1|40000|10.0.0.2|80", _lifecycle(i)) for i in range(12)]
+    return sorted(records, key=lambda r: FlowStage.event_time_ns(r[0], r[2]))
+
+
+def _run(reload):
+    """Both stages on the inputs, advancing every 500 records; with `reload`, every state goes through its
+    bytes after every record (as the Flink job stores it) and the trace stage at every advance (as Faust)."""
+    flows, trace, out = {}, TraceStage(CONFIG), []
+    for i, (kind, key, record) in enumerate(_inputs()):
+        stage = flows.get(key) or FlowStage(CONFIG)
+        items = [StageItem("span", "p", span) for span in getattr(stage, kind)(record)]
+        if kind == "lifecycle":
+            items.append(StageItem("lifecycle", "p", record))
+        if reload:
+            _, stage = decode_flow(encode_flow(stage, 3), CONFIG)
+            items = decode_items(encode_items(items))
+        flows[key] = stage
+        for item in items:
+            (trace.span if item.kind == "span" else trace.lifecycle)(item.value, item.source)
+        if i % 500 == 499:
+            for k in sorted(flows):
+                for span in flows[k].advance(FlowStage.event_time_ns(kind, record) - 2 * S):
+                    trace.span(span, None)
+            out.append(trace.advance())
+            if reload:
+                trace = decode_trace(encode_trace(trace), CONFIG)
+    for k in sorted(flows):
+        for span in flows[k].advance(T0 + 3600 * S):
+            trace.span(span, None)
+    out.append(trace.advance(final=True))
+    return [(e.spans, e.paths, e.red, e.network, e.alerts) for e in out]
+
+
+def test_stages_stored_and_reloaded_at_every_record_give_the_same_records():
+    plain, reloaded = _run(False), _run(True)
+    assert sum(len(batch[0]) for batch in plain) > 1500 and any(batch[2] for batch in plain) and any(batch[3] for batch in plain)
+    assert reloaded == plain
+
+
+def test_a_flow_state_keeps_its_partition_and_leaves_out_the_first_payload():
+    stage = FlowStage(CONFIG)
+    key, record = timed_events(1, T0)[0]
+    stage.socket_data(record)
+    blob = encode_flow(stage, 4)
+    assert record["payload"].decode() not in blob.decode()  # only detection read it
+    partition, again = decode_flow(blob, CONFIG)
+    assert partition == 4 and again.to_state() == stage.to_state()
+
+
+class _Marker:
+    """Unpickled, it creates the file (as any code would run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_pickle_is_refused_by_every_decoder_and_never_run(tmp_path):
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Marker(control)))  # the payload does what it says when unpickled
+    assert control.exists()
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(_Marker(marker))
+    for decode in (lambda b: decode_flow(b, CONFIG), lambda b: decode_trace(b, CONFIG), decode_items):
+        for blob in (payload, zlib.compress(payload)):
+            with pytest.raises(UndecodableState):
+                decode(blob)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("blob", [b"[1, 0, {}]", b"[2, 0, {\"sockets\": {}}]", b"[1, 0, {\"sockets\": [], \"nics\": {}}]",
+                                  b"[1, \"x\", {\"sockets\": {}, \"nics\": {}, \"applied\": {}, \"last_seen_ns\": {}, \"closing\": {}}]",
+                                  b"[1, 0, {\"sockets\": {}, \"nics\": {}, \"applied\": {\"a\": \"1\"}, \"last_seen_ns\": {}, \"closing\": {}}]"])
+def test_a_flow_state_of_the_wrong_shape_is_refused(blob):
+    with pytest.raises(UndecodableState):
+        decode_flow(blob, CONFIG)
+
+
+def test_items_with_fields_of_the_wrong_type_are_refused():
+    good = encode_items([StageItem("lifecycle", "p", _lifecycle(1))])
+    assert decode_items(good)[0].value["srtt_us"] == 300
+    for bad in ([1, [["lifecycle", "p", dict(_lifecycle(1), srtt_us="300")]]], [1, [["span", "p", ["HTTP"] * 36]]],
+                [1, [["exec", "p", {}]]], [1, [["resource", "r", {"kind": 1}]]], [1, [["span", None]]]):
+        with pytest.raises(UndecodableState):
+            decode_items(orjson.dumps(bad))
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), _JSON)
+def test_anything_but_the_encoding_is_refused_as_undecodable_state_and_nothing_else(blob, value):
+    candidates = [blob, orjson.dumps(value), orjson.dumps([1, 0, value]), orjson.dumps([1, value]),
+                  zlib.compress(orjson.dumps([1, value]))]
+    for decode in (lambda b: decode_flow(b, CONFIG), lambda b: decode_trace(b, CONFIG), decode_items):
+        for data in candidates:
+            try:
+                decode(data)
+            except UndecodableState:
+                pass

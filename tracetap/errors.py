@@ -18,3 +18,7 @@ class ConfigError(TracetapError):
 
 class ServerUnavailable(TracetapError):
     """A server (Kafka, the registry, Elasticsearch) cannot be reached; retry later, do not drop data."""
+
+
+class NotProvisioned(TracetapError):
+    """A server answers but lacks what tracetap needs (topics); the message names the command that sets it up."""

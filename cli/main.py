@@ -16,12 +16,15 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli import logs
 from infra.demo_services import SCENARIOS
 from tracetap.config import Settings, describe, load_settings
 from tracetap.errors import ConfigError, NotProvisioned, ServerUnavailable, TracetapError
+
+if TYPE_CHECKING:
+    from producers.emitter import Emitter
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -344,12 +347,12 @@ def cmd_agent_packets(settings: Settings, args: argparse.Namespace) -> int:
     return code if code != EXIT_OK or not stats.failures else EXIT_FAILURE
 
 
-def _agent_exit(settings: Settings, emitter: Any) -> int:
-    """A run whose records did not all reach Kafka fails, so a script or a supervisor sees it (the counts are above)."""
+def _agent_exit(settings: Settings, emitter: Emitter) -> int:
+    """A run whose records did not all reach Kafka fails, so a script or a supervisor sees it."""
     undelivered, invalid = emitter.undelivered(), emitter.totals().get("invalid_records", 0)
     if undelivered:
-        print(f"tracetap: {undelivered} of {emitter.offered} captured records did not reach Kafka at {settings.kafka.bootstrap_servers} "
-              "(queue_overflow, kafka_undelivered and undelivered_at_exit above)", file=sys.stderr)
+        print(f"tracetap: {sum(undelivered.values())} of {emitter.offered} captured records did not reach Kafka at "
+              f"{settings.kafka.bootstrap_servers} ({', '.join(f'{k}={v}' for k, v in undelivered.items())})", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if invalid:
         print(f"tracetap: {invalid} captured records could not be encoded (invalid_records; the log names the first error)", file=sys.stderr)

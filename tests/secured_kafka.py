@@ -69,11 +69,13 @@ class SecuredBroker:
         """The broker stops answering (connections stay open): an outage as clients see one."""
         self.process.send_signal(signal.SIGSTOP)
 
-    def resume(self) -> None:
+    def resume(self, timeout_s: float = 60.0) -> None:
+        """It answers again (the tests after the one that paused it find it as before)."""
         self.process.send_signal(signal.SIGCONT)
+        _wait_until_answering(self, timeout_s)
 
     def stop(self) -> None:
-        self.resume()
+        self.process.send_signal(signal.SIGCONT)
         self.process.terminate()
         try:
             self.process.wait(30)
@@ -175,5 +177,7 @@ def _server_properties(port: int, ssl_port: int, controller_port: int, data_dir:
         "transaction.state.log.min.isr=1",
         "transaction.state.log.num.partitions=3",
         "group.initial.rebalance.delay.ms=0",
+        # Its own controller must not fence it for a pause (SIGSTOP in a test): that would move every partition.
+        "broker.session.timeout.ms=120000",
         "",
     ])

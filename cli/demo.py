@@ -111,6 +111,7 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
 
     from infra.cluster import Cluster
     from schemas.kafka import client_config
+    from schemas.preflight import check_kafka
     from schemas.registry import SchemaRegistry
     from schemas.topics import apply_catalog
 
@@ -136,6 +137,7 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
         step(1, "using the configured servers (--no-stack)")
 
     step(2, f"topics {prefix}* and their schemas")
+    check_kafka(settings.kafka)
     admin, registry = AdminClient(client_config(settings.kafka)), SchemaRegistry(settings.registry)
     created = apply_catalog(admin, registry, prefix, settings.topics.replication_factor)
     progress(f"{len(created)} topics, value schemas registered with BACKWARD compatibility")

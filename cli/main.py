@@ -1,7 +1,7 @@
 """`tracetap`: the command tree. Each command reads the settings once and hands sections to the edges.
 
-Exit codes: 0 success; 1 failure; 2 bad usage; 69 a server is unavailable; 78 bad configuration;
-130 interrupted.
+Exit codes: 0 success; 1 failure; 2 bad usage; 69 a server is unavailable (or an agent's records did not
+all reach it); 78 bad configuration (settings, credentials, missing topics); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli import logs
 from infra.demo_services import SCENARIOS
 from tracetap.config import Settings, describe, load_settings
-from tracetap.errors import ConfigError, ServerUnavailable, TracetapError
+from tracetap.errors import ConfigError, NotProvisioned, ServerUnavailable, TracetapError
+
+if TYPE_CHECKING:
+    from producers.emitter import Emitter
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -129,9 +132,11 @@ def cmd_topics_apply(settings: Settings, args: argparse.Namespace) -> int:
     from confluent_kafka.admin import AdminClient
 
     from schemas.kafka import client_config
+    from schemas.preflight import check_kafka
     from schemas.registry import SchemaRegistry
     from schemas.topics import apply_catalog
 
+    check_kafka(settings.kafka)
     admin = AdminClient(client_config(settings.kafka))
     results = apply_catalog(admin, SchemaRegistry(settings.registry), settings.topics.prefix, settings.topics.replication_factor)
     for r in results:
@@ -205,6 +210,7 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
 
     from streams.faust_app import FaustOptions, build_app
 
+    _check_stream_topics(settings)
     options = FaustOptions(app_id=args.app_id, web_port=args.web_port, idle_flush_s=args.idle_flush_s, stages=_stage_config(args))
     app, stats = build_app(settings, options)
     print(f"faust worker {args.app_id}: raw topics -> spans, paths, metrics, alerts; stats on http://127.0.0.1:{args.web_port}/tracetap/stats/",
@@ -223,6 +229,13 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
           + "".join(f" {k}={v}" for k, v in sorted(stats.dead_letters.items()))
           + f" late={sum(stats.late.values())} replayed_skipped={stats.replayed}", flush=True)
     return EXIT_OK if code == 0 else EXIT_FAILURE
+
+
+def _check_stream_topics(settings: Settings) -> None:
+    from schemas.catalog import STREAM_TOPICS
+    from schemas.preflight import check_kafka
+
+    check_kafka(settings.kafka, [spec.full_name(settings.topics.prefix) for spec in STREAM_TOPICS])
 
 
 def _stage_config(args: argparse.Namespace) -> Any:
@@ -270,6 +283,7 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
         restore = Path(args.from_checkpoint)
         if args.target == "local" and not restore.exists():
             raise TracetapError(f"--from-checkpoint {restore}: no such checkpoint")
+    _check_stream_topics(settings)
     options = FlinkOptions(app_id=args.app_id, parallelism=args.parallelism, target=args.target, jobmanager=args.jobmanager,
                            checkpoint_interval_s=args.checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
                            bounded=args.bounded, idle_flush_s=args.idle_flush_s, profile=args.profile, stages=_stage_config(args))
@@ -313,7 +327,7 @@ def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
     totals = emitter.totals()
     print(f"captured {stats.data} data and {stats.lifecycle} lifecycle events, {stats.spans} spans; "
           + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
-    return EXIT_OK
+    return _agent_exit(settings, emitter)
 
 
 def cmd_agent_packets(settings: Settings, args: argparse.Namespace) -> int:
@@ -330,7 +344,21 @@ def cmd_agent_packets(settings: Settings, args: argparse.Namespace) -> int:
     emitter.close()
     totals = emitter.totals()
     print(f"read {stats.packets} packets; " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
-    return EXIT_OK if not stats.failures else EXIT_FAILURE
+    code = _agent_exit(settings, emitter)
+    return code if code != EXIT_OK or not stats.failures else EXIT_FAILURE
+
+
+def _agent_exit(settings: Settings, emitter: Emitter) -> int:
+    """A run whose records did not all reach Kafka fails, so a script or a supervisor sees it."""
+    undelivered, invalid = emitter.undelivered(), emitter.totals().get("invalid_records", 0)
+    if undelivered:
+        print(f"tracetap: {sum(undelivered.values())} of {emitter.offered} captured records did not reach Kafka at "
+              f"{settings.kafka.bootstrap_servers} ({', '.join(f'{k}={v}' for k, v in undelivered.items())})", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if invalid:
+        print(f"tracetap: {invalid} captured records could not be encoded (invalid_records; the log names the first error)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 # parser -------------------------------------------------------------------------------------------
@@ -339,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tracetap",
         description="Zero-code observability pipeline on Kafka: agents, Avro topics, stream jobs, Elasticsearch.",
         epilog="Settings: --config FILE (TOML) or $TRACETAP_CONFIG, overridden by TRACETAP_<SECTION>__<FIELD> variables. "
-               "Exit codes: 0 ok, 1 failure, 2 usage, 69 server unavailable, 78 bad config, 130 interrupted.")
+               "Exit codes: 0 ok, 1 failure, 2 usage, 69 server unavailable or records undelivered, 78 bad config "
+               "(settings, credentials, missing topics), 130 interrupted.")
     parser.add_argument("--config", metavar="FILE", help="TOML settings file (default: $TRACETAP_CONFIG, else ./tracetap.toml if present)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
     parser.add_argument("--log-format", choices=["text", "json"], help="overrides log.format")
@@ -458,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = read_settings(args.config, environ)
         logs.configure(args.log_level or settings.log.level, args.log_format or settings.log.format)
         return args.handler(settings, args)
-    except ConfigError as exc:
+    except (ConfigError, NotProvisioned) as exc:
         print(f"tracetap: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

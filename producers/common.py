@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from producers.emitter import Emitter
 from schemas.catalog import AGENT_STATS, TopicSpec
+from schemas.preflight import check_kafka
 from schemas.producer import AvroProducer
 from schemas.registry import SchemaRegistry
 from tracetap.config import Settings
@@ -19,7 +20,9 @@ def agent_host(settings: Settings) -> str:
 
 
 def open_emitter(settings: Settings, agent: str, specs: tuple[TopicSpec, ...]) -> Emitter:
-    """An Emitter for one agent; the registry is checked for every topic now, not on the first event."""
+    """An Emitter for one agent; Kafka, the topics and the registry are checked now, not on the first event (a
+    broker that goes away later is ridden out with the buffer)."""
+    check_kafka(settings.kafka, [spec.full_name(settings.topics.prefix) for spec in (*specs, AGENT_STATS)])
     producer = AvroProducer(settings, SchemaRegistry(settings.registry))
     for spec in (*specs, AGENT_STATS):
         producer.serializer(spec)

@@ -104,6 +104,11 @@ class Emitter:
             self.count("undelivered_at_exit", pending)
         log.info("emitter closed agent=%s %s", self.agent, " ".join(f"{k}={v}" for k, v in sorted(self.totals().items())))
 
+    def undelivered(self) -> dict[str, int]:
+        """Captured records that did not reach Kafka, by why: overflowed, refused or timed out, unacknowledged at exit."""
+        totals = self.totals()
+        return {name: totals[name] for name in ("queue_overflow", "kafka_undelivered", "undelivered_at_exit") if totals.get(name)}
+
     def totals(self) -> dict[str, int]:
         """Whole-run counters; `delivered` counts captured records only, not agent-stats records."""
         with self._lock:

@@ -112,6 +112,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     RED_METRICS, NETWORK_METRICS, ALERTS, AGENT_STATS, DEAD_LETTER,
 )
 
+# What the stream jobs read and write (checked at their start): the topics they produce or consume, and dead letters.
+STREAM_TOPICS: tuple[TopicSpec, ...] = (*(s for s in CATALOG if _STREAMS in s.producers + s.consumers), DEAD_LETTER)
+
 
 @cache
 def load_schema(file_name: str) -> dict[str, Any]:

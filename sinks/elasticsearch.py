@@ -24,9 +24,10 @@ from elasticsearch import ApiError, Elasticsearch
 from elasticsearch import ConnectionError as EsConnectionError
 from elasticsearch.serializer import OrjsonSerializer
 
-from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, RED_METRICS, SPANS, TopicSpec
+from schemas.catalog import ALERTS, DEAD_LETTER, NETWORK_METRICS, PATHS, RED_METRICS, SPANS, TopicSpec
 from schemas.deadletter import DeadLetters
 from schemas.kafka import consumer_config
+from schemas.preflight import check_kafka
 from schemas.producer import AvroProducer
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroDeserializer, UndecodableRecord
@@ -219,6 +220,7 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
         raise ConfigError("--topic", f"{sorted(unknown)} not indexable; choose from {[t.topic.name for t in INDEXED_TYPES]}")
     es_settings = settings.elasticsearch
     by_topic = {t.topic.full_name(settings.topics.prefix): t for t in types}
+    check_kafka(settings.kafka, [*by_topic, DEAD_LETTER.full_name(settings.topics.prefix)])
     es = es_client(es_settings)
     registry = SchemaRegistry(settings.registry)
     producer = AvroProducer(settings, registry)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import ssl
 import time
 import weakref
 from collections import Counter
@@ -35,6 +34,7 @@ from faust.streams import _current_event
 from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
                              SOCKET_LIFECYCLE, SPANS, TopicSpec)
 from schemas.deadletter import dead_letter_key, dead_letter_record
+from schemas.kafka import faust_credentials
 from schemas.registry import RegistryUnavailable, SchemaRegistry
 from schemas.serde import AvroDeserializer, AvroSerializer, UndecodableRecord
 from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode_items, decode_trace, encode_flow, encode_items,
@@ -78,20 +78,8 @@ class WorkerStats:
 
 
 def _credentials(settings: Settings) -> dict[str, Any]:
-    kafka = settings.kafka
-    protocol = kafka.security_protocol.upper()
-    if protocol == "PLAINTEXT":
-        return {}
-    context = ssl.create_default_context(cafile=str(kafka.ssl_ca_location) if kafka.ssl_ca_location else None)
-    if kafka.ssl_certificate_location:
-        context.load_cert_chain(str(kafka.ssl_certificate_location), str(kafka.ssl_key_location) if kafka.ssl_key_location else None,
-                                kafka.ssl_key_password.reveal() if kafka.ssl_key_password else None)
-    if protocol == "SSL":
-        return {"broker_credentials": faust.SSLCredentials(context)}
-    password = kafka.sasl_password.reveal() if kafka.sasl_password else None
-    return {"broker_credentials": faust.SASLCredentials(
-        username=kafka.sasl_username, password=password, mechanism=kafka.sasl_mechanism or "PLAIN",
-        ssl_context=context if protocol == "SASL_SSL" else None)}
+    credentials = faust_credentials(settings.kafka)
+    return {"broker_credentials": credentials} if credentials is not None else {}
 
 
 class _PartitionEvents:

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
                              SOCKET_LIFECYCLE, SPANS)
 from schemas.deadletter import dead_letter_key, dead_letter_record
+from schemas.kafka import java_properties
 from tracetap.config import Settings
 from tracetap.errors import TracetapError
 from tracetap.eventtime import EngineClock
@@ -481,28 +482,14 @@ def _row_of(table: Any) -> Any:
     return Types.ROW_NAMED(names, [kinds[n] for n in names])
 
 
-def kafka_properties(settings: Settings) -> dict[str, str]:
-    """The Java client's properties for the configured security (the same settings the Python clients use)."""
-    kafka = settings.kafka
-    props = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol.upper()}
-    if kafka.ssl_ca_location:
-        props.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": str(kafka.ssl_ca_location)})
-    if kafka.ssl_certificate_location:
-        raise TracetapError("kafka.ssl_certificate_location: client certificates are not passed to the Flink job yet; "
-                            "use SASL over TLS, or a keystore in kafka.client_properties")
-    if kafka.sasl_mechanism:
-        props["sasl.mechanism"] = kafka.sasl_mechanism
-        password = kafka.sasl_password.reveal() if kafka.sasl_password else ""
-        module = ("org.apache.kafka.common.security.scram.ScramLoginModule" if kafka.sasl_mechanism.startswith("SCRAM")
-                  else "org.apache.kafka.common.security.plain.PlainLoginModule")
-        props["sasl.jaas.config"] = f'{module} required username="{kafka.sasl_username}" password="{password}";'
-    props.update({k: v for k, v in kafka.client_properties.items() if "." in k and not k.startswith(("debug", "statistics"))})
-    return props
-
-
 def _with(props: dict[str, str], **options: str) -> str:
     pairs = {**{f"properties.{k}": v for k, v in props.items()}, **options}
-    return ",\n".join(f"  '{k}' = '{v}'" for k, v in pairs.items())
+    return ",\n".join(f"  '{_sql_quote(k)}' = '{_sql_quote(v)}'" for k, v in pairs.items())
+
+
+def _sql_quote(text: str) -> str:
+    """Inside a SQL string literal a quote is doubled (a password may hold one)."""
+    return str(text).replace("'", "''")
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -571,7 +558,7 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path]) -> An
             env.add_python_file(str(root / package))
     tables = StreamTableEnvironment.create(env)
 
-    props = kafka_properties(settings)
+    props = java_properties(settings.kafka)  # the same connection and credentials as the Python clients
     guarantee = "exactly-once" if options.checkpoint_interval_s > 0 else "at-least-once"
     bounded = {"scan.bounded.mode": "latest-offset"} if options.bounded else {}
     source_options = dict(connector="kafka", **{"scan.startup.mode": "group-offsets", "properties.group.id": options.app_id,

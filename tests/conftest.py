@@ -91,3 +91,15 @@ def own_topics(settings, admin, registry, request):
     )
     apply_catalog(admin, registry, mine.topics.prefix, mine.topics.replication_factor)
     return mine
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(stack, tmp_path_factory):
+    """A second broker, SASL_SSL (SCRAM-SHA-512) and SSL with client certificates, from the stack's Kafka
+    (tests/secured_kafka.py); one per session, stopped at its end."""
+    from tests.secured_kafka import start_secured_broker
+
+    kafka = stack.components[0]
+    broker = start_secured_broker(kafka.dist, kafka.java, tmp_path_factory.mktemp("secured-kafka"))
+    yield broker
+    broker.stop()

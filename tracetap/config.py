@@ -28,6 +28,10 @@ class Secret(str):
     def __repr__(self) -> str:
         return "Secret('****')"
 
+    def reveal(self) -> str:
+        """The plain text, for the one call that hands it to a client library."""
+        return str.__str__(self)
+
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
@@ -35,7 +39,7 @@ KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "O
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
-    """Kafka client settings; security fields map one to one onto librdkafka properties."""
+    """Kafka client settings; schemas/kafka.py turns them into librdkafka, aiokafka and Java client properties."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: str = "PLAINTEXT"
@@ -62,6 +66,8 @@ class KafkaSettings:
         if uses_sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             if not self.sasl_username or not self.sasl_password:
                 raise ConfigError("kafka.sasl_username", f"{self.sasl_mechanism} needs sasl_username and sasl_password (set TRACETAP_KAFKA__SASL_PASSWORD)")
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            raise ConfigError("kafka.ssl_certificate_location", "a client certificate needs both ssl_certificate_location and ssl_key_location")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,3 +27,7 @@ class InvalidEvent(TracetapError):
 
 class UndecodableState(TracetapError):
     """Bytes that should hold a stage's state (or a batch for the trace stage) are not the core's encoding."""
+
+
+class NotProvisioned(TracetapError):
+    """A server answers but lacks what tracetap needs (topics); the message names the command that sets it up."""

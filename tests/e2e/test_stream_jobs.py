@@ -167,10 +167,10 @@ def _add_late_events(settings, registry):
     producer.flush()
 
 
-def _run_worker(settings, app_id, web_port, kill_after_s=None):
+def _run_worker(settings, app_id, web_port, kill_after_s=None, extra_env=None):
     """`tracetap streams faust` until every raw record is consumed and nothing more comes out; with
     kill_after_s, SIGKILL it that far into the run first and start it again."""
-    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix)
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, **(extra_env or {}))
     command = [sys.executable, "-m", "cli.main", "streams", "faust", "--app-id", app_id, "--web-port", str(web_port),
                "--trace-gap-s", "1", "--idle-flush-s", "4", "--window-s", "10", "--slow-ms", "1000"]
     log = tempfile.NamedTemporaryFile("w+", prefix=f"{app_id}-", suffix=".log")
@@ -470,8 +470,8 @@ def _flink_command(app_id, checkpoints, *extra):
             "--window-s", "10", "--slow-ms", "1000", *extra]
 
 
-def _run_flink(settings, app_id, checkpoints, *extra, timeout_s=400):
-    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix)
+def _run_flink(settings, app_id, checkpoints, *extra, timeout_s=400, extra_env=None):
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, **(extra_env or {}))
     done = subprocess.run(_flink_command(app_id, checkpoints, *extra), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert done.returncode == 0 and "finished in" in done.stdout, (done.stdout[-2000:], done.stderr[-4000:])
     return done.stdout

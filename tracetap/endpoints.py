@@ -19,6 +19,7 @@ def route_template(path: str) -> str:
 
 _TEMPLATES: dict[str, str] = {}  # path -> template; bounded, since paths are as many as ids
 _TEMPLATES_MAX = 65_536
+_CACHED_PATH_MAX = 512  # longer paths (up to 8 KiB each) are templated every time: 65,536 of them would hold 512 MiB
 
 
 def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -> str | None:
@@ -26,8 +27,10 @@ def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -
         path = resource or "/"
         template = _TEMPLATES.get(path)
         if template is None:
-            if len(_TEMPLATES) >= _TEMPLATES_MAX:
-                _TEMPLATES.clear()
-            template = _TEMPLATES[path] = route_template(path)
+            template = route_template(path)
+            if len(path) <= _CACHED_PATH_MAX:
+                if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                    _TEMPLATES.clear()
+                _TEMPLATES[path] = template
         return f"{request_type or '?'} {template}"
     return request_type

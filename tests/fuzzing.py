@@ -81,15 +81,15 @@ def mutate(data: bytes, ops: Iterable[tuple[int, int, int]], donors: list[bytes]
         elif kind == 3 and donors:  # splicing: this prefix, then another message from some offset
             donor = donors[value % len(donors)]
             out = out[:at] + donor[(position * 31 + value) % (len(donor) + 1):]
-        elif kind == 4:  # a huge or odd number where a decimal one was, most often one that reads as a length
+        elif kind == 4:  # a huge or odd number where a decimal one was: any, one that reads as a length, or every length
             runs = [i for i in range(n) if 0x30 <= out[i] <= 0x39 and (i == 0 or not 0x30 <= out[i - 1] <= 0x39)]
-            lengths = [i for i in runs if i and out[i - 1] in b": $*"]
-            pool = lengths if lengths and value & 1 else runs
-            if pool:
-                start = end = pool[position % len(pool)]
-                while end < n and 0x30 <= out[end] <= 0x39:
+            lengths = [i for i in runs if i and (out[i - 1] in b":$*" or (i > 1 and out[i - 2:i] == b": "))]  # header, RESP
+            pool = runs if not value & 3 or not lengths else lengths
+            for start in sorted(pool if value & 2 or not pool else pool[position % len(pool):][:1], reverse=True):
+                end = start
+                while end < len(out) and 0x30 <= out[end] <= 0x39:
                     end += 1
-                out[start:end] = HUGE_NUMBERS[(value >> 1) % len(HUGE_NUMBERS)]
+                out[start:end] = HUGE_NUMBERS[(value >> 2) % len(HUGE_NUMBERS)]
         elif kind == 5 and n:  # repetition: a slice many times over, for long inputs
             piece = bytes(out[at % n:at % n + 1 + value % 64])
             out[at:at] = piece * min(1 + (value >> 6) % 4096, (MAX_BYTES - n) // len(piece))

@@ -173,7 +173,7 @@ class SocketAssembler:
 
     def expire(self, watermark_ns: int) -> list[Span]:
         """Requests older than the timeout at this event-time watermark become TIMEOUT spans."""
-        out = self._settle(True) + self._settle(False)
+        out = self._settle(True, force=self._stale(True, watermark_ns)) + self._settle(False, force=self._stale(False, watermark_ns))
         while (oldest := self._oldest()) is not None and oldest.start_ns + self._config.request_timeout_ns <= watermark_ns:
             self._pop_oldest()
             out.append(self._span(oldest, None, error=ErrorClass.TIMEOUT, end_ns=oldest.start_ns + self._config.request_timeout_ns))
@@ -193,12 +193,13 @@ class SocketAssembler:
 
     @property
     def idle(self) -> bool:
-        return not self._open_requests and self._response is None and not any(self._owed(s) for s in self._streams.values())
+        return not self._open_requests and self._response is None and not any(s.unparsed for s in self._streams.values())
 
     @property
     def next_deadline_ns(self) -> int | None:
         """The watermark at which `expire` next has something to do (None: nothing open can time out)."""
-        deadlines = [s.marks[-1].last_ns for s in self._streams.values() if self._owed(s)]  # a parse held back
+        deadlines = [s.marks[-1].last_ns + (self._config.request_timeout_ns if s.settled else 0)  # a parse held back
+                     for s in self._streams.values() if s.unparsed]
         oldest = self._oldest()
         if oldest is not None:
             deadlines.append(oldest.start_ns + self._config.request_timeout_ns)
@@ -309,8 +310,10 @@ class SocketAssembler:
                 return result
             window *= 2
 
-    def _owed(self, stream: _Stream) -> bool:
-        return stream.unparsed and not stream.settled
+    def _stale(self, egress: bool, watermark_ns: int) -> bool:
+        """Bytes held back after the parse owed was done, and nothing more for a request timeout: parse them anyway."""
+        stream = self._streams[egress]
+        return stream.unparsed and stream.marks[-1].last_ns + self._config.request_timeout_ns <= watermark_ns
 
     def _settle(self, egress: bool, force: bool = False) -> list[Span]:
         """Parse the bytes a stream held back for want of credit (once per message, unless forced)."""

@@ -225,6 +225,20 @@ def test_a_request_held_back_for_credit_still_times_out_and_is_cut_off_at_close(
     assert other.idle
 
 
+def test_bytes_held_back_after_the_parse_owed_are_read_a_request_timeout_later(no_spare_credit):
+    assembler = SocketAssembler(AssemblyConfig(request_timeout_ns=1_000_000))
+    assembler.add(_event(True, b"POST /up HTTP/1.1\r\n", 100, role="CLIENT"))
+    for i, byte in enumerate(b"Expect: 100-continue\r\n"):
+        assembler.add(_event(True, bytes([byte]), 101 + i, role="CLIENT"))
+    assembler.add(_event(False, b"HTTP/1.1 100 Continue\r\n\r\n", 200, role="CLIENT"))  # mid-request: the owed parse finds it cut
+    for i, byte in enumerate(b"X-A: b\r\n\r\n"):  # the last byte at 309
+        assembler.add(_event(True, bytes([byte]), 300 + i, role="CLIENT"))
+    assert not assembler.idle and assembler.next_deadline_ns == 309 + 1_000_000
+    assert assembler.expire(309 + 999_999) == []
+    [timeout] = assembler.expire(309 + 1_000_000)
+    assert (timeout.request_resource, timeout.start_ns, timeout.error_class) == ("/up", 100, "TIMEOUT") and assembler.idle
+
+
 def test_pipelined_requests_in_one_event_after_a_held_back_one_start_at_their_own_events(no_spare_credit):
     first = b"GET /a HTTP/1.1\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"
     second = b"GET /b HTTP/1.1\r\n\r\n"

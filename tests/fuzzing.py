@@ -6,6 +6,7 @@ can make it; `mutate` applies a list of them."""
 from __future__ import annotations
 
 import random
+import re
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -61,6 +62,7 @@ HUGE_NUMBERS = (b"9" * 19, b"1" * 4301, b"\xb2", b"\xb9\xb3", b"-1", b"-21474836
                 b" 5", b"1_0", b"0x10", b"+5", b"1e9", b"ffffffffffffffffff")
 INSERTS = (b"\r\n", b"\r\n\r\n", b"\0", b"/*", b"*/", b"$", b"*", b"\xc0\x0c", b"\xff" * 8, b"\x80" * 16, b"--", b"'")
 MAX_BYTES = 256 * 1024
+_DIGITS = re.compile(rb"[0-9]+")
 KINDS = 8
 
 
@@ -82,13 +84,10 @@ def mutate(data: bytes, ops: Iterable[tuple[int, int, int]], donors: list[bytes]
             donor = donors[value % len(donors)]
             out = out[:at] + donor[(position * 31 + value) % (len(donor) + 1):]
         elif kind == 4:  # a huge or odd number where a decimal one was: any, one that reads as a length, or every length
-            runs = [i for i in range(n) if 0x30 <= out[i] <= 0x39 and (i == 0 or not 0x30 <= out[i - 1] <= 0x39)]
-            lengths = [i for i in runs if i and (out[i - 1] in b":$*" or (i > 1 and out[i - 2:i] == b": "))]  # header, RESP
+            runs = [m.span() for m in _DIGITS.finditer(out)]
+            lengths = [(i, j) for i, j in runs if i and (out[i - 1] in b":$*" or out[i - 2:i] == b": ")]  # header, RESP
             pool = runs if not value & 3 or not lengths else lengths
-            for start in sorted(pool if value & 2 or not pool else pool[position % len(pool):][:1], reverse=True):
-                end = start
-                while end < len(out) and 0x30 <= out[end] <= 0x39:
-                    end += 1
+            for start, end in sorted(pool if value & 2 or not pool else pool[position % len(pool):][:1], reverse=True):
                 out[start:end] = HUGE_NUMBERS[(value >> 2) % len(HUGE_NUMBERS)]
         elif kind == 5 and n:  # repetition: a slice many times over, for long inputs
             piece = bytes(out[at % n:at % n + 1 + value % 64])

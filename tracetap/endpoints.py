@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+# Anchored alternatives of one quantifier each: linear in the segment.
 _ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z0-9_-]{22,})$")
 _MAX_SEGMENTS = 8
 

@@ -10,6 +10,7 @@ from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Statu
 METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE"})
 TRACE_HEADERS = frozenset({"traceparent", "x-request-id", "sw8"})
 _MAX_HEADER_BYTES = 64 * 1024
+# Linear on any start line: one bounded quantifier each, over a class the next literal cannot match.
 _REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) (\S{1,8192}) HTTP/1\.([01])\r?$")
 _CUT_REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) (\S{1,8192})")  # a start line the capture cut short
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?\r?$")

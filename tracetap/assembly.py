@@ -271,7 +271,8 @@ class SocketAssembler:
                 cut = True  # too long to wait for: read what the prefix shows, then resynchronise at the other side's turn
                 stream.credit -= len(data) - at
                 result = parse(data[at:], True)
-            if result.status is not Status.MESSAGE or result.message is None:
+            size = result.message.size if result.message is not None else None
+            if result.status is not Status.MESSAGE or result.message is None or (size is not None and size <= 0):  # no endless loop
                 self.counters.malformed += 1
                 self._drop(stream)
                 break

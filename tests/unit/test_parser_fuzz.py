@@ -16,7 +16,7 @@ from tracetap.assembly import AssemblyConfig, SocketAssembler
 from tracetap.model import SocketData
 from tracetap.nic import FlowPacketAssembler
 from tracetap.protocols import all_protocols, detect
-from tracetap.protocols.base import Parse, Status
+from tracetap.protocols.base import Message, Parse, Status
 from tracetap.protocols.http1 import HTTP1
 from tracetap.protocols.mysql import MYSQL
 from tracetap.protocols.postgres import POSTGRES
@@ -388,3 +388,18 @@ def test_sql_verbs_by_hand():
     assert sql_verb("/* never closed SELECT") is None
     assert sql_verb("-- only a comment") is None
     assert sql_verb("x" * 100) == "X" * 32  # a word longer than any keyword is cut
+
+
+def test_a_parser_answering_a_message_of_no_bytes_cannot_loop_the_assembler():
+    class Zero:  # a broken parser: every buffer is a message of 0 bytes
+        name = "HTTP"
+
+        def parse_request(self, data, final):
+            return Parse(Status.MESSAGE, Message(is_request=True, size=0))
+
+        parse_response = parse_request
+
+    assembler = SocketAssembler()
+    assembler.add(_event(True, b"GET / HTTP/1.1\r\n", 1, role="CLIENT"))  # detected as HTTP, waiting for the rest
+    assembler.protocol = Zero()
+    assert assembler.add(_event(True, b"x", 2, role="CLIENT")) == [] and assembler.counters.malformed == 1

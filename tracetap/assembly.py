@@ -103,23 +103,16 @@ class _Stream:
         self.unparsed = self.settled = False
 
 
-class _Found(NamedTuple):
-    message: Message
-    start_ns: int
-    seq: int | None
-    trace_id: int | None
-    end_ns: int  # when its last captured byte crossed the socket
-    tid: int
-
-
 @dataclass(slots=True)
 class _Open:
+    """A message found in a stream: a request waiting for its response, or the response in progress."""
+
     message: Message
     start_ns: int
     seq: int | None
     trace_id: int | None
     tid: int
-    end_ns: int
+    end_ns: int  # when its last captured byte crossed the socket (a response's: its latest)
     paired: bool = False  # answered: left in the arrival-order queue until it reaches the head
 
 
@@ -139,7 +132,7 @@ class SocketAssembler:
         self._client_egress: bool | None = None  # does the process write the requests (a client socket)?
         self._streams = {True: _Stream(), False: _Stream()}  # keyed by egress
         self._requests: deque[_Open] = deque()  # in arrival order, for in-order pairing and timeouts
-        self._keyed: dict[int | str, deque[_Open]] = {}  # the unanswered ones with a pair key, by key
+        self._keyed: dict[int | str, _Open | deque[_Open]] = {}  # the unanswered ones with a pair key (a deque if it repeats)
         self._open_requests = 0
         self._response: tuple[_Open, _Open] | None = None  # (request, response) still receiving bytes
         self._last_egress: bool | None = None
@@ -226,7 +219,7 @@ class SocketAssembler:
             self._client_egress = not event.egress if server_first and server_first(event.payload) else event.egress
         return True
 
-    def _messages(self, event: SocketData) -> list[_Found]:
+    def _messages(self, event: SocketData) -> list[_Open]:
         assert self.protocol is not None
         request = event.egress == self._client_egress
         stream = self._streams[event.egress]
@@ -238,7 +231,7 @@ class SocketAssembler:
         if not stream.buffer and not stream.skip and not uncaptured:  # the common case: one whole message per call
             whole = (self.protocol.parse_request if request else self.protocol.parse_response)(payload, False)
             if whole.status is Status.MESSAGE and whole.message is not None and whole.message.size == len(payload):
-                return [_Found(whole.message, event.crossed_ns, event.tcp_seq, event.syscall_trace_id, event.crossed_ns, event.tid)]
+                return [_Open(whole.message, event.crossed_ns, event.tcp_seq, event.syscall_trace_id, event.tid, event.crossed_ns)]
         if stream.skip >= event.byte_count:
             stream.skip -= event.byte_count
             return []
@@ -253,12 +246,12 @@ class SocketAssembler:
             return []
         return self._parse(stream, request, uncaptured, whole)
 
-    def _parse(self, stream: _Stream, request: bool, uncaptured: int = 0, first: Parse | None = None) -> list[_Found]:
+    def _parse(self, stream: _Stream, request: bool, uncaptured: int = 0, first: Parse | None = None) -> list[_Open]:
         """Every message the buffer holds. With uncaptured bytes after it, the buffer is a prefix the capture cut.
         `first`: what the parser said of the whole buffer already."""
         assert self.protocol is not None
         parse = self.protocol.parse_request if request else self.protocol.parse_response
-        found: list[_Found] = []
+        found: list[_Open] = []
         stream.unparsed = False
         cut = uncaptured > 0
         data = bytes(stream.buffer)
@@ -277,7 +270,8 @@ class SocketAssembler:
                 self._drop(stream)
                 break
             message = result.message
-            found.append(_Found(message, *stream.start(), *stream.end(message.size or len(stream.buffer))))
+            end_ns, tid = stream.end(message.size or len(stream.buffer))
+            found.append(_Open(message, *stream.start(), tid, end_ns))
             if message.size is None:  # the end is not in the bytes: ignore the rest until the other side speaks
                 stream.clear()
                 stream.draining = True
@@ -324,26 +318,27 @@ class SocketAssembler:
         stream.settled = True
         return self._take(self._parse(stream, egress == self._client_egress), egress)
 
-    def _take(self, found: list[_Found], egress: bool) -> list[Span]:
+    def _take(self, found: list[_Open], egress: bool) -> list[Span]:
         """Queue the requests found, pair the responses found; the spans this completes."""
         out: list[Span] = []
         if egress == self._client_egress:
-            for f in found:
-                if f.message.expects_response:
-                    self._queue(_Open(f.message, f.start_ns, f.seq, f.trace_id, f.tid, f.end_ns))
+            for request in found:
+                if request.message.expects_response:
+                    self._queue(request)
             return out
-        for f in found:
+        if not found and self._response is None:
+            return out
+        for response in found:
             if self._response is not None:
                 out.append(self._finish_response())
-            request = self._pop_request(f.message)
+            request = self._pop_request(response.message)
             if request is None:
                 self.counters.unmatched_responses += 1
                 continue
-            message = f.message
             finish = getattr(self.protocol, "finish", None)
             if finish is not None:
-                message = finish(request.message, message)
-            self._response = (request, _Open(message, f.start_ns, f.seq, f.trace_id, f.tid, f.end_ns))
+                response.message = finish(request.message, response.message)
+            self._response = (request, response)
         stream = self._streams[egress]
         if self._response is not None and stream.skip == 0 and not stream.draining:  # its last byte is in
             out.append(self._finish_response())
@@ -360,7 +355,13 @@ class SocketAssembler:
         self._open_requests += 1
         key = request.message.pair_key
         if key is not None:
-            self._keyed.setdefault(key, deque()).append(request)
+            held = self._keyed.get(key)
+            if held is None:
+                self._keyed[key] = request
+            elif isinstance(held, deque):
+                held.append(request)
+            else:
+                self._keyed[key] = deque((held, request))
 
     def _oldest(self) -> _Open | None:
         while self._requests and self._requests[0].paired:
@@ -368,30 +369,36 @@ class SocketAssembler:
         return self._requests[0] if self._requests else None
 
     def _pop_oldest(self) -> _Open | None:
-        request = self._oldest()
-        if request is None:
+        requests = self._requests
+        while requests and requests[0].paired:
+            requests.popleft()
+        if not requests:
             return None
-        self._requests.popleft()
-        key = request.message.pair_key
-        if key is not None:  # every older request is answered, so this one heads its key's queue
-            keyed = self._keyed[key]
-            keyed.popleft()
-            if not keyed:
-                del self._keyed[key]
+        request = requests.popleft()
+        if request.message.pair_key is not None:  # every older request is answered, so this one heads its key's
+            self._unkey(request.message.pair_key)
         self._open_requests -= 1
         return request
 
     def _pop_request(self, response: Message) -> _Open | None:
         if response.pair_key is None:
             return self._pop_oldest()
-        keyed = self._keyed.get(response.pair_key)
-        if not keyed:
+        if response.pair_key not in self._keyed:
             return None
-        request = keyed.popleft()
-        if not keyed:
-            del self._keyed[response.pair_key]
+        request = self._unkey(response.pair_key)
         request.paired = True  # leaves the arrival-order queue when it reaches the head
         self._open_requests -= 1
+        return request
+
+    def _unkey(self, key: int | str) -> _Open:
+        """The oldest unanswered request with this key, out of the index."""
+        held = self._keyed[key]
+        if not isinstance(held, deque):
+            del self._keyed[key]
+            return held
+        request = held.popleft()
+        if not held:
+            del self._keyed[key]
         return request
 
     def _finish_response(self) -> Span:

@@ -403,3 +403,19 @@ def test_a_parser_answering_a_message_of_no_bytes_cannot_loop_the_assembler():
     assembler.add(_event(True, b"GET / HTTP/1.1\r\n", 1, role="CLIENT"))  # detected as HTTP, waiting for the rest
     assembler.protocol = Zero()
     assert assembler.add(_event(True, b"x", 2, role="CLIENT")) == [] and assembler.counters.malformed == 1
+
+
+def test_a_repeated_pair_key_pairs_in_arrival_order_and_a_timed_out_request_leaves_the_index():
+    def dns(qid, name, response=False):
+        return struct.pack(">HHHHHH", qid, 0x8180 if response else 0x0100, 1, 0, 0, 0) + bytes([len(name)]) + name + b"\x04test\x00\x00\x01\x00\x01"
+
+    assembler = SocketAssembler(AssemblyConfig(request_timeout_ns=1000))
+    for t, (qid, name) in enumerate([(5, b"a"), (5, b"b"), (6, b"c"), (7, b"d")]):
+        assembler.add(_event(True, dns(qid, name), 100 + t, role="CLIENT", port=53, l4="UDP"))
+    spans = assembler.add(_event(False, dns(5, b"a", True), 200, role="CLIENT", port=53, l4="UDP"))
+    spans += assembler.add(_event(False, dns(5, b"b", True), 201, role="CLIENT", port=53, l4="UDP"))
+    assert [s.request_domain for s in spans] == ["a.test", "b.test"]
+    assert [s.request_domain for s in assembler.expire(1102)] == ["c.test"]  # 6 timed out; 7 not yet
+    assert assembler.add(_event(False, dns(6, b"c", True), 1103, role="CLIENT", port=53, l4="UDP")) == []
+    [late] = assembler.add(_event(False, dns(7, b"d", True), 1103, role="CLIENT", port=53, l4="UDP"))
+    assert late.request_domain == "d.test" and assembler.counters.unmatched_responses == 1 and assembler.idle

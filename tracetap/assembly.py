@@ -2,22 +2,28 @@
 messages with the protocol's parser, pair responses with requests, and emit L7 spans.
 
 Engine-agnostic and deterministic: output depends only on the events fed in, in order, and on the
-watermarks passed to `expire`. One SocketAssembler per socket (key: host|pid|socket id).
+watermarks passed to `expire`. One SocketAssembler per socket (key: host|pid|socket id). It never raises
+on any event, and its cost is linear in the bytes fed in (see `_Stream.credit`).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tracetap.endpoints import endpoint_of
 from tracetap.flow import Endpoint, flow_id
 from tracetap.model import SocketData, Span, TapSide
 from tracetap.protocols import REGISTRY, detect
-from tracetap.protocols.base import ErrorClass, L7Protocol, Message, Status
+from tracetap.protocols.base import ErrorClass, L7Protocol, Message, Parse, Status
 
-MAX_BUFFERED_BYTES = 64 * 1024  # a header that never completes is dropped past this, and counted
+MAX_BUFFERED_BYTES = 64 * 1024  # past this a message still incomplete is read as the capture's prefix (final)
+PARSE_CREDIT_PER_BYTE = 8  # parse work (bytes re-read) each buffered byte pays for; a message in up to 15 events is parsed at each
+_FIRST_WINDOW = 512  # bytes handed to a parser at first for each message after the first in a buffer
+_MAX_MARKS = 64  # event boundaries remembered per buffer; past this the first stands for the oldest ones
+_SEQ_MASK = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,26 +31,89 @@ class AssemblyConfig:
     request_timeout_ns: int = 30_000_000_000  # a request without a response becomes a TIMEOUT span after this
 
 
+class _Mark(NamedTuple):
+    """Where one event's bytes begin in a stream's buffer (the stream's byte count), and what it says of them."""
+
+    at: int
+    start_ns: int
+    seq: int | None  # of the byte at `at`
+    trace_id: int | None
+    last_ns: int  # the latest event merged into this one (past _MAX_MARKS)
+    last_tid: int
+
+
 @dataclass(slots=True)
 class _Stream:
-    """One direction's bytes not yet parsed, and where they began."""
+    """One direction's bytes not yet parsed, and the events they came in.
+
+    A buffer that a parser answers "need more" for is not re-parsed on every event: that is quadratic on
+    many small events. Each byte buffered earns PARSE_CREDIT_PER_BYTE bytes of parsing, and a re-parse
+    waits until the credit covers the buffer; the parse owed is done when the other side speaks (the
+    message is then most likely complete), at `expire` and at `close`, once per message.
+    """
 
     buffer: bytearray = field(default_factory=bytearray)
-    start_ns: int = 0
-    seq: int | None = None
-    trace_id: int | None = None
+    appended: int = 0  # bytes ever added to the buffer: the buffer starts at appended - len(buffer)
+    marks: deque[_Mark] = field(default_factory=deque)
+    credit: int = 0
+    unparsed: bool = False  # bytes came since the last parse, which the credit did not cover
+    settled: bool = False  # the parse owed to the other side speaking is done for the message in the buffer
     skip: int = 0  # bytes of the current message still to come (known size)
     draining: bool = False  # inside a message of unknown size: ignore bytes until the other side speaks
+
+    def append(self, event: SocketData, data: bytes, offset: int) -> None:
+        """data: the event's bytes from `offset` on."""
+        seq = None if event.tcp_seq is None else (event.tcp_seq + offset) & _SEQ_MASK
+        if len(self.marks) >= _MAX_MARKS:  # the oldest after the first merge into it: messages start and end near the newest
+            self.marks[0] = self.marks[0]._replace(last_ns=self.marks[1].last_ns, last_tid=self.marks[1].last_tid)
+            del self.marks[1]
+        self.marks.append(_Mark(self.appended, event.crossed_ns, seq, event.syscall_trace_id, event.crossed_ns, event.tid))
+        self.buffer += data
+        self.appended += len(data)
+        self.credit += PARSE_CREDIT_PER_BYTE * len(data)
+
+    def start(self) -> tuple[int, int | None, int | None]:
+        """(time, tcp seq, syscall trace id) of the buffer's first byte."""
+        at = self.appended - len(self.buffer)
+        while len(self.marks) > 1 and self.marks[1].at <= at:
+            self.marks.popleft()
+        mark = self.marks[0]
+        return mark.start_ns, None if mark.seq is None else (mark.seq + at - mark.at) & _SEQ_MASK, mark.trace_id
+
+    def end(self, size: int) -> tuple[int, int]:
+        """(time, tid) of the event that brought the byte `size` - 1 of the buffer (or its last)."""
+        at = self.appended - len(self.buffer) + min(size, len(self.buffer)) - 1
+        mark = self.marks[0]
+        for later in self.marks:  # the marks of one message, dropped once it is consumed: linear overall
+            if later.at > at:
+                break
+            mark = later
+        return mark.last_ns, mark.last_tid
+
+    def consume(self, size: int) -> None:
+        del self.buffer[:size]
+        self.settled = False
+        if not self.buffer:
+            self.clear()
+
+    def clear(self) -> None:
+        self.buffer.clear()
+        self.marks.clear()
+        self.credit = 0
+        self.unparsed = self.settled = False
 
 
 @dataclass(slots=True)
 class _Open:
+    """A message found in a stream: a request waiting for its response, or the response in progress."""
+
     message: Message
     start_ns: int
     seq: int | None
     trace_id: int | None
     tid: int
-    end_ns: int
+    end_ns: int  # when its last captured byte crossed the socket (a response's: its latest)
+    paired: bool = False  # answered: left in the arrival-order queue until it reaches the head
 
 
 @dataclass(slots=True)
@@ -62,7 +131,9 @@ class SocketAssembler:
         self._undetected = False  # the first client bytes matched no protocol: nothing to assemble
         self._client_egress: bool | None = None  # does the process write the requests (a client socket)?
         self._streams = {True: _Stream(), False: _Stream()}  # keyed by egress
-        self._requests: deque[_Open] = deque()
+        self._requests: deque[_Open] = deque()  # in arrival order, for in-order pairing and timeouts
+        self._keyed: dict[int | str, _Open | deque[_Open]] = {}  # the unanswered ones with a pair key (a deque if it repeats)
+        self._open_requests = 0
         self._response: tuple[_Open, _Open] | None = None  # (request, response) still receiving bytes
         self._last_egress: bool | None = None
         self._first: SocketData | None = None
@@ -82,46 +153,31 @@ class SocketAssembler:
         egress = event.egress
         if self._last_egress is not None and egress != self._last_egress:
             self._streams[self._last_egress].draining = False  # the other side spoke: a new message may start
+            out += self._settle(self._last_egress)
             if self._response is not None and egress == self._client_egress:
                 out.append(self._finish_response())
         self._last_egress = egress
-        if egress == self._client_egress:
-            for message, start, seq, trace in self._messages(event, request=True):
-                if not message.expects_response:
-                    continue
-                self._requests.append(_Open(message, start, seq, trace, event.tid, event.crossed_ns))
-        else:
-            for message, start, seq, trace in self._messages(event, request=False):
-                if self._response is not None:
-                    out.append(self._finish_response())
-                request = self._pop_request(message)
-                if request is None:
-                    self.counters.unmatched_responses += 1
-                    continue
-                finish = getattr(self.protocol, "finish", None)
-                if finish is not None:
-                    message = finish(request.message, message)
-                self._response = (request, _Open(message, start, seq, trace, event.tid, event.crossed_ns))
-            if self._response is not None:
-                self._response[1].end_ns = event.crossed_ns
-                stream = self._streams[egress]
-                if stream.skip == 0 and not stream.draining and not stream.buffer:
-                    out.append(self._finish_response())
-        return out
+        stream = self._streams[egress]
+        continues_response = stream.skip > 0 or stream.draining  # this event's first bytes end the response in progress
+        found = self._messages(event)
+        if continues_response and self._response is not None and egress != self._client_egress:
+            self._response[1].end_ns = event.crossed_ns
+        return out + self._take(found, egress)
 
     def expire(self, watermark_ns: int) -> list[Span]:
         """Requests older than the timeout at this event-time watermark become TIMEOUT spans."""
-        out = []
-        while self._requests and self._requests[0].start_ns + self._config.request_timeout_ns <= watermark_ns:
-            request = self._requests.popleft()
-            out.append(self._span(request, None, error=ErrorClass.TIMEOUT, end_ns=request.start_ns + self._config.request_timeout_ns))
+        out = self._settle(True, force=self._stale(True, watermark_ns)) + self._settle(False, force=self._stale(False, watermark_ns))
+        while (oldest := self._oldest()) is not None and oldest.start_ns + self._config.request_timeout_ns <= watermark_ns:
+            self._pop_oldest()
+            out.append(self._span(oldest, None, error=ErrorClass.TIMEOUT, end_ns=oldest.start_ns + self._config.request_timeout_ns))
         return out
 
     def close(self, time_ns: int) -> list[Span]:
         """The socket closed: the response in progress ends, open requests end flagged as cut off."""
-        out = [self._finish_response()] if self._response is not None else []
-        while self._requests:
-            request = self._requests.popleft()
+        out = self._settle(True, force=True) + self._settle(False, force=True)
+        if self._response is not None:
+            out.append(self._finish_response())
+        while (request := self._pop_oldest()) is not None:
             span = self._span(request, None, error=ErrorClass.SERVER_ERROR, end_ns=max(time_ns, request.start_ns))
             span.connection_closed = True
             span.response_message = "connection closed before the response"
@@ -130,28 +186,33 @@ class SocketAssembler:
 
     @property
     def idle(self) -> bool:
-        return not self._requests and self._response is None
+        return not self._open_requests and self._response is None and not any(s.unparsed for s in self._streams.values())
 
     @property
     def next_deadline_ns(self) -> int | None:
         """The watermark at which `expire` next has something to do (None: nothing open can time out)."""
-        return self._requests[0].start_ns + self._config.request_timeout_ns if self._requests else None
+        deadlines = [s.marks[-1].last_ns + (self._config.request_timeout_ns if s.settled else 0)  # a parse held back
+                     for s in self._streams.values() if s.unparsed]
+        oldest = self._oldest()
+        if oldest is not None:
+            deadlines.append(oldest.start_ns + self._config.request_timeout_ns)
+        return min(deadlines, default=None)
 
     # state --------------------------------------------------------------------------------------------
     def to_state(self) -> list[Any]:
         """JSON-ready data (bytes as latin-1 text); `from_state` reads it back. The first event is kept without
-        its payload, which only detection read."""
+        its payload, which only detection read; answered requests still queued are left out."""
         protocol = None
         if self.protocol is not None:
             protocol = [next(l4 for l4, known in REGISTRY.items() if self.protocol in known), self.protocol.name]
-        streams = [[s.buffer.decode("latin-1"), s.start_ns, s.seq, s.trace_id, s.skip, s.draining]
-                   for s in (self._streams[True], self._streams[False])]
+        streams = [[s.buffer.decode("latin-1"), s.appended, [list(m) for m in s.marks], s.credit, s.unparsed, s.settled, s.skip,
+                    s.draining] for s in (self._streams[True], self._streams[False])]
         response = None if self._response is None else [_open_state(self._response[0]), _open_state(self._response[1])]
         first = None if self._first is None else [*self._first[:15], "", *self._first[16:]]
         socket = None if self._socket is None else [str(self._socket[0]), self._socket[1], list(self._socket[2]), list(self._socket[3])]
         c = self.counters
-        return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests], response,
-                self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses]]
+        return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests if not r.paired],
+                response, self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses]]
 
     @classmethod
     def from_state(cls, state: list[Any], config: AssemblyConfig) -> SocketAssembler:
@@ -160,9 +221,11 @@ class SocketAssembler:
         if protocol is not None:
             assembler.protocol = next(p for p in REGISTRY[protocol[0]] if p.name == protocol[1])
         assembler._undetected, assembler._client_egress, assembler._last_egress = undetected, client_egress, last_egress
-        for egress, (buffer, start_ns, seq, trace_id, skip, draining) in zip((True, False), streams):
-            assembler._streams[egress] = _Stream(bytearray(buffer.encode("latin-1")), start_ns, seq, trace_id, skip, draining)
-        assembler._requests = deque(_open_from_state(r) for r in requests)
+        for egress, (buffer, appended, marks, credit, unparsed, settled, skip, draining) in zip((True, False), streams):
+            assembler._streams[egress] = _Stream(bytearray(buffer.encode("latin-1")), appended, deque(_Mark(*m) for m in marks),
+                                                 credit, unparsed, settled, skip, draining)
+        for request in requests:
+            assembler._queue(_open_from_state(request))  # rebuilds the pair-key index and the open count
         if response is not None:
             assembler._response = (_open_from_state(response[0]), _open_from_state(response[1]))
         if first is not None:
@@ -193,80 +256,187 @@ class SocketAssembler:
             self._client_egress = not event.egress if server_first and server_first(event.payload) else event.egress
         return True
 
-    def _messages(self, event: SocketData, request: bool) -> list[tuple[Message, int, int | None, int | None]]:
+    def _messages(self, event: SocketData) -> list[_Open]:
         assert self.protocol is not None
+        request = event.egress == self._client_egress
         stream = self._streams[event.egress]
         uncaptured = max(event.byte_count - len(event.payload), 0)
         payload = event.payload[:event.byte_count]
         if stream.draining:
             return []
+        whole = None
         if not stream.buffer and not stream.skip and not uncaptured:  # the common case: one whole message per call
             whole = (self.protocol.parse_request if request else self.protocol.parse_response)(payload, False)
             if whole.status is Status.MESSAGE and whole.message is not None and whole.message.size == len(payload):
-                return [(whole.message, event.crossed_ns, event.tcp_seq, event.syscall_trace_id)]
+                return [_Open(whole.message, event.crossed_ns, event.tcp_seq, event.syscall_trace_id, event.tid, event.crossed_ns)]
         if stream.skip >= event.byte_count:
             stream.skip -= event.byte_count
             return []
         offset = stream.skip
         stream.skip = 0
-        if not stream.buffer:
-            stream.start_ns = event.crossed_ns
-            stream.seq = None if event.tcp_seq is None else (event.tcp_seq + offset) & 0xFFFFFFFF
-            stream.trace_id = event.syscall_trace_id
-        stream.buffer += payload[offset:]
+        if offset >= len(payload):  # the next message began in bytes the capture did not keep
+            stream.draining = True
+            return []
+        stream.append(event, payload[offset:], offset)
+        if not uncaptured and stream.credit < len(stream.buffer) and len(stream.buffer) <= MAX_BUFFERED_BYTES:
+            stream.unparsed = True
+            return []
+        return self._parse(stream, request, uncaptured, whole)
+
+    def _parse(self, stream: _Stream, request: bool, uncaptured: int = 0, first: Parse | None = None) -> list[_Open]:
+        """Every message the buffer holds. With uncaptured bytes after it, the buffer is a prefix the capture cut.
+        `first`: what the parser said of the whole buffer already."""
+        assert self.protocol is not None
         parse = self.protocol.parse_request if request else self.protocol.parse_response
-        found = []
-        consumed_from_event = offset  # where in this event the buffer's unparsed bytes begin
-        while stream.buffer:
-            result = parse(bytes(stream.buffer), uncaptured > 0)
-            if result.status is Status.NEED_MORE and not uncaptured:
-                if len(stream.buffer) > MAX_BUFFERED_BYTES:
-                    self._drop(stream)
-                break
-            if result.status is not Status.MESSAGE:
+        found: list[_Open] = []
+        stream.unparsed = False
+        cut = uncaptured > 0
+        data = bytes(stream.buffer)
+        at = 0
+        while at < len(data):
+            result = first if first is not None and not at else self._read(parse, data, at, cut, stream)
+            if result.status is Status.NEED_MORE and not cut:
+                if len(data) - at <= MAX_BUFFERED_BYTES:
+                    break
+                cut = True  # too long to wait for: read what the prefix shows, then resynchronise at the other side's turn
+                stream.credit -= len(data) - at
+                result = parse(data[at:], True)
+            size = result.message.size if result.message is not None else None
+            if result.status is not Status.MESSAGE or result.message is None or (size is not None and size <= 0):  # no endless loop
                 self.counters.malformed += 1
                 self._drop(stream)
                 break
             message = result.message
-            assert message is not None
-            found.append((message, stream.start_ns, stream.seq, stream.trace_id))
+            end_ns, tid = stream.end(message.size or len(stream.buffer))
+            found.append(_Open(message, *stream.start(), tid, end_ns))
             if message.size is None:  # the end is not in the bytes: ignore the rest until the other side speaks
-                stream.buffer.clear()
+                stream.clear()
                 stream.draining = True
                 break
-            if message.size <= len(stream.buffer):
-                del stream.buffer[:message.size]
-                consumed_from_event = len(payload) - len(stream.buffer)
-                stream.start_ns = event.crossed_ns
-                stream.seq = None if event.tcp_seq is None else (event.tcp_seq + consumed_from_event) & 0xFFFFFFFF
-                stream.trace_id = event.syscall_trace_id
+            if message.size <= len(data) - at:
+                stream.consume(message.size)
+                at += message.size
                 continue
-            remaining = message.size - len(stream.buffer) - uncaptured
-            stream.buffer.clear()
+            remaining = message.size - (len(data) - at) - uncaptured
+            stream.clear()
             if remaining >= 0:
                 stream.skip = remaining
             else:  # the next message began in bytes the capture did not keep: resynchronise at the other side's turn
                 stream.draining = True
             break
-        else:
-            return found
-        if uncaptured and stream.buffer:
+        if cut and stream.buffer:
             self._drop(stream)
         return found
 
+    @staticmethod
+    def _read(parse: Callable[[bytes, bool], Parse], data: bytes, at: int, final: bool, stream: _Stream) -> Parse:
+        """The message at `at`, parsed from a window of the bytes that doubles until the parser knows its size:
+        handing each of many small messages all the bytes after it would be quadratic."""
+        window = len(data) if not at else _FIRST_WINDOW  # the first message needs no copy
+        while True:
+            whole = at + window >= len(data)
+            view = data if not at and whole else data[at:at + window]
+            stream.credit -= len(view)
+            result = parse(view, final and whole)
+            if whole or (result.status is Status.MESSAGE and result.message is not None and result.message.size is not None):
+                return result
+            window *= 2
+
+    def _stale(self, egress: bool, watermark_ns: int) -> bool:
+        """Bytes held back after the parse owed was done, and nothing more for a request timeout: parse them anyway."""
+        stream = self._streams[egress]
+        return stream.unparsed and stream.marks[-1].last_ns + self._config.request_timeout_ns <= watermark_ns
+
+    def _settle(self, egress: bool, force: bool = False) -> list[Span]:
+        """Parse the bytes a stream held back for want of credit (once per message, unless forced)."""
+        stream = self._streams[egress]
+        if not stream.unparsed or (stream.settled and not force):
+            return []
+        stream.settled = True
+        return self._take(self._parse(stream, egress == self._client_egress), egress)
+
+    def _take(self, found: list[_Open], egress: bool) -> list[Span]:
+        """Queue the requests found, pair the responses found; the spans this completes."""
+        out: list[Span] = []
+        if egress == self._client_egress:
+            for request in found:
+                if request.message.expects_response:
+                    self._queue(request)
+            return out
+        if not found and self._response is None:
+            return out
+        for response in found:
+            if self._response is not None:
+                out.append(self._finish_response())
+            request = self._pop_request(response.message)
+            if request is None:
+                self.counters.unmatched_responses += 1
+                continue
+            finish = getattr(self.protocol, "finish", None)
+            if finish is not None:
+                response.message = finish(request.message, response.message)
+            self._response = (request, response)
+        stream = self._streams[egress]
+        if self._response is not None and stream.skip == 0 and not stream.draining:  # its last byte is in
+            out.append(self._finish_response())
+        return out
+
     def _drop(self, stream: _Stream) -> None:
         self.counters.unparsed_bytes += len(stream.buffer)
-        stream.buffer.clear()
+        stream.clear()
         stream.draining = True
 
-    def _pop_request(self, response: Message) -> _Open | None:
-        if response.pair_key is not None:
-            for i, request in enumerate(self._requests):
-                if request.message.pair_key == response.pair_key:
-                    del self._requests[i]
-                    return request
+    # requests waiting for their response: in arrival order, and by pair key (linear however they are answered)
+    def _queue(self, request: _Open) -> None:
+        self._requests.append(request)
+        self._open_requests += 1
+        key = request.message.pair_key
+        if key is not None:
+            held = self._keyed.get(key)
+            if held is None:
+                self._keyed[key] = request
+            elif isinstance(held, deque):
+                held.append(request)
+            else:
+                self._keyed[key] = deque((held, request))
+
+    def _oldest(self) -> _Open | None:
+        while self._requests and self._requests[0].paired:
+            self._requests.popleft()
+        return self._requests[0] if self._requests else None
+
+    def _pop_oldest(self) -> _Open | None:
+        requests = self._requests
+        while requests and requests[0].paired:
+            requests.popleft()
+        if not requests:
             return None
-        return self._requests.popleft() if self._requests else None
+        request = requests.popleft()
+        if request.message.pair_key is not None:  # every older request is answered, so this one heads its key's
+            self._unkey(request.message.pair_key)
+        self._open_requests -= 1
+        return request
+
+    def _pop_request(self, response: Message) -> _Open | None:
+        if response.pair_key is None:
+            return self._pop_oldest()
+        if response.pair_key not in self._keyed:
+            return None
+        request = self._unkey(response.pair_key)
+        request.paired = True  # leaves the arrival-order queue when it reaches the head
+        self._open_requests -= 1
+        return request
+
+    def _unkey(self, key: int | str) -> _Open:
+        """The oldest unanswered request with this key, out of the index."""
+        held = self._keyed[key]
+        if not isinstance(held, deque):
+            del self._keyed[key]
+            return held
+        request = held.popleft()
+        if not held:
+            del self._keyed[key]
+        return request
 
     def _finish_response(self) -> Span:
         assert self._response is not None

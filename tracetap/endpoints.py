@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+# Anchored alternatives of one quantifier each: linear in the segment.
 _ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z0-9_-]{22,})$")
 _MAX_SEGMENTS = 8
 
@@ -19,6 +20,7 @@ def route_template(path: str) -> str:
 
 _TEMPLATES: dict[str, str] = {}  # path -> template; bounded, since paths are as many as ids
 _TEMPLATES_MAX = 65_536
+_CACHED_PATH_MAX = 512  # longer paths (up to 8 KiB each) are templated every time: 65,536 of them would hold 512 MiB
 
 
 def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -> str | None:
@@ -26,8 +28,10 @@ def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -
         path = resource or "/"
         template = _TEMPLATES.get(path)
         if template is None:
-            if len(_TEMPLATES) >= _TEMPLATES_MAX:
-                _TEMPLATES.clear()
-            template = _TEMPLATES[path] = route_template(path)
+            template = route_template(path)
+            if len(path) <= _CACHED_PATH_MAX:
+                if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                    _TEMPLATES.clear()
+                _TEMPLATES[path] = template
         return f"{request_type or '?'} {template}"
     return request_type

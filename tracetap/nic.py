@@ -32,6 +32,15 @@ def tap_side_of(tap_point: str) -> TapSide:
 class _Request:
     packet: dict[str, Any]
     payload: int
+    paired: bool = False  # answered by DNS id: left in the arrival-order queue until it reaches the head
+
+
+def check_packet(p: dict[str, Any]) -> None:
+    """Refuse a record no capture produces: an HTTP or DNS request or response without its addresses and ports
+    (its span would have no flow). The stage checks before its assembler sees the record."""
+    l7 = p["http_method"] is not None or p["http_status"] is not None or p["dns_id"] is not None
+    if l7 and None in (p["src_ip"], p["src_port"], p["dst_ip"], p["dst_port"]):
+        raise InvalidEvent("a request or response packet without its addresses and ports")
 
 
 class FlowPacketAssembler:
@@ -39,7 +48,10 @@ class FlowPacketAssembler:
 
     def __init__(self, config: NicConfig = NicConfig()) -> None:
         self._config = config
-        self._requests: deque[_Request] = deque()
+        self._requests: deque[_Request] = deque()  # in arrival order; answered DNS queries are skipped at the head
+        self._by_dns_id: dict[int, deque[_Request]] = {}  # the unanswered queries, by id: pairing stays linear
+        self._unanswered = 0
+        self._last: _Request | None = None  # the latest request, which a client's further segments extend
         self._open: tuple[_Request, dict[str, Any], int, int] | None = None  # request, response packet, end_ns, bytes
         self._client: tuple[str, int] | None = None
 
@@ -47,15 +59,13 @@ class FlowPacketAssembler:
         out: list[Span] = []
         is_request = p["http_method"] is not None or (p["dns_id"] is not None and p["dns_is_response"] is False)
         is_response = p["http_status"] is not None or (p["dns_id"] is not None and p["dns_is_response"] is True)
-        if (is_request or is_response) and None in (p["src_ip"], p["src_port"], p["dst_ip"], p["dst_port"]):
-            raise InvalidEvent("a request or response packet without its addresses and ports")  # its span would have no flow
         src = (p["src_ip"], p["src_port"])
         if is_request:
             self._client = src
             if self._open is not None:
                 out.append(self._finish())
-            self._requests.append(_Request(p, p["payload_bytes"]))
-        elif is_response and self._requests:
+            self._queue(_Request(p, p["payload_bytes"]))
+        elif is_response and self._unanswered:
             if self._open is not None:
                 out.append(self._finish())
             request = self._pop(p)
@@ -66,58 +76,97 @@ class FlowPacketAssembler:
         elif self._open is not None and src != self._client and p["payload_bytes"]:
             request, response, _, size = self._open
             self._open = (request, response, p["time"], size + p["payload_bytes"])  # more of the response
-        elif self._requests and src == self._client and p["payload_bytes"]:
-            self._requests[-1].payload += p["payload_bytes"]  # more of the request
+        elif self._last is not None and not self._last.paired and src == self._client and p["payload_bytes"]:
+            self._last.payload += p["payload_bytes"]  # more of the request
         if p["tcp_flags"] is not None and p["tcp_flags"] & (FIN | RST) and self._open is not None:
             out.append(self._finish())
         return out
 
     @property
     def idle(self) -> bool:
-        return not self._requests and self._open is None
+        return not self._unanswered and self._open is None
 
     @property
     def next_deadline_ns(self) -> int | None:
         """The watermark at which `expire` next has something to do (None: nothing open)."""
         deadlines = [self._open[2] + self._config.response_linger_ns] if self._open is not None else []
-        if self._requests:
-            deadlines.append(self._requests[0].packet["time"] + self._config.request_timeout_ns)
+        oldest = self._oldest()
+        if oldest is not None:
+            deadlines.append(oldest.packet["time"] + self._config.request_timeout_ns)
         return min(deadlines, default=None)
 
     def expire(self, watermark_ns: int) -> list[Span]:
         out = []
         if self._open is not None and self._open[2] + self._config.response_linger_ns <= watermark_ns:
             out.append(self._finish())
-        while self._requests and self._requests[0].packet["time"] + self._config.request_timeout_ns <= watermark_ns:
-            request = self._requests.popleft()
+        while (request := self._oldest()) is not None and request.packet["time"] + self._config.request_timeout_ns <= watermark_ns:
+            self._pop_oldest()
             out.append(self._span(request, None, request.packet["time"] + self._config.request_timeout_ns, 0, error="TIMEOUT"))
         return out
 
     def to_state(self) -> list[Any]:
-        """JSON-ready data (the packets are PacketSummary records as decoded); `from_state` reads it back."""
-        requests = [[r.packet, r.payload] for r in self._requests]
+        """JSON-ready data (the packets are PacketSummary records as decoded); `from_state` reads it back.
+        Answered queries still queued are left out."""
+        requests = [[r.packet, r.payload] for r in self._requests if not r.paired]
         opened = None if self._open is None else [[self._open[0].packet, self._open[0].payload], *self._open[1:]]
-        return [requests, opened, None if self._client is None else list(self._client)]
+        last_open = self._last is not None and not self._last.paired
+        return [requests, opened, None if self._client is None else list(self._client), last_open]
 
     @classmethod
     def from_state(cls, state: list[Any], config: NicConfig) -> FlowPacketAssembler:
-        requests, opened, client = state
+        requests, opened, client, last_open = state
         assembler = cls(config)
-        assembler._requests = deque(_Request(packet, payload) for packet, payload in requests)
+        for packet, payload in requests:
+            assembler._queue(_Request(packet, payload))  # rebuilds the DNS id index and the unanswered count
+        if not last_open:
+            assembler._last = None  # the latest request was answered: later client segments extend nothing
         if opened is not None:
             (packet, payload), response, end_ns, size = opened
-            assembler._open = (_Request(packet, payload), response, end_ns, size)
+            assembler._open = (_Request(packet, payload, paired=True), response, end_ns, size)
         assembler._client = None if client is None else (client[0], client[1])
         return assembler
 
-    def _pop(self, response: dict[str, Any]) -> _Request | None:
-        if response["dns_id"] is not None:
-            for i, request in enumerate(self._requests):
-                if request.packet["dns_id"] == response["dns_id"]:
-                    del self._requests[i]
-                    return request
+    def _queue(self, request: _Request) -> None:
+        self._requests.append(request)
+        self._unanswered += 1
+        self._last = request
+        dns_id = request.packet["dns_id"]
+        if dns_id is not None:
+            self._by_dns_id.setdefault(dns_id, deque()).append(request)
+
+    def _oldest(self) -> _Request | None:
+        while self._requests and self._requests[0].paired:
+            self._requests.popleft()
+        return self._requests[0] if self._requests else None
+
+    def _pop_oldest(self) -> _Request | None:
+        request = self._oldest()
+        if request is None:
             return None
-        return self._requests.popleft()
+        self._requests.popleft()
+        request.paired = True
+        self._unanswered -= 1
+        dns_id = request.packet["dns_id"]
+        if dns_id is not None:  # every older query is answered, so this one heads its id's queue
+            self._forget(dns_id)
+        return request
+
+    def _forget(self, dns_id: int) -> _Request:
+        queue = self._by_dns_id[dns_id]
+        request = queue.popleft()
+        if not queue:
+            del self._by_dns_id[dns_id]
+        return request
+
+    def _pop(self, response: dict[str, Any]) -> _Request | None:
+        if response["dns_id"] is None:
+            return self._pop_oldest()
+        if response["dns_id"] not in self._by_dns_id:
+            return None
+        request = self._forget(response["dns_id"])
+        request.paired = True
+        self._unanswered -= 1
+        return request
 
     def _finish(self) -> Span:
         assert self._open is not None
@@ -134,7 +183,8 @@ class FlowPacketAssembler:
     def _span(self, request: _Request, response: dict[str, Any] | None, end_ns: int, response_bytes: int, error: str | None) -> Span:
         q = request.packet
         http = q["http_method"] is not None
-        client, server = Endpoint(q["src_ip"], q["src_port"]), Endpoint(q["dst_ip"], q["dst_port"])
+        # a summary without addresses (nothing tshark dissected) still makes a span, as the flow key does
+        client, server = Endpoint(q["src_ip"] or "", q["src_port"] or 0), Endpoint(q["dst_ip"] or "", q["dst_port"] or 0)
         protocol = "HTTP" if http else "DNS"
         request_type = q["http_method"] if http else q["dns_query_type"]
         resource = q["http_uri"].split("?", 1)[0] if http and q["http_uri"] else q["dns_query_name"]

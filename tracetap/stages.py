@@ -25,7 +25,7 @@ from tracetap.errors import InvalidEvent, UndecodableState
 from tracetap.eventtime import EngineClock, PartitionClocks
 from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig, local_is_client
 from tracetap.model import Span, SocketData, TapSide, span_from_state, span_to_state
-from tracetap.nic import FlowPacketAssembler, NicConfig
+from tracetap.nic import FlowPacketAssembler, NicConfig, check_packet
 from tracetap.paths import PathState, join_key
 from tracetap.tracing import link_spans
 from tracetap.workloads import WorkloadIndex
@@ -77,6 +77,7 @@ class FlowStage:
 
     def packet(self, record: dict[str, Any]) -> list[Span]:
         self.event_time_ns("packet", record)
+        check_packet(record)
         tap = f"{record['host']}|{record['interface']}|{record['tap_point']}"
         assembler = self.nics.get(tap)
         if assembler is None:

@@ -12,12 +12,17 @@ def uvarint(n: int) -> bytes:
     return bytes(out)
 
 
+_MAX_BYTES = 10  # 64 bits; a longer run of continuation bytes is garbage, and shifting it is quadratic
+
+
 def read_uvarint(data: bytes, offset: int) -> tuple[int, int]:
-    """(value, offset after it); ValueError when the bytes end inside the number."""
+    """(value, offset after it); ValueError when the bytes end inside the number or it runs past 10 bytes."""
     value = shift = 0
     while True:
         if offset >= len(data):
             raise ValueError("bytes end inside a varint")
+        if shift >= 7 * _MAX_BYTES:
+            raise ValueError(f"a varint longer than {_MAX_BYTES} bytes")
         byte = data[offset]
         offset += 1
         value |= (byte & 0x7F) << shift

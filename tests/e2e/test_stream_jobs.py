@@ -143,7 +143,7 @@ def _add_crafted(producer, neighbour, after):
     packet.update(host="synthetic", time=neighbour["end_time"], interface="eth0", tap_point="client-nic", l4_protocol="TCP",
                   payload_bytes=90, frame_bytes=156, truncated=False, malformed=False, http_method="GET", http_uri="/crafted",
                   dst_ip=neighbour["remote_ip"], dst_port=neighbour["remote_port"])
-    for spec, record, function in ((SOCKET_DATA, longer, "from_record"), (PACKETS, packet, "add")):
+    for spec, record, function in ((SOCKET_DATA, longer, "from_record"), (PACKETS, packet, "check_packet")):
         value = producer.serializer(spec)(record)
         producer.produce_encoded(spec, _key(neighbour), value, time_ns=record["end_time" if spec is SOCKET_DATA else "time"])
         CRAFTED[(spec.name, value)] = function
@@ -358,7 +358,7 @@ def _assert_crafted_dead_lettered(settings, letters, component):
     """Each crafted record is in the dead-letter topic whole, with the exception and the frame of the core that refused it."""
     refused = {(d["source_topic"].removeprefix(settings.topics.prefix), d["value"]): d for d in letters if d["reason"] == "INVALID_RECORD"}
     assert refused.keys() == CRAFTED.keys()
-    modules = {"from_record": "model", "add": "nic"}
+    modules = {"from_record": "model", "check_packet": "nic"}
     for where, letter in refused.items():
         function = CRAFTED[where]
         assert letter["component"] == component and letter["exception_type"] == "InvalidEvent"

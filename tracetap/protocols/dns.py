@@ -53,6 +53,8 @@ class Dns:
                 return NEED_MORE if not final else malformed("no DNS length prefix")
             size = 2 + struct.unpack_from(">H", data)[0]
             offset = 2
+            if size < 14:
+                return malformed(f"DNS length prefix {size - 2} is shorter than a DNS header")
             if len(data) < offset + 12:
                 return NEED_MORE if not final else malformed("DNS header cut")
         if len(data) < offset + 12:

@@ -10,10 +10,12 @@ from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Statu
 METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE"})
 TRACE_HEADERS = frozenset({"traceparent", "x-request-id", "sw8"})
 _MAX_HEADER_BYTES = 64 * 1024
+# Linear on any start line: one bounded quantifier each, over a class the next literal cannot match.
 _REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) (\S{1,8192}) HTTP/1\.([01])\r?$")
 _CUT_REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) (\S{1,8192})")  # a start line the capture cut short
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?\r?$")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[^\r\n]*\r\n")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_MAX_LENGTH_DIGITS = 18  # a body of 10**18 bytes is no real message; longer numbers are malformed, not parsed
 
 
 class Http1:
@@ -116,22 +118,26 @@ def _body_end(data: bytes, header_bytes: int, headers: dict[str, str], complete:
         return _chunked_end(data, header_bytes)
     length = headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
-            return malformed(f"content-length {length[:20]!r} is not a number")
+        # str.isdigit accepts non-ASCII digits ('\xb2') that int() refuses: only ASCII digits, and not too many
+        if not 0 < len(length) <= _MAX_LENGTH_DIGITS or not length.isascii() or not length.isdigit():
+            return malformed(f"content-length {length[:20]!r} is not a number of at most {_MAX_LENGTH_DIGITS} digits")
         return header_bytes + int(length)
     return None if until_close else header_bytes
 
 
 def _chunked_end(data: bytes, offset: int) -> int | None:
     """End of a chunked body when the captured bytes reach it; None when they do not."""
-    while True:
-        match = _CHUNK_SIZE.match(data, offset)
-        if not match:
+    while True:  # an explicit scan: each chunk-size line is read once
+        line_end = data.find(b"\r\n", offset)
+        digits = offset
+        while digits < line_end and digits - offset < 16 and data[digits] in _HEX_DIGITS:
+            digits += 1
+        if line_end == -1 or digits == offset:
             return None
-        size = int(match[1], 16)
-        offset = match.end() + size + 2
+        size = int(data[offset:digits], 16)
+        offset = line_end + 2 + size + 2
         if size == 0:
-            trailer_end = data.find(b"\r\n\r\n", match.end() - 2)
+            trailer_end = data.find(b"\r\n\r\n", line_end)
             return trailer_end + 4 if trailer_end != -1 else None
         if offset > len(data):
             return None

@@ -33,7 +33,9 @@ class Postgres:
         if len(data) < 5:
             return NEED_MORE if not final else malformed("PostgreSQL message cut")
         if data[0] not in _FRONTEND:  # untyped: startup, SSL or GSS request
-            length, code = struct.unpack_from(">ii", data) if len(data) >= 8 else (0, 0)
+            if len(data) < 8:
+                return NEED_MORE if not final else malformed("PostgreSQL startup message cut")
+            length, code = struct.unpack_from(">ii", data)
             if length == 8 and code in (_SSL_REQUEST, _GSS_REQUEST):
                 return Parse(Status.MESSAGE, Message(is_request=True, size=8, request_type="SSL_REQUEST" if code == _SSL_REQUEST else "GSS_REQUEST"))
             if code == _PROTOCOL_3 and 8 < length < 10_000:

@@ -144,6 +144,8 @@ def _line(data: bytes, offset: int) -> tuple[bytes, int]:
 
 
 def _integer(text: bytes) -> int:
+    if len(text) > 20:  # int() is quadratic in digits and refuses more than 4,300: no RESP length is that long
+        raise _Bad(f"{text[:20]!r}... is not a RESP length")
     try:
         return int(text)
     except ValueError:

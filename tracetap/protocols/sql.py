@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 
+# Linear: each alternative starts with a distinct character and repeats one class, so nothing backtracks far.
 _LITERALS = re.compile(r"""'(?:[^'\\]|\\.|'')*'?|"(?:[^"\\]|\\.)*"?|\b0x[0-9a-fA-F]+\b|(?<![\w$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b""")
 _SPACE = re.compile(r"\s+")
+_BLANKS = re.compile(r"\s*")
 _MAX_STATEMENT = 1024
+_MAX_VERB = 32  # longer than any SQL keyword; a longer word is cut, not copied whole
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 def mask_sql(text: str) -> str:
@@ -18,6 +22,27 @@ def mask_sql(text: str) -> str:
 
 
 def sql_verb(text: str) -> str | None:
-    """The statement's first keyword, upper case (SELECT, INSERT, BEGIN, ...); None if it has none."""
-    match = re.match(r"\s*(?:/\*.*?\*/\s*)*([A-Za-z]+)", text, re.S)
-    return match[1].upper() if match else None
+    """The statement's first keyword, upper case (SELECT, INSERT, BEGIN, ...); None if it has none.
+
+    Leading blanks, `/* */` and `--` comments are skipped by an explicit scan: a regex with a repeated
+    comment group backtracks exponentially on a run of comments that no keyword follows.
+    """
+    at, end = 0, len(text)
+    while at < end:
+        at = _BLANKS.match(text, at).end()  # \s* always matches
+        if text.startswith("/*", at):
+            close = text.find("*/", at + 2)
+            if close == -1:
+                return None
+            at = close + 2
+        elif text.startswith("--", at):
+            newline = text.find("\n", at + 2)
+            if newline == -1:
+                return None
+            at = newline + 1
+        else:
+            break
+    word = at
+    while word < end and word - at < _MAX_VERB and text[word] in _ASCII_LETTERS:
+        word += 1
+    return text[at:word].upper() if word > at else None

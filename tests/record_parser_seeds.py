@@ -1,0 +1,274 @@
+"""Record the fuzz tests' seeds: conversations real clients and servers had through a relay (http.client and
+http.server, redis-py and redis-server, dnspython and dnsmasq, psql/psycopg and postgres, the mariadb client
+and mariadbd, librdkafka and the stack's broker), written to tests/parser_seeds.py as literal bytes.
+
+Run by hand when a protocol is added (the servers are those `make setup` installs; Kafka is the running stack):
+    PYTHONPATH=. .venv/bin/python tests/record_parser_seeds.py
+"""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import http.server
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.recording import RecordingRelay, free_port, wait_for_port  # noqa: E402
+
+OUT = Path(__file__).with_name("parser_seeds.py")
+Conversation = list[tuple[bool, bytes]]  # (client to server, bytes of one recv)
+
+
+def relayed(port: int, talk: Callable[[int], None]) -> list[Conversation]:
+    relay = RecordingRelay(port)
+    talk(relay.port)
+    time.sleep(0.3)
+    relay.close()
+    return [[(direction == "c2s", data) for direction, data in connection] for connection in relay.connections()]
+
+
+# HTTP -------------------------------------------------------------------------------------------------
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/chunked"):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"hello ", b"chunked ", b"world"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        body = b"x" * 300
+        self.send_response({"/missing": 404, "/boom": 503}.get(self.path, 200))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def record_http() -> list[Conversation]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def talk(port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for method, path, body, headers in [
+            ("GET", "/orders/42?verbose=1", None, {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
+            ("POST", "/orders", b'{"item": 7}', {"X-Request-ID": "req-1"}),
+            ("GET", "/chunked", None, {}), ("GET", "/missing", None, {}), ("GET", "/boom", None, {})]:
+            conn.request(method, path, body=body, headers=headers)
+            conn.getresponse().read()
+        conn.close()
+
+    try:
+        return relayed(server.server_address[1], talk)
+    finally:
+        server.shutdown()
+
+
+# Redis ------------------------------------------------------------------------------------------------
+@contextmanager
+def server_process(args: list[str], port: int) -> Iterator[None]:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def record_redis() -> list[Conversation]:
+    import redis
+
+    port = free_port()
+    with server_process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], port):
+        def talk(relay_port: int) -> None:
+            for protocol in (3, 2):
+                client = redis.Redis(port=relay_port, protocol=protocol)
+                client.set("user:1", "alice")
+                client.get("user:1")
+                client.hset("h", mapping={"a": "1", "b": "2"})
+                client.hgetall("h")
+                client.zadd("z", {"m": 1.5})
+                client.zrange("z", 0, -1, withscores=True)
+                pipe = client.pipeline(transaction=False)
+                for _ in range(3):
+                    pipe.incr("counter")
+                pipe.execute()
+                try:
+                    client.incr("user:1")
+                except redis.ResponseError:
+                    pass
+                client.close()
+            with socket.create_connection(("127.0.0.1", relay_port)) as raw:  # an inline command, as redis-cli -x or telnet
+                raw.sendall(b"PING\r\n")
+                raw.recv(100)
+
+        return relayed(port, talk)
+
+
+# DNS --------------------------------------------------------------------------------------------------
+def record_dns() -> tuple[list[Conversation], list[Conversation]]:
+    import dns.message
+    import dns.query
+
+    port = free_port()
+    args = ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+            "--no-hosts", "--local=/tracetap.test/", "--address=/svc.tracetap.test/10.1.2.3", "--pid-file="]
+    with server_process(args, port):
+        udp = []
+        for name, rdtype in (("svc.tracetap.test", "A"), ("nothing.tracetap.test", "AAAA"), ("svc.tracetap.test", "MX")):
+            query = dns.message.make_query(name, rdtype, use_edns=rdtype == "MX").to_wire()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                s.sendto(query, ("127.0.0.1", port))
+                udp.append([(True, query), (False, s.recv(4096))])
+        tcp = relayed(port, lambda p: [dns.query.tcp(dns.message.make_query(n, "A"), "127.0.0.1", port=p, timeout=5)
+                                       for n in ("svc.tracetap.test", "nothing.tracetap.test")])
+    return udp, tcp
+
+
+# PostgreSQL -------------------------------------------------------------------------------------------
+def record_postgres() -> list[Conversation]:
+    import psycopg
+
+    bindir = os.path.dirname(sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))[-1])
+    data = tempfile.mkdtemp(prefix="tracetap-seeds-pg-")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", data, "-U", "tracetap", "--auth=trust"], check=True, capture_output=True)
+    port = free_port()
+    try:
+        with server_process([*as_postgres, f"{bindir}/postgres", "-D", data, "-p", str(port), "-k", data, "-c",
+                             "listen_addresses=127.0.0.1"], port):
+            time.sleep(0.5)
+
+            def talk(relay_port: int) -> None:
+                subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(relay_port), "-U", "tracetap", "-d", "postgres",
+                                "-c", "CREATE TABLE orders (id int, owner text)", "-c", "INSERT INTO orders VALUES (42, 'alice')",
+                                "-c", "SELECT owner FROM orders WHERE id = 42", "-c", "SELECT * FROM missing_table"],
+                               env=dict(os.environ, PGSSLMODE="disable"), capture_output=True, timeout=30)
+                with psycopg.connect(host="127.0.0.1", port=relay_port, user="tracetap", dbname="postgres", sslmode="disable") as conn:
+                    conn.execute("SELECT owner FROM orders WHERE id = %s AND owner = %s", (42, "alice")).fetchall()
+                    conn.execute("/* a comment */ SELECT generate_series(1, 20)").fetchall()
+
+            return relayed(port, talk)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+# MySQL ------------------------------------------------------------------------------------------------
+def record_mysql() -> list[Conversation]:
+    data = tempfile.mkdtemp(prefix="tracetap-seeds-mysql-")
+    subprocess.run(["mariadb-install-db", f"--datadir={data}", "--user=root", "--auth-root-authentication-method=normal",
+                    "--skip-test-db"], check=True, capture_output=True)
+    port = free_port()
+    try:
+        with server_process(["mariadbd", f"--datadir={data}", "--user=root", f"--port={port}", "--bind-address=127.0.0.1",
+                             f"--socket={data}/mysqld.sock", "--skip-networking=0", f"--pid-file={data}/mysqld.pid"], port):
+            script = ("CREATE DATABASE shop; USE shop; CREATE TABLE t (id INT, name VARCHAR(20)); "
+                      "INSERT INTO t VALUES (1, 'a'), (2, 'b'); SELECT name FROM t WHERE id > 0; SELECT * FROM nope;")
+            return relayed(port, lambda p: subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(p), "-u", "root", "--force",
+                                                           "-e", script], capture_output=True, timeout=30))
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+# Kafka ------------------------------------------------------------------------------------------------
+def record_kafka() -> list[Conversation]:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from cli.main import read_settings
+
+    settings = read_settings(None, dict(os.environ))
+    broker_port = int(settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+    topic = f"seeds-{uuid.uuid4().hex[:8]}"
+
+    def talk(port: int) -> None:
+        config = {"bootstrap.servers": f"127.0.0.1:{port}", "client.id": "tracetap-seeds"}
+        admin = AdminClient(config)
+        admin.list_topics(timeout=10)
+        for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+            future.result()
+        producer = Producer(config)
+        producer.produce(topic, b"hello", key=b"k")
+        producer.flush(10)
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # ApiVersions v5 (the broker knows up to v4): an error code
+            body = struct.pack(">hhih", 18, 5, 4242, 4) + b"test" + b"\x00" + b"\x02t" + b"\x021" + b"\x00"
+            raw.sendall(struct.pack(">i", len(body)) + body)
+            size = struct.unpack(">i", raw.recv(4))[0]
+            while size > 0:
+                size -= len(raw.recv(size))
+        for future in admin.delete_topics([topic], operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - the topic may not have been created; nothing else to clean
+                pass
+
+    return relayed(broker_port, talk)
+
+
+# output -----------------------------------------------------------------------------------------------
+def _literal(data: bytes, indent: str) -> str:
+    pieces = [repr(data[i:i + 48]) for i in range(0, len(data), 48)] or ["b''"]
+    return pieces[0] if len(pieces) == 1 else "(" + f"\n{indent} ".join(pieces) + ")"
+
+
+MAX_CHUNKS = 40  # per conversation: the handshake and a few requests are what the fuzz tests mutate
+MAX_CONVERSATIONS = 4
+
+
+def write(conversations: dict[str, list[Conversation]]) -> None:
+    lines = ['"""Conversations real clients and servers had, recorded by tests/record_parser_seeds.py (do not edit by hand):',
+             'per protocol, connections as (client to server, bytes of one recv) in arrival order."""', "",
+             "SEEDS: dict[str, list[list[tuple[bool, bytes]]]] = {"]
+    for name, kept in conversations.items():
+        lines.append(f"    {name!r}: [")
+        for conversation in [c for c in kept if c][:MAX_CONVERSATIONS]:
+            lines.append("        [")
+            for to_server, data in conversation[:MAX_CHUNKS]:
+                lines.append(f"            ({to_server}, {_literal(data, ' ' * 13)}),")
+            lines.append("        ],")
+        lines.append("    ],")
+    lines.append("}")
+    OUT.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    udp, tcp = record_dns()
+    conversations = {"HTTP": record_http(), "REDIS": record_redis(), "DNS-UDP": udp, "DNS-TCP": tcp,
+                     "POSTGRESQL": record_postgres(), "MYSQL": record_mysql(), "KAFKA": record_kafka()}
+    write(conversations)
+    for name, kept in conversations.items():
+        print(f"{name}: {len(kept)} conversations, {sum(len(d) for c in kept for _, d in c)} bytes")
+
+
+if __name__ == "__main__":
+    main()

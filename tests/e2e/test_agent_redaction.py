@@ -128,6 +128,15 @@ def captured(own_topics, registry, tmp_path_factory):
     return {"records": by_protocol, "reads": reads}
 
 
+def _joined(records: list[dict]) -> bytes:
+    """Each socket direction's payloads joined in order (a secret cut in two is caught too), one per line."""
+    streams: dict[tuple, bytes] = {}
+    for record in records:
+        key = (record["pid"], record["socket_id"], record["direction"])
+        streams[key] = streams.get(key, b"") + record["payload"]
+    return b"\n".join(streams.values())
+
+
 def test_the_http_server_really_read_the_secrets_in_pieces(captured):
     server_reads = [r for r in captured["records"]["http"] if r["role"] == "SERVER" and r["direction"] == "INGRESS"]
     assert len(captured["reads"]) == 3 and min(captured["reads"]) >= 15
@@ -136,13 +145,8 @@ def test_the_http_server_really_read_the_secrets_in_pieces(captured):
 
 @pytest.mark.parametrize("protocol", ["http", "redis", "postgres", "mysql"])
 def test_no_canary_reaches_kafka_from_any_socket(captured, protocol):
-    records = captured["records"][protocol]
-    assert records, f"no {protocol} events captured"
-    streams: dict[tuple, bytes] = {}
-    for record in records:  # each socket direction's payloads joined: a secret cut in two is caught too
-        key = (record["pid"], record["socket_id"], record["direction"])
-        streams[key] = streams.get(key, b"") + record["payload"]
-    everything = b"\n".join(streams.values())
+    assert captured["records"][protocol], f"no {protocol} events captured"
+    everything = _joined(captured["records"][protocol])
     for name, secret in CANARIES.items():
         leaked = [run for run in _runs(secret) if run in everything]
         assert not leaked, f"{name} leaked in {protocol}: {leaked[:3]}"
@@ -155,10 +159,6 @@ def test_no_canary_reaches_kafka_from_any_socket(captured, protocol):
     ("mysql", [b"CREATE USER 'rep'@'%' IDENTIFIED BY '", b"SET PASSWORD FOR"]),
 ])
 def test_what_an_sre_needs_is_kept(captured, protocol, visible):
-    streams: dict[tuple, bytes] = {}
-    for record in captured["records"][protocol]:
-        key = (record["pid"], record["socket_id"], record["direction"])
-        streams[key] = streams.get(key, b"") + record["payload"]
-    everything = b"\n".join(streams.values())
+    everything = _joined(captured["records"][protocol])
     for text in visible:
         assert text in everything, f"{text!r} missing from {protocol}"

@@ -5,10 +5,9 @@ the spans to mask, with what to keep masking when a secret runs past the end of 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 BLANK = b" \t"
-EOL = b"\r\n"
 
 
 class Until(NamedTuple):
@@ -70,12 +69,6 @@ class Window:
         else:
             self.mask(start, size, total_end - size)
 
-    def line_starts(self, at: int) -> bool:
-        return at > 0 and self.data[at - 1] == 0x0A or at == 0 and self.fresh
-
-
-Rule = Callable[[Window, Any], None]
-
 
 def line_end(data: bytes, start: int) -> tuple[int, int]:
     """(end of the line's content, index of its '\\n' or len(data)): a cut line ends at the data's end."""
@@ -94,20 +87,6 @@ def strip(data: bytes, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def skip_blanks(data: bytes, pos: int, limit: int) -> int:
-    while pos < limit and data[pos] in b" \t\r\n":
-        pos += 1
-    return pos
-
-
 def run_end(pattern: "re.Pattern[bytes]", data: bytes, start: int) -> int:
     """End of the run `pattern` (one character class with `*`, so linear) matches from `start`."""
     return pattern.match(data, start).end()
-
-
-def find_all(haystack: bytes, needle: bytes, start: int = 0):
-    """Every index of `needle` in `haystack` from `start` (bytes.find in a loop: linear, C speed)."""
-    at = haystack.find(needle, start)
-    while at != -1:
-        yield at
-        at = haystack.find(needle, at + 1)

@@ -159,6 +159,7 @@ class Cluster:
                 process.wait()
         self.processes.clear()
         for name in reversed(self._created):
+            _kill_namespace_processes(name)
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
             shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
         self._created.clear()
@@ -191,6 +192,17 @@ class Cluster:
 
     def _ip(self, netns: str, *args: str) -> None:
         _run(["ip", "-n", netns, *args])
+
+
+def _kill_namespace_processes(netns: str) -> None:
+    """SIGKILL whatever still runs in the namespace: a child whose spawn a Ctrl-C interrupted was never
+    registered (Popen raises after the fork), and it would outlive the namespace's deletion."""
+    listed = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    for pid in listed.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 def _run(argv: list[str]) -> None:

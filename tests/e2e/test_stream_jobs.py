@@ -46,7 +46,7 @@ from schemas.topics import apply_catalog
 from schemas.serde import AvroDeserializer
 from tests.e2e.test_ebpf_agent import _start_agent
 from tests.e2e.test_packet_agent import _start_agent as _start_packet_agent
-from tests.kafka_helpers import read_until_idle
+from tests.kafka_helpers import read_to_end, read_until_idle
 from tests.recording import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -442,7 +442,7 @@ def _copy_input(settings, admin, registry, suffix, keep=lambda spec, message: Tr
     apply_catalog(admin, registry, copy.topics.prefix, copy.topics.replication_factor)
     producer = Producer(client_config(settings.kafka))
     for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, RESOURCES):
-        for m in read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=1):
+        for m in read_to_end(settings, spec.full_name(settings.topics.prefix)):
             if not keep(spec, m):
                 continue
             producer.produce(spec.full_name(copy.topics.prefix), m.value(), m.key(), partition=m.partition(), timestamp=m.timestamp()[1])

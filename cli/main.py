@@ -210,8 +210,13 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
 
     from streams.faust_app import FaustOptions, build_app
 
+    from tracetap.stages import StageConfig
+
+    streams = _stream_settings(settings, args)  # a bad value stops the run before anything is contacted
     _check_stream_topics(settings)
-    options = FaustOptions(app_id=args.app_id, web_port=args.web_port, idle_flush_s=args.idle_flush_s, stages=_stage_config(args))
+    options = FaustOptions(app_id=args.app_id, web_port=args.web_port, batch_events=streams.faust_batch_events,
+                           batch_within_s=streams.faust_batch_within_s, idle_flush_s=streams.idle_flush_s,
+                           stages=StageConfig.from_settings(streams))
     app, stats = build_app(settings, options)
     print(f"faust worker {args.app_id}: raw topics -> spans, paths, metrics, alerts; stats on http://127.0.0.1:{args.web_port}/tracetap/stats/",
           flush=True)
@@ -238,20 +243,20 @@ def _check_stream_topics(settings: Settings) -> None:
     check_kafka(settings.kafka, [spec.full_name(settings.topics.prefix) for spec in STREAM_TOPICS])
 
 
-def _stage_config(args: argparse.Namespace) -> Any:
-    from tracetap.alerts import AlertConfig
-    from tracetap.metrics import WindowConfig
-    from tracetap.stages import StageConfig
-
-    seconds = 1_000_000_000
-    return StageConfig(windows=WindowConfig(window_ns=int(args.window_s * seconds)),
-                       alerts=AlertConfig(slow_request_ns=int(args.slow_ms * 1_000_000)),
-                       trace_gap_ns=int(args.trace_gap_s * seconds))
+def _stream_settings(settings: Settings, args: argparse.Namespace) -> Any:
+    """The `[streams]` section with this run's command-line flags over it."""
+    flags = {name: getattr(args, name) for name in ("window_s", "slow_ms", "trace_gap_s", "idle_flush_s")}
+    flags["flink_parallelism"] = getattr(args, "parallelism", None)
+    flags["flink_checkpoint_interval_s"] = getattr(args, "checkpoint_interval_s", None)
+    streams = dataclasses.replace(settings.streams, **{k: v for k, v in flags.items() if v is not None})
+    streams.validate()
+    return streams
 
 
 def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
     from infra.stack import LocalStack
     from streams.flink_job import FlinkOptions, build_job, latest_checkpoint
+    from tracetap.stages import StageConfig
 
     if args.from_checkpoint and args.bounded:
         print("tracetap: --from-checkpoint with --bounded: a bounded Kafka source restored from a checkpoint never finishes "
@@ -260,6 +265,7 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
     if args.target == "remote" and not args.jobmanager:
         print("tracetap: --target remote needs --jobmanager HOST:PORT (the JobManager's REST endpoint)", file=sys.stderr)
         return EXIT_USAGE
+    streams = _stream_settings(settings, args)  # a bad value stops the run before anything is contacted
     state = state_dir(settings, dict(os.environ))
     jars = LocalStack(settings.stack, state).flink_jars()
     if args.connector_dir:
@@ -284,16 +290,17 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
         if args.target == "local" and not restore.exists():
             raise TracetapError(f"--from-checkpoint {restore}: no such checkpoint")
     _check_stream_topics(settings)
-    options = FlinkOptions(app_id=args.app_id, parallelism=args.parallelism, target=args.target, jobmanager=args.jobmanager,
-                           checkpoint_interval_s=args.checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
-                           bounded=args.bounded, idle_flush_s=args.idle_flush_s, profile=args.profile, stages=_stage_config(args))
+    options = FlinkOptions(app_id=args.app_id, parallelism=streams.flink_parallelism, target=args.target, jobmanager=args.jobmanager,
+                           checkpoint_interval_s=streams.flink_checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
+                           bounded=args.bounded, source_idle_timeout_s=streams.flink_source_idle_timeout_s,
+                           idle_flush_s=streams.idle_flush_s, profile=args.profile, stages=StageConfig.from_settings(streams))
     logs_dir = state / "logs" / "flink"
     logs_dir.mkdir(parents=True, exist_ok=True)
     os.environ["FLINK_LOG_DIR"] = str(logs_dir)  # the mini-cluster's own log (checkpoints, restarts, task failures)
     env = build_job(settings, options, jars)
     where = f"session cluster {args.jobmanager}" if args.target == "remote" else "a local mini-cluster"
-    print(f"flink job {args.app_id} on {where}, parallelism {args.parallelism}: raw topics -> spans, paths, metrics, alerts; "
-          f"checkpoints every {args.checkpoint_interval_s:g} s in {checkpoints or 'the cluster state.checkpoints.dir'}; "
+    print(f"flink job {args.app_id} on {where}, parallelism {options.parallelism}: raw topics -> spans, paths, metrics, alerts; "
+          f"checkpoints every {options.checkpoint_interval_s:g} s in {checkpoints or 'the cluster state.checkpoints.dir'}; "
           f"Flink's log in {logs_dir}" + (" (bounded: stops at the latest offsets)" if args.bounded else ""),
           flush=True)
     started = time.monotonic()
@@ -432,14 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "run the pipeline on Apache Flink (PyFlink): a local mini-cluster, or a session cluster with --target remote")
     flink_cmd.add_argument("--app-id", default="tracetap-streams-flink",
                            help="job name, consumer group, transactional-id prefix and checkpoint folder")
-    flink_cmd.add_argument("--parallelism", type=int, default=2, help="parallelism of the job (default 2)")
+    flink_cmd.add_argument("--parallelism", type=int, help="parallelism of the job (default: streams.flink_parallelism, 2)")
     flink_cmd.add_argument("--target", choices=("local", "remote"), default="local",
                            help="local: a mini-cluster in this process (default); remote: submit to --jobmanager")
     flink_cmd.add_argument("--jobmanager", metavar="HOST:PORT", help="REST endpoint of the session cluster, with --target remote")
     flink_cmd.add_argument("--detach", action="store_true", help="with --target remote: submit and return instead of waiting")
-    flink_cmd.add_argument("--checkpoint-interval-s", type=float, default=10.0,
+    flink_cmd.add_argument("--checkpoint-interval-s", type=float,
                            help="checkpoint (and Kafka transaction commit) interval; 0 turns checkpoints off, and with them "
-                                "exactly-once output (default 10)")
+                                "exactly-once output (default: streams.flink_checkpoint_interval_s, 10)")
     flink_cmd.add_argument("--connector-dir", metavar="DIR",
                            help="where the Kafka connector jars are (default <state>/dist/flink-lib, from `tracetap stack install`)")
     flink_cmd.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default <state>/flink/<app-id>/checkpoints)")
@@ -450,12 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     flink_cmd.add_argument("--bounded", action="store_true",
                            help="stop at the offsets that are the latest at start, flushing everything (replays, tests)")
     for cmd in (faust_cmd, flink_cmd):
-        cmd.add_argument("--window-s", type=float, default=10.0, help="RED, network and DNS metric window (default 10 s)")
-        cmd.add_argument("--slow-ms", type=float, default=1000.0, help="a trace slower than this raises SLOW_REQUEST (default 1000)")
-        cmd.add_argument("--trace-gap-s", type=float, default=5.0,
-                         help="event time after a trace's last span before it is complete and emitted (default 5 s)")
-        cmd.add_argument("--idle-flush-s", type=float, default=10.0,
-                         help="with no input for this long, emit what waits for the watermark (default 10 s)")
+        cmd.add_argument("--window-s", type=float, help="RED, network and DNS metric window (default: streams.window_s, 10 s)")
+        cmd.add_argument("--slow-ms", type=float, help="a trace slower than this raises SLOW_REQUEST (default: streams.slow_ms, 1000)")
+        cmd.add_argument("--trace-gap-s", type=float,
+                         help="event time after a trace's last span before it is complete and emitted (default: streams.trace_gap_s, 5 s)")
+        cmd.add_argument("--idle-flush-s", type=float,
+                         help="with no input for this long, emit what waits for the watermark (default: streams.idle_flush_s, 10 s)")
 
     kibana = commands.add_parser("kibana", help="Kibana saved objects for the indices the sink writes",
                                  description="Data views, saved searches and the RED dashboard (infra/kibana/), for elasticsearch.index_prefix.")

@@ -268,6 +268,37 @@ class PacketSettings:
             raise ConfigError("packets.snaplen", f"{self.snaplen} is not within 64..262144")
 
 
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """The stream jobs (Faust and Flink): the core's event-time and window tunables, then each engine's own.
+    A command-line flag of `tracetap streams` overrides the value here for one run."""
+
+    window_s: float = 10.0  # RED, network and DNS metric windows
+    slow_ms: float = 1000.0  # a request slower than this raises SLOW_REQUEST
+    trace_gap_s: float = 5.0  # event time after a trace's last span before it is complete and emitted
+    max_out_of_order_s: float = 2.0  # the watermark's bound: how far behind the latest event time an event may come
+    allowed_lateness_s: float = 5.0  # past the watermark, still counted; later still is dead-lettered as LATE
+    request_timeout_s: float = 30.0  # a request without a response becomes a TIMEOUT span after this
+    idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
+    faust_batch_events: int = 1000  # records a Faust agent takes per batch ...
+    faust_batch_within_s: float = 0.5  # ... or what arrived within this long
+    flink_parallelism: int = 2
+    flink_checkpoint_interval_s: float = 10.0  # 0: no checkpoints (then at-least-once, not transactional)
+    flink_source_idle_timeout_s: float = 5.0  # a partition without records this long stops holding the watermark back
+
+    def validate(self) -> None:
+        for name in ("window_s", "slow_ms", "trace_gap_s", "request_timeout_s", "idle_flush_s", "faust_batch_within_s",
+                     "flink_source_idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"streams.{name}", "must be > 0")
+        for name in ("max_out_of_order_s", "allowed_lateness_s", "flink_checkpoint_interval_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"streams.{name}", "must be >= 0")
+        for name in ("faust_batch_events", "flink_parallelism"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"streams.{name}", "must be >= 1")
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -293,6 +324,7 @@ class Settings:
     stack: StackSettings = field(default_factory=StackSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     packets: PacketSettings = field(default_factory=PacketSettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def validate(self) -> None:

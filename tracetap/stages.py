@@ -21,6 +21,7 @@ from typing import Any
 
 from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
 from tracetap.assembly import AssemblyConfig, SocketAssembler
+from tracetap.config import StreamSettings
 from tracetap.errors import InvalidEvent, UndecodableState
 from tracetap.eventtime import EngineClock, PartitionClocks
 from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig, local_is_client
@@ -44,6 +45,19 @@ class StageConfig:
     allowed_lateness_ns: int = 5_000_000_000
     trace_gap_ns: int = 5_000_000_000  # a trace is complete once the watermark is this far past its last span's end
     idle_state_ns: int = 120_000_000_000  # an assembler with nothing open and no input for this long is forgotten
+
+    @classmethod
+    def from_settings(cls, streams: StreamSettings) -> StageConfig:
+        """The core's tunables of a `[streams]` section (seconds and milliseconds there, nanoseconds here)."""
+        def ns(seconds: float) -> int:
+            return int(seconds * 1_000_000_000)
+
+        timeout_ns = ns(streams.request_timeout_s)
+        return cls(assembly=AssemblyConfig(request_timeout_ns=timeout_ns), nic=replace(NicConfig(), request_timeout_ns=timeout_ns),
+                   windows=WindowConfig(window_ns=ns(streams.window_s), allowed_lateness_ns=ns(streams.allowed_lateness_s)),
+                   alerts=AlertConfig(slow_request_ns=int(streams.slow_ms * 1_000_000)),
+                   max_out_of_order_ns=ns(streams.max_out_of_order_s), allowed_lateness_ns=ns(streams.allowed_lateness_s),
+                   trace_gap_ns=ns(streams.trace_gap_s))
 
 
 # stage 1 ----------------------------------------------------------------------------------------------

@@ -63,3 +63,19 @@ def test_flink_options_that_cannot_work_are_refused_as_usage_errors(argv, says, 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
+
+
+def test_a_stream_flag_overrides_the_streams_section_for_one_run():
+    from cli.main import _stream_settings
+    from tracetap.config import load_settings
+
+    settings = load_settings({"streams": {"window_s": 30, "trace_gap_s": 2, "flink_parallelism": 4}})
+    args = build_parser().parse_args(["streams", "flink", "--window-s", "5", "--parallelism", "1"])
+    streams = _stream_settings(settings, args)
+    assert (streams.window_s, streams.flink_parallelism) == (5, 1)  # the flags
+    assert streams.trace_gap_s == 2 and streams.flink_checkpoint_interval_s == 10  # the file, and the default
+
+
+def test_a_stream_flag_out_of_range_exits_78(capsys):
+    assert main(["streams", "faust", "--window-s", "0"]) == EXIT_CONFIG
+    assert "streams.window_s" in capsys.readouterr().err

@@ -94,3 +94,29 @@ def test_agent_lists_of_numbers_are_parsed_and_checked():
         load_settings({"agent": {"exclude_ports": ["http"]}})
     with pytest.raises(ConfigError, match="power of two"):
         load_settings({"agent": {"ring_buffer_pages": 1000}})
+
+
+def test_stream_tunables_come_from_the_streams_section_in_the_core_units():
+    from tracetap.stages import StageConfig
+
+    settings = load_settings({"streams": {"window_s": 5, "slow_ms": 250}},
+                             {"TRACETAP_STREAMS__TRACE_GAP_S": "1.5", "TRACETAP_STREAMS__REQUEST_TIMEOUT_S": "3",
+                              "TRACETAP_STREAMS__FLINK_PARALLELISM": "4"})
+    config = StageConfig.from_settings(settings.streams)
+    assert config.windows.window_ns == 5_000_000_000
+    assert config.alerts.slow_request_ns == 250_000_000
+    assert config.trace_gap_ns == 1_500_000_000
+    assert config.assembly.request_timeout_ns == config.nic.request_timeout_ns == 3_000_000_000
+    assert config.max_out_of_order_ns == 2_000_000_000 and config.allowed_lateness_ns == 5_000_000_000
+    assert settings.streams.flink_parallelism == 4
+
+
+@pytest.mark.parametrize(("environ", "field"), [
+    ({"TRACETAP_STREAMS__WINDOW_S": "0"}, "streams.window_s"),
+    ({"TRACETAP_STREAMS__ALLOWED_LATENESS_S": "-1"}, "streams.allowed_lateness_s"),
+    ({"TRACETAP_STREAMS__FLINK_PARALLELISM": "0"}, "streams.flink_parallelism"),
+])
+def test_stream_tunables_out_of_range_are_refused(environ, field):
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, environ)
+    assert error.value.field == field

@@ -57,12 +57,12 @@ def _resp(w: Window) -> None:
     data, lower = w.data, w.lower
     for match in _ARRAY.finditer(data):
         argc = int(match.group(1))
-        first = _bulk_strings(data, match.end(), 1)
+        first, _ = _bulk_strings(data, match.end(), 1)
         if not first or lower[first[0][0]:first[0][1]] not in _COMMANDS:
             continue
         command = lower[first[0][0]:first[0][1]]
-        args = _bulk_strings(data, match.end(), min(argc, MAX_ARGS))
-        if len(args) < min(argc, MAX_ARGS) or args[-1][1] > len(data):
+        args, ran_out = _bulk_strings(data, match.end(), min(argc, MAX_ARGS))
+        if ran_out:
             w.keep(match.start())  # the command goes on in the next event
         values = [lower[s:min(e, len(data))] for s, e in args[1:]]
         for i in _secret_args(command, values + [b""] * (min(argc, MAX_ARGS) - len(args))):
@@ -73,22 +73,31 @@ def _resp(w: Window) -> None:
                 w.mask_open(start, len(data), end)
 
 
-def _bulk_strings(data: bytes, pos: int, count: int) -> list[tuple[int, int]]:
-    """Spans of up to `count` bulk strings (`$<n>\\r\\n<data>\\r\\n`) from pos; a cut one ends past the data."""
+def _bulk_strings(data: bytes, pos: int, count: int) -> tuple[list[tuple[int, int]], bool]:
+    """Spans of up to `count` bulk strings (`$<n>\r\n<data>\r\n`) from pos (a cut one ends past the data), and
+    whether the data ended before them: an array that stops at something else is malformed, not cut, and is not
+    kept for the next event (that kept every later event's window at its longest)."""
     args: list[tuple[int, int]] = []
     size = len(data)
     for _ in range(count):
-        if pos >= size or data[pos] != 0x24:  # '$'
-            break
+        if pos >= size:
+            return args, True
+        if data[pos] != 0x24:  # '$'
+            return args, False
         eol = data.find(b"\r\n", pos + 1, pos + 13)
+        if eol == -1:  # a length line the data cuts, or no length line at all
+            rest = data[pos + 1:]
+            return args, size - pos < 13 and (not rest or rest.rstrip(b"\r").isdigit())
         digits = data[pos + 1:eol]
-        if eol == -1 or not digits.isascii() or not digits.isdigit():
-            break
+        if not digits.isascii() or not digits.isdigit():
+            return args, False
         start = eol + 2
         end = start + int(digits)
         args.append((start, end))
+        if end > size:
+            return args, True
         pos = end + 2
-    return args
+    return args, False
 
 
 def _inline(w: Window) -> None:

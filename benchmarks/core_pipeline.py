@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tracetap.assembly import SocketAssembler  # noqa: E402
 from tracetap.metrics import RedWindows, red_key  # noqa: E402
 from tracetap.model import SocketData, Span, TapSide  # noqa: E402
-from tracetap.paths import PathJoiner  # noqa: E402
+from tracetap.paths import PathJoiner, conversation_key  # noqa: E402
 from tracetap.tracing import link_spans  # noqa: E402
 
 HTTP_REQ = b"GET /api/orders/%d HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"
@@ -113,9 +113,10 @@ def join_and_measure(spans: list[Span]) -> int:
     windows = RedWindows()
     paths = 0
     for s in spans:
-        joiner = joiners.get(s.flow_id)
+        key = conversation_key(s)
+        joiner = joiners.get(key)
         if joiner is None:
-            joiner = joiners[s.flow_id] = PathJoiner()
+            joiner = joiners[key] = PathJoiner()
         paths += len(joiner.add(s))
         windows.add_span(s)
     windows.advance(spans[-1].end_ns + 60_000_000_000)

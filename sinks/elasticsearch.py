@@ -108,16 +108,20 @@ def _day(day: int) -> str:
 
 
 def install_templates(es: Elasticsearch, settings: ElasticsearchSettings, types: tuple[IndexedType, ...] = INDEXED_TYPES) -> None:
-    """One index template per record type (idempotent), with the explicit mapping derived from its schema."""
+    """One index template per record type (idempotent), with the explicit mapping derived from its schema; the
+    daily indices that already exist get the fields a newer schema added (their mapping is strict, so a record
+    with a new field would be refused until the next day's index)."""
     for indexed in types:
         base = index_base(settings, indexed.topic)
+        mapping = index_mapping(indexed.topic.name, indexed.topic.schema())
+        es.indices.put_mapping(index=f"{base}-*", allow_no_indices=True, properties=mapping["properties"])
         es.indices.put_index_template(
             name=base,
             index_patterns=[f"{base}-*"],
             priority=200,
             template={
                 "settings": {"number_of_shards": 1, "number_of_replicas": settings.replicas},
-                "mappings": index_mapping(indexed.topic.name, indexed.topic.schema()),
+                "mappings": mapping,
             },
             meta={"managed_by": "tracetap", "schema": indexed.topic.value_schema},
         )

@@ -1,6 +1,7 @@
-"""The four-point full-path join: a request's spans at c-p, c, s and s-p share a flow and the TCP
-sequence number of the request's first byte (UDP/DNS: the DNS id); joined, they show how long each
-segment took. Partial paths are emitted when the join window passes; nothing waits forever.
+"""The four-point full-path join: a request's spans at c-p, c, s and s-p share the client's end of the
+connection and the TCP sequence number of the request's first byte (UDP/DNS: the DNS id), which a DNAT
+keeps; joined, they show how long each segment took. Partial paths are emitted when the join window
+passes; nothing waits forever.
 """
 
 from __future__ import annotations
@@ -17,13 +18,23 @@ SEGMENTS = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "ser
             "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
 
 
+def conversation_key(span: Span) -> str:
+    """The client's end of the connection (transport, client address and port): what a DNAT keeps. A client
+    that connects to a Kubernetes Service's ClusterIP and the pod that kube-proxy sent it to see different
+    flow ids, but the same client end and the same TCP sequence numbers. A loopback client end is the
+    host's own, so the host is part of it."""
+    if span.client_ip.startswith("127.") or span.client_ip == "::1":
+        return f"{span.l4_protocol}|{span.host}|{span.client_ip}|{span.client_port}"
+    return f"{span.l4_protocol}|{span.client_ip}|{span.client_port}"
+
+
 def join_key(span: Span) -> tuple[str, str] | None:
-    """(flow id, request key) the four points agree on, or None when the span cannot join."""
+    """(conversation, request) the four points agree on, also across a DNAT; None when the span cannot join."""
     if span.req_tcp_seq is not None and span.l4_protocol == "TCP":
-        return span.flow_id, f"seq:{span.req_tcp_seq}"
+        return conversation_key(span), f"seq:{span.req_tcp_seq}"
     dns_id = span.attributes.get("dns.id")
     if dns_id is not None:
-        return span.flow_id, f"dns:{dns_id}"
+        return conversation_key(span), f"dns:{dns_id}"
     return None
 
 
@@ -45,6 +56,8 @@ class PathState:
         """The PathRecord for what was seen; segment latencies are null where a point is missing."""
         cp, c, s, sp = (self.spans.get(side) for side in _ORDER)
         outer = next(span for span in (cp, c, s, sp) if span is not None)
+        served = next(span for span in (sp, s, c, cp) if span is not None)  # the server's own address, after any DNAT
+        called = next((span for span in (cp, c) if span is not None), served)  # the address the client connected to
         errors = [span.error_class for span in (sp, s, c, cp) if span is not None and span.error_class]
         response_code = next((span.response_code for span in (sp, s, c, cp) if span is not None and span.response_code is not None), None)
 
@@ -53,8 +66,9 @@ class PathState:
 
         return {
             "path_id": stable_id("path", *self.key), "trace_id": next((x.trace_id for x in (sp, cp, s, c) if x and x.trace_id), None),
-            "flow_id": self.key[0], "protocol": outer.protocol, "start_time": outer.start_ns, "duration_ns": outer.duration_ns,
-            "client_ip": outer.client_ip, "client_port": outer.client_port, "server_ip": outer.server_ip, "server_port": outer.server_port,
+            "flow_id": outer.flow_id, "protocol": outer.protocol, "start_time": outer.start_ns, "duration_ns": outer.duration_ns,
+            "client_ip": outer.client_ip, "client_port": outer.client_port, "server_ip": served.server_ip, "server_port": served.server_port,
+            **_service(called, served),
             "client_workload": next((x.client_workload for x in (cp, c, s, sp) if x and x.client_workload), None),
             "server_workload": next((x.server_workload for x in (sp, s, c, cp) if x and x.server_workload), None),
             "request_type": outer.request_type, "request_resource": outer.request_resource, "response_code": response_code,
@@ -72,13 +86,20 @@ class PathState:
         }
 
 
+def _service(called: Span, served: Span) -> dict[str, Any]:
+    """The address the client called, where a DNAT sent the request elsewhere (a ClusterIP and its pod)."""
+    if (called.server_ip, called.server_port) == (served.server_ip, served.server_port):
+        return {"service_ip": None, "service_port": None}
+    return {"service_ip": called.server_ip, "service_port": called.server_port}
+
+
 @dataclass(frozen=True, slots=True)
 class JoinConfig:
     window_ns: int = 10_000_000_000  # a path is emitted, partial or not, once the watermark passes its first start + this
 
 
 class PathJoiner:
-    """All open paths of one flow (engines key by flow id, so a flow's spans meet in one place)."""
+    """All open paths of one conversation (`conversation_key`: engines key by it, so a request's points meet in one place)."""
 
     def __init__(self, config: JoinConfig = JoinConfig()) -> None:
         self._config = config

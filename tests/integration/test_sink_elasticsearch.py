@@ -227,3 +227,29 @@ def test_two_sinks_in_one_group_share_the_partitions_and_index_everything_once(s
     assert all(n > 0 for n in indexed) and sum(indexed) == len(spans), indexed  # shared, and nothing twice
     ids = _ids(es_client(mine.elasticsearch), mine, SPANS, "span_id")
     assert len(ids) == len(set(ids)) == len(spans)
+
+
+def test_a_daily_index_made_under_an_older_schema_takes_the_fields_a_newer_one_added(settings):
+    """A schema gains an optional field (as PathRecord's service_ip): today's index, made from the older mapping
+    (strict), takes records with it once the sink installs its templates, as tomorrow's will."""
+    import dataclasses
+
+    from sinks.elasticsearch import INDEXED_TYPES, daily_index, install_templates
+    from sinks.mappings import index_mapping
+
+    es_settings = dataclasses.replace(settings.elasticsearch, index_prefix=f"{settings.elasticsearch.index_prefix}-evolve")
+    paths = next(t for t in INDEXED_TYPES if t.topic is PATHS)
+    older = index_mapping(PATHS.name, PATHS.schema())
+    for name in ("service_ip", "service_port"):
+        del older["properties"][name]
+    es = es_client(es_settings)
+    today = daily_index(es_settings, PATHS, time.time_ns())
+    es.indices.create(index=today, mappings=older)
+    with pytest.raises(Exception, match="strict_dynamic_mapping_exception"):
+        es.index(index=today, id="before", document={"path_id": "before", "service_ip": "10.96.0.20"})
+    install_templates(es, es_settings, (paths,))
+    es.index(index=today, id="after", document={"path_id": "after", "service_ip": "10.96.0.20", "service_port": 80}, refresh=True)
+    hits = es.search(index=today, query={"term": {"service_ip": "10.96.0.0/16"}})["hits"]["hits"]
+    assert [h["_id"] for h in hits] == ["after"]
+    es.indices.delete(index=today)
+    es.indices.delete_index_template(name=f"{es_settings.index_prefix}-paths")

@@ -40,6 +40,38 @@ def test_four_points_join_into_a_path_with_every_segment():
     assert len(joiner) == 0
 
 
+def test_a_request_dnated_from_a_service_address_to_a_pod_joins_on_the_client_end_and_names_both_addresses():
+    """kube-proxy: the client's socket and NIC see the ClusterIP 10.96.0.20:80, the server's the pod 10.0.0.2:8080;
+    the client end 10.0.0.1:40000 and the sequence numbers are what both halves keep."""
+    called = dict(server="10.96.0.20", sport=80, flow="tcp|10.0.0.1|40000|10.96.0.20|80")
+    points = [span(TapSide.CLIENT_PROCESS, 0, 100 * MS, **called), span(TapSide.CLIENT_NIC, 1 * MS, 99 * MS, **called),
+              span(TapSide.SERVER_NIC, 3 * MS, 96 * MS), span(TapSide.SERVER_PROCESS, 4 * MS, 94 * MS)]
+    joiner = PathJoiner()
+    out = []
+    for p in points:
+        out += joiner.add(p)
+    [path] = out
+    assert path["complete"] and path["server_processing_ns"] == 90 * MS and path["req_network_ns"] == 2 * MS
+    assert (path["server_ip"], path["server_port"], path["service_ip"], path["service_port"]) == ("10.0.0.2", 8080, "10.96.0.20", 80)
+    assert path["flow_id"] == "tcp|10.0.0.1|40000|10.96.0.20|80"  # the client's: the flow it opened
+
+
+def test_a_path_without_nat_names_no_service_address():
+    joiner = PathJoiner()
+    out = []
+    for side in (TapSide.CLIENT_PROCESS, TapSide.CLIENT_NIC, TapSide.SERVER_NIC, TapSide.SERVER_PROCESS):
+        out += joiner.add(span(side, 0, 10))
+    assert (out[0]["service_ip"], out[0]["service_port"], out[0]["server_ip"]) == (None, None, "10.0.0.2")
+
+
+def test_loopback_client_ends_of_two_hosts_do_not_join():
+    joiner = PathJoiner()
+    local = dict(client="127.0.0.1", server="127.0.0.1", flow="tcp|127.0.0.1|40000|127.0.0.1|8080")
+    assert joiner.add(span(TapSide.CLIENT_PROCESS, 0, 10, host="node-a", **local)) == []
+    assert joiner.add(span(TapSide.SERVER_PROCESS, 1, 9, host="node-b", **local)) == []
+    assert len(joiner) == 2
+
+
 def test_a_partial_path_is_emitted_when_the_window_passes_and_not_before():
     joiner = PathJoiner(JoinConfig(window_ns=50 * MS))
     joiner.add(span(TapSide.CLIENT_PROCESS, 0, 100 * MS))

@@ -7,7 +7,6 @@ the demo then compares that with the fault it staged, so a finding that names th
 
 from __future__ import annotations
 
-import calendar
 import html
 import time
 from dataclasses import dataclass, field
@@ -15,21 +14,11 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
+from cli.waterfall import CSS, Row, assemble, html_waterfall, iso_to_ns, rows_of, text_waterfall
 from schemas.catalog import ALERTS, PATHS, RED_METRICS, SPANS
 from sinks.elasticsearch import index_name, iso_nanos
 from tracetap.config import ElasticsearchSettings
 from tracetap.paths import SEGMENTS
-
-
-@dataclass
-class Row:
-    """One span of a trace's waterfall."""
-
-    depth: int
-    label: str
-    start_ns: int
-    duration_ns: int
-    failed: bool
 
 
 @dataclass
@@ -76,24 +65,7 @@ class Findings:
         return out
 
     def waterfall(self, trace_id: str) -> list[Row]:
-        spans = sorted(self._search(SPANS, [{"term": {"trace_id": trace_id}}]), key=lambda s: (s["start_time"], s["span_id"]))
-        ids = {s["span_id"]: s for s in spans}
-
-        def depth(span: dict[str, Any]) -> int:
-            d, seen = 0, set()
-            while span.get("parent_span_id") in ids and span["span_id"] not in seen:
-                seen.add(span["span_id"])
-                span, d = ids[span["parent_span_id"]], d + 1
-            return d
-
-        rows = []
-        for s in spans:
-            what = " ".join(x for x in (s.get("request_type"), s.get("request_resource")) if x) or s["protocol"]
-            answer = (s.get("response_code") if s["protocol"] == "HTTP" else None) or s.get("response_message") or s.get("error_class") or ""
-            side = s["tap_side"].lower().replace("_", "-")
-            label = f"{side:<14} {s.get('client_workload') or s['client_ip']} -> {s.get('server_workload') or s['server_ip']}  {s['protocol']} {what}  {answer}"
-            rows.append(Row(depth(s), label, _ns(s["start_time"]), s["duration_ns"], bool(s.get("error_class"))))
-        return rows
+        return rows_of(assemble(self.es, self.settings, trace_id).spans)
 
     def path(self, trace_id: str | None, server_workload: str) -> dict[str, Any] | None:
         filters: list[dict[str, Any]] = [{"term": {"server_workload": server_workload}}, {"range": {"start_time": {"gte": self.since_iso}}}]
@@ -124,7 +96,8 @@ class Findings:
         alerts = self._alerts("SLOW_REQUEST")
         if not alerts:
             return f
-        alert = max(alerts, key=lambda a: a["measurements"].get("duration_ns", 0))
+        # The staged fault is oms-app's: other slow requests (a DNS answer the Services' NAT lost, under the storm) are not it
+        alert = max(alerts, key=lambda a: (a.get("workload") == "oms-app", a["measurements"].get("duration_ns", 0)))
         segment = alert["attributes"].get("segment", "?")
         f.headline = f"SLOW_REQUEST: {alert['summary']}"
         f.waterfall = self.waterfall(alert["trace_id"])
@@ -200,7 +173,7 @@ def text_report(results: Results) -> str:
         out.append(f"  {f.headline}")
         if f.waterfall:
             out.append("  trace waterfall:")
-            out.extend(f"    {line}" for line in _text_waterfall(f.waterfall))
+            out.extend(f"    {line}" for line in text_waterfall(f.waterfall))
         if f.segments:
             out.append("  segments: " + ", ".join(f"{n.removesuffix('_ns').replace('_', ' ')} {v / 1e6:.2f} ms" for n, v in f.segments.items()))
         out.extend(f"  {line}" for line in f.details)
@@ -211,20 +184,8 @@ def text_report(results: Results) -> str:
     return "\n".join(out)
 
 
-def _text_waterfall(rows: list[Row], width: int = 30) -> list[str]:
-    start = min(r.start_ns for r in rows)
-    span = max(max(r.start_ns + r.duration_ns for r in rows) - start, 1)
-    lines = []
-    for r in rows:
-        left = int((r.start_ns - start) / span * width)
-        bar = max(1, int(r.duration_ns / span * width))
-        lines.append(f"{' ' * left}{'#' * bar}{' ' * max(0, width - left - bar)} {r.duration_ns / 1e6:9.2f} ms  {'  ' * r.depth}{r.label}"
-                     + ("  !" if r.failed else ""))
-    return lines
-
-
 def html_report(results: Results, title: str, minutes: float, kibana_hint: str) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><p>{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, {minutes:.1f} min. "
              f"Every finding below was read back from Elasticsearch.</p>"]
     for f in results.findings:
@@ -232,7 +193,7 @@ def html_report(results: Results, title: str, minutes: float, kibana_hint: str) 
         parts.append(f"<section class='{state}'><h2>{html.escape(f.title)} <span>{'FOUND' if f.found else 'NOT FOUND'}</span></h2>"
                      f"<p class='staged'>Staged: {html.escape(f.expected)}</p><p><b>{html.escape(f.headline)}</b></p>")
         if f.waterfall:
-            parts.append(_html_waterfall(f.waterfall))
+            parts.append(html_waterfall(f.waterfall))
         if f.segments:
             parts.append(_html_segments(f.segments))
         parts.extend(f"<p>{html.escape(line)}</p>" for line in f.details)
@@ -243,19 +204,6 @@ def html_report(results: Results, title: str, minutes: float, kibana_hint: str) 
     parts.append("</table><h3>p99 latency per window</h3>" + _svg_chart(results.p99_series) + "</section>")
     parts.append(f"<p class='hint'>{html.escape(kibana_hint)}</p></body></html>")
     return "".join(parts)
-
-
-def _html_waterfall(rows: list[Row]) -> str:
-    start = min(r.start_ns for r in rows)
-    span = max(max(r.start_ns + r.duration_ns for r in rows) - start, 1)
-    out = ["<table class='waterfall'>"]
-    for r in rows:
-        left, width = (r.start_ns - start) / span * 100, max(r.duration_ns / span * 100, 0.3)
-        out.append(f"<tr><td class='label' style='padding-left:{r.depth}em'>{html.escape(r.label)}</td>"
-                   f"<td class='track'><div class='bar{' failed' if r.failed else ''}' style='margin-left:{left:.2f}%;width:{width:.2f}%'></div></td>"
-                   f"<td>{r.duration_ns / 1e6:.2f} ms</td></tr>")
-    out.append("</table>")
-    return "".join(out)
 
 
 def _html_segments(segments: dict[str, int]) -> str:
@@ -296,21 +244,5 @@ def _svg_chart(series: dict[str, list[tuple[int, float]]], width: int = 720, hei
     return "".join(out)
 
 
-_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}section{border-left:4px solid #ccc;padding:.2em 1em;margin:1.5em 0}
-section.found{border-color:#2ca02c}section.missing{border-color:#d62728}h2 span{font-size:.6em;padding:.1em .4em;background:#eee}
-.staged{color:#666}table{border-collapse:collapse}td,th{padding:2px 8px;font-size:13px;text-align:left}
-.waterfall{width:100%}.waterfall .label{font-family:monospace;white-space:pre;font-size:12px}.track{width:40%;background:#f4f4f4}
-.bar{height:12px;background:#1f77b4}.bar.failed{background:#d62728}.segments{display:flex;height:18px;width:100%}
-.seg,.k{display:inline-block;height:18px}.k{width:12px;height:12px;margin:0 4px 0 12px}
-.s0{background:#aec7e8}.s1{background:#ff9896}.s2{background:#98df8a}.s3{background:#1f77b4}.s4{background:#2ca02c}.s5{background:#d62728}
-.s6{background:#c5b0d5}.s7{background:#ff7f0e}.hint{color:#666}"""
-
-
-def _ns(iso: str) -> int:
-    """An ISO time with up to nanoseconds (as the sink writes date_nanos) as epoch nanoseconds."""
-    whole, _, frac = iso.rstrip("Z").partition(".")
-    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
-
-
 def _ms(value: Any) -> int:
-    return value if isinstance(value, int) else _ns(value) // 1_000_000
+    return value if isinstance(value, int) else iso_to_ns(value) // 1_000_000

@@ -7,6 +7,7 @@ all reach it); 78 bad configuration (settings, credentials, missing topics); 130
 from __future__ import annotations
 
 import argparse
+import html
 import dataclasses
 import json
 import logging
@@ -186,6 +187,39 @@ def cmd_kibana_export(settings: Settings, args: argparse.Namespace) -> int:
     from sinks.kibana import saved_objects, to_ndjson
 
     sys.stdout.write(to_ndjson(saved_objects(settings.elasticsearch.index_prefix)))
+    return EXIT_OK
+
+
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    import elastic_transport
+
+    from cli.waterfall import assemble, html_page, html_waterfall, rows_of, text_waterfall
+    from sinks.elasticsearch import es_client
+
+    es = es_client(settings.elasticsearch)
+    try:
+        trace = assemble(es, settings.elasticsearch, args.id, args.max_rounds)
+    except elastic_transport.ConnectionError as exc:
+        raise ServerUnavailable(f"Elasticsearch at {', '.join(settings.elasticsearch.hosts)} does not answer: {exc}") from None
+    if not trace.spans:
+        print(f"tracetap: no span has the span id or trace id {args.id} in {settings.elasticsearch.index_prefix}-spans-*",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(trace.spans, indent=1))
+        return EXIT_OK
+    rows = rows_of(trace.spans)
+    services = sorted({s[f] for s in trace.spans for f in ("client_workload", "server_workload") if s.get(f)})
+    first = min(r.start_ns for r in rows)
+    took_ms = (max(r.start_ns + r.duration_ns for r in rows) - first) / 1e6
+    trace_ids = sorted({s["trace_id"] for s in trace.spans if s.get("trace_id")})
+    header = (f"trace {', '.join(trace_ids) or '?'}: {len(trace.spans)} spans, {took_ms:.2f} ms, services {', '.join(services) or '?'}"
+              f" ({trace.rounds} search rounds{'' if trace.complete else ', cut short: raise --max-rounds'})")
+    print(header)
+    print("\n".join(text_waterfall(rows)))
+    if args.html:
+        Path(args.html).write_text(html_page(f"trace {args.id}", f"<p>{html.escape(header)}</p>{html_waterfall(rows)}"))
+        print(f"HTML: {args.html}")
     return EXIT_OK
 
 
@@ -472,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     kibana_import.add_argument("--url", required=True, help="Kibana's base URL, e.g. http://localhost:5601")
     kibana_import.add_argument("--space", help="a Kibana space id (default: the default space)")
     add(kibana_cmds, "export", cmd_kibana_export, "print them as NDJSON (for Kibana's Saved Objects > Import)")
+
+    trace = add(commands, "trace", cmd_trace, "print a trace's waterfall from Elasticsearch: every span linked to a span id or trace id")
+    trace.add_argument("id", help="a span id or a trace id (from Kibana, an alert's span_ids or trace_id)")
+    trace.add_argument("--html", metavar="FILE", help="also write the waterfall as one self-contained HTML file")
+    trace.add_argument("--json", action="store_true", help="print the span documents as JSON instead")
+    trace.add_argument("--max-rounds", type=int, default=30, help="search rounds (hops followed each way) before stopping (default 30)")
 
     demo = add(commands, "demo", cmd_demo,
                "the seed's four case studies, live: a simulated cluster observed by the agents, the stream job and the sink (root)")

@@ -253,3 +253,57 @@ def test_a_daily_index_made_under_an_older_schema_takes_the_fields_a_newer_one_a
     assert [h["_id"] for h in hits] == ["after"]
     es.indices.delete(index=today)
     es.indices.delete_index_template(name=f"{es_settings.index_prefix}-paths")
+
+
+def _chain_spans(start_ns):
+    """A request through web -> gateway -> oms-app -> redis as the stream links it hop by hop: each span names its
+    parent, and each service's spans carry a trace id of their own (or none), so only the parent links join them."""
+    from tracetap.model import Span, TapSide
+
+    hops = [("web", "gateway", 8080, "t-web"), ("gateway", "oms-app", 8080, "t-gateway"), ("oms-app", "redis", 6379, None)]
+    spans, parent = [], None
+    server = Span("HTTP", TapSide.SERVER_PROCESS, "node", start_ns, start_ns + 30_000_000, "tcp|10.77.0.1|50000|10.77.0.10|8080", "TCP",
+                  "10.77.0.1", 50000, "10.77.0.10", 8080, request_type="GET", request_resource="/orders/1", response_code=200,
+                  client_workload=None, server_workload="web", identity="web-in")
+    for i, (client, callee, port, trace) in enumerate(hops):
+        server.trace_id, server.parent_span_id = trace, parent
+        spans.append(server)
+        protocol = "REDIS" if callee == "redis" else "HTTP"
+        call = Span(protocol, TapSide.CLIENT_PROCESS, "node", server.start_ns + 1_000_000, server.end_ns - 1_000_000,
+                    f"tcp|10.77.0.{10 + i}|{41000 + i}|10.96.0.{11 + i}|{port}", "TCP", f"10.77.0.{10 + i}", 41000 + i, f"10.96.0.{11 + i}",
+                    port, request_type="GET", request_resource="/orders/1", client_workload=client, server_workload=callee,
+                    identity=f"{client}-out", trace_id=trace, parent_span_id=server.span_id)
+        spans.append(call)
+        parent = call.span_id
+        server = Span(protocol, TapSide.SERVER_PROCESS, "node", call.start_ns + 100_000, call.end_ns - 100_000,
+                      f"tcp|10.77.0.{10 + i}|{41000 + i}|10.77.0.{11 + i}|{port}", "TCP", f"10.77.0.{10 + i}", 41000 + i,
+                      f"10.77.0.{11 + i}", port, request_type="GET", request_resource="/orders/1", client_workload=client,
+                      server_workload=callee, identity=f"{callee}-in")
+    server.parent_span_id = parent
+    spans.append(server)
+    unrelated = Span("HTTP", TapSide.SERVER_PROCESS, "node", start_ns, start_ns + 1, "tcp|10.77.0.9|1|10.77.0.10|8080", "TCP",
+                     "10.77.0.9", 1, "10.77.0.10", 8080, server_workload="web", identity="other", trace_id="t-other")
+    return [s.to_record() for s in spans], unrelated.to_record()
+
+
+def test_tracetap_trace_prints_every_hop_of_a_chain_linked_only_by_parents(own_topics, registry, tmp_path):
+    settings = own_topics
+    chain, unrelated = _chain_spans(time.time_ns() - 300 * S)
+    _produce(settings, registry, {SPANS: [*chain, unrelated]})
+    run_sink(settings, group_id=f"it-sink-{uuid.uuid4().hex[:6]}", stop_when_idle_s=3.0)
+    env = dict(os.environ, TRACETAP_ELASTICSEARCH__INDEX_PREFIX=settings.elasticsearch.index_prefix)
+    html = tmp_path / "trace.html"
+    for ident in (chain[-1]["span_id"], chain[2]["span_id"], "t-web"):  # the deepest span, one in the middle, a trace id
+        done = subprocess.run([sys.executable, "-m", "cli.main", "trace", ident, "--html", str(html)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith("trace t-gateway, t-web: 7 spans") and "services gateway, oms-app, redis, web" in lines[0]
+        waterfall = lines[1:8]
+        assert [line.split(" ms  ")[1].split()[0] for line in waterfall] == ["server-process", "client-process"] * 3 + ["server-process"]
+        assert [len(line.split(" ms  ")[1]) - len(line.split(" ms  ")[1].lstrip()) for line in waterfall] == [0, 2, 4, 6, 8, 10, 12]
+        assert "oms-app -> redis  REDIS GET /orders/1" in waterfall[-1]
+        assert unrelated["span_id"] not in done.stdout and "<table class='waterfall'>" in html.read_text()
+    missing = subprocess.run([sys.executable, "-m", "cli.main", "trace", "no-such-id"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode == 1 and "no span has the span id or trace id no-such-id" in missing.stderr

@@ -109,10 +109,11 @@ class Span:
 
     @property
     def span_id(self) -> str:
-        """Deterministic: the same input gives the same id in every engine and on every replay. Computed once:
+        """A W3C-sized span id (8 bytes, lowercase hex), deterministic: the same input gives the same id in every
+        engine and on every replay. Computed once:
         the fields it covers are set at construction (copy with dataclasses.replace to change them)."""
         if self._id is None:
-            self._id = stable_id(self.host, self.tap_side, self.identity, self.start_ns, self.req_tcp_seq, self.request_type)
+            self._id = stable_id(self.host, self.tap_side, self.identity, self.start_ns, self.req_tcp_seq, self.request_type, size=8)
         return self._id
 
     @property
@@ -177,6 +178,20 @@ def span_from_state(state: list[Any]) -> Span:
     return span
 
 
-def stable_id(*parts: object) -> str:
-    """A 128-bit hex id from the parts' text: deterministic across processes and engines (no hash seed)."""
-    return hashlib.blake2b("|".join("" if p is None else str(p) for p in parts).encode(), digest_size=16).hexdigest()
+def stable_id(*parts: object, size: int = 16) -> str:
+    """A lowercase hex id of `size` bytes (16: a W3C trace id; 8: a W3C span id) from the parts' text:
+    deterministic across processes and engines (no hash seed)."""
+    return hashlib.blake2b("|".join("" if p is None else str(p) for p in parts).encode(), digest_size=size).hexdigest()
+
+
+def w3c_trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), or None when it is not one."""
+    if not traceparent or len(traceparent) < 55:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
+    trace = parts[1]
+    if parts[0] == "ff" or trace == "0" * 32 or parts[2] == "0" * 16 or not all(c in "0123456789abcdef" for c in "".join(parts[:4])):
+        return None
+    return trace

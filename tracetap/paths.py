@@ -86,6 +86,25 @@ class PathState:
         }
 
 
+def share_workloads(spans: list[Span]) -> None:
+    """Fill each point's missing workloads from the other points of its request (in place): a client that called a
+    Service's ClusterIP cannot tell the server's workload from the address it called, the server's points can."""
+    points: dict[tuple[str, str], list[Span]] = {}
+    for span in spans:
+        key = join_key(span)
+        if key is not None:
+            points.setdefault(key, []).append(span)
+    for group in points.values():
+        if len(group) < 2:
+            continue
+        ranked = sorted(group, key=lambda s: _ORDER.index(s.tap_side))
+        client = next((s.client_workload for s in ranked if s.client_workload), None)
+        server = next((s.server_workload for s in reversed(ranked) if s.server_workload), None)
+        for span in group:
+            span.client_workload = span.client_workload or client
+            span.server_workload = span.server_workload or server
+
+
 def _service(called: Span, served: Span) -> dict[str, Any]:
     """The address the client called, where a DNAT sent the request elsewhere (a ClusterIP and its pod)."""
     if (called.server_ip, called.server_port) == (served.server_ip, served.server_port):

@@ -27,7 +27,7 @@ from tracetap.eventtime import EngineClock, PartitionClocks
 from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig, local_is_client
 from tracetap.model import Span, SocketData, TapSide, span_from_state, span_to_state
 from tracetap.nic import FlowPacketAssembler, NicConfig, check_packet
-from tracetap.paths import PathState, join_key
+from tracetap.paths import PathState, join_key, share_workloads
 from tracetap.tracing import link_spans
 from tracetap.workloads import WorkloadIndex
 
@@ -357,7 +357,9 @@ class TraceStage:
 
     def _emit_trace(self, trace: list[Span], out: Emitted) -> None:
         self.counters.traces += 1
-        trace = link_spans([self.workloads.tag(replace(s)) for s in trace])
+        trace = [self.workloads.tag(replace(s)) for s in trace]
+        share_workloads(trace)
+        trace = link_spans(trace)
         paths: dict[tuple[str, str], PathState] = {}
         for span in trace:
             self.emitted[span.span_id] = span.end_ns

@@ -7,14 +7,15 @@
 3. Trace headers (x-request-id, traceparent, sw8): where a thread hop broke rule 1, a client call
    carrying the header value a server span of the same process received has that server span as parent.
 
-`link_spans` is a function of the set of spans (order-independent), so engines give equal ids.
+`link_spans` is a function of the set of spans (order-independent), so engines give equal ids. Trace ids are
+W3C-sized (16 bytes, hex); where a span of the trace carried a W3C `traceparent`, its trace id is the trace's.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from tracetap.model import Span, TapSide, stable_id
+from tracetap.model import Span, TapSide, stable_id, w3c_trace_id
 from tracetap.paths import join_key
 
 _POINT_ORDER = {TapSide.CLIENT_PROCESS: 0, TapSide.CLIENT_NIC: 1, TapSide.SERVER_NIC: 2, TapSide.SERVER_PROCESS: 3}
@@ -64,6 +65,7 @@ def link_spans(spans: list[Span]) -> list[Span]:
                     parent[span.span_id] = server.span_id
                     break
 
+    roots: dict[str, str] = {}
     for span in ordered:
         span.parent_span_id = parent.get(span.span_id)
         root, seen = span, {span.span_id}
@@ -73,5 +75,13 @@ def link_spans(spans: list[Span]) -> list[Span]:
                 break
             seen.add(up)
             root = by_id[up]
-        span.trace_id = stable_id("trace", root.span_id)
+        roots[span.span_id] = root.span_id
+    incoming: dict[str, str] = {}  # root -> the trace id of the first W3C traceparent its spans carried: the caller's wins
+    for span in ordered:
+        header = w3c_trace_id(span.trace_headers.get("traceparent"))
+        if header is not None:
+            incoming.setdefault(roots[span.span_id], header)
+    for span in ordered:
+        root_id = roots[span.span_id]
+        span.trace_id = incoming.get(root_id) or stable_id("trace", root_id)
     return ordered

@@ -56,6 +56,19 @@ def test_a_request_dnated_from_a_service_address_to_a_pod_joins_on_the_client_en
     assert path["flow_id"] == "tcp|10.0.0.1|40000|10.96.0.20|80"  # the client's: the flow it opened
 
 
+def test_a_client_that_called_a_service_address_takes_the_server_workload_from_the_servers_points():
+    from tracetap.paths import share_workloads
+
+    called = dict(server="10.96.0.20", sport=80, flow="tcp|10.0.0.1|40000|10.96.0.20|80")
+    cp = span(TapSide.CLIENT_PROCESS, 0, 100 * MS, workload=("web", None), **called)
+    sp = span(TapSide.SERVER_PROCESS, 4 * MS, 94 * MS, workload=(None, "oms-app"))
+    other = span(TapSide.CLIENT_PROCESS, 0, 100 * MS, seq=7, workload=("web", None), **called)  # another request: left alone
+    share_workloads([cp, sp, other])
+    assert (cp.client_workload, cp.server_workload) == ("web", "oms-app")
+    assert (sp.client_workload, sp.server_workload) == ("web", "oms-app")
+    assert other.server_workload is None
+
+
 def test_a_path_without_nat_names_no_service_address():
     joiner = PathJoiner()
     out = []
@@ -242,3 +255,25 @@ def test_spans_are_tagged_from_resource_records_and_forget_tombstones():
     index.apply("ip|node|10.0.0.2", None)
     fresh = index.tag(span(TapSide.CLIENT_PROCESS, 0, 10, pid=10))
     assert (fresh.client_workload, fresh.server_workload) == ("pod-orders", None) and "127.0.0.1" not in index.addresses
+
+
+def test_ids_have_w3c_sizes_and_a_callers_traceparent_gives_the_trace_its_id():
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    server = span(TapSide.SERVER_PROCESS, 0, 100 * MS, pid=1, trace=9, headers={"traceparent": tp})
+    call = span(TapSide.CLIENT_PROCESS, 10 * MS, 20 * MS, pid=1, trace=9, seq=77, flow="tcp|10.0.0.2|41000|10.0.0.3|80")
+    alone = span(TapSide.CLIENT_PROCESS, 0, 5 * MS, pid=2, seq=99, flow="tcp|10.0.0.5|41000|10.0.0.3|80")
+    linked = link_spans([alone, call, server])
+    assert all(len(s.span_id) == 16 and int(s.span_id, 16) >= 0 and s.span_id == s.span_id.lower() for s in linked)
+    assert call.parent_span_id == server.span_id
+    assert server.trace_id == call.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert len(alone.trace_id) == 32 and alone.trace_id != server.trace_id
+
+
+@pytest.mark.parametrize("header", ["00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
+                                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # the invalid all-zero id
+                                    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # the forbidden version
+                                    "00-4bf92f3577b34da6a3ce929d0e0e4736-01", "garbage"])
+def test_a_traceparent_that_is_not_w3c_leaves_the_trace_its_own_id(header):
+    server = span(TapSide.SERVER_PROCESS, 0, 100 * MS, pid=1, headers={"traceparent": header})
+    [linked] = link_spans([server])
+    assert len(linked.trace_id) == 32 and "4bf92f35" not in linked.trace_id

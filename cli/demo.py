@@ -149,10 +149,11 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
     children = _Children(logs, env)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        step(3, f"cluster: {len(PODS)} pods on {cluster.subnet}, kube-dns with ndots:5, redis, the services")
+        step(3, f"cluster: {len(PODS)} pods on {cluster.subnet}, their Services' ClusterIPs on {cluster.service_subnet} (DNAT, as kube-proxy), "
+                "kube-dns with ndots:5, redis, the services")
         cluster.up()
         workloads = start_workloads(cluster, storm="dns-storm" in options.scenarios)
-        progress(", ".join(f"{name} {pod.address}" for name, pod in cluster.members.items()))
+        progress(", ".join(f"{name} {pod.address} (Service {pod.cluster_ip})" for name, pod in cluster.members.items()))
 
         step(4, "agents: eBPF on the pods' processes, packets on their veths")
         # Every pod's veth, as pod-nic taps (one tshark: they are all in the node namespace); TCP to the services

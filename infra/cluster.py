@@ -1,9 +1,15 @@
 """A small Kubernetes-like cluster on one machine, for the demo and the tests: network namespaces as pods.
 
-    node namespace (tt-node) ── bridge tt-br0 10.77.0.1/24
-        ├─ veth ─ pod "web"        10.77.0.10   (its own network namespace, /run/netns/web)
-        ├─ veth ─ pod "gateway"    10.77.0.11
-        └─ ...   pod "kube-dns"    runs dnsmasq: <service>.<namespace>.svc.cluster.local -> pod addresses
+    node namespace (tt-node) ── bridge tt-br0 10.77.0.1/24, nftables DNAT: Service ClusterIP -> pod
+        ├─ veth ─ pod "web"        10.77.0.10   Service 10.96.0.10 (its own network namespace, /run/netns/web)
+        ├─ veth ─ pod "gateway"    10.77.0.11   Service 10.96.0.11
+        └─ ...   pod "kube-dns"    runs dnsmasq: <service>.<namespace>.svc.cluster.local -> ClusterIPs
+
+Every pod is also a Service: a ClusterIP that no interface holds, which the node namespace DNATs to the
+pod as kube-proxy does (an nftables prerouting rule; bridged replies pass the node's conntrack through
+br_netfilter, so the client sees the answer come from the ClusterIP). The cluster DNS answers ClusterIPs,
+and the pods' resolv.conf names kube-dns by its ClusterIP, so a client's socket and its NIC see the
+Service's address and the server's see the pod's, as in Kubernetes.
 
 Each pod gets /etc/netns/<pod>/resolv.conf, which `ip netns exec` mounts over /etc/resolv.conf for the
 processes it starts there: the cluster DNS, the search path `default.svc.cluster.local svc.cluster.local
@@ -48,12 +54,14 @@ class Pod:
     name: str  # the network namespace's name: the workload name the agents report
     address: str
     veth: str  # the node side of its veth pair (in the node namespace): where a packet agent taps the pod
+    cluster_ip: str  # its Service's address, DNATed to `address` by the node namespace
 
 
 @dataclass
 class Cluster:
     pods: list[str]
     subnet: str = "10.77.0.0/24"
+    service_subnet: str = "10.96.0.0/24"  # the Services' ClusterIPs (inside the namespaces only)
     node: str = "tt-node"
     bridge: str = "tt-br0"
     dns_pod: str = "kube-dns"
@@ -103,6 +111,7 @@ class Cluster:
         self._ip(self.node, "link", "add", self.bridge, "type", "bridge")
         self._ip(self.node, "addr", "add", f"{self.gateway}/{network.prefixlen}", "dev", self.bridge)
         self._ip(self.node, "link", "set", self.bridge, "up")
+        services = list(ipaddress.ip_network(self.service_subnet).hosts())
         for i, name in enumerate(pods):
             address = str(hosts[9 + i])
             veth = f"v-{name}"[:15]
@@ -112,19 +121,38 @@ class Cluster:
             self._ip(name, "addr", "add", f"{address}/{network.prefixlen}", "dev", "eth0")
             self._ip(name, "link", "set", "eth0", "up")
             self._ip(name, "route", "add", "default", "via", self.gateway)
-            self.members[name] = Pod(name, address, veth)
-        dns = self.members[self.dns_pod].address
+            self.members[name] = Pod(name, address, veth, str(services[9 + i]))
+        self._services()
+        dns = self.members[self.dns_pod].cluster_ip
         for name in pods:
             folder = ETC_NETNS / name
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "resolv.conf").write_text(f"nameserver {dns}\nsearch {' '.join(SEARCH)}\noptions ndots:5 timeout:2 attempts:3\n")
+            # kube-dns itself resolves through its own address, not its Service's (a pod reaching itself through a
+            # ClusterIP needs a hairpin masquerade, which this cluster does not set up; kube-dns's dnsPolicy is Default)
+            server = self.members[name].address if name == self.dns_pod else dns
+            (folder / "resolv.conf").write_text(f"nameserver {server}\nsearch {' '.join(SEARCH)}\noptions ndots:5 timeout:2 attempts:3\n")
         self._start_dns()
         log.info("cluster up pods=%d subnet=%s dns=%s", len(pods), self.subnet, dns)
 
+    def _services(self) -> None:
+        """kube-proxy's part: forwarding on, and one DNAT rule per Service in the node namespace."""
+        if not Path("/proc/sys/net/bridge").is_dir():
+            raise ClusterError("br_netfilter is not loaded, so bridged replies would skip the Services' NAT: run modprobe br_netfilter")
+        if shutil.which("nft") is None:
+            raise ClusterError("nft not found (apt-get install nftables)")
+        for setting in ("net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"):
+            _run(["ip", "netns", "exec", self.node, "sysctl", "-qw", setting])
+        rules = "\n".join(f"    ip daddr {pod.cluster_ip} dnat to {pod.address}" for pod in self.members.values())
+        ruleset = f"table ip tracetap-services {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}\n  }}\n}}\n"
+        done = subprocess.run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ClusterError(f"nft could not load the Services' DNAT rules: {done.stderr.strip()}")
+
     def _start_dns(self) -> None:
-        """dnsmasq in the kube-dns pod: every pod as <pod>.<namespace>.svc.cluster.local (and its short forms through
-        the search path), NXDOMAIN for anything else under cluster.local, no upstream (nothing leaves the cluster)."""
-        records = [f"--host-record={name}.{self.namespace}.svc.{CLUSTER_DOMAIN},{pod.address}" for name, pod in self.members.items()]
+        """dnsmasq in the kube-dns pod: every pod's Service as <pod>.<namespace>.svc.cluster.local -> its ClusterIP (and its
+        short forms through the search path), NXDOMAIN for anything else under cluster.local, no upstream (nothing
+        leaves the cluster)."""
+        records = [f"--host-record={name}.{self.namespace}.svc.{CLUSTER_DOMAIN},{pod.cluster_ip}" for name, pod in self.members.items()]
         records += [f"--host-record={name},{address}" for name, address in self.extra_hosts.items()]
         dns = self.start(self.dns_pod, ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                                   "--bind-interfaces", f"--listen-address={self.members[self.dns_pod].address}", "--port=53",

@@ -12,6 +12,7 @@ packages=(
   python3-bpfcc bpfcc-tools # bcc for the eBPF agent, imported into .venv from Debian
   linux-headers-amd64       # bcc compiles against headers; struct offsets still come from BTF
   redis-server dnsmasq      # a real Redis and DNS server for the agent tests and the demo
+  nftables                  # the demo cluster's Services: ClusterIPs DNATed to pods, as kube-proxy does
   tshark                    # the packet agent decodes through it (pyshark drives tshark)
   postgresql mariadb-server # real database servers for the SQL parser tests (not started as services)
 )

@@ -26,9 +26,11 @@ def cluster():
     c.down()
 
 
-def test_pods_find_each_other_by_service_name_and_talk_over_the_bridge(cluster):
+def test_pods_find_each_other_by_service_name_and_talk_through_the_services_nat(cluster):
     assert {n: p.address for n, p in cluster.members.items()} == {"web": "10.77.8.10", "oms-app": "10.77.8.11", "kube-dns": "10.77.8.12"}
-    cluster.start("oms-app", ["python3", "-m", "http.server", "8080", "--bind", cluster.members["oms-app"].address])
+    assert {n: p.cluster_ip for n, p in cluster.members.items()} == {"web": "10.96.0.10", "oms-app": "10.96.0.11", "kube-dns": "10.96.0.12"}
+    server = cluster.start("oms-app", ["python3", "-u", "-m", "http.server", "8080", "--bind", cluster.members["oms-app"].address],
+                           stderr=subprocess.PIPE, text=True)
     probe = "import socket, time, urllib.request\n" \
             "print(socket.gethostbyname('oms-app'))\n" \
             "for _ in range(50):\n" \
@@ -36,7 +38,8 @@ def test_pods_find_each_other_by_service_name_and_talk_over_the_bridge(cluster):
             "        print(urllib.request.urlopen('http://oms-app:8080/', timeout=2).status); break\n" \
             "    except OSError: time.sleep(0.1)\n"
     done = cluster.run("web", ["python3", "-c", probe])
-    assert done.stdout.split() == ["10.77.8.11", "200"], done.stderr
+    assert done.stdout.split() == ["10.96.0.11", "200"], done.stderr  # the Service's address, answered by the pod behind it
+    assert server.stderr.readline().startswith("10.77.8.10 ")  # the pod sees the client's own address: no SNAT
     links = subprocess.run(["ip", "-n", "tt-test-node", "-o", "link", "show", "master", "tt-test-br0"], capture_output=True, text=True).stdout
     assert {p.veth for p in cluster.members.values()} <= {part.split("@")[0] for part in links.split() if part.startswith("v-")}
 

@@ -45,7 +45,9 @@ class Findings:
     """Queries over one run's documents (those at or after `since_ns`) in the sink's indices."""
 
     def __init__(self, es: Elasticsearch, settings: ElasticsearchSettings, since_ns: int) -> None:
-        self.es, self.settings, self.since_ns = es, settings, since_ns
+        # A search the cluster cannot serve for a moment (503 while a new index's shards start, 429 under load) is retried
+        self.es = es.options(max_retries=8, retry_on_status=(429, 502, 503, 504), retry_on_timeout=True)
+        self.settings, self.since_ns = settings, since_ns
         self.since_iso = iso_nanos(since_ns)
 
     def _search(self, spec: Any, filters: list[dict[str, Any]], size: int = 500) -> list[dict[str, Any]]:

@@ -182,4 +182,4 @@ class Emitter:
     def _log_once(self, kind: str, exc: Exception) -> None:
         if kind not in self._logged:
             self._logged.add(kind)
-            log.error("cannot produce record kind=%s error=%s", kind, exc)
+            log.error("cannot produce record kind=%s error=%s", kind, exc, exc_info=True)

@@ -241,7 +241,10 @@ class EbpfAgent:
         self._emitter.offer(SPANS, span.flow_id, span.to_record())
 
     def _redact(self, stream: tuple[int, ...], payload: bytes, size: int) -> bytes:
+        failures = self._redactors.failures
         payload, masked = self._redactors.redact(stream, payload, size)
+        if self._redactors.failures != failures:
+            self._emitter.count("redaction_failures")
         if masked:
             self._emitter.count("redacted_regions", masked)
         return payload

@@ -124,6 +124,24 @@ def test_the_agent_path_keeps_one_stream_per_socket_direction():
     assert len(redactors) == 3
 
 
+def test_a_rule_that_raises_masks_the_whole_event_and_the_stream_goes_on(monkeypatch, caplog):
+    """Fail closed: a bug in a rule costs that event's payload (masked whole, counted, logged once), never a secret."""
+    redactors = Redactors(RULES)
+    redactors.redact(("s", 0), b"GET / HTTP/1.1\r\n")
+    real = StreamRedactor.redact
+
+    def broken(self, payload, size=None):
+        if b"boom" in payload:
+            raise IndexError("index out of range")
+        return real(self, payload, size)
+
+    monkeypatch.setattr(StreamRedactor, "redact", broken)
+    assert redactors.redact(("s", 0), b"boom Authorization: Bearer abc") == (b"*" * 30, 1)
+    assert redactors.redact(("s", 0), b"boom again") == (b"*" * 10, 1)
+    assert redactors.failures == 2 and sum("redaction failed" in r.message for r in caplog.records) == 1
+    assert redactors.redact(("s", 0), b"Authorization: Bearer Sup3rSecretTok3n\r\n")[0] == b"Authorization: Bearer " + b"*" * 16 + b"\r\n"
+
+
 def test_a_cut_short_capture_does_not_join_the_next_event_to_it():
     """The capture kept a 16-byte prefix of a 100-byte write: what comes next does not follow these bytes."""
     redactor = StreamRedactor(RULES)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Hashable
 
 from tracetap.redact import http, http2, kafka, mysql, postgres, redis, sql
 from tracetap.redact.base import Mask, Until, Window
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, frozen=True)
@@ -219,14 +222,24 @@ class Redactors:
         self._streams: dict[Hashable, StreamRedactor] = {}
         self._max_streams = max_streams
         self.evicted = 0  # streams forgotten for room (their next event starts without a tail)
+        self.failures = 0  # events whose redaction raised (their payload was masked whole)
 
     def redact(self, stream: Hashable, payload: bytes, size: int | None = None) -> tuple[bytes, int]:
+        """The stream's redactor on one event. Should a rule ever raise, the whole payload is masked (nothing
+        unredacted leaves), the stream starts again with a new redactor, and the error is counted and logged once."""
         redactor = self._streams.get(stream)
         if redactor is None:
             if len(self._streams) >= self._max_streams:
                 self._evict()
             redactor = self._streams[stream] = StreamRedactor(self.rules)
-        return redactor.redact(payload, size)
+        try:
+            return redactor.redact(payload, size)
+        except Exception:  # a bug in a rule must cost one event's payload, never a secret or the capture
+            self.failures += 1
+            if self.failures == 1:
+                log.error("redaction failed; the event's payload is masked whole", exc_info=True)
+            self._streams[stream] = StreamRedactor(self.rules)
+            return bytes((self.rules.mask_byte,)) * len(payload), 1 if payload else 0
 
     def close(self, streams: list[Hashable]) -> None:
         for stream in streams:

@@ -31,14 +31,14 @@ from typing import Any
 import faust
 from faust.streams import _current_event
 
-from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
-                             SOCKET_LIFECYCLE, SPANS, TopicSpec)
+from schemas.catalog import DEAD_LETTER, RESOURCES, SOCKET_DATA, TopicSpec
 from schemas.deadletter import dead_letter_key, dead_letter_record
 from schemas.kafka import faust_credentials
 from schemas.registry import RegistryUnavailable, SchemaRegistry
 from schemas.serde import AvroDeserializer, AvroSerializer, UndecodableRecord
 from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode_items, decode_trace, encode_flow, encode_items,
                           encode_trace, flow_record, trace_item)
+from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
 from tracetap.config import Settings
 from tracetap.errors import TracetapError, UndecodableState
 from tracetap.eventtime import PartitionClocks
@@ -112,7 +112,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     registry = SchemaRegistry(settings.registry)
     decode = AvroDeserializer(registry)
     encoders = {spec.name: AvroSerializer(registry, spec.value_subject(prefix), spec.schema(), auto_register=settings.registry.auto_register)
-                for spec in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)}
+                for spec in OUTPUTS}
     stats = WorkerStats()
     app = faust.App(
         options.app_id, broker=f"kafka://{settings.kafka.bootstrap_servers.replace(',', ';kafka://')}", store=options.store,
@@ -125,11 +125,11 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     def raw_topic(*specs: TopicSpec) -> faust.TopicT:
         return app.topic(*(s.full_name(prefix) for s in specs), key_serializer="raw", value_serializer="raw")
 
-    raw = raw_topic(SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE)
+    raw = raw_topic(*RAW_INPUTS)
     resources = raw_topic(RESOURCES)
     trace_stage_topic = app.topic(prefix + TRACE_STAGE_TOPIC, partitions=1, key_serializer="raw", value_serializer="raw",
                                   internal=True, retention=7 * 86400)
-    outputs = {spec.name: raw_topic(spec) for spec in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)}
+    outputs = {spec.name: raw_topic(spec) for spec in OUTPUTS}
     flow_table = app.Table("flow-stages", partitions=SOCKET_DATA.partitions, key_type=bytes, value_type=bytes)
     # The trace stage is one value, snapshotted whole after each batch (zlib), so its changelog takes large records.
     trace_table = app.Table("trace-stage", partitions=1, key_type=bytes, value_type=bytes,
@@ -142,8 +142,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     last_input = {"flow": time.monotonic(), "trace": time.monotonic()}
     flushed = {"flow": False, "trace": False}  # an idle flush ran since the last input
     positions: dict[str, int] = {}  # "topic/partition" -> the last offset processed, for the lag figures
-    topic_kind = {SOCKET_DATA.full_name(prefix): "socket_data", PACKETS.full_name(prefix): "packet",
-                  SOCKET_LIFECYCLE.full_name(prefix): "lifecycle"}
+    topic_kind = raw_kinds(prefix)
 
     # helpers -------------------------------------------------------------------------------------------
     async def dead_letter(event: Any, reason: str, detail: str, failure: CoreFailure | None = None, value: bytes | None = None) -> None:
@@ -180,17 +179,16 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
 
     async def decoded(event: Any) -> dict[str, Any] | None:
         """The Avro record, or None once dead-lettered; a registry outage is waited out, never dead-lettered."""
-        delay = 1.0
-        while True:
+        for delay in registry_waits():
             try:
                 return decode(event.message.value)
             except UndecodableRecord as exc:
                 await dead_letter(event, exc.reason, exc.detail)
                 return None
             except RegistryUnavailable as exc:
-                log.error("registry unavailable, retrying in %.0f s error=%s", delay, exc)
+                log_registry_wait(delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        return None  # never: the waits do not end
 
     async def flow_stage(key: bytes, partition: int) -> FlowStage:
         held = flows.get(key)
@@ -279,12 +277,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
 
     async def emit(out: Emitted) -> None:
         futures = []
-        for spec, records, key in ((SPANS, out.spans, "flow_id"), (PATHS, out.paths, "flow_id"), (RED_METRICS, out.red, "metric_id"),
-                                   (NETWORK_METRICS, out.network, "metric_id"), (ALERTS, out.alerts, "alert_id")):
-            encode, topic = encoders[spec.name], outputs[spec.name]
-            for record in records:
-                futures.append(await topic.send(key=record[key].encode(), value=encode(record), force=True))
-            stats.produced[spec.name] += len(records)
+        for spec, key, record in output_records(out):
+            futures.append(await outputs[spec.name].send(key=key.encode(), value=encoders[spec.name](record), force=True))
+            stats.produced[spec.name] += 1
         if futures:
             await asyncio.gather(*futures)
 
@@ -391,13 +386,13 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s:
             flushed["flow"] = True
             touched: set[bytes] = set(flows)
-            horizon = flow_clock.max_seen_ns + options.stages.assembly.request_timeout_ns + options.stages.nic.request_timeout_ns
+            horizon = flow_clock.max_seen_ns + options.stages.flush_horizon_ns
             await send_to_trace_stage(await advance_flows(horizon, touched))
             persist_flows(touched)
         if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s:
             flushed["trace"] = True
             stage = trace_box[0]
-            if stage.pending or len(stage.red) or len(stage.network) or len(stage.dns):
+            if stage.has_open_work:
                 out = stage.advance(final=True)
                 log.info("idle flush spans=%d paths=%d red=%d alerts=%d", len(out.spans), len(out.paths), len(out.red), len(out.alerts))
                 await finish_trace_batch(stage, out)
@@ -419,8 +414,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             "consumed": dict(stats.consumed), "consumed_per_s": sum(stats.consumed.values()) / elapsed,
             "produced": dict(stats.produced), "dead_letters": dict(stats.dead_letters), "late": dict(stats.late),
             "replayed_skipped": stats.replayed, "recovered_flow_states": stats.recovered_flow_states, "lag": lag,
-            "tables": {"flow-stages": len(flows), "trace-stage.pending_spans": len(trace.pending) if trace else 0,
-                       "trace-stage.open_red_windows": len(trace.red) if trace else 0},
+            "tables": {"flow-stages": len(flows), "trace-stage.pending_spans": trace.waiting_spans if trace else 0,
+                       "trace-stage.open_red_windows": trace.open_windows if trace else 0},
             "trace_stage": asdict(trace.counters) if trace else {},
         })
 

@@ -25,15 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
-                             SOCKET_LIFECYCLE, SPANS)
+from schemas.catalog import DEAD_LETTER, RESOURCES
 from schemas.deadletter import dead_letter_key, dead_letter_record
 from schemas.kafka import java_properties
+from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
 from tracetap.config import Settings
-from tracetap.errors import TracetapError
+from tracetap.errors import TracetapError, UndecodableState
 from tracetap.eventtime import EngineClock
 from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
-from tracetap.errors import UndecodableState
 
 log = logging.getLogger("tracetap.streams.flink")
 
@@ -41,7 +40,6 @@ COMPONENT = "tracetap streams flink"
 MAX_WATERMARK_MS = 2**63 - 1  # Flink's end-of-input watermark
 MAX_NS = 2**63 - 1
 _MS = 1_000_000
-_OUTPUTS = (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,22 +82,21 @@ class _Codec:
         prefix = settings.topics.prefix
         registry = SchemaRegistry(settings.registry)
         self.decode = AvroDeserializer(registry)
-        self.topics = {spec.name: spec.full_name(prefix) for spec in _OUTPUTS}
+        self.topics = {spec.name: spec.full_name(prefix) for spec in OUTPUTS}
         self.encoders = {spec.name: AvroSerializer(registry, spec.value_subject(prefix), spec.schema(),
-                                                   auto_register=settings.registry.auto_register) for spec in _OUTPUTS}
+                                                   auto_register=settings.registry.auto_register) for spec in OUTPUTS}
 
     def decoded(self, value: bytes | None) -> dict[str, Any]:
         """The record; UndecodableRecord to dead-letter; a registry outage is waited out (backpressure)."""
         from schemas.registry import RegistryUnavailable
 
-        delay = 1.0
-        while True:
+        for delay in registry_waits():
             try:
                 return self.decode(value)
             except RegistryUnavailable as exc:
-                log.error("registry unavailable, retrying in %.0f s error=%s", delay, exc)
+                log_registry_wait(delay, exc)
                 time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        raise AssertionError("the waits do not end")
 
     def row(self, spec_name: str, key: str, record: dict[str, Any]) -> Any:
         from pyflink.common import Row
@@ -119,10 +116,8 @@ class _Codec:
         return self.row(DEAD_LETTER.name, dead_letter_key(record), record)
 
     def emitted(self, out: Emitted) -> Iterator[Any]:
-        for spec, records, key in ((SPANS, out.spans, "flow_id"), (PATHS, out.paths, "flow_id"), (RED_METRICS, out.red, "metric_id"),
-                                   (NETWORK_METRICS, out.network, "metric_id"), (ALERTS, out.alerts, "alert_id")):
-            for record in records:
-                yield self.row(spec.name, record[key], record)
+        for spec, key, record in output_records(out):
+            yield self.row(spec.name, key, record)
 
 
 def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
@@ -134,10 +129,9 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
 
     row_type, bytes_type = _types()
     prefix = settings.topics.prefix
-    kinds = {SOCKET_DATA.full_name(prefix): "socket_data", PACKETS.full_name(prefix): "packet",
-             SOCKET_LIFECYCLE.full_name(prefix): "lifecycle"}
+    kinds = raw_kinds(prefix)
     stages = options.stages
-    flush_horizon_ns = stages.assembly.request_timeout_ns + stages.nic.request_timeout_ns
+    flush_horizon_ns = stages.flush_horizon_ns
     idle_flush_ms = int(options.idle_flush_s * 1000)
 
     class FlowFunction(KeyedProcessFunction):
@@ -205,7 +199,7 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
                 ctx.timer_service().register_processing_time_timer(timestamp + idle_flush_ms)  # watch on while the flow lives
                 if time.monotonic() - self.last_input < options.idle_flush_s:
                     return
-                watermark_ns = max([self.max_seen_ns, *stage.last_seen_ns.values()]) + flush_horizon_ns
+                watermark_ns = max(self.max_seen_ns, stage.latest_event_ns) + flush_horizon_ns
             due, failure = call_core(stage.advance, watermark_ns)
             if failure is not None:  # no record to blame: the flow's state goes to the dead letters, the flow starts again
                 key = ctx.get_current_key()
@@ -378,7 +372,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             if self.live is None:
                 self.live = self._restore()
             watermark_ms = ctx.timer_service().current_watermark()  # Long.MAX_VALUE at the end of input: kept within a long in ns
-            self.live.clock.watermark_ns = min(max(self.live.clock.watermark_ns, watermark_ms * _MS), MAX_NS)
+            self.live.engine_watermark(min(watermark_ms * _MS, MAX_NS))
             return self.live
 
         def _restore(self) -> TraceStage:
@@ -395,7 +389,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             for entry in self.log.get() or ():
                 self.logged += 1
                 kind, watermark_ns = entry[:1], int.from_bytes(entry[1:9], "big", signed=True)
-                stage.clock.watermark_ns = max(stage.clock.watermark_ns, watermark_ns)
+                stage.engine_watermark(watermark_ns)
                 if kind == _LOG_ITEMS:
                     try:
                         items = decode_items(entry[9:])
@@ -418,7 +412,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                 _log_once("UNDECODABLE_STATE", str(exc))
                 yield self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), None, blob)
                 return
-            self.log.add(_log_entry(_LOG_ITEMS, stage.clock.watermark_ns, blob))
+            self.log.add(_log_entry(_LOG_ITEMS, stage.watermark_ns, blob))
             self.logged += 1
             for item in items:
                 on_time, failure = trace_item(stage, item)
@@ -443,7 +437,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
                 final = timers.current_watermark() == MAX_WATERMARK_MS
                 out = self._advance(stage, final)
-                if not final and (stage.pending or len(stage.red) or len(stage.network) or len(stage.dns)):
+                if not final and stage.has_open_work:
                     self.next_step = timers.current_watermark() + 1
                     timers.register_event_time_timer(self.next_step)
             else:  # idle flush
@@ -464,7 +458,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                 self.log.clear()
                 self.logged = 0
             else:
-                self.log.add(_log_entry(_LOG_FINAL if final else _LOG_ADVANCE, stage.clock.watermark_ns))
+                self.log.add(_log_entry(_LOG_FINAL if final else _LOG_ADVANCE, stage.watermark_ns))
                 self.logged += 1
             return out
 
@@ -570,10 +564,10 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path]) -> An
     columns = """k BYTES, v BYTES, `topic` STRING METADATA VIRTUAL, `partition` INT METADATA VIRTUAL, `offset` BIGINT METADATA VIRTUAL,
   ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
   WATERMARK FOR ts AS ts - INTERVAL '{bound}' SECOND""".format(bound=options.stages.max_out_of_order_ns / 1e9)
-    raw_topics = ";".join(s.full_name(prefix) for s in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE))
+    raw_topics = ";".join(s.full_name(prefix) for s in RAW_INPUTS)
     tables.execute_sql(f"CREATE TEMPORARY TABLE raw_events ({columns}) WITH (\n{_with(props, **source_options, topic=raw_topics)})")
     tables.execute_sql(f"CREATE TEMPORARY TABLE resources ({columns}) WITH (\n{_with(props, **source_options, topic=RESOURCES.full_name(prefix))})")
-    sink_options = {"connector": "kafka", "topic": ";".join(s.full_name(prefix) for s in _OUTPUTS), "key.format": "raw",
+    sink_options = {"connector": "kafka", "topic": ";".join(s.full_name(prefix) for s in OUTPUTS), "key.format": "raw",
                     "key.fields": "k", "value.format": "raw", "value.fields-include": "EXCEPT_KEY",
                     "sink.delivery-guarantee": guarantee, "sink.transactional-id-prefix": f"{options.app_id}-tx",
                     "properties.transaction.timeout.ms": "900000"}  # the broker's default transaction.max.timeout.ms

@@ -46,6 +46,11 @@ class StageConfig:
     trace_gap_ns: int = 5_000_000_000  # a trace is complete once the watermark is this far past its last span's end
     idle_state_ns: int = 120_000_000_000  # an assembler with nothing open and no input for this long is forgotten
 
+    @property
+    def flush_horizon_ns(self) -> int:
+        """How far past the latest event time an idle flush moves the watermark: every open request then times out."""
+        return self.assembly.request_timeout_ns + self.nic.request_timeout_ns
+
     @classmethod
     def from_settings(cls, streams: StreamSettings) -> StageConfig:
         """The core's tunables of a `[streams]` section (seconds and milliseconds there, nanoseconds here)."""
@@ -131,6 +136,11 @@ class FlowStage:
     @property
     def empty(self) -> bool:
         return not self.sockets and not self.nics and not self.closing
+
+    @property
+    def latest_event_ns(self) -> int:
+        """The latest event time an assembler of this flow has seen (0: none)."""
+        return max(self.last_seen_ns.values(), default=0)
 
     def to_state(self) -> dict[str, Any]:
         """JSON-ready data, sharing nothing mutable with the stage (so it is a snapshot too); the configuration
@@ -265,6 +275,28 @@ class TraceStage:
             raise
         except Exception as exc:
             raise UndecodableState(f"not a trace stage's state: {type(exc).__name__}: {exc}") from None
+
+    # what an engine reads --------------------------------------------------------------------------------
+    @property
+    def watermark_ns(self) -> int:
+        return self.clock.watermark_ns
+
+    def engine_watermark(self, watermark_ns: int) -> None:
+        """The engine's watermark, for a stage whose clock is an EngineClock (Flink's); it never goes back."""
+        self.clock.watermark_ns = max(self.clock.watermark_ns, watermark_ns)
+
+    @property
+    def has_open_work(self) -> bool:
+        """Spans waiting for their trace, or windows not closed yet: an idle flush has something to emit."""
+        return bool(self.pending or len(self.red) or len(self.network) or len(self.dns))
+
+    @property
+    def waiting_spans(self) -> int:
+        return len(self.pending)
+
+    @property
+    def open_windows(self) -> int:
+        return len(self.red)
 
     # input ------------------------------------------------------------------------------------------
     def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:

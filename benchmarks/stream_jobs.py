@@ -4,10 +4,11 @@ same input in the same run, with the Flink job's checkpoint durations and state 
 Input: N protocol-exact socket data events (benchmarks.core_pipeline.timed_events: keep-alive HTTP, Redis,
 DNS over UDP on 200 sockets, 1 ms apart) in the raw topics of a bench prefix. Each engine reads all of them
 from the earliest offset into output topics of its own prefix (a copy of the input, so their outputs never
-mix). The Faust job is the baseline: rate = events / (time from its first consumed record to the last
-output). The Flink job runs bounded (stops at the latest offsets); its rate is events / the job's run time
-less the run time of the same job on a 1,000-event input measured in the same run (JVM, mini-cluster and
-Python worker start-up), and the raw run time is printed too.
+mix). Every engine's rate is events / (wall time from its first consumed record to its last output): the
+Faust job's from its stats page, polled; the Flink job's (bounded: it stops at the latest offsets) from the
+lines its first operator and its trace stage write into Flink's log (first_input_unix_s, last_output_unix_s),
+the earliest first and the latest last over the subtasks. The Flink job's whole run (JVM, mini-cluster and
+Python worker start-up included) is printed too. The Faust job is the baseline.
 
 With --baseline-tree DIR (another checkout, e.g. before a change), each engine also runs from that tree on a
 copy of its own, alternating with this tree in the same run, and the ratios of this tree to it are printed.
@@ -77,13 +78,20 @@ def run_flink(settings, parallelism: int, workdir: Path, root: Path = ROOT) -> d
         raise RuntimeError(f"flink job failed: {done.stdout[-1500:]} {done.stderr[-3000:]}")
     job = re.search(r"job (\w+) finished in ([\d.]+) s", done.stdout)
     log_dir = state_dir(settings, dict(os.environ)) / "logs" / "flink"
-    checkpoints_done = []
+    checkpoints_done, first_input_s, last_output_s = [], [], []
     for log in log_dir.glob("*.log"):
         for line in log.read_text(errors="replace").splitlines():
             hit = re.search(rf"Completed checkpoint (\d+) for job {job[1]} \((\d+) bytes, checkpointDuration=(\d+) ms", line)
             if hit:
                 checkpoints_done.append((int(hit[1]), int(hit[2]), int(hit[3])))
-    return {"run_s": float(job[2]), "wall_s": wall, "checkpoints": sorted(checkpoints_done)}
+            hit = re.search(rf"app_id={app_id} (first_input|last_output)_unix_s=([\d.]+)", line)
+            if hit:
+                (first_input_s if hit[1] == "first_input" else last_output_s).append(float(hit[2]))
+    if not first_input_s or not last_output_s:
+        raise RuntimeError(f"flink job {app_id}: no first_input_unix_s or last_output_unix_s line in {log_dir} "
+                           f"(a tree whose streams/flink_job.py does not write them cannot be timed)")
+    return {"run_s": max(last_output_s) - min(first_input_s), "job_s": float(job[2]), "wall_s": wall,
+            "checkpoints": sorted(checkpoints_done)}
 
 
 def run_faust(settings, events: int, workdir: Path, root: Path = ROOT) -> dict:
@@ -170,12 +178,10 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tracetap-bench-streams-"))
     print(f"stream jobs benchmark: {os.cpu_count()} cpus, {args.events:,} raw events, load {os.getloadavg()[0]:.2f}", flush=True)
     inputs = {}
-    for name, events in (("small", 1000), ("faust", args.events), ("flink-p1", args.events), ("flink-p2", args.events)):
+    for name in ("faust", "flink-p1", "flink-p2"):
         inputs[name] = prefixed(base, f"{BENCH_PREFIX}{run}.{name}.")
-        seed(inputs[name], admin, registry, events)
+        seed(inputs[name], admin, registry, args.events)
     print("seeded the inputs", flush=True)
-    startup = run_flink(inputs["small"], 2, workdir)
-    print(f"flink start-up (1,000 events, p=2): {startup['run_s']:.1f} s", flush=True)
     faust = run_faust(inputs["faust"], args.events, workdir)
     print(f"faust (1 worker): {args.events / faust['run_s']:,.0f} events/s ({faust['run_s']:.1f} s from first record to last output)",
           flush=True)
@@ -183,15 +189,14 @@ def main() -> int:
     for p in (1, 2):
         flink = run_flink(inputs[f"flink-p{p}"], p, workdir)
         run_flink_p1 = run_flink_p1 or flink["run_s"]
-        net = max(flink["run_s"] - startup["run_s"], 1e-9)
         cps = flink["checkpoints"]
         cp = (f"{len(cps)} checkpoints, duration median {sorted(c[2] for c in cps)[len(cps) // 2]} ms max {max(c[2] for c in cps)} ms, "
               f"state up to {max(c[1] for c in cps) / 1e6:.2f} MB") if cps else "no checkpoint completed"
-        print(f"flink p={p}: {args.events / net:,.0f} events/s net of start-up ({flink['run_s']:.1f} s run, "
-              f"{args.events / flink['run_s']:,.0f} events/s raw); ratio to faust {faust['run_s'] / net:.2f}; {cp}", flush=True)
+        print(f"flink p={p}: {args.events / flink['run_s']:,.0f} events/s ({flink['run_s']:.1f} s from first record to last output, "
+              f"{flink['job_s']:.1f} s job with start-up); ratio to faust {faust['run_s'] / flink['run_s']:.2f}; {cp}", flush=True)
     rate, emitted = core_alone(args.events)
     print(f"the core alone (same stages, one process, no engine): {rate:,.0f} events/s ({emitted:,} records); "
-          f"flink p=1 runs at {args.events / max(run_flink_p1 - startup['run_s'], 1e-9) / rate:.2f}x of it", flush=True)
+          f"flink p=1 runs at {args.events / run_flink_p1 / rate:.2f}x of it", flush=True)
     admin_topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]
     for future in admin.delete_topics(admin_topics).values():
         future.result()
@@ -208,19 +213,17 @@ def compare_trees(events: int, baseline: Path) -> int:
     print(f"stream jobs, {baseline} (baseline) against {ROOT}: {os.cpu_count()} cpus, {events:,} raw events, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     inputs = {}
-    for name, n in (("small", 1000), ("small-base", 1000), *((f"{e}-{t}", events) for e in ("faust", "flink") for t in ("base", "this"))):
+    for name in (f"{e}-{t}" for e in ("faust", "flink") for t in ("base", "this")):
         inputs[name] = prefixed(base, f"{BENCH_PREFIX}{run}.{name}.")
-        seed(inputs[name], admin, registry, n)
-    startup = {"base": run_flink(inputs["small-base"], 1, workdir, baseline)["run_s"], "this": run_flink(inputs["small"], 1, workdir)["run_s"]}
+        seed(inputs[name], admin, registry, events)
     rates: dict[str, dict[str, float]] = {"faust": {}, "flink": {}}
     for tree, root in (("base", baseline), ("this", ROOT)):
         rates["faust"][tree] = events / run_faust(inputs[f"faust-{tree}"], events, workdir, root)["run_s"]
         print(f"faust ({tree}): {rates['faust'][tree]:,.0f} events/s", flush=True)
     for tree, root in (("base", baseline), ("this", ROOT)):
         flink = run_flink(inputs[f"flink-{tree}"], 1, workdir, root)
-        rates["flink"][tree] = events / max(flink["run_s"] - startup[tree], 1e-9)
-        print(f"flink p=1 ({tree}): {rates['flink'][tree]:,.0f} events/s net of {startup[tree]:.1f} s start-up "
-              f"({flink['run_s']:.1f} s run)", flush=True)
+        rates["flink"][tree] = events / flink["run_s"]
+        print(f"flink p=1 ({tree}): {rates['flink'][tree]:,.0f} events/s ({flink['job_s']:.1f} s job with start-up)", flush=True)
     for engine, by_tree in rates.items():
         print(f"{engine}: this tree {by_tree['this']:,.0f} events/s, baseline {by_tree['base']:,.0f} events/s, "
               f"ratio {by_tree['this'] / by_tree['base']:.2f}")

@@ -287,8 +287,12 @@ def _late_filter(settings: Settings, options: FlinkOptions) -> Any:
             self.codec = _Codec(settings)
             self.clocks = PartitionClocks(stages.max_out_of_order_ns, stages.allowed_lateness_ns)
             self.late = runtime_context.get_metrics_group().counter("late_records")
+            self.first_input_s: float | None = None
 
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            if self.first_input_s is None:  # logged at once: a line written in close() never reaches Flink's log
+                self.first_input_s = time.time()
+                log.info("first input app_id=%s first_input_unix_s=%.3f", options.app_id, self.first_input_s)
             if row.ts is None or self.clocks.observe(f"{row.topic}/{row.partition}", row.ts.to_epoch_milli() * _MS):
                 yield row
                 return
@@ -367,6 +371,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             self.flushed = False
             self.next_step: int | None = None  # caches of the timers set (Flink holds them; after a restore they are set again)
             self.idle_timer = False
+            self.last_output_s: float | None = None  # wall time of the last output batch (benchmarks/stream_jobs.py)
 
         def _stage(self, ctx: Any) -> TraceStage:
             if self.live is None:
@@ -445,11 +450,15 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                 self.idle_timer = True
                 if self.flushed or time.monotonic() - self.last_input < options.idle_flush_s:
                     return
-                self.flushed = True
-                out = self._advance(stage, True)
+                self.flushed = final = True
+                out = self._advance(stage, final)
             for row in self.codec.emitted(out):
                 self.produced.inc()
                 yield row
+            if out:  # once per output batch, not per record
+                self.last_output_s = time.time()
+            if final and self.last_output_s is not None:
+                log.info("final advance app_id=%s last_output_unix_s=%.3f", options.app_id, self.last_output_s)
 
         def _advance(self, stage: TraceStage, final: bool) -> Emitted:
             out = stage.advance(final=final)

@@ -238,3 +238,40 @@ def test_the_final_advance_closes_the_window_of_a_timeout_later_than_any_time_se
     out = stage.advance(final=True)
     assert sorted((r["window_start"], r["request_count"]) for r in out.red) == [(T0 // MS, 1), ((T0 + 30 * S) // MS, 1)]
     assert len(stage.red) == 0
+
+
+def _hop(side, start_ms, end_ms, *, client, server, seq, pid, thread, workloads):
+    (cip, cport), (sip, sport) = client, server
+    return Span("HTTP", side, "node", T0 + start_ms * MS, T0 + end_ms * MS, f"tcp|{cip}|{cport}|{sip}|{sport}", "TCP", cip, cport, sip, sport,
+                request_type="GET", request_resource="/orders/1", endpoint="GET /orders/1", response_code=200, req_tcp_seq=seq,
+                syscall_trace_id_request=thread, pid=pid, client_workload=workloads[0], server_workload=workloads[1],
+                identity=f"{side}|{pid}|{seq}")
+
+
+def test_a_slow_middle_service_is_blamed_by_its_self_time_not_its_caller_and_every_hop_shares_the_trace():
+    """web -> gateway -> oms-app: gateway spends 2.22 s of its own before a 50 ms call to oms-app. web's request takes
+    2.3 s but its own time is 20 ms; the alert names gateway, by the time that is its own."""
+    c, s = TapSide.CLIENT_PROCESS, TapSide.SERVER_PROCESS
+    web, gateway, oms = ("10.0.0.1", 8080), ("10.0.0.2", 8080), ("10.0.0.3", 8080)
+    spans = [
+        _hop(s, 0, 2300, client=("10.0.0.9", 50000), server=web, seq=10, pid=1, thread=5, workloads=(None, "web")),
+        _hop(c, 10, 2290, client=("10.0.0.1", 41000), server=gateway, seq=20, pid=1, thread=5, workloads=("web", None)),
+        _hop(s, 11, 2281, client=("10.0.0.1", 41000), server=gateway, seq=20, pid=2, thread=6, workloads=(None, "gateway")),
+        _hop(c, 2200, 2250, client=("10.0.0.2", 42000), server=oms, seq=30, pid=2, thread=6, workloads=("gateway", None)),
+        _hop(s, 2201, 2249, client=("10.0.0.2", 42000), server=oms, seq=30, pid=3, thread=7, workloads=(None, "oms-app")),
+    ]
+    stage = TraceStage(config(slow_request_ns=1 * S))
+    for span in spans:
+        assert stage.span(span, "p0")
+    out = stage.advance(final=True)
+    [slow] = [a for a in out.alerts if a["kind"] == "SLOW_REQUEST"]
+    gateway_server = spans[2].span_id
+    assert slow["workload"] == "gateway" and slow["attributes"]["culprit_span_id"] == gateway_server
+    assert slow["attributes"]["segment"] == "server_processing_ns"  # the path's segment: the time is in gateway's application
+    assert slow["measurements"]["server_own_ns"] == (2270 - 50) * MS  # 2,270 ms served, less the 50 ms call to oms-app
+    assert slow["measurements"]["duration_ns"] == 2300 * MS  # the request as web served it
+    by_id = {r["span_id"]: r for r in out.spans}
+    assert len(by_id) == 5 and len({r["trace_id"] for r in out.spans}) == 1
+    assert [by_id[span.span_id]["parent_span_id"] for span in spans] == [None, spans[0].span_id, spans[1].span_id, spans[2].span_id,
+                                                                          spans[3].span_id]
+    assert by_id[spans[1].span_id]["server_workload"] == "gateway"  # the caller's span takes the callee's workload from its path

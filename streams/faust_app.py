@@ -387,8 +387,11 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             flushed["flow"] = True
             touched: set[bytes] = set(flows)
             horizon = flow_clock.max_seen_ns + options.stages.flush_horizon_ns
-            await send_to_trace_stage(await advance_flows(horizon, touched))
+            timed_out = await advance_flows(horizon, touched)
+            await send_to_trace_stage(timed_out)
             persist_flows(touched)
+            if timed_out:  # the trace stage has input on its way: its flush waits for it, or those spans would come late
+                last_input["trace"] = now
         if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s:
             flushed["trace"] = True
             stage = trace_box[0]

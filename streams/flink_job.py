@@ -448,7 +448,9 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             else:  # idle flush
                 timers.register_processing_time_timer(timestamp + int(options.idle_flush_s * 1000))  # keep watching
                 self.idle_timer = True
-                if self.flushed or time.monotonic() - self.last_input < options.idle_flush_s:
+                # After the flows' own idle flushes: a flow's timer fires every idle_flush_s, so its flush comes up to twice
+                # that after its last record; a span it times out after this final advance would find its window closed.
+                if self.flushed or time.monotonic() - self.last_input < 2 * options.idle_flush_s + 1:
                     return
                 self.flushed = final = True
                 out = self._advance(stage, final)

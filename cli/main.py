@@ -7,8 +7,8 @@ all reach it); 78 bad configuration (settings, credentials, missing topics); 130
 from __future__ import annotations
 
 import argparse
-import html
 import dataclasses
+import html
 import json
 import logging
 import os
@@ -243,7 +243,6 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from streams.faust_app import FaustOptions, build_app
-
     from tracetap.stages import StageConfig
 
     streams = _stream_settings(settings, args)  # a bad value stops the run before anything is contacted

@@ -64,10 +64,11 @@ def _versioned(blob: bytes, size: int) -> list[Any]:
 # the trace stage's input --------------------------------------------------------------------------------
 class StageItem(NamedTuple):
     """One input of the trace stage: a span (`source`: the input partition whose record completed it, None
-    for a timeout), a lifecycle event (`source`: its partition) or a resource tag (`source`: the resource
-    id; `value` None for a tombstone)."""
+    for a timeout), a lifecycle event (`source`: its partition), a resource tag (`source`: the resource
+    id; `value` None for a tombstone) or, from Faust's flow agent, an input partition's watermark (`value`
+    None while that partition is empty)."""
 
-    kind: str  # span | lifecycle | resource
+    kind: str  # span | lifecycle | resource | watermark
     source: str | None
     value: Any
 
@@ -94,6 +95,9 @@ def decode_items(blob: bytes) -> list[StageItem]:
         elif kind == "resource":
             if value is not None:
                 _check(value, _RESOURCE_FIELDS, "resource tag")
+        elif kind == "watermark":
+            if source is None or (value is not None and type(value) is not int):
+                raise UndecodableState(f"not a partition's watermark: {str(entry)[:60]}")
         else:
             raise UndecodableState(f"unknown item kind {str(kind)[:20]!r}")
         items.append(StageItem(kind, source, value))

@@ -41,7 +41,7 @@ from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode
 from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
 from tracetap.config import Settings
 from tracetap.errors import TracetapError, UndecodableState
-from tracetap.eventtime import PartitionClocks
+from tracetap.eventtime import EngineClock, PartitionClocks
 from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
 
 log = logging.getLogger("tracetap.streams.faust")
@@ -74,6 +74,7 @@ class WorkerStats:
     late: Counter[str] = field(default_factory=Counter)
     replayed: int = 0  # records a recovered state already held, skipped
     recovered_flow_states: int = 0  # flow states the last rebalance recovered from the changelog
+    offset_gaps: int = 0  # records Faust skipped, read again after a seek back (see _OffsetGuard)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -104,6 +105,54 @@ class _PartitionEvents:
             yield event is not None
         finally:
             _current_event.reset(token)
+
+
+class _OffsetGuard:
+    """Every record of a partition reaches the agent, in offset order.
+
+    faust-streaming (0.11, on aiokafka) can skip records when a worker starts with a changelog to recover
+    and its group has no committed offsets yet: the agent saw offsets 0..66 of a partition, then 68. The
+    guard notices the gap, drops the records past it (they come again) and seeks the partition back to the
+    first missing offset, again each second while it does not come. When the record that showed the gap
+    comes a second time, from the re-read, the offsets between hold no records (transaction markers, a
+    compacted topic) and it goes on."""
+
+    RESEEK_S = 1.0
+
+    def __init__(self, app: faust.App, stats: WorkerStats) -> None:
+        self._app, self._stats = app, stats
+        self._next: dict[Any, int] = {}  # partition -> the offset that must come next
+        self._gaps: dict[Any, tuple[int, int, float]] = {}  # partition -> (missing from, the offset seen, when sought)
+
+    async def admit(self, event: Any) -> bool:
+        """True: process the event (one already processed may come again after a seek: the stages' own
+        offsets skip it). False: a record past a gap, dropped until the gap is read."""
+        message = event.message
+        tp, offset = message.tp, message.offset
+        expected = self._next.get(tp)
+        if expected is not None and offset > expected:
+            gap = self._gaps.get(tp)
+            now = time.monotonic()
+            if gap is not None and gap[:2] == (expected, offset) and now > gap[2]:
+                log.info("offset gap holds no records partition=%s/%d from=%d to=%d", tp.topic, tp.partition, expected, offset)
+            else:
+                if gap is None or gap[0] != expected:
+                    self._stats.offset_gaps += 1
+                    log.warning("offset gap: records skipped by the consumer, seeking back partition=%s/%d expected=%d got=%d",
+                                tp.topic, tp.partition, expected, offset)
+                    gap = None
+                if gap is None or now - gap[2] >= self.RESEEK_S:
+                    await self._app.consumer.seek(tp, expected)
+                    self._gaps[tp] = (expected, offset if gap is None else gap[1], now)
+                return False
+        self._gaps.pop(tp, None)
+        self._next[tp] = max(expected or 0, offset + 1)
+        return True
+
+    def forget(self) -> None:
+        """After a rebalance the group's committed offsets say where each partition starts again."""
+        self._next.clear()
+        self._gaps.clear()
 
 
 def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tuple[faust.App, WorkerStats]:
@@ -139,9 +188,11 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     unsaved: set[bytes] = set()  # flow keys changed by a timer before any event of their partition came
     trace_box: list[TraceStage] = []
     flow_events, trace_events = _PartitionEvents(), _PartitionEvents()
+    guard = _OffsetGuard(app, stats)
     last_input = {"flow": time.monotonic(), "trace": time.monotonic()}
     flushed = {"flow": False, "trace": False}  # an idle flush ran since the last input
     positions: dict[str, int] = {}  # "topic/partition" -> the last offset processed, for the lag figures
+    raw_marks: dict[str, int | None] = {}  # raw "topic/partition" -> its watermark, as its flow agent last sent it
     topic_kind = raw_kinds(prefix)
 
     # helpers -------------------------------------------------------------------------------------------
@@ -214,7 +265,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                     stage = decode_trace(blob, options.stages)
                 except UndecodableState as exc:
                     await undecodable_state(trace_table, 0, _TRACE_KEY, blob, exc)
-            trace_box.append(stage or TraceStage(options.stages))
+            if stage is not None and not isinstance(stage.clock, EngineClock):  # a snapshot from before the marks
+                stage.clock = EngineClock(options.stages.allowed_lateness_ns, stage.clock.watermark_ns, stage.clock.max_seen_ns)
+            trace_box.append(stage or TraceStage(options.stages, clock=EngineClock(options.stages.allowed_lateness_ns)))
         return trace_box[0]
 
     def persist_flows(keys: set[bytes]) -> None:
@@ -234,27 +287,48 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                     flow_table[key] = encode_flow(stage, partition)
 
     async def records_left(tp: Any) -> int | None:
-        """Records in a partition this worker has not processed yet; None until its highwater is known."""
+        """Records in a partition this worker has not processed yet; None when its end is not known."""
         highwater = app.consumer.highwater(tp)
+        if highwater is None:  # no fetch answered for it yet: ask the broker
+            highwater = (await app.consumer.highwaters(tp)).get(tp)
         position = positions.get(f"{tp.topic}/{tp.partition}")
-        if position is None:  # nothing read from it since this worker started: where its group resumes
-            position = (await app.consumer.position(tp) or 0) - 1
+        if position is None:  # nothing processed from it since this worker started: where its group resumes
+            # (the group's committed offset, which Faust keeps from its seek at assignment; the consumer's own
+            # position runs ahead of the agent by what Faust has fetched and buffered)
+            start = app.consumer._committed_offset.get(tp)
+            if start is None:
+                start = (await app.consumer.earliest_offsets(tp)).get(tp) or 0
+            position = start - 1
         return None if highwater is None else max(highwater - position - 1, 0)
 
-    async def flow_watermark() -> int:
-        """The lowest watermark of the raw partitions that still have records to read: a partition this worker has
-        not read yet since it started (after a restart, or a rebalance) holds time back until it has been read,
-        and one that is caught up does not (as Flink's idle sources)."""
-        lowest = None
+    async def partition_marks() -> dict[str, int | None]:
+        """The watermark of each raw partition this worker reads: its clock's once read; before that 0 while it
+        has (or may have) records, so that it holds time back until it has been read (after a restart, or a
+        rebalance), and None when it is empty (as Flink's idle sources)."""
+        marks: dict[str, int | None] = {}
         for tp in app.consumer.assignment():
             if tp.topic not in topic_kind:
                 continue
-            if not await records_left(tp):
-                continue
-            clock = flow_clock.clocks.get(f"{tp.topic}/{tp.partition}")
-            mark = clock.watermark_ns if clock is not None else 0
-            lowest = mark if lowest is None else min(lowest, mark)
-        return flow_clock.watermark_ns if lowest is None else min(lowest, flow_clock.watermark_ns)
+            slot = f"{tp.topic}/{tp.partition}"
+            clock = flow_clock.clocks.get(slot)
+            marks[slot] = clock.watermark_ns if clock is not None else None if await records_left(tp) == 0 else 0
+        return marks
+
+    def raw_watermark() -> int | None:
+        """The lowest watermark of the raw partitions that hold time back; None until every partition of every
+        raw topic has reported (a worker that has not sent its first batch yet holds time back too)."""
+        marks = []
+        for topic in topic_kind:
+            count = app.consumer.topic_partitions(topic)
+            if not count:
+                return None
+            for partition in range(count):
+                slot = f"{topic}/{partition}"
+                if slot not in raw_marks:
+                    return None
+                if raw_marks[slot] is not None:
+                    marks.append(raw_marks[slot])
+        return min(marks) if marks else None
 
     async def send_to_trace_stage(items: list[StageItem]) -> None:
         if items:
@@ -291,6 +365,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             forward: list[StageItem] = []
             touched: set[bytes] = set()
             for event in events:
+                if not await guard.admit(event):
+                    continue
                 flow_events.note(event)
                 message = event.message
                 kind = topic_kind[message.topic]
@@ -320,7 +396,11 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                             forward.append(StageItem("lifecycle", slot, record))
                 stage.applied[slot] = message.offset
                 touched.add(key)
-            forward += await advance_flows(await flow_watermark(), touched)
+            marks = await partition_marks()
+            held = [m for m in marks.values() if m is not None]
+            forward += await advance_flows(min(held) if held else flow_clock.watermark_ns, touched)
+            # after the spans: the trace stage judges them by the time before this batch, as Flink's watermarks
+            forward += [StageItem("watermark", slot, mark) for slot, mark in sorted(marks.items())]
             await send_to_trace_stage(forward)
             persist_flows(touched)
 
@@ -329,6 +409,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
             items: list[StageItem] = []
             for event in events:
+                if not await guard.admit(event):
+                    continue
+                stats.consumed["resource"] += 1
                 positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
                 value = event.message.value
                 resource_id = (event.message.key or b"").decode(errors="replace")
@@ -338,7 +421,6 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 record = await decoded(event)
                 if record is not None:
                     items.append(StageItem("resource", record["resource_id"], record))
-            stats.consumed["resource"] += len(events)
             await send_to_trace_stage(items)
 
     # stage 2: the whole pipeline ---------------------------------------------------------------------------
@@ -349,6 +431,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             trace_events.note(events[-1])
             stage = await trace_stage()
             for event in events:
+                if not await guard.admit(event):
+                    continue
                 message = event.message
                 slot = f"{message.topic}/{message.partition}"
                 positions[slot] = message.offset
@@ -361,12 +445,18 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                     items = []
                     await dead_letter(event, "UNDECODABLE_STATE", str(exc))
                 for item in items:
+                    if item.kind == "watermark":  # a raw partition's time, from the flow agent that reads it
+                        raw_marks[item.source] = item.value
+                        continue
                     on_time, failure = trace_item(stage, item)
                     if failure is not None:
                         await dead_letter(event, failure.reason, failure.detail, failure, value=encode_items([item]))
                     elif not on_time:
                         stats.late["span" if item.kind == "span" else "lifecycle-metrics"] += 1
                 stage.applied[slot] = message.offset
+                watermark = raw_watermark()
+                if watermark is not None:  # the items of the next message are judged by it, as in Flink
+                    stage.engine_watermark(watermark)
             await finish_trace_batch(stage, stage.advance())
 
     async def finish_trace_batch(stage: TraceStage, out: Emitted) -> None:
@@ -417,6 +507,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             "consumed": dict(stats.consumed), "consumed_per_s": sum(stats.consumed.values()) / elapsed,
             "produced": dict(stats.produced), "dead_letters": dict(stats.dead_letters), "late": dict(stats.late),
             "replayed_skipped": stats.replayed, "recovered_flow_states": stats.recovered_flow_states, "lag": lag,
+            "offset_gaps": stats.offset_gaps, "positions": dict(positions),
             "tables": {"flow-stages": len(flows), "trace-stage.pending_spans": trace.waiting_spans if trace else 0,
                        "trace-stage.open_red_windows": trace.open_windows if trace else 0},
             "trace_stage": asdict(trace.counters) if trace else {},
@@ -430,6 +521,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         flows.clear()  # the worker's view is rebuilt from the tables, which recovery fills from the changelogs
         unsaved.clear()
+        guard.forget()
         trace_box.clear()
         flow_events.forget()
         trace_events.forget()

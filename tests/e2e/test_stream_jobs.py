@@ -440,14 +440,39 @@ def _copy_input(settings, admin, registry, suffix, keep=lambda spec, message: Tr
     keys and timestamps."""
     copy = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, prefix=settings.topics.prefix + suffix))
     apply_catalog(admin, registry, copy.topics.prefix, copy.topics.replication_factor)
-    producer = Producer(client_config(settings.kafka))
+    producer = Producer(client_config(settings.kafka, **{"enable.idempotence": True}))
+    failed = []
+
+    def delivered(error, message):
+        if error is not None:
+            failed.append(error)
+
+    copied = defaultdict(int)
     for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, RESOURCES):
         for m in read_to_end(settings, spec.full_name(settings.topics.prefix)):
             if not keep(spec, m):
                 continue
-            producer.produce(spec.full_name(copy.topics.prefix), m.value(), m.key(), partition=m.partition(), timestamp=m.timestamp()[1])
-    assert producer.flush(30) == 0
+            producer.produce(spec.full_name(copy.topics.prefix), m.value(), m.key(), partition=m.partition(), timestamp=m.timestamp()[1],
+                             on_delivery=delivered)
+            copied[(spec.full_name(copy.topics.prefix), m.partition())] += 1
+    assert producer.flush(30) == 0 and not failed, failed[:3]
+    assert _record_counts(settings, copied) == dict(copied), "the copy is not whole"
     return copy
+
+
+def _record_counts(settings, partitions):
+    """(topic, partition) -> the records it holds now."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(client_config(settings.kafka, **{"group.id": f"test-{uuid.uuid4().hex[:8]}"}))
+    counts = {}
+    try:
+        for topic, partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            counts[(topic, partition)] = high - low
+    finally:
+        consumer.close()
+    return counts
 
 
 def _assert_same_records(expected, got, exactly_once=False):

@@ -126,10 +126,12 @@ def test_a_flow_state_of_the_wrong_shape_is_refused(blob):
 
 
 def test_items_with_fields_of_the_wrong_type_are_refused():
-    good = encode_items([StageItem("lifecycle", "p", _lifecycle(1))])
+    good = encode_items([StageItem("lifecycle", "p", _lifecycle(1)), StageItem("watermark", "raw/0", 5), StageItem("watermark", "raw/1", None)])
     assert decode_items(good)[0].value["srtt_us"] == 300
+    assert decode_items(good)[1:] == [StageItem("watermark", "raw/0", 5), StageItem("watermark", "raw/1", None)]
     for bad in ([1, [["lifecycle", "p", dict(_lifecycle(1), srtt_us="300")]]], [1, [["span", "p", ["HTTP"] * 36]]],
-                [1, [["exec", "p", {}]]], [1, [["resource", "r", {"kind": 1}]]], [1, [["span", None]]]):
+                [1, [["exec", "p", {}]]], [1, [["resource", "r", {"kind": 1}]]], [1, [["span", None]]],
+                [1, [["watermark", "raw/0", "5"]]], [1, [["watermark", None, 5]]], [1, [["watermark", "raw/0", 1.5]]]):
         with pytest.raises(UndecodableState):
             decode_items(orjson.dumps(bad))
 

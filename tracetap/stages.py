@@ -15,7 +15,7 @@ have changed the stage: the engine puts back the state from before the record (s
 
 from __future__ import annotations
 
-from collections import defaultdict
+import heapq
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -214,12 +214,111 @@ def link_keys(span: Span) -> list[tuple[Any, ...]]:
     return keys
 
 
+class PendingTraces:
+    """Spans waiting for their trace, kept as connected groups while they come (union-find over their link
+    keys), each group with its last end in a heap: completing the traces at a horizon costs the size of what
+    it emits, not of everything that waits. A group leaves whole, so the components are those of the spans
+    still waiting, as if they were grouped from scratch."""
+
+    __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_by_end", "_span_ends")
+
+    def __init__(self) -> None:
+        self.spans: dict[str, Span] = {}  # span id -> span, in arrival order
+        self._seq: dict[str, int] = {}  # span id -> arrival number: a trace lists its spans in arrival order
+        self._next_seq = 0
+        self._parent: dict[str, str] = {}
+        self._members: dict[str, list[str]] = {}  # root -> its group's span ids
+        self._keys: dict[str, list[tuple[Any, ...]]] = {}  # root -> the link keys its group owns
+        self._owner: dict[tuple[Any, ...], str] = {}  # link key -> a waiting span that has it
+        self._end: dict[str, int] = {}  # root -> its group's last end
+        self._by_end: list[tuple[int, str]] = []  # heap of (end, root); stale entries are skipped when popped
+        self._span_ends: list[tuple[int, str]] = []  # heap of (end, span id), for the earliest waiting end
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __contains__(self, span_id: str) -> bool:
+        return span_id in self.spans
+
+    def add(self, span: Span) -> None:
+        span_id = span.span_id
+        self.spans[span_id] = span
+        self._seq[span_id] = self._next_seq
+        self._next_seq += 1
+        self._parent[span_id] = span_id
+        self._members[span_id] = [span_id]
+        self._keys[span_id] = []
+        self._end[span_id] = span.end_ns
+        heapq.heappush(self._span_ends, (span.end_ns, span_id))
+        root = span_id
+        for key in link_keys(span):
+            other = self._owner.get(key)
+            if other is None:
+                self._owner[key] = span_id
+                self._keys[root].append(key)
+            else:
+                root = self._union(root, self._find(other))
+        heapq.heappush(self._by_end, (self._end[root], root))
+
+    def earliest_end(self) -> int | None:
+        """The earliest end of a waiting span (None: none waits)."""
+        ends = self._span_ends
+        while ends and ends[0][1] not in self.spans:
+            heapq.heappop(ends)
+        return ends[0][0] if ends else None
+
+    def complete(self, horizon: int | None) -> list[list[Span]]:
+        """Remove and return the groups whose last end is at or before the horizon (all of them for None),
+        in the order of their first span."""
+        if horizon is None:
+            roots = list(self._members)
+            self._by_end.clear()
+        else:
+            roots, seen = [], set()
+            while self._by_end and self._by_end[0][0] <= horizon:
+                end, root = heapq.heappop(self._by_end)
+                if self._end.get(root) == end and root not in seen:  # else merged, or grown since it was pushed
+                    seen.add(root)
+                    roots.append(root)
+        done = [self._remove(root) for root in roots]
+        return sorted(done, key=lambda g: min((s.start_ns, s.span_id) for s in g))
+
+    def _find(self, x: str) -> str:
+        parent = self._parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def _union(self, a: str, b: str) -> str:
+        if a == b:
+            return a
+        if len(self._members[a]) < len(self._members[b]):
+            a, b = b, a
+        self._parent[b] = a
+        self._members[a] += self._members.pop(b)
+        self._keys[a] += self._keys.pop(b)
+        self._end[a] = max(self._end[a], self._end.pop(b))
+        return a
+
+    def _remove(self, root: str) -> list[Span]:
+        members = sorted(self._members.pop(root), key=self._seq.__getitem__)
+        for key in self._keys.pop(root):
+            del self._owner[key]
+        del self._end[root]
+        group = []
+        for span_id in members:
+            group.append(self.spans.pop(span_id))
+            del self._seq[span_id], self._parent[span_id]
+        return group
+
+
 @dataclass(slots=True)
 class TraceStage:
     config: StageConfig = field(default_factory=StageConfig)
     clock: PartitionClocks | EngineClock | None = None  # None: per-partition clocks of the sources named in `span`
     workloads: WorkloadIndex = field(default_factory=WorkloadIndex)
-    pending: dict[str, Span] = field(default_factory=dict)  # span id -> span not yet in a complete trace
+    pending: PendingTraces = field(default_factory=PendingTraces)  # spans not yet in a complete trace
     emitted: dict[str, int] = field(default_factory=dict)  # span id -> end, remembered to drop replays
     failed_connects: list[dict[str, Any]] = field(default_factory=list)
     lifecycle_seen: dict[tuple[Any, ...], int] = field(default_factory=dict)  # identity -> time, remembered to drop replays
@@ -243,7 +342,7 @@ class TraceStage:
         """JSON-ready data (without the configuration, as FlowStage's)."""
         assert self.clock is not None
         return {"clock": self.clock.to_state(), "workloads": self.workloads.to_state(),
-                "pending": [span_to_state(s) for s in self.pending.values()], "emitted": dict(self.emitted),
+                "pending": [span_to_state(s) for s in self.pending.spans.values()], "emitted": dict(self.emitted),
                 "failed_connects": list(self.failed_connects), "lifecycle_seen": [[*k, t] for k, t in self.lifecycle_seen.items()],
                 "red": self.red.to_state(), "network": self.network.to_state(), "dns": self.dns.to_state(),
                 "regressions": self.regressions.to_state(), "counters": asdict(self.counters), "applied": dict(self.applied)}
@@ -260,7 +359,8 @@ class TraceStage:
             clock.load_state(clock_state)
             stage = cls(config, clock=clock)
             stage.workloads.load_state(state["workloads"])
-            stage.pending = {span.span_id: span for span in map(span_from_state, state["pending"])}
+            for span in map(span_from_state, state["pending"]):
+                stage.pending.add(span)
             stage.emitted = _ints(state["emitted"])
             stage.failed_connects = list(state["failed_connects"])
             stage.lifecycle_seen = {tuple(entry[:-1]): entry[-1] for entry in state["lifecycle_seen"]}
@@ -315,7 +415,7 @@ class TraceStage:
         if not on_time:
             self.counters.late_spans += 1
             return False
-        self.pending[span.span_id] = span
+        self.pending.add(span)
         return True
 
     def lifecycle(self, record: dict[str, Any], source: str) -> bool:
@@ -340,13 +440,14 @@ class TraceStage:
         watermark = self.clock.watermark_ns
         horizon = watermark - self.config.trace_gap_ns
         out = Emitted()
-        for trace in self._complete_traces(None if final else horizon):
+        for trace in self.pending.complete(None if final else horizon):
             self._emit_trace(trace, out)
         if final:  # every window: a span a timeout made (no partition's clock saw it) may end past the latest time seen
             latest = max([self.clock.max_seen_ns] + [w.last_start_ns for w in (self.red, self.network, self.dns) if w.last_start_ns is not None])
             window_watermark = latest + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns
         else:  # a window stays open while a waiting trace may still add a span to it
-            window_watermark = min([horizon] + [s.end_ns for s in self.pending.values()])
+            earliest = self.pending.earliest_end()
+            window_watermark = horizon if earliest is None else min(horizon, earliest)
         out.red += self.red.advance(window_watermark)
         out.network += self.network.advance(window_watermark)
         out.alerts += dns_storm(self.dns.advance(window_watermark), self.config.alerts)
@@ -359,33 +460,6 @@ class TraceStage:
         self.failed_connects = [e for e in self.failed_connects if e["time"] >= forget]
         self.lifecycle_seen = {k: t for k, t in self.lifecycle_seen.items() if t >= forget}
         return out
-
-    def _complete_traces(self, horizon: int | None) -> list[list[Span]]:
-        """Connected groups of pending spans (union-find over their link keys) whose last end is before the horizon."""
-        parent: dict[str, str] = {}
-
-        def find(x: str) -> str:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        owner: dict[tuple[Any, ...], str] = {}
-        for span_id, span in self.pending.items():
-            parent.setdefault(span_id, span_id)
-            for key in link_keys(span):
-                other = owner.setdefault(key, span_id)
-                a, b = find(span_id), find(other)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-        groups: dict[str, list[Span]] = defaultdict(list)
-        for span_id, span in self.pending.items():
-            groups[find(span_id)].append(span)
-        done = [g for g in groups.values() if horizon is None or max(s.end_ns for s in g) <= horizon]
-        for group in done:
-            for span in group:
-                del self.pending[span.span_id]
-        return sorted(done, key=lambda g: min((s.start_ns, s.span_id) for s in g))
 
     def _emit_trace(self, trace: list[Span], out: Emitted) -> None:
         self.counters.traces += 1

@@ -18,6 +18,7 @@ encoding; a record the core raises on is dead-lettered and the job goes on (stre
 from __future__ import annotations
 
 import asyncio
+import heapq
 import importlib.util
 import logging
 import time
@@ -185,6 +186,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                             extra_topic_configs={"max.message.bytes": str(_MAX_SNAPSHOT_BYTES)})
     flow_clock = PartitionClocks(options.stages.max_out_of_order_ns, options.stages.allowed_lateness_ns)
     flows: dict[bytes, tuple[int, FlowStage]] = {}  # key -> (partition, stage), the worker's view of flow_table
+    deadlines: list[tuple[int, bytes]] = []  # heap of (when a flow next has work, its key), for the flows in `flows`
     unsaved: set[bytes] = set()  # flow keys changed by a timer before any event of their partition came
     trace_box: list[TraceStage] = []
     flow_events, trace_events = _PartitionEvents(), _PartitionEvents()
@@ -335,10 +337,24 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             fut = await trace_stage_topic.send(key=_TRACE_KEY, value=encode_items(items), force=True)
             await fut  # delivered before the state that produced it is written
 
+    def schedule(keys: set[bytes]) -> None:
+        """Note when each of these flows next has work (`FlowStage.next_deadline_ns`), as Flink's timers."""
+        for key in keys:
+            held = flows.get(key)
+            due = held[1].next_deadline_ns() if held is not None else None
+            if due is not None:
+                heapq.heappush(deadlines, (due, key))
+
     async def advance_flows(watermark_ns: int, touched: set[bytes]) -> list[StageItem]:
-        """Every flow's `advance` at this watermark: the spans it times out, and the keys it changed into `touched`."""
+        """`advance` at this watermark for the flows with work due by then (the others would return nothing):
+        the spans they time out, and the keys they changed into `touched`. A batch costs what is due, not
+        the number of open flows."""
+        due_keys = set()
+        while deadlines and deadlines[0][0] <= watermark_ns:
+            due_keys.add(heapq.heappop(deadlines)[1])  # an entry whose flow has gone or moved on costs one advance
         forward = []
-        for key, (partition, stage) in sorted(flows.items()):
+        for key in sorted(due_keys & flows.keys()):
+            partition, stage = flows[key]
             due, failure = call_core(stage.advance, watermark_ns)
             if failure is not None:
                 await stage_failed(key, partition, stage, failure)
@@ -347,6 +363,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             forward += [StageItem("span", None, span) for span in due]
             if due or stage.empty:  # an emptied stage (idle assemblers forgotten) leaves the table
                 touched.add(key)
+        schedule(due_keys & flows.keys())
         return forward
 
     async def emit(out: Emitted) -> None:
@@ -396,6 +413,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                             forward.append(StageItem("lifecycle", slot, record))
                 stage.applied[slot] = message.offset
                 touched.add(key)
+            schedule(touched)
             marks = await partition_marks()
             held = [m for m in marks.values() if m is not None]
             forward += await advance_flows(min(held) if held else flow_clock.watermark_ns, touched)
@@ -475,7 +493,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         now = time.monotonic()
         if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s:
             flushed["flow"] = True
-            touched: set[bytes] = set(flows)
+            touched: set[bytes] = set()
             horizon = flow_clock.max_seen_ns + options.stages.flush_horizon_ns
             timed_out = await advance_flows(horizon, touched)
             await send_to_trace_stage(timed_out)
@@ -520,6 +538,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         flows.clear()  # the worker's view is rebuilt from the tables, which recovery fills from the changelogs
+        deadlines.clear()
         unsaved.clear()
         guard.forget()
         trace_box.clear()

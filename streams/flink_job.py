@@ -52,7 +52,7 @@ class FlinkOptions:
     checkpoint_dir: Path | None = None  # None: the cluster's state.checkpoints.dir (the CLI's local default: <state>/flink/<app_id>/checkpoints)
     from_checkpoint: Path | None = None  # a chk-N folder (or its _metadata) to restore from
     bounded: bool = False  # stop at the offsets that were the latest at start (replays, tests, benchmarks)
-    source_idle_timeout_s: float = 5.0  # a partition without records this long stops holding the watermark back
+    source_idle_timeout_s: float = 60.0  # a partition without records this long stops holding the watermark back (README: why not less)
     idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
     restart_attempts: int = 3
     profile: bool = False  # cProfile of the Python workers, printed into Flink's log (python.profile.enabled)

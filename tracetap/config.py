@@ -284,7 +284,7 @@ class StreamSettings:
     faust_batch_within_s: float = 0.5  # ... or what arrived within this long
     flink_parallelism: int = 2
     flink_checkpoint_interval_s: float = 10.0  # 0: no checkpoints (then at-least-once, not transactional)
-    flink_source_idle_timeout_s: float = 5.0  # a partition without records this long stops holding the watermark back
+    flink_source_idle_timeout_s: float = 60.0  # a partition without records this long stops holding the watermark back (README: why not less)
 
     def validate(self) -> None:
         for name in ("window_s", "slow_ms", "trace_gap_s", "request_timeout_s", "idle_flush_s", "faust_batch_within_s",

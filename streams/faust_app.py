@@ -290,17 +290,13 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
 
     async def records_left(tp: Any) -> int | None:
         """Records in a partition this worker has not processed yet; None when its end is not known."""
-        highwater = app.consumer.highwater(tp)
-        if highwater is None:  # no fetch answered for it yet: ask the broker
-            highwater = (await app.consumer.highwaters(tp)).get(tp)
+        highwater = app.consumer.highwater(tp)  # known once a fetch answered for it (no broker call here: the
+        # stats page and every batch ask, and a call through Faust's consumer thread can wait on a busy fetch)
         position = positions.get(f"{tp.topic}/{tp.partition}")
         if position is None:  # nothing processed from it since this worker started: where its group resumes
             # (the group's committed offset, which Faust keeps from its seek at assignment; the consumer's own
             # position runs ahead of the agent by what Faust has fetched and buffered)
-            start = app.consumer._committed_offset.get(tp)
-            if start is None:
-                start = (await app.consumer.earliest_offsets(tp)).get(tp) or 0
-            position = start - 1
+            position = (app.consumer._committed_offset.get(tp) or 0) - 1
         return None if highwater is None else max(highwater - position - 1, 0)
 
     async def partition_marks() -> dict[str, int | None]:

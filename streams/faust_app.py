@@ -288,7 +288,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 else:
                     flow_table[key] = encode_flow(stage, partition)
 
-    async def records_left(tp: Any) -> int | None:
+    def records_left(tp: Any) -> int | None:
         """Records in a partition this worker has not processed yet; None when its end is not known."""
         highwater = app.consumer.highwater(tp)  # known once a fetch answered for it (no broker call here: the
         # stats page and every batch ask, and a call through Faust's consumer thread can wait on a busy fetch)
@@ -309,7 +309,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 continue
             slot = f"{tp.topic}/{tp.partition}"
             clock = flow_clock.clocks.get(slot)
-            marks[slot] = clock.watermark_ns if clock is not None else None if await records_left(tp) == 0 else 0
+            marks[slot] = clock.watermark_ns if clock is not None else None if records_left(tp) == 0 else 0
         return marks
 
     def raw_watermark() -> int | None:
@@ -513,7 +513,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         for tp in app.consumer.assignment() if app.consumer else ():
             if tp.topic not in inputs:
                 continue
-            left = await records_left(tp)
+            left = records_left(tp)
             if left is not None:
                 lag[f"{tp.topic}/{tp.partition}"] = left
         elapsed = max(time.monotonic() - stats.started, 1e-9)

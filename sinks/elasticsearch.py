@@ -268,6 +268,7 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
     flushed = [0]  # dead letters known durable
 
     def finish(batch: _Batch) -> None:
+        nonlocal idle_since
         _finish_batch(es, es_settings, batch, pool, dead_letters, report, keep_alive)
         if sum(dead_letters.counts.values()) != flushed[0]:
             producer.flush()  # dead letters are durable before the offsets that skip them are committed
@@ -280,6 +281,7 @@ def run_sink(settings: Settings, topics: list[str] | None = None, group_id: str 
             paused = consumer.assignment()
             if paused:
                 consumer.resume(paused)
+            idle_since = time.monotonic()  # the wait on Elasticsearch is not idleness: the resumed partitions may hold more
         report.batches += 1
 
     def build(messages: list[Any]) -> _Batch:

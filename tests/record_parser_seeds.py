@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.recording import RecordingRelay, free_port, wait_for_port  # noqa: E402
+from tests.recording import RecordingRelay, free_port, start_dnsmasq, wait_for_port  # noqa: E402
 
 OUT = Path(__file__).with_name("parser_seeds.py")
 Conversation = list[tuple[bool, bytes]]  # (client to server, bytes of one recv)
@@ -137,10 +137,8 @@ def record_dns() -> tuple[list[Conversation], list[Conversation]]:
     import dns.message
     import dns.query
 
-    port = free_port()
-    args = ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
-            "--no-hosts", "--local=/tracetap.test/", "--address=/svc.tracetap.test/10.1.2.3", "--pid-file="]
-    with server_process(args, port):
+    server, port = start_dnsmasq("--local=/tracetap.test/", "--address=/svc.tracetap.test/10.1.2.3")
+    try:
         udp = []
         for name, rdtype in (("svc.tracetap.test", "A"), ("nothing.tracetap.test", "AAAA"), ("svc.tracetap.test", "MX")):
             query = dns.message.make_query(name, rdtype, use_edns=rdtype == "MX").to_wire()
@@ -150,6 +148,9 @@ def record_dns() -> tuple[list[Conversation], list[Conversation]]:
                 udp.append([(True, query), (False, s.recv(4096))])
         tcp = relayed(port, lambda p: [dns.query.tcp(dns.message.make_query(n, "A"), "127.0.0.1", port=p, timeout=5)
                                        for n in ("svc.tracetap.test", "nothing.tracetap.test")])
+    finally:
+        server.terminate()
+        server.wait(30)
     return udp, tcp
 
 

@@ -1,7 +1,9 @@
 """Helpers for tests against real servers: free ports, waiting for a port, and a TCP relay that records what a real client and a real server wrote, chunk by chunk, so protocol
 tests parse bytes that real software produced (not bytes the test made up)."""
 
+import errno
 import socket
+import subprocess
 import threading
 import time
 
@@ -10,6 +12,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_dnsmasq(*options: str, attempts: int = 5) -> tuple[subprocess.Popen, int]:
+    """A dnsmasq on 127.0.0.1 with `options`, bound and serving; returns (process, port).
+
+    dnsmasq binds its port for UDP and TCP both, and exits if either is taken. A port free for UDP can be some
+    client's ephemeral TCP port (the suite holds many Kafka connections), so pick one free for both, and try
+    another if dnsmasq still exits. No query is sent to probe it: tests count the DNS traffic they capture."""
+    failures = []
+    for _ in range(attempts):
+        port = _free_for_tcp_and_udp()
+        process = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
+                                    "--listen-address=127.0.0.1", f"--port={port}", "--pid-file=", *options],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            if _udp_port_taken(port):
+                return process, port
+            time.sleep(0.05)
+        process.kill()
+        failures.append(f"port {port}: {process.communicate()[1].decode(errors='replace').strip() or 'did not bind in 10 s'}")
+    raise AssertionError("dnsmasq did not start: " + "; ".join(failures))
+
+
+def _free_for_tcp_and_udp() -> int:
+    while True:
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def _udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
 
 
 def wait_for_port(port: int, timeout_s: float = 30.0) -> None:

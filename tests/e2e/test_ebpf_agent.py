@@ -19,6 +19,7 @@ import pytest
 from schemas.catalog import AGENT_STATS, SOCKET_DATA, SOCKET_LIFECYCLE
 from schemas.serde import AvroDeserializer
 from tests.kafka_helpers import read_until_idle
+from tests.recording import start_dnsmasq
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = b"c2VjcmV0LXBhc3N3b3Jk"  # base64("secret-password")
@@ -29,8 +30,8 @@ DNS_QUERY = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x
 REDIS_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-def _free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -120,14 +121,11 @@ def _generate_traffic(front_port, redis_port):
         _read_http_response(client)
     client.close()
 
-    dns_port = _free_port(socket.SOCK_DGRAM)
-    dnsmasq = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                                "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={dns_port}", "--pid-file=",
-                                "--address=/example.test/10.1.2.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dnsmasq, dns_port = start_dnsmasq("--address=/example.test/10.1.2.3")
     resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # unconnected: the peer comes from sendto's argument
     resolver.settimeout(0.5)
     answer = None
-    for _ in range(20):  # until dnsmasq listens
+    for _ in range(20):  # a lost datagram is sent again
         resolver.sendto(DNS_QUERY, ("127.0.0.1", dns_port))
         try:
             answer, _ = resolver.recvfrom(512)
@@ -135,6 +133,7 @@ def _generate_traffic(front_port, redis_port):
         except TimeoutError:
             continue
     dnsmasq.terminate()
+    dnsmasq.wait(10)
     assert answer is not None and answer[:2] == DNS_QUERY[:2] and answer.endswith(bytes([10, 1, 2, 3]))
     dns_client_port = resolver.getsockname()[1]
     resolver.close()

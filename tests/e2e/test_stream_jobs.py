@@ -47,7 +47,7 @@ from schemas.serde import AvroDeserializer
 from tests.e2e.test_ebpf_agent import _start_agent
 from tests.e2e.test_packet_agent import _start_agent as _start_packet_agent
 from tests.kafka_helpers import read_to_end, read_until_idle
-from tests.recording import free_port, wait_for_port
+from tests.recording import free_port, start_dnsmasq, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).with_name("chain_service.py")
@@ -69,11 +69,8 @@ def recording(own_topics, registry):
     """Run the chain under the agents; returns the ports, what each request took as the client saw it."""
     settings = own_topics
     _add_background_load(settings, registry)
-    dns_port, c_port, b_port = free_port(), free_port(), free_port()
-    dnsmasq = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                                "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={dns_port}", "--pid-file=",
-                                "--local=/svc.test/", "--address=/stock.svc.test/10.1.2.3"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    c_port, b_port = free_port(), free_port()
+    dnsmasq, dns_port = start_dnsmasq("--local=/svc.test/", "--address=/stock.svc.test/10.1.2.3")
     service_c = subprocess.Popen([sys.executable, str(SERVICE), str(c_port)], stdout=subprocess.PIPE)
     service_b = subprocess.Popen([sys.executable, str(SERVICE), str(b_port), str(c_port), str(dns_port)], stdout=subprocess.PIPE)
     agents = []

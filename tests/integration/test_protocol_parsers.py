@@ -16,7 +16,7 @@ import dns.rcode
 import pytest
 import redis
 
-from tests.recording import RecordingRelay, free_port, wait_for_port
+from tests.recording import RecordingRelay, free_port, start_dnsmasq, wait_for_port
 from tracetap.protocols import detect
 from tracetap.protocols.base import ErrorClass, Status
 from tracetap.protocols.dns import DNS_TCP, DNS_UDP
@@ -175,11 +175,7 @@ def test_redis_replies_of_every_type_pair_in_order_and_errors_carry_their_text(r
 
 @pytest.fixture(scope="module")
 def dnsmasq_port():
-    port = free_port()
-    server = subprocess.Popen(["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-                               "--no-resolv", "--no-hosts", "--local=/tracetap.test/", "--address=/svc.tracetap.test/10.1.2.3", "--pid-file="],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    server, port = start_dnsmasq("--local=/tracetap.test/", "--address=/svc.tracetap.test/10.1.2.3")
     yield port
     server.terminate()
     server.wait(10)

@@ -81,6 +81,50 @@ def slow_request(trace: list[Span], paths: dict[tuple[str, str], dict[str, Any]]
                   if segment in ("server_processing_ns", "server_own_ns") else None)
 
 
+def slow_in_process(spans: list[Span], hops: dict[str, dict[str, Any]], config: AlertConfig) -> dict[str, Any] | None:
+    """SLOW_REQUEST as one process sees it: `spans` are a server span of the process and the calls it made while
+    serving it (linked), `hops` each span's hop (`segments`: its path record's; `callee_traced`: whether the
+    called server's own process span was seen). The blame goes to the deepest slow server: a call as slow as the
+    threshold to a traced server leaves the judgement to that server's process. There, the server's own time
+    (its duration less its calls) is named when it is the larger part, else its slowest call (an untraced
+    dependency: a database, a partner's API)."""
+    servers = [s for s in spans if s.tap_side is TapSide.SERVER_PROCESS]
+    calls = [s for s in spans if s.tap_side is TapSide.CLIENT_PROCESS]
+    if not servers and not calls:
+        return None
+    top = max(servers or calls, key=lambda s: (s.duration_ns, s.span_id))
+    if top.duration_ns < config.slow_request_ns:
+        return None
+
+    def traced(call: Span) -> bool:
+        return bool(hops.get(call.span_id, {}).get("callee_traced"))
+
+    made = [c for c in calls if c.parent_span_id == top.span_id]
+    if top.tap_side is TapSide.CLIENT_PROCESS:  # a call made outside any request this process served
+        if traced(top):
+            return None
+        culprit, held = top, top.duration_ns
+    else:
+        if any(c.duration_ns >= config.slow_request_ns and traced(c) for c in made):
+            return None
+        own = top.duration_ns - sum(c.duration_ns for c in made)
+        slowest = max(made, key=lambda c: (c.duration_ns, c.span_id), default=None)
+        culprit, held = (top, own) if slowest is None or own >= slowest.duration_ns else (slowest, slowest.duration_ns)
+    segments = {str(k): float(v) for k, v in hops.get(culprit.span_id, {}).get("segments", {}).items()}
+    segments["server_own_ns" if culprit.tap_side is TapSide.SERVER_PROCESS else "dependency_ns"] = float(held)
+    segment = max(segments, key=lambda n: segments[n])
+    workload = culprit.server_workload
+    summary = (f"{_describe(top)} took {top.duration_ns / 1e9:.2f} s; {workload or culprit.server_ip} held "
+               f"{held / 1e9:.2f} s of it in {segment.removesuffix('_ns').replace('_', ' ')}")
+    return _alert("SLOW_REQUEST", top.start_ns, "WARNING", workload, summary, evidence=(top.trace_id, culprit.span_id),
+                  trace_id=culprit.trace_id, span_ids=[top.span_id, culprit.span_id],
+                  workloads=[w for w in (top.client_workload, workload) if w],
+                  measurements={"duration_ns": float(top.duration_ns), "culprit_duration_ns": float(culprit.duration_ns), **segments},
+                  attributes={"segment": segment, "culprit_span_id": culprit.span_id, "endpoint": culprit.endpoint or ""},
+                  suggestion="look at the application in the named workload: the network and the kernels were quick"
+                  if segment in ("server_processing_ns", "server_own_ns") else None)
+
+
 def failed_dependency(trace: list[Span], failed_connects: list[dict[str, Any]]) -> dict[str, Any] | None:
     """An HTTP 5xx whose trace holds a failed DNS answer, or whose server process saw a connect refused
     while it served the request."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
 from tracetap.assembly import AssemblyConfig, SocketAssembler
@@ -220,9 +220,10 @@ class PendingTraces:
     it emits, not of everything that waits. A group leaves whole, so the components are those of the spans
     still waiting, as if they were grouped from scratch."""
 
-    __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_by_end", "_span_ends")
+    __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_by_end", "_span_ends", "_link_keys")
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Callable[[Span], list[tuple[Any, ...]]] = link_keys) -> None:
+        self._link_keys = keys  # what ties a span to others
         self.spans: dict[str, Span] = {}  # span id -> span, in arrival order
         self._seq: dict[str, int] = {}  # span id -> arrival number: a trace lists its spans in arrival order
         self._next_seq = 0
@@ -251,7 +252,7 @@ class PendingTraces:
         self._end[span_id] = span.end_ns
         heapq.heappush(self._span_ends, (span.end_ns, span_id))
         root = span_id
-        for key in link_keys(span):
+        for key in self._link_keys(span):
             other = self._owner.get(key)
             if other is None:
                 self._owner[key] = span_id

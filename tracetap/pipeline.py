@@ -1,0 +1,133 @@
+"""The keyed stages in one process, routed as an engine routes them: the reference the engines are tested
+against, and what the benchmarks time as "the core alone".
+
+Each stage is kept per key and advanced only when its next deadline has come (a heap of deadlines), so an
+advance costs what is due, not the number of keys.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from tracetap.keyed import (ALERTS, CONVERSATION, NETWORK, PATHS, PROCESS, RED, SERIES, SPANS, ConversationStage, KeyedCounters,
+                            ProcessStage, Routed, SeriesStage, conversation_of, lifecycle_routes)
+from tracetap.model import Span
+from tracetap.stages import Emitted, StageConfig
+from tracetap.workloads import WorkloadIndex
+
+_OUTPUTS = {SPANS: "spans", PATHS: "paths", RED: "red", NETWORK: "network", ALERTS: "alerts"}  # Emitted's lists
+_ORDER = (CONVERSATION, PROCESS, SERIES)  # an advance runs the stages in the order records flow through them
+
+
+class KeyedPipeline:
+    def __init__(self, config: StageConfig = StageConfig()) -> None:
+        self.config = config
+        self.workloads = WorkloadIndex()
+        self.stages: dict[str, dict[str, Any]] = {CONVERSATION: {}, PROCESS: {}, SERIES: {}}
+        self.watermark_ns = 0
+        self._due: dict[str, list[tuple[int, str]]] = {kind: [] for kind in _ORDER}  # heaps of (deadline, key)
+        self._scheduled: dict[tuple[str, str], int] = {}  # (stage, key) -> the deadline pushed last
+        self._out = Emitted()
+        self.late_spans = 0
+        self.late_lifecycle = 0
+
+    # input --------------------------------------------------------------------------------------------
+    def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:
+        self.workloads.apply(resource_id, record)
+
+    def span(self, span: Span) -> bool:
+        """A span from the flow stage; False when it is late (the engine dead-letters it)."""
+        key = conversation_of(span)
+        stage = self._stage(CONVERSATION, key)
+        on_time = stage.span(span, self.watermark_ns)
+        self.late_spans += not on_time
+        self._schedule(CONVERSATION, key, stage)
+        return on_time
+
+    def lifecycle(self, record: dict[str, Any]) -> bool:
+        on_time = True
+        for route in lifecycle_routes(record):
+            on_time = self._deliver(route) and on_time
+        self.late_lifecycle += not on_time
+        return on_time
+
+    # output -------------------------------------------------------------------------------------------
+    def advance(self, watermark_ns: int, final: bool = False) -> Emitted:
+        """Advance every stage with work due at the watermark (every stage when `final`), in flow order."""
+        self.watermark_ns = max(self.watermark_ns, watermark_ns)
+        for kind in _ORDER:
+            if final:
+                keys = sorted(self.stages[kind])
+                self._due[kind].clear()
+            else:
+                keys = self._pop_due(kind)
+            for key in keys:
+                stage = self.stages[kind].get(key)
+                if stage is None:
+                    continue
+                routed = stage.advance(self.watermark_ns, self.workloads, final) if kind == CONVERSATION \
+                    else stage.advance(self.watermark_ns, final)
+                for route in routed:
+                    self._deliver(route)
+                if stage.empty:
+                    del self.stages[kind][key]
+                    self._scheduled.pop((kind, key), None)
+                else:
+                    self._schedule(kind, key, stage)
+        out, self._out = self._out, Emitted()
+        return out
+
+    def counters(self) -> KeyedCounters:
+        total = KeyedCounters()
+        for stages in self.stages.values():
+            for stage in stages.values():
+                total.add(stage.counters)
+        return total
+
+    @property
+    def open_keys(self) -> dict[str, int]:
+        return {kind: len(stages) for kind, stages in self.stages.items()}
+
+    # routing ------------------------------------------------------------------------------------------
+    def _deliver(self, route: Routed) -> bool:
+        field = _OUTPUTS.get(route.to)
+        if field is not None:
+            getattr(self._out, field).append(route.item)
+            return True
+        stage = self._stage(route.to, route.key)
+        kind, *rest = route.item
+        on_time = True
+        if route.to == PROCESS:
+            if kind == "span":
+                stage.span(*rest)
+            else:
+                stage.connect_failed(*rest)
+        elif kind == "span":
+            stage.span(route.key, *rest)
+        else:
+            on_time = stage.lifecycle(*rest, self.watermark_ns, self.workloads)
+        self._schedule(route.to, route.key, stage)
+        return on_time
+
+    def _stage(self, kind: str, key: str) -> Any:
+        stages = self.stages[kind]
+        stage = stages.get(key)
+        if stage is None:
+            stage = stages[key] = {CONVERSATION: ConversationStage, PROCESS: ProcessStage, SERIES: SeriesStage}[kind](self.config)
+        return stage
+
+    def _schedule(self, kind: str, key: str, stage: Any) -> None:
+        due = stage.next_deadline_ns
+        if due is not None and self._scheduled.get((kind, key)) != due:
+            self._scheduled[(kind, key)] = due
+            heapq.heappush(self._due[kind], (due, key))
+
+    def _pop_due(self, kind: str) -> list[str]:
+        heap, keys = self._due[kind], []
+        while heap and heap[0][0] <= self.watermark_ns:
+            due, key = heapq.heappop(heap)
+            if self._scheduled.get((kind, key)) == due:
+                del self._scheduled[(kind, key)]
+                keys.append(key)
+        return sorted(keys)

@@ -144,6 +144,10 @@ class ConversationStage:
     def empty(self) -> bool:
         return not self.requests and not self.emitted
 
+    @property
+    def open_work(self) -> bool:
+        return bool(self.requests)
+
     def advance(self, watermark_ns: int, workloads: WorkloadIndex, final: bool = False) -> list[Routed]:
         """Every request whose last point ended a trace gap before the watermark (all of them when `final`)."""
         horizon = watermark_ns - self.config.trace_gap_ns
@@ -268,6 +272,10 @@ class ProcessStage:
     def empty(self) -> bool:
         return not self.pending and not self.emitted and not self.failed_connects
 
+    @property
+    def open_work(self) -> bool:
+        return bool(self.pending)
+
     def advance(self, watermark_ns: int, final: bool = False) -> list[Routed]:
         horizon = watermark_ns - self.config.trace_gap_ns
         out: list[Routed] = []
@@ -363,10 +371,18 @@ class SeriesStage:
 
     @property
     def empty(self) -> bool:
-        return not (len(self.red) or len(self.network) or len(self.dns) or self.lifecycle_seen)
+        return not (self.open_work or self.lifecycle_seen)
+
+    @property
+    def open_work(self) -> bool:
+        return bool(len(self.red) or len(self.network) or len(self.dns))
 
     def advance(self, watermark_ns: int, final: bool = False) -> list[Routed]:
-        window_watermark = 2**62 if final else watermark_ns - self.config.trace_gap_ns
+        window_watermark = watermark_ns - self.config.trace_gap_ns
+        if final:  # every open window, and no later one: the input may go on after an idle flush
+            starts = [w.last_start_ns for w in (self.red, self.network, self.dns) if w.last_start_ns is not None]
+            if starts:
+                window_watermark = max(window_watermark, max(starts) + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns)
         out: list[Routed] = []
         for record in self.red.advance(window_watermark):
             out.append(Routed(RED, record["metric_id"], record))

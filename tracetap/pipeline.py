@@ -1,8 +1,9 @@
 """The keyed stages in one process, routed as an engine routes them: the reference the engines are tested
-against, and what the benchmarks time as "the core alone".
+against, what the benchmarks time as "the core alone", and what an engine hosts as one operator where it
+does not (yet) route the stages through its own keyed streams.
 
 Each stage is kept per key and advanced only when its next deadline has come (a heap of deadlines), so an
-advance costs what is due, not the number of keys.
+advance costs what is due, not the number of keys. The watermark is the engine's (`engine_watermark`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from tracetap.keyed import (ALERTS, CONVERSATION, NETWORK, PATHS, PROCESS, RED, SERIES, SPANS, ConversationStage, KeyedCounters,
                             ProcessStage, Routed, SeriesStage, conversation_of, lifecycle_routes)
+from tracetap.errors import UndecodableState
 from tracetap.model import Span
 from tracetap.stages import Emitted, StageConfig
 from tracetap.workloads import WorkloadIndex
@@ -26,6 +28,7 @@ class KeyedPipeline:
         self.workloads = WorkloadIndex()
         self.stages: dict[str, dict[str, Any]] = {CONVERSATION: {}, PROCESS: {}, SERIES: {}}
         self.watermark_ns = 0
+        self.applied: dict[str, int] = {}  # input partition -> the last offset in this state (an engine's replay guard)
         self._due: dict[str, list[tuple[int, str]]] = {kind: [] for kind in _ORDER}  # heaps of (deadline, key)
         self._scheduled: dict[tuple[str, str], int] = {}  # (stage, key) -> the deadline pushed last
         self._out = Emitted()
@@ -35,6 +38,10 @@ class KeyedPipeline:
     # input --------------------------------------------------------------------------------------------
     def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:
         self.workloads.apply(resource_id, record)
+
+    def engine_watermark(self, watermark_ns: int) -> None:
+        """The engine's watermark; it never goes back."""
+        self.watermark_ns = max(self.watermark_ns, watermark_ns)
 
     def span(self, span: Span) -> bool:
         """A span from the flow stage; False when it is late (the engine dead-letters it)."""
@@ -53,9 +60,9 @@ class KeyedPipeline:
         return on_time
 
     # output -------------------------------------------------------------------------------------------
-    def advance(self, watermark_ns: int, final: bool = False) -> Emitted:
-        """Advance every stage with work due at the watermark (every stage when `final`), in flow order."""
-        self.watermark_ns = max(self.watermark_ns, watermark_ns)
+    def advance(self, final: bool = False) -> Emitted:
+        """Advance every stage with work due at the watermark (every stage when `final`: an end of input, or an
+        idle flush), in flow order."""
         for kind in _ORDER:
             if final:
                 keys = sorted(self.stages[kind])
@@ -78,8 +85,9 @@ class KeyedPipeline:
         out, self._out = self._out, Emitted()
         return out
 
+    @property
     def counters(self) -> KeyedCounters:
-        total = KeyedCounters()
+        total = KeyedCounters(late_spans=self.late_spans, late_lifecycle=self.late_lifecycle)
         for stages in self.stages.values():
             for stage in stages.values():
                 total.add(stage.counters)
@@ -88,6 +96,46 @@ class KeyedPipeline:
     @property
     def open_keys(self) -> dict[str, int]:
         return {kind: len(stages) for kind, stages in self.stages.items()}
+
+    @property
+    def has_open_work(self) -> bool:
+        """Spans waiting, or windows not closed yet: a final advance would emit something."""
+        return any(stage.open_work for stages in self.stages.values() for stage in stages.values())
+
+    @property
+    def waiting_spans(self) -> int:
+        return sum(sum(map(len, s.requests.values())) for s in self.stages[CONVERSATION].values()) + \
+            sum(len(s.pending) for s in self.stages[PROCESS].values())
+
+    @property
+    def open_windows(self) -> int:
+        return sum(len(s.red) for s in self.stages[SERIES].values())
+
+    # state --------------------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """JSON-ready data: every key's stage, the workloads, the watermark and the offsets applied."""
+        return {"watermark": self.watermark_ns, "workloads": self.workloads.to_state(), "applied": dict(self.applied),
+                "late": [self.late_spans, self.late_lifecycle],
+                "stages": {kind: {key: stage.to_state() for key, stage in stages.items()} for kind, stages in self.stages.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: StageConfig) -> KeyedPipeline:
+        """The pipeline of `to_state`; UndecodableState when the data is not one."""
+        try:
+            pipeline = cls(config)
+            pipeline.watermark_ns = int(state["watermark"])
+            pipeline.workloads.load_state(state["workloads"])
+            pipeline.applied = {str(k): int(v) for k, v in state["applied"].items()}
+            pipeline.late_spans, pipeline.late_lifecycle = (int(n) for n in state["late"])
+            for kind, make in ((CONVERSATION, ConversationStage), (PROCESS, ProcessStage), (SERIES, SeriesStage)):
+                for key, stage_state in state["stages"][kind].items():
+                    stage = pipeline.stages[kind][str(key)] = make.from_state(stage_state, config)
+                    pipeline._schedule(kind, str(key), stage)
+            return pipeline
+        except UndecodableState:
+            raise
+        except Exception as exc:
+            raise UndecodableState(f"not the keyed stages' state: {type(exc).__name__}: {exc}") from None
 
     # routing ------------------------------------------------------------------------------------------
     def _deliver(self, route: Routed) -> bool:

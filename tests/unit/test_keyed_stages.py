@@ -17,7 +17,7 @@ from tracetap.stages import FlowStage, TraceStage
 def _run(pipeline, spans):
     for span in spans:
         assert pipeline.span(span)
-    return pipeline.advance(2**61, final=True)
+    return pipeline.advance(final=True)
 
 
 def test_one_hop_traffic_gives_exactly_what_the_global_trace_stage_gives():
@@ -110,9 +110,10 @@ def test_replays_are_dropped_and_late_spans_refused():
     pipeline = KeyedPipeline(config())
     first = dns_span("web", T0 + 60 * S, "NOERROR", 1)
     assert pipeline.span(first) and pipeline.span(dataclasses.replace(first))
-    pipeline.advance(T0 + 61 * S)
+    pipeline.engine_watermark(T0 + 61 * S)
+    pipeline.advance()
     assert not pipeline.span(dns_span("web", T0, "NOERROR", 2))  # 61 s behind the watermark, 5 s allowed
-    assert pipeline.late_spans == 1 and pipeline.counters().duplicate_spans == 1
+    assert pipeline.late_spans == 1 and pipeline.counters.duplicate_spans == 1
 
 
 def test_an_advance_touches_only_the_keys_with_work_due():
@@ -120,7 +121,8 @@ def test_an_advance_touches_only_the_keys_with_work_due():
     for i in range(100):
         assert pipeline.span(dns_span(f"w{i}", T0 + i * S, "NOERROR", i))
     assert pipeline.open_keys["conversation"] == 100
-    out = pipeline.advance(T0 + 10 * S)  # the 9 queries ending by 10 s less the 1 s trace gap are done
+    pipeline.engine_watermark(T0 + 10 * S)
+    out = pipeline.advance()  # the 9 queries ending by 10 s less the 1 s trace gap are done
     assert len(out.spans) == 9
     # their ids are remembered against replays until 3 gaps and the 5 s lateness behind: those of 0 s and 1 s are gone
     assert pipeline.open_keys["conversation"] == 98
@@ -150,3 +152,23 @@ def test_each_stage_survives_its_state_through_json():
     series_again = SeriesStage.from_state(orjson.loads(orjson.dumps(series.to_state())), cfg)
     assert series.advance(2**61, final=True) == series_again.advance(2**61, final=True)
     assert conversation_of(a_to_b[0]) == conversation_of(a_to_b[1]) == "TCP|10.0.0.1|40000"
+
+
+def test_the_pipeline_survives_its_state_through_json_and_goes_on_after_an_idle_flush():
+    cfg = config(slow_request_ns=1 * S)
+    a_to_b, b_to_c = _chain()
+    pipeline = KeyedPipeline(cfg)
+    for span in a_to_b + b_to_c[:1]:
+        assert pipeline.span(span)
+    pipeline.engine_watermark(T0)
+    again = KeyedPipeline.from_state(orjson.loads(orjson.dumps(pipeline.to_state())), cfg)
+    for p in (pipeline, again):
+        assert p.has_open_work and p.waiting_spans == 3
+        assert p.span(b_to_c[1])
+    first, second = pipeline.advance(final=True), again.advance(final=True)
+    assert first == second and len(first.spans) == 4 and not pipeline.has_open_work
+    # an idle flush closes the open windows, not the ones to come: a later span is counted in its own window
+    later = dns_span("web", T0 + 60 * S, "NOERROR", 1)
+    assert pipeline.span(later)
+    out = pipeline.advance(final=True)
+    assert [r["request_count"] for r in out.red] == [1] and pipeline.counters.late_in_windows == 0

@@ -110,6 +110,20 @@ def _forget_before(watermark_ns: int, config: StageConfig) -> int:
     return watermark_ns - 3 * config.trace_gap_ns - config.allowed_lateness_ns
 
 
+def _forget(seen: dict[Any, int], before: int) -> None:
+    """Drop remembered entries older than `before`, oldest first. Entries come in about the order of their
+    times, so this costs what it drops; one out of order waits for those before it (a little memory)."""
+    while seen:
+        key = next(iter(seen))
+        if seen[key] >= before:
+            return
+        del seen[key]
+
+
+def _oldest(seen: dict[Any, int]) -> int:
+    return next(iter(seen.values()))
+
+
 # stage 2 -----------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class ConversationStage:
@@ -137,7 +151,7 @@ class ConversationStage:
         """The watermark at which `advance` has work: a request complete, or remembered ids to forget."""
         due = [max(s.end_ns for s in spans) + self.config.trace_gap_ns for spans in self.requests.values()]
         if self.emitted:
-            due.append(min(self.emitted.values()) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
+            due.append(_oldest(self.emitted) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
         return min(due, default=None)
 
     @property
@@ -155,8 +169,7 @@ class ConversationStage:
         out: list[Routed] = []
         for request in sorted(done, key=lambda r: min((s.start_ns, s.span_id) for s in self.requests[r])):
             out += self._emit(self.requests.pop(request), workloads)
-        forget = _forget_before(watermark_ns, self.config)
-        self.emitted = {k: end for k, end in self.emitted.items() if end >= forget}
+        _forget(self.emitted, _forget_before(watermark_ns, self.config))
         return out
 
     def _emit(self, points: list[Span], workloads: WorkloadIndex) -> list[Routed]:
@@ -263,7 +276,7 @@ class ProcessStage:
     def next_deadline_ns(self) -> int | None:
         earliest = self.pending.earliest_end()
         due = [] if earliest is None else [earliest + self.config.trace_gap_ns]
-        remembered = [t for t in self.emitted.values()] + [e["time"] for e in self.failed_connects]
+        remembered = ([_oldest(self.emitted)] if self.emitted else []) + [e["time"] for e in self.failed_connects]
         if remembered:
             due.append(min(remembered) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
         return min(due, default=None)
@@ -291,7 +304,7 @@ class ProcessStage:
                 if alert is not None:
                     out.append(Routed(ALERTS, alert["alert_id"], alert))
         forget = _forget_before(watermark_ns, self.config)
-        self.emitted = {k: end for k, end in self.emitted.items() if end >= forget}
+        _forget(self.emitted, forget)
         self.failed_connects = [e for e in self.failed_connects if e["time"] >= forget]
         return out
 
@@ -366,7 +379,7 @@ class SeriesStage:
         due = [min(starts) + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns + self.config.trace_gap_ns] \
             if starts else []
         if self.lifecycle_seen:
-            due.append(min(self.lifecycle_seen.values()) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
+            due.append(_oldest(self.lifecycle_seen) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
         return min(due, default=None)
 
     @property
@@ -391,8 +404,7 @@ class SeriesStage:
                 out.append(Routed(ALERTS, alert["alert_id"], alert))
         out += [Routed(NETWORK, r["metric_id"], r) for r in self.network.advance(window_watermark)]
         out += [Routed(ALERTS, a["alert_id"], a) for a in dns_storm(self.dns.advance(window_watermark), self.config.alerts)]
-        forget = _forget_before(watermark_ns, self.config)
-        self.lifecycle_seen = {k: t for k, t in self.lifecycle_seen.items() if t >= forget}
+        _forget(self.lifecycle_seen, _forget_before(watermark_ns, self.config))
         return out
 
     def to_state(self) -> dict[str, Any]:

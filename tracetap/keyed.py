@@ -25,6 +25,7 @@ process; the engines route the same items through their keyed streams.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -133,23 +134,39 @@ class ConversationStage:
     requests: dict[str, list[Span]] = field(default_factory=dict)  # request -> its points so far, in arrival order
     emitted: dict[str, int] = field(default_factory=dict)  # span id -> end, remembered to drop replays
     counters: KeyedCounters = field(default_factory=KeyedCounters)
+    _ends: dict[str, int] = field(default_factory=dict)  # request -> its last point's end
+    _by_end: list[tuple[int, str]] = field(default_factory=list)  # heap of (end, request); stale entries skipped
 
     def span(self, span: Span, watermark_ns: int) -> bool:
         """Take a span from the flow stage; False when it is late beyond the allowed lateness (route it)."""
         self.counters.spans_in += 1
-        if span.span_id in self.emitted or any(span.span_id == s.span_id for s in self.requests.get(_request_of(span), ())):
+        request = _request_of(span)
+        if span.span_id in self.emitted or any(span.span_id == s.span_id for s in self.requests.get(request, ())):
             self.counters.duplicate_spans += 1
             return True
         if span.end_ns < watermark_ns - self.config.allowed_lateness_ns:
             self.counters.late_spans += 1
             return False
-        self.requests.setdefault(_request_of(span), []).append(span)
+        self._add(request, span)
         return True
+
+    def _add(self, request: str, span: Span) -> None:
+        self.requests.setdefault(request, []).append(span)
+        end = max(self._ends.get(request, span.end_ns), span.end_ns)
+        self._ends[request] = end
+        heapq.heappush(self._by_end, (end, request))
+
+    def _earliest_end(self) -> int | None:
+        heap = self._by_end
+        while heap and self._ends.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     @property
     def next_deadline_ns(self) -> int | None:
         """The watermark at which `advance` has work: a request complete, or remembered ids to forget."""
-        due = [max(s.end_ns for s in spans) + self.config.trace_gap_ns for spans in self.requests.values()]
+        earliest = self._earliest_end()
+        due = [] if earliest is None else [earliest + self.config.trace_gap_ns]
         if self.emitted:
             due.append(_oldest(self.emitted) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
         return min(due, default=None)
@@ -165,9 +182,18 @@ class ConversationStage:
     def advance(self, watermark_ns: int, workloads: WorkloadIndex, final: bool = False) -> list[Routed]:
         """Every request whose last point ended a trace gap before the watermark (all of them when `final`)."""
         horizon = watermark_ns - self.config.trace_gap_ns
-        done = [r for r, spans in self.requests.items() if final or max(s.end_ns for s in spans) <= horizon]
+        if final:
+            done = list(self.requests)
+            self._by_end.clear()
+        else:
+            done = []
+            while (earliest := self._earliest_end()) is not None and earliest <= horizon:
+                request = heapq.heappop(self._by_end)[1]
+                self._ends[request] = -1  # taken: its other entries in the heap are stale now
+                done.append(request)
         out: list[Routed] = []
         for request in sorted(done, key=lambda r: min((s.start_ns, s.span_id) for s in self.requests[r])):
+            del self._ends[request]
             out += self._emit(self.requests.pop(request), workloads)
         _forget(self.emitted, _forget_before(watermark_ns, self.config))
         return out
@@ -220,8 +246,8 @@ class ConversationStage:
         try:
             stage = cls(config, emitted=_ints(state["emitted"]), counters=KeyedCounters(**state["counters"]))
             for points in state["requests"]:
-                spans = [span_from_state(s) for s in points]
-                stage.requests[_request_of(spans[0])] = spans
+                for span in map(span_from_state, points):
+                    stage._add(_request_of(span), span)
             return stage
         except UndecodableState:
             raise

@@ -33,7 +33,7 @@ from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_
 from tracetap.errors import UndecodableState
 from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, local_is_client, network_key
 from tracetap.model import Span, TapSide, span_from_state, span_to_state, stable_id, w3c_trace_id
-from tracetap.paths import PathState, conversation_key, join_key, share_workloads
+from tracetap.paths import SEGMENTS, PathState, conversation_key, join_key, share_workloads
 from tracetap.stages import PendingTraces, StageConfig
 from tracetap.tracing import process_parents
 from tracetap.workloads import WorkloadIndex
@@ -224,7 +224,7 @@ class ConversationStage:
                 state.add(span)
             record = state.record()
             out.append(Routed(PATHS, record["flow_id"], record))
-            segments = {name: float(record[name]) for name in _SEGMENTS if record.get(name) is not None}
+            segments = {name: float(record[name]) for name in SEGMENTS if record.get(name) is not None}
         for span in spans:
             self.emitted[span.span_id] = span.end_ns
             out.append(Routed(SERIES, red_series(span), ("span", span)))
@@ -253,10 +253,6 @@ class ConversationStage:
             raise
         except Exception as exc:
             raise UndecodableState(f"not a conversation stage's state: {type(exc).__name__}: {exc}") from None
-
-
-_SEGMENTS = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "server_processing_ns",
-             "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
 
 
 def _request_of(span: Span) -> str:

@@ -31,10 +31,10 @@ from typing import Any, NamedTuple
 
 from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_in_process
 from tracetap.errors import UndecodableState
-from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, local_is_client, network_key
+from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, network_key
 from tracetap.model import Span, TapSide, span_from_state, span_to_state, stable_id, w3c_trace_id
 from tracetap.paths import SEGMENTS, PathState, conversation_key, join_key, share_workloads
-from tracetap.stages import PendingTraces, StageConfig
+from tracetap.stages import PendingTraces, StageConfig, state_ints
 from tracetap.tracing import process_parents
 from tracetap.workloads import WorkloadIndex
 
@@ -125,6 +125,11 @@ def _oldest(seen: dict[Any, int]) -> int:
     return next(iter(seen.values()))
 
 
+def _forget_due(time_ns: int, config: StageConfig) -> int:
+    """The watermark at which something remembered at this time is forgotten (`_forget_before`'s inverse)."""
+    return time_ns + 3 * config.trace_gap_ns + config.allowed_lateness_ns + 1
+
+
 # stage 2 -----------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class ConversationStage:
@@ -168,7 +173,7 @@ class ConversationStage:
         earliest = self._earliest_end()
         due = [] if earliest is None else [earliest + self.config.trace_gap_ns]
         if self.emitted:
-            due.append(_oldest(self.emitted) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
+            due.append(_forget_due(_oldest(self.emitted), self.config))
         return min(due, default=None)
 
     @property
@@ -244,7 +249,7 @@ class ConversationStage:
     @classmethod
     def from_state(cls, state: dict[str, Any], config: StageConfig) -> ConversationStage:
         try:
-            stage = cls(config, emitted=_ints(state["emitted"]), counters=KeyedCounters(**state["counters"]))
+            stage = cls(config, emitted=state_ints(state["emitted"]), counters=KeyedCounters(**state["counters"]))
             for points in state["requests"]:
                 for span in map(span_from_state, points):
                     stage._add(_request_of(span), span)
@@ -300,7 +305,7 @@ class ProcessStage:
         due = [] if earliest is None else [earliest + self.config.trace_gap_ns]
         remembered = ([_oldest(self.emitted)] if self.emitted else []) + [e["time"] for e in self.failed_connects]
         if remembered:
-            due.append(min(remembered) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
+            due.append(_forget_due(min(remembered), self.config))
         return min(due, default=None)
 
     @property
@@ -317,8 +322,9 @@ class ProcessStage:
         for group in self.pending.complete(None if final else horizon):
             ordered = sorted(group, key=lambda s: (s.start_ns, s.span_id))
             hops = {s.span_id: self.hops.pop(s.span_id) for s in ordered}
+            by_id = {s.span_id: s for s in ordered}
             for call, server in process_parents(ordered, {s.span_id for s in ordered if s.parent_span_id}).items():
-                next(s for s in ordered if s.span_id == call).parent_span_id = server
+                by_id[call].parent_span_id = server
             for span in ordered:
                 self.emitted[span.span_id] = span.end_ns
                 out.append(Routed(SPANS, span.flow_id, span.to_record()))
@@ -337,7 +343,7 @@ class ProcessStage:
     @classmethod
     def from_state(cls, state: dict[str, Any], config: StageConfig) -> ProcessStage:
         try:
-            stage = cls(config, emitted=_ints(state["emitted"]), failed_connects=list(state["failed_connects"]),
+            stage = cls(config, emitted=state_ints(state["emitted"]), failed_connects=list(state["failed_connects"]),
                         counters=KeyedCounters(**state["counters"]))
             for span_state, hop in state["pending"]:
                 span = span_from_state(span_state)
@@ -390,7 +396,7 @@ class SeriesStage:
         if record["time"] < watermark_ns - self.config.allowed_lateness_ns:
             self.counters.late_lifecycle += 1
             return False
-        if not self.network.add_event(record, _pair_workloads(record, workloads)):
+        if not self.network.add_event(record, workloads.pair(record)):
             self.counters.late_in_windows += 1
         self.lifecycle_seen[identity] = record["time"]
         return True
@@ -401,7 +407,7 @@ class SeriesStage:
         due = [min(starts) + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns + self.config.trace_gap_ns] \
             if starts else []
         if self.lifecycle_seen:
-            due.append(_oldest(self.lifecycle_seen) + 3 * self.config.trace_gap_ns + self.config.allowed_lateness_ns + 1)
+            due.append(_forget_due(_oldest(self.lifecycle_seen), self.config))
         return min(due, default=None)
 
     @property
@@ -448,16 +454,3 @@ class SeriesStage:
             raise
         except Exception as exc:
             raise UndecodableState(f"not a series stage's state: {type(exc).__name__}: {exc}") from None
-
-
-def _pair_workloads(record: dict[str, Any], workloads: WorkloadIndex) -> tuple[str | None, str | None]:
-    own = workloads.process_workload(record["host"], record["pid"])
-    local = own or workloads.addresses.get(record["local_ip"])
-    remote = workloads.addresses.get(record["remote_ip"])
-    return (local, remote) if local_is_client(record) else (remote, local)
-
-
-def _ints(mapping: dict[str, Any]) -> dict[str, int]:
-    if not all(type(k) is str and type(v) is int for k, v in mapping.items()):
-        raise UndecodableState("a map of state holds a key or value of the wrong type")
-    return dict(mapping)

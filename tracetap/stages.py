@@ -24,7 +24,7 @@ from tracetap.assembly import AssemblyConfig, SocketAssembler
 from tracetap.config import StreamSettings
 from tracetap.errors import InvalidEvent, UndecodableState
 from tracetap.eventtime import EngineClock, PartitionClocks
-from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig, local_is_client
+from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig
 from tracetap.model import Span, SocketData, TapSide, span_from_state, span_to_state
 from tracetap.nic import FlowPacketAssembler, NicConfig, check_packet
 from tracetap.paths import PathState, join_key, share_workloads
@@ -154,7 +154,7 @@ class FlowStage:
         try:
             return cls(config, {k: SocketAssembler.from_state(a, config.assembly) for k, a in state["sockets"].items()},
                        {k: FlowPacketAssembler.from_state(a, config.nic) for k, a in state["nics"].items()},
-                       _ints(state["applied"]), _ints(state["last_seen_ns"]), _ints(state["closing"]))
+                       state_ints(state["applied"]), state_ints(state["last_seen_ns"]), state_ints(state["closing"]))
         except UndecodableState:
             raise
         except Exception as exc:  # malformed data fails in many ways (a missing key, a wrong shape); all mean the same
@@ -362,7 +362,7 @@ class TraceStage:
             stage.workloads.load_state(state["workloads"])
             for span in map(span_from_state, state["pending"]):
                 stage.pending.add(span)
-            stage.emitted = _ints(state["emitted"])
+            stage.emitted = state_ints(state["emitted"])
             stage.failed_connects = list(state["failed_connects"])
             stage.lifecycle_seen = {tuple(entry[:-1]): entry[-1] for entry in state["lifecycle_seen"]}
             stage.red.load_state(state["red"], RedKey._make)
@@ -370,7 +370,7 @@ class TraceStage:
             stage.dns.load_state(state["dns"])
             stage.regressions.load_state(state["regressions"])
             stage.counters = TraceCounters(**state["counters"])
-            stage.applied = _ints(state["applied"])
+            stage.applied = state_ints(state["applied"])
             return stage
         except UndecodableState:
             raise
@@ -429,7 +429,7 @@ class TraceStage:
         if not self.clock.observe(source, record["time"]):
             self.counters.late_lifecycle += 1
             return False
-        self.network.add_event(record, self._pair_workloads(record))  # before it is remembered: the one step that may raise
+        self.network.add_event(record, self.workloads.pair(record))  # before it is remembered: the one step that may raise
         self.lifecycle_seen[identity] = record["time"]
         if record["kind"] == "CONNECT_FAILED":
             self.failed_connects.append(record)
@@ -486,14 +486,8 @@ class TraceStage:
             if alert is not None:
                 out.alerts.append(alert)
 
-    def _pair_workloads(self, record: dict[str, Any]) -> tuple[str | None, str | None]:
-        own = self.workloads.process_workload(record["host"], record["pid"])
-        local = own or self.workloads.addresses.get(record["local_ip"])
-        remote = self.workloads.addresses.get(record["remote_ip"])
-        return (local, remote) if local_is_client(record) else (remote, local)
 
-
-def _ints(mapping: dict[str, Any]) -> dict[str, int]:
+def state_ints(mapping: dict[str, Any]) -> dict[str, int]:
     """A str -> int map of decoded state, checked (an offset or a time the engine compares)."""
     if not all(type(k) is str and type(v) is int for k, v in mapping.items()):
         raise UndecodableState("a map of state holds a key or value of the wrong type")

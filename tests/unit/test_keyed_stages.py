@@ -7,7 +7,7 @@ import dataclasses
 import orjson
 
 from benchmarks.core_pipeline import timed_events
-from tests.unit.test_stages_alerts import MS, S, T0, config, dns_span, http_span
+from tests.unit.test_stages_alerts import MS, S, T0, config, dns_span, http_span, relayed_502
 from tracetap.keyed import ConversationStage, ProcessStage, SeriesStage, conversation_of
 from tracetap.model import TapSide
 from tracetap.pipeline import KeyedPipeline
@@ -84,13 +84,7 @@ def test_a_slow_call_to_an_untraced_dependency_is_blamed_on_the_call():
 
 
 def test_a_502_passed_on_by_callers_is_blamed_on_the_service_whose_lookup_failed():
-    web = http_span(TapSide.SERVER_PROCESS, T0, T0 + 30 * MS, seq=100, trace=5, pid=3, status=502, workload="web")
-    call = http_span(TapSide.CLIENT_PROCESS, T0 + 1 * MS, T0 + 25 * MS, seq=200, trace=5, pid=3, server="10.0.0.3", status=502,
-                     workload="gateway")
-    gateway = http_span(TapSide.SERVER_PROCESS, T0 + 2 * MS, T0 + 24 * MS, seq=200, trace=9, pid=4, server="10.0.0.3", status=502,
-                        workload="gateway")
-    lookup = dataclasses.replace(dns_span("gateway", T0 + 3 * MS, "NXDOMAIN", 78, name="payment-backend.svc"), pid=4,
-                                 syscall_trace_id_request=9)
+    web, call, gateway, lookup = relayed_502()
     out = _run(KeyedPipeline(config()), [web, call, gateway, lookup])
     [failed] = [a for a in out.alerts if a["kind"] == "ERROR_WITH_FAILED_DEPENDENCY"]
     assert failed["workload"] == "gateway" and failed["span_ids"] == [gateway.span_id, lookup.span_id]

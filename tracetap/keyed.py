@@ -302,7 +302,7 @@ class ProcessStage:
     @property
     def next_deadline_ns(self) -> int | None:
         earliest = self.pending.earliest_end()
-        due = [] if earliest is None else [earliest + self.config.trace_gap_ns]
+        due = [] if earliest is None else [earliest + 2 * self.config.trace_gap_ns]
         remembered = ([_oldest(self.emitted)] if self.emitted else []) + [e["time"] for e in self.failed_connects]
         if remembered:
             due.append(_forget_due(min(remembered), self.config))
@@ -317,7 +317,10 @@ class ProcessStage:
         return bool(self.pending)
 
     def advance(self, watermark_ns: int, final: bool = False) -> list[Routed]:
-        horizon = watermark_ns - self.config.trace_gap_ns
+        """Every server span with the calls it made, once the watermark is two trace gaps past its group's last end:
+        a call's hop leaves its conversation a gap after the hop's last point, which may end a little after the
+        server span (two clocks: a NIC's capture and the kernel's), and must be here when the group goes."""
+        horizon = watermark_ns - 2 * self.config.trace_gap_ns
         out: list[Routed] = []
         for group in self.pending.complete(None if final else horizon):
             ordered = sorted(group, key=lambda s: (s.start_ns, s.span_id))

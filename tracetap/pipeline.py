@@ -9,6 +9,7 @@ advance costs what is due, not the number of keys. The watermark is the engine's
 from __future__ import annotations
 
 import heapq
+from dataclasses import asdict
 from typing import Any
 
 from tracetap.keyed import (ALERTS, CONVERSATION, NETWORK, PATHS, PROCESS, RED, SERIES, SPANS, ConversationStage, KeyedCounters,
@@ -34,6 +35,7 @@ class KeyedPipeline:
         self._out = Emitted()
         self.late_spans = 0
         self.late_lifecycle = 0
+        self._retired = KeyedCounters()  # the counters of stages dropped once empty
 
     # input --------------------------------------------------------------------------------------------
     def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:
@@ -78,6 +80,7 @@ class KeyedPipeline:
                 for route in routed:
                     self._deliver(route)
                 if stage.empty:
+                    self._retired.add(stage.counters)
                     del self.stages[kind][key]
                     self._scheduled.pop((kind, key), None)
                 else:
@@ -87,7 +90,8 @@ class KeyedPipeline:
 
     @property
     def counters(self) -> KeyedCounters:
-        total = KeyedCounters(late_spans=self.late_spans, late_lifecycle=self.late_lifecycle)
+        total = KeyedCounters()  # the stages count their late records too
+        total.add(self._retired)
         for stages in self.stages.values():
             for stage in stages.values():
                 total.add(stage.counters)
@@ -115,7 +119,7 @@ class KeyedPipeline:
     def to_state(self) -> dict[str, Any]:
         """JSON-ready data: every key's stage, the workloads, the watermark and the offsets applied."""
         return {"watermark": self.watermark_ns, "workloads": self.workloads.to_state(), "applied": dict(self.applied),
-                "late": [self.late_spans, self.late_lifecycle],
+                "late": [self.late_spans, self.late_lifecycle], "retired": asdict(self._retired),
                 "stages": {kind: {key: stage.to_state() for key, stage in stages.items()} for kind, stages in self.stages.items()}}
 
     @classmethod
@@ -127,6 +131,7 @@ class KeyedPipeline:
             pipeline.workloads.load_state(state["workloads"])
             pipeline.applied = {str(k): int(v) for k, v in state["applied"].items()}
             pipeline.late_spans, pipeline.late_lifecycle = (int(n) for n in state["late"])
+            pipeline._retired = KeyedCounters(**state["retired"])
             for kind, make in ((CONVERSATION, ConversationStage), (PROCESS, ProcessStage), (SERIES, SeriesStage)):
                 for key, stage_state in state["stages"][kind].items():
                     stage = pipeline.stages[kind][str(key)] = make.from_state(stage_state, config)

@@ -52,19 +52,6 @@ def decode_trace(blob: bytes, config: StageConfig) -> KeyedPipeline:
     return KeyedPipeline.from_state(state, config)
 
 
-def encode_part(state: dict[str, Any]) -> bytes:
-    """One part of the keyed stages' state, as a keyed store holds it (a stage, or the pipeline-wide values)."""
-    return orjson.dumps([STATE_VERSION, state])
-
-
-def decode_part(blob: bytes) -> dict[str, Any]:
-    """`encode_part`'s state; UndecodableState when the bytes are not one."""
-    _, state = _versioned(blob, 2)
-    if not isinstance(state, dict):
-        raise UndecodableState("not a state object")
-    return state
-
-
 def _versioned(blob: bytes, size: int) -> list[Any]:
     try:
         data = orjson.loads(blob)

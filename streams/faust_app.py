@@ -37,8 +37,8 @@ from schemas.deadletter import dead_letter_key, dead_letter_record
 from schemas.kafka import faust_credentials
 from schemas.registry import RegistryUnavailable, SchemaRegistry
 from schemas.serde import AvroDeserializer, AvroSerializer, UndecodableRecord
-from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode_items, decode_part, encode_flow, encode_items,
-                          encode_part, flow_record, trace_item)
+from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode_items, decode_trace, encode_flow, encode_items,
+                          encode_trace, flow_record, trace_item)
 from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
 from tracetap.config import Settings
 from tracetap.errors import TracetapError, UndecodableState
@@ -50,8 +50,7 @@ log = logging.getLogger("tracetap.streams.faust")
 
 COMPONENT = "tracetap streams faust"
 TRACE_STAGE_TOPIC = "streams.trace-stage"  # after the prefix; private to the stream job (streams/edge.py's encode_items)
-_TRACE_KEY = b"trace-stage"  # the one key of the private topic into the keyed stages
-_SHARED_KEY = b"shared"  # the keyed stages' table: this key holds the pipeline-wide values, "<stage>|<key>" each stage
+_TRACE_KEY = b"trace-stage"
 _MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
 
@@ -158,13 +157,6 @@ class _OffsetGuard:
         self._gaps.clear()
 
 
-def _bounded(blob: bytes, key: bytes) -> bytes:
-    if len(blob) > _MAX_SNAPSHOT_BYTES:
-        raise TracetapError(f"the state of {key.decode(errors='replace')} is {len(blob)} bytes, over {_MAX_SNAPSHOT_BYTES}: lower "
-                            "--trace-gap-s or the metric window")
-    return blob
-
-
 def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tuple[faust.App, WorkerStats]:
     """The app with its topics, tables and agents, declared in data-flow order."""
     prefix = settings.topics.prefix
@@ -190,8 +182,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                                   internal=True, retention=7 * 86400)
     outputs = {spec.name: raw_topic(spec) for spec in OUTPUTS}
     flow_table = app.Table("flow-stages", partitions=SOCKET_DATA.partitions, key_type=bytes, value_type=bytes)
-    # The keyed stages after the flow stage, one entry per stage's key: a batch writes the keys it changed.
-    trace_table = app.Table("keyed-stages", partitions=1, key_type=bytes, value_type=bytes,
+    # The trace stage is one value, snapshotted whole after each batch (zlib), so its changelog takes large records.
+    trace_table = app.Table("trace-stage", partitions=1, key_type=bytes, value_type=bytes,
                             extra_topic_configs={"max.message.bytes": str(_MAX_SNAPSHOT_BYTES)})
     flow_clock = PartitionClocks(options.stages.max_out_of_order_ns, options.stages.allowed_lateness_ns)
     flows: dict[bytes, tuple[int, FlowStage]] = {}  # key -> (partition, stage), the worker's view of flow_table
@@ -267,28 +259,16 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         return held[1]
 
     async def trace_stage() -> KeyedPipeline:
-        """The keyed stages, rebuilt from their table after an assignment. An entry that is not a stage's state is
-        dead-lettered and that key starts again; shared values that are not those start the whole pipeline again."""
         if not trace_box:
             with trace_events.of(0):
-                entries = sorted(trace_table.data.items())
-            shared = dict(entries).get(_SHARED_KEY)
-            stage = KeyedPipeline(options.stages)
-            if shared is not None:
+                blob = trace_table.get(_TRACE_KEY)
+            stage = None
+            if blob is not None:
                 try:
-                    stage = KeyedPipeline.from_shared(decode_part(shared), options.stages)
+                    stage = decode_trace(blob, options.stages)
                 except UndecodableState as exc:
-                    await undecodable_state(trace_table, 0, _SHARED_KEY, shared, exc)
-                    entries = []
-            for key, blob in entries:
-                if key == _SHARED_KEY:
-                    continue
-                kind, _, stage_key = key.decode(errors="replace").partition("|")
-                try:
-                    stage.load_stage(kind, stage_key, decode_part(blob))
-                except UndecodableState as exc:
-                    await undecodable_state(trace_table, 0, key, blob, exc)
-            trace_box.append(stage)
+                    await undecodable_state(trace_table, 0, _TRACE_KEY, blob, exc)
+            trace_box.append(stage or KeyedPipeline(options.stages))
         return trace_box[0]
 
     def persist_flows(keys: set[bytes]) -> None:
@@ -493,19 +473,14 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             await finish_trace_batch(stage, stage.advance())
 
     async def finish_trace_batch(stage: KeyedPipeline, out: Emitted) -> None:
-        """Emit, then write the stages the batch changed (their outputs are in Kafka first)."""
         await emit(out)
+        blob = encode_trace(stage)
+        if len(blob) > _MAX_SNAPSHOT_BYTES:
+            raise TracetapError(f"the trace stage's state is {len(blob)} bytes, over {_MAX_SNAPSHOT_BYTES}: lower --trace-gap-s "
+                                "or the metric window, or run the Flink job")
         with trace_events.of(0) as known:
-            if not known:  # no event of the partition seen yet: the next batch writes these changes too
-                return
-            shared, changes = stage.take_changes()
-            for (kind, key), state in changes.items():
-                table_key = f"{kind}|{key}".encode()
-                if state is not None:
-                    trace_table[table_key] = _bounded(encode_part(state), table_key)
-                elif table_key in trace_table:
-                    del trace_table[table_key]
-            trace_table[_SHARED_KEY] = _bounded(encode_part(shared), _SHARED_KEY)
+            if known:  # else the next batch writes it
+                trace_table[_TRACE_KEY] = blob
 
     @app.timer(interval=1.0)
     async def idle_flush() -> None:
@@ -569,8 +544,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         stats.recovered_flow_states = len(flow_table.data)
-        log.info("rebalance complete; tables recovered flow_states=%d keyed_stages=%d", len(flow_table.data),
-                 max(len(trace_table.data) - 1, 0))
+        log.info("rebalance complete; tables recovered flow_states=%d trace_stage=%s", len(flow_table.data),
+                 "recovered" if _TRACE_KEY in trace_table.data else "new")
 
     return app, stats
 

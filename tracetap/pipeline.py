@@ -4,10 +4,6 @@ does not (yet) route the stages through its own keyed streams.
 
 Each stage is kept per key and advanced only when its next deadline has come (a heap of deadlines), so an
 advance costs what is due, not the number of keys. The watermark is the engine's (`engine_watermark`).
-
-State is kept incrementally, as an engine keeps keyed state: `take_changes` gives the stages changed since
-it was last called (None for one that is gone) and the few pipeline-wide values; `from_parts` rebuilds the
-pipeline from them. So a store writes what a batch changed, not every waiting span.
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from tracetap.workloads import WorkloadIndex
 
 _OUTPUTS = {SPANS: "spans", PATHS: "paths", RED: "red", NETWORK: "network", ALERTS: "alerts"}  # Emitted's lists
 _ORDER = (CONVERSATION, PROCESS, SERIES)  # an advance runs the stages in the order records flow through them
-_MAKE = {CONVERSATION: ConversationStage, PROCESS: ProcessStage, SERIES: SeriesStage}
 
 
 class KeyedPipeline:
@@ -41,7 +36,6 @@ class KeyedPipeline:
         self.late_spans = 0
         self.late_lifecycle = 0
         self._retired = KeyedCounters()  # the counters of stages dropped once empty
-        self._changed: set[tuple[str, str]] = set()  # (stage, key) changed since take_changes
 
     # input --------------------------------------------------------------------------------------------
     def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:
@@ -57,7 +51,6 @@ class KeyedPipeline:
         stage = self._stage(CONVERSATION, key)
         on_time = stage.span(span, self.watermark_ns)
         self.late_spans += not on_time
-        self._changed.add((CONVERSATION, key))
         self._schedule(CONVERSATION, key, stage)
         return on_time
 
@@ -86,7 +79,6 @@ class KeyedPipeline:
                     else stage.advance(self.watermark_ns, final)
                 for route in routed:
                     self._deliver(route)
-                self._changed.add((kind, key))
                 if stage.empty:
                     self._retired.add(stage.counters)
                     del self.stages[kind][key]
@@ -126,59 +118,29 @@ class KeyedPipeline:
     # state --------------------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         """JSON-ready data: every key's stage, the workloads, the watermark and the offsets applied."""
-        return {**self._shared_state(),
+        return {"watermark": self.watermark_ns, "workloads": self.workloads.to_state(), "applied": dict(self.applied),
+                "late": [self.late_spans, self.late_lifecycle], "retired": asdict(self._retired),
                 "stages": {kind: {key: stage.to_state() for key, stage in stages.items()} for kind, stages in self.stages.items()}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], config: StageConfig) -> KeyedPipeline:
         """The pipeline of `to_state`; UndecodableState when the data is not one."""
-        pipeline = cls.from_shared(state, config)
-        try:
-            stages = [(kind, key, stage) for kind in _ORDER for key, stage in state["stages"][kind].items()]
-        except Exception as exc:
-            raise UndecodableState(f"not the keyed stages' state: {type(exc).__name__}: {exc}") from None
-        for kind, key, stage_state in stages:
-            pipeline.load_stage(kind, key, stage_state)
-        return pipeline
-
-    def take_changes(self) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any] | None]]:
-        """(the pipeline-wide values, {(stage, key): its state, or None once it is gone}) for what changed since
-        the last call: what a keyed store writes after a batch."""
-        changes = {}
-        for kind, key in sorted(self._changed):
-            stage = self.stages[kind].get(key)
-            changes[(kind, key)] = None if stage is None else stage.to_state()
-        self._changed.clear()
-        return self._shared_state(), changes
-
-    @classmethod
-    def from_shared(cls, shared: dict[str, Any], config: StageConfig) -> KeyedPipeline:
-        """A pipeline with `take_changes`' pipeline-wide values and no stage yet (`load_stage` adds them);
-        UndecodableState when the data is not those values."""
         try:
             pipeline = cls(config)
-            pipeline.watermark_ns = int(shared["watermark"])
-            pipeline.workloads.load_state(shared["workloads"])
-            pipeline.applied = {str(k): int(v) for k, v in shared["applied"].items()}
-            pipeline.late_spans, pipeline.late_lifecycle = (int(n) for n in shared["late"])
-            pipeline._retired = KeyedCounters(**shared["retired"])
+            pipeline.watermark_ns = int(state["watermark"])
+            pipeline.workloads.load_state(state["workloads"])
+            pipeline.applied = {str(k): int(v) for k, v in state["applied"].items()}
+            pipeline.late_spans, pipeline.late_lifecycle = (int(n) for n in state["late"])
+            pipeline._retired = KeyedCounters(**state["retired"])
+            for kind, make in ((CONVERSATION, ConversationStage), (PROCESS, ProcessStage), (SERIES, SeriesStage)):
+                for key, stage_state in state["stages"][kind].items():
+                    stage = pipeline.stages[kind][str(key)] = make.from_state(stage_state, config)
+                    pipeline._schedule(kind, str(key), stage)
             return pipeline
         except UndecodableState:
             raise
         except Exception as exc:
-            raise UndecodableState(f"not the keyed stages' shared state: {type(exc).__name__}: {exc}") from None
-
-    def load_stage(self, kind: str, key: str, state: dict[str, Any]) -> None:
-        """A stage's state as `take_changes` gave it; UndecodableState (and nothing loaded) when it is not one."""
-        make = _MAKE.get(kind) if isinstance(kind, str) and isinstance(key, str) else None
-        if make is None:
-            raise UndecodableState(f"not a keyed stage: {kind!r}|{key!r}")
-        stage = self.stages[kind][key] = make.from_state(state, self.config)
-        self._schedule(kind, key, stage)
-
-    def _shared_state(self) -> dict[str, Any]:
-        return {"watermark": self.watermark_ns, "workloads": self.workloads.to_state(), "applied": dict(self.applied),
-                "late": [self.late_spans, self.late_lifecycle], "retired": asdict(self._retired)}
+            raise UndecodableState(f"not the keyed stages' state: {type(exc).__name__}: {exc}") from None
 
     # routing ------------------------------------------------------------------------------------------
     def _deliver(self, route: Routed) -> bool:
@@ -198,7 +160,6 @@ class KeyedPipeline:
             stage.span(route.key, *rest)
         else:
             on_time = stage.lifecycle(*rest, self.watermark_ns, self.workloads)
-        self._changed.add((route.to, route.key))
         self._schedule(route.to, route.key, stage)
         return on_time
 
@@ -206,7 +167,7 @@ class KeyedPipeline:
         stages = self.stages[kind]
         stage = stages.get(key)
         if stage is None:
-            stage = stages[key] = _MAKE[kind](self.config)
+            stage = stages[key] = {CONVERSATION: ConversationStage, PROCESS: ProcessStage, SERIES: SeriesStage}[kind](self.config)
         return stage
 
     def _schedule(self, kind: str, key: str, stage: Any) -> None:

@@ -281,11 +281,14 @@ class ProcessStage:
     """The spans of one process waiting for the server span they belong to, and its recent failed connects."""
 
     config: StageConfig = field(default_factory=StageConfig)
-    pending: PendingTraces = field(default_factory=lambda: PendingTraces(process_link_keys))
+    pending: PendingTraces = field(init=False)  # groups span at most a trace gap from their first start
     hops: dict[str, dict[str, Any]] = field(default_factory=dict)  # span id -> its hop: path segments, callee traced
     emitted: dict[str, int] = field(default_factory=dict)
     failed_connects: list[dict[str, Any]] = field(default_factory=list)
     counters: KeyedCounters = field(default_factory=KeyedCounters)
+
+    def __post_init__(self) -> None:
+        self.pending = PendingTraces(process_link_keys, self.config.trace_gap_ns)
 
     def span(self, span: Span, hop: dict[str, Any]) -> None:
         self.counters.spans_in += 1

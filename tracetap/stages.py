@@ -218,12 +218,19 @@ class PendingTraces:
     """Spans waiting for their trace, kept as connected groups while they come (union-find over their link
     keys), each group with its last end in a heap: completing the traces at a horizon costs the size of what
     it emits, not of everything that waits. A group leaves whole, so the components are those of the spans
-    still waiting, as if they were grouped from scratch."""
+    still waiting, as if they were grouped from scratch.
 
-    __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_by_end", "_span_ends", "_link_keys")
+    With `max_group_ns`, a span joins a group through a shared key only if it starts within that long of the
+    group's first start; else the key starts a new group from it. A value that never changes (a client that
+    sends one `traceparent` or `x-request-id` with every request) would otherwise tie all its traffic into
+    one group that grows as long as the traffic flows and never completes."""
 
-    def __init__(self, keys: Callable[[Span], list[tuple[Any, ...]]] = link_keys) -> None:
+    __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_first", "_by_end", "_span_ends",
+                 "_link_keys", "_max_group_ns")
+
+    def __init__(self, keys: Callable[[Span], list[tuple[Any, ...]]] = link_keys, max_group_ns: int | None = None) -> None:
         self._link_keys = keys  # what ties a span to others
+        self._max_group_ns = max_group_ns
         self.spans: dict[str, Span] = {}  # span id -> span, in arrival order
         self._seq: dict[str, int] = {}  # span id -> arrival number: a trace lists its spans in arrival order
         self._next_seq = 0
@@ -232,6 +239,7 @@ class PendingTraces:
         self._keys: dict[str, list[tuple[Any, ...]]] = {}  # root -> the link keys its group owns
         self._owner: dict[tuple[Any, ...], str] = {}  # link key -> a waiting span that has it
         self._end: dict[str, int] = {}  # root -> its group's last end
+        self._first: dict[str, int] = {}  # root -> its group's first start
         self._by_end: list[tuple[int, str]] = []  # heap of (end, root); stale entries are skipped when popped
         self._span_ends: list[tuple[int, str]] = []  # heap of (end, span id), for the earliest waiting end
 
@@ -250,10 +258,13 @@ class PendingTraces:
         self._members[span_id] = [span_id]
         self._keys[span_id] = []
         self._end[span_id] = span.end_ns
+        self._first[span_id] = span.start_ns
         heapq.heappush(self._span_ends, (span.end_ns, span_id))
         root = span_id
         for key in self._link_keys(span):
             other = self._owner.get(key)
+            if other is not None and self._max_group_ns is not None and span.start_ns - self._first[self._find(other)] > self._max_group_ns:
+                other = None  # that group started too long before: the key ties later spans to this one
             if other is None:
                 self._owner[key] = span_id
                 self._keys[root].append(key)
@@ -300,13 +311,16 @@ class PendingTraces:
         self._members[a] += self._members.pop(b)
         self._keys[a] += self._keys.pop(b)
         self._end[a] = max(self._end[a], self._end.pop(b))
+        self._first[a] = min(self._first[a], self._first.pop(b))
         return a
 
     def _remove(self, root: str) -> list[Span]:
         members = sorted(self._members.pop(root), key=self._seq.__getitem__)
         for key in self._keys.pop(root):
-            del self._owner[key]
-        del self._end[root]
+            owner = self._owner.get(key)
+            if owner is not None and self._find(owner) == root:  # else another group owns the key now (or none does)
+                del self._owner[key]
+        del self._end[root], self._first[root]
         group = []
         for span_id in members:
             group.append(self.spans.pop(span_id))

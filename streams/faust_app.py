@@ -482,11 +482,17 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             if known:  # else the next batch writes it
                 trace_table[_TRACE_KEY] = blob
 
+    def caught_up(topics: Any) -> bool:
+        """No record left to read in this worker's partitions of these topics: an agent that did not get a batch
+        for a while because the event loop was busy elsewhere (a long batch of the other agent) is not idle."""
+        return all(records_left(tp) in (0, None) for tp in app.consumer.assignment() if tp.topic in topics)
+
     @app.timer(interval=1.0)
     async def idle_flush() -> None:
-        """Event time stands still without input: after idle_flush_s, time out open requests and emit what waits."""
+        """Event time stands still without input: after idle_flush_s without a record, and none left to read,
+        time out open requests and emit what waits."""
         now = time.monotonic()
-        if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s:
+        if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s and caught_up(topic_kind):
             flushed["flow"] = True
             touched: set[bytes] = set()
             horizon = flow_clock.max_seen_ns + options.stages.flush_horizon_ns
@@ -495,7 +501,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             persist_flows(touched)
             if timed_out:  # the trace stage has input on its way: its flush waits for it, or those spans would come late
                 last_input["trace"] = now
-        if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s:
+        if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s \
+                and caught_up({trace_stage_topic.get_topic_name()}):
             flushed["trace"] = True
             stage = trace_box[0]
             if stage.has_open_work:

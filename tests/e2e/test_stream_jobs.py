@@ -489,7 +489,9 @@ def _assert_same_records(expected, got, exactly_once=False):
             assert len(have) == len(got[name]), (name, len(got[name]) - len(have), "duplicates")
         assert have.keys() == want.keys(), (name, len(have), len(want), sorted(have.keys() ^ want.keys())[:5])
         differing = [k for k in want if want[k] != have[k]]
-        assert not differing, (name, [(want[k], have[k]) for k in differing[:2]])
+        assert not differing, (name, len(differing), [(k, {f: (v, have[k][f]) for f, v in want[k].items() if v != have[k][f]},
+                                                        {f: want[k][f] for f in ("tap_side", "host", "pid", "start_time", "end_time", "endpoint")
+                                                         if f in want[k]}) for k in differing[:6]])
 
 
 # the Flink job ----------------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ through the flow stages, in alternating rounds of the same run:
 - pickled: the baseline plus a pickle of the flow after each record, for scale (what a per-record pickle
   of the former state format cost).
 
-Then the trace stage's snapshot (every waiting span and open window): encode and decode, against pickle +
-zlib of the same object (the former format), in the same run.
+Then the snapshot of the keyed stages after the flow stage (KeyedPipeline, about --trace-spans spans
+waiting their trace gap, advanced after every batch of 50 as a job does): encode and decode, against
+pickle + zlib of the same object (the former format), in the same run.
 
     .venv/bin/python benchmarks/stage_state.py --events 100000 --rounds 3
 """
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.core_pipeline import timed_events  # noqa: E402
 from streams.edge import decode_trace, encode_flow, encode_trace, flow_record  # noqa: E402
-from tracetap.stages import FlowStage, StageConfig, TraceStage  # noqa: E402
+from tracetap.pipeline import KeyedPipeline  # noqa: E402
+from tracetap.stages import FlowStage, StageConfig  # noqa: E402
 
 CONFIG = StageConfig()
 T0 = 1_800_000_000_000_000_000
@@ -80,15 +82,14 @@ def pickled(events: list) -> int:
     return spans
 
 
-def trace_stage(events: list) -> TraceStage:
-    """A trace stage holding every span of the events (none emitted yet): a large snapshot."""
+def spans_of(events: list) -> list:
     flows: dict[str, FlowStage] = {}
-    trace = TraceStage(CONFIG)
+    spans = []
     for key, record in events:
         stage = flows.get(key) or flows.setdefault(key, FlowStage(CONFIG))
-        for span in stage.socket_data(record):
-            trace.span(span, "p")
-    return trace
+        spans += stage.socket_data(record)
+    return spans
+
 
 
 def timed(fn, arg) -> float:
@@ -117,7 +118,22 @@ def main() -> int:
     for name, rate in medians.items():
         print(f"  {name:44s} {rate:10,.0f} events/s  {rate / base:5.2f}x  {1e6 / rate - 1e6 / base:+6.1f} us/event")
 
-    trace = trace_stage(timed_events(args.trace_spans * 2, T0, spacing=1000))
+    # Events spaced so that about --trace-spans spans wait a trace gap, advanced after every batch as a job does.
+    spacing = CONFIG.trace_gap_ns // (2 * args.trace_spans) // 1000  # in units of make_events' 1 us
+    spans = spans_of(timed_events(args.trace_spans * 4, T0, spacing=spacing))
+    trace = KeyedPipeline(CONFIG)
+    at = 0
+
+    def batch() -> None:
+        nonlocal at
+        for span in spans[at:at + 50]:
+            trace.span(span)
+        trace.engine_watermark(spans[at].end_ns - CONFIG.max_out_of_order_ns)
+        trace.advance()
+        at += 50
+
+    while at < args.trace_spans * 2:
+        batch()
     codecs = {"data-only (encode_trace / decode_trace)": (encode_trace, lambda b: decode_trace(b, CONFIG)),
               "pickle + zlib (former format)": (lambda s: zlib.compress(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL), 1),
                                                 lambda b: pickle.loads(zlib.decompress(b)))}
@@ -131,7 +147,7 @@ def main() -> int:
             times[name][0].append(encoded - started)
             times[name][1].append(time.perf_counter() - encoded)
             times[name] = (times[name][0], times[name][1], len(blob))
-    print(f"trace stage snapshot: {len(trace.pending):,} waiting spans, medians")
+    print(f"keyed stages' snapshot: {trace.waiting_spans:,} waiting spans, medians")
     for name, (enc, dec, size) in times.items():
         print(f"  {name:44s} encode {1e3 * statistics.median(enc):7.1f} ms  decode {1e3 * statistics.median(dec):7.1f} ms  "
               f"{size / 1e6:6.2f} MB")

@@ -1,4 +1,5 @@
-"""Benchmark: the trace stage as the engines drive it, an advance after every batch of spans.
+"""Benchmark: the stages after the flow stage (KeyedPipeline) as the engines drive them, an advance after every
+batch of spans on the watermark the spans' own time makes (the latest end less the out-of-order bound).
 
 Spans come from protocol-exact traffic (benchmarks.core_pipeline's events through FlowStages, made once
 before timing), events 1 ms of event time apart (about 500 spans a second), so a longer trace gap means
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def spans_per_s(events: int, gap_s: float, batch: int) -> tuple[float, int]:
     """(spans/s through span + advance, the most spans waiting at an advance)."""
     from benchmarks.core_pipeline import timed_events
-    from tracetap.stages import FlowStage, StageConfig, TraceStage
+    from tracetap.pipeline import KeyedPipeline
+    from tracetap.stages import FlowStage, StageConfig
 
     config = StageConfig(trace_gap_ns=int(gap_s * 1e9))
     flows: dict[str, FlowStage] = {}
@@ -32,13 +34,14 @@ def spans_per_s(events: int, gap_s: float, batch: int) -> tuple[float, int]:
     for key, record in timed_events(events, 1_800_000_000_000_000_000, spacing=1000):
         stage = flows.get(key) or flows.setdefault(key, FlowStage(config))
         spans += stage.socket_data(record)
-    trace = TraceStage(config)
+    trace = KeyedPipeline(config)
     most = 0
     started = time.perf_counter()
     for i in range(0, len(spans), batch):
         for span in spans[i:i + batch]:
-            trace.span(span, "p")
+            trace.span(span)
         most = max(most, trace.waiting_spans)
+        trace.engine_watermark(max(s.end_ns for s in spans[i:i + batch]) - config.max_out_of_order_ns)
         trace.advance()
     trace.advance(final=True)
     return len(spans) / (time.perf_counter() - started), most

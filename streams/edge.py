@@ -17,7 +17,8 @@ import orjson
 import tracetap
 from tracetap.errors import TracetapError, UndecodableState
 from tracetap.model import Span, span_from_state, span_to_state
-from tracetap.stages import FlowStage, StageConfig, TraceStage
+from tracetap.pipeline import KeyedPipeline
+from tracetap.stages import FlowStage, StageConfig
 
 STATE_VERSION = 1  # the first element of every encoded state and batch; another version is refused, not guessed at
 _CORE = Path(tracetap.__file__).resolve().parent
@@ -37,18 +38,18 @@ def decode_flow(blob: bytes, config: StageConfig) -> tuple[int | None, FlowStage
     return partition, FlowStage.from_state(state, config)
 
 
-def encode_trace(stage: TraceStage) -> bytes:
-    """The trace stage as bytes, compressed (it holds every waiting span)."""
+def encode_trace(stage: KeyedPipeline) -> bytes:
+    """The keyed stages after the flow stage, hosted as one, as bytes, compressed (they hold every waiting span)."""
     return zlib.compress(orjson.dumps([STATE_VERSION, stage.to_state()]), 1)
 
 
-def decode_trace(blob: bytes, config: StageConfig) -> TraceStage:
+def decode_trace(blob: bytes, config: StageConfig) -> KeyedPipeline:
     try:
         raw = zlib.decompressobj().decompress(blob, 1 << 30)  # bounded: a small blob may claim a huge expansion
     except zlib.error as exc:
         raise UndecodableState(f"not zlib data: {exc}") from None
     _, state = _versioned(raw, 2)
-    return TraceStage.from_state(state, config)
+    return KeyedPipeline.from_state(state, config)
 
 
 def _versioned(blob: bytes, size: int) -> list[Any]:
@@ -169,13 +170,13 @@ def flow_record(stage: FlowStage, kind: str, record: dict[str, Any], config: Sta
     return FlowStage.from_state(before, config), [], failure
 
 
-def trace_item(stage: TraceStage, item: StageItem) -> tuple[bool, CoreFailure | None]:
-    """One item into the trace stage: (on time, None), or (True, the failure). Its input methods check what
-    can fail before they change anything, so a failure leaves the stage as it was."""
+def trace_item(stage: KeyedPipeline, item: StageItem) -> tuple[bool, CoreFailure | None]:
+    """One item into the stages after the flow stage: (on time, None), or (True, the failure). Their input
+    methods check what can fail before they change anything, so a failure leaves them as they were."""
     if item.kind == "span":
-        accepted, failure = call_core(stage.span, item.value, item.source)
+        accepted, failure = call_core(stage.span, item.value)
     elif item.kind == "lifecycle":
-        accepted, failure = call_core(stage.lifecycle, item.value, item.source)
+        accepted, failure = call_core(stage.lifecycle, item.value)
     else:
         _, failure = call_core(stage.resource, item.source, item.value)
         accepted = True

@@ -42,8 +42,9 @@ from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode
 from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
 from tracetap.config import Settings
 from tracetap.errors import TracetapError, UndecodableState
-from tracetap.eventtime import EngineClock, PartitionClocks
-from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
+from tracetap.eventtime import PartitionClocks
+from tracetap.pipeline import KeyedPipeline
+from tracetap.stages import Emitted, FlowStage, StageConfig
 
 log = logging.getLogger("tracetap.streams.faust")
 
@@ -188,7 +189,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     flows: dict[bytes, tuple[int, FlowStage]] = {}  # key -> (partition, stage), the worker's view of flow_table
     deadlines: list[tuple[int, bytes]] = []  # heap of (when a flow next has work, its key), for the flows in `flows`
     unsaved: set[bytes] = set()  # flow keys changed by a timer before any event of their partition came
-    trace_box: list[TraceStage] = []
+    trace_box: list[KeyedPipeline] = []
     flow_events, trace_events = _PartitionEvents(), _PartitionEvents()
     guard = _OffsetGuard(app, stats)
     last_input = {"flow": time.monotonic(), "trace": time.monotonic()}
@@ -257,7 +258,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             held = flows[key] = held or (partition, FlowStage(options.stages))
         return held[1]
 
-    async def trace_stage() -> TraceStage:
+    async def trace_stage() -> KeyedPipeline:
         if not trace_box:
             with trace_events.of(0):
                 blob = trace_table.get(_TRACE_KEY)
@@ -267,9 +268,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                     stage = decode_trace(blob, options.stages)
                 except UndecodableState as exc:
                     await undecodable_state(trace_table, 0, _TRACE_KEY, blob, exc)
-            if stage is not None and not isinstance(stage.clock, EngineClock):  # a snapshot from before the marks
-                stage.clock = EngineClock(options.stages.allowed_lateness_ns, stage.clock.watermark_ns, stage.clock.max_seen_ns)
-            trace_box.append(stage or TraceStage(options.stages, clock=EngineClock(options.stages.allowed_lateness_ns)))
+            trace_box.append(stage or KeyedPipeline(options.stages))
         return trace_box[0]
 
     def persist_flows(keys: set[bytes]) -> None:
@@ -473,7 +472,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                     stage.engine_watermark(watermark)
             await finish_trace_batch(stage, stage.advance())
 
-    async def finish_trace_batch(stage: TraceStage, out: Emitted) -> None:
+    async def finish_trace_batch(stage: KeyedPipeline, out: Emitted) -> None:
         await emit(out)
         blob = encode_trace(stage)
         if len(blob) > _MAX_SNAPSHOT_BYTES:
@@ -483,11 +482,17 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             if known:  # else the next batch writes it
                 trace_table[_TRACE_KEY] = blob
 
+    def caught_up(topics: Any) -> bool:
+        """No record left to read in this worker's partitions of these topics: an agent that did not get a batch
+        for a while because the event loop was busy elsewhere (a long batch of the other agent) is not idle."""
+        return all(records_left(tp) in (0, None) for tp in app.consumer.assignment() if tp.topic in topics)
+
     @app.timer(interval=1.0)
     async def idle_flush() -> None:
-        """Event time stands still without input: after idle_flush_s, time out open requests and emit what waits."""
+        """Event time stands still without input: after idle_flush_s without a record, and none left to read,
+        time out open requests and emit what waits."""
         now = time.monotonic()
-        if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s:
+        if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s and caught_up(topic_kind):
             flushed["flow"] = True
             touched: set[bytes] = set()
             horizon = flow_clock.max_seen_ns + options.stages.flush_horizon_ns
@@ -496,7 +501,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             persist_flows(touched)
             if timed_out:  # the trace stage has input on its way: its flush waits for it, or those spans would come late
                 last_input["trace"] = now
-        if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s:
+        if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s \
+                and caught_up({trace_stage_topic.get_topic_name()}):
             flushed["trace"] = True
             stage = trace_box[0]
             if stage.has_open_work:

@@ -31,8 +31,8 @@ from schemas.kafka import java_properties
 from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
 from tracetap.config import Settings
 from tracetap.errors import TracetapError, UndecodableState
-from tracetap.eventtime import EngineClock
-from tracetap.stages import Emitted, FlowStage, StageConfig, TraceStage
+from tracetap.pipeline import KeyedPipeline
+from tracetap.stages import Emitted, FlowStage, StageConfig
 
 log = logging.getLogger("tracetap.streams.flink")
 
@@ -365,7 +365,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             self.late = metrics.counter("late_spans")
             self.produced = metrics.counter("produced")
             self.stage_errors = metrics.counter("stage_errors")
-            self.live: TraceStage | None = None  # the stage, once read from state in this worker
+            self.live: KeyedPipeline | None = None  # the stage, once read from state in this worker
             self.logged = 0  # log entries since the snapshot
             self.last_input = time.monotonic()
             self.flushed = False
@@ -373,14 +373,14 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             self.idle_timer = False
             self.last_output_s: float | None = None  # wall time of the last output batch (benchmarks/stream_jobs.py)
 
-        def _stage(self, ctx: Any) -> TraceStage:
+        def _stage(self, ctx: Any) -> KeyedPipeline:
             if self.live is None:
                 self.live = self._restore()
             watermark_ms = ctx.timer_service().current_watermark()  # Long.MAX_VALUE at the end of input: kept within a long in ns
             self.live.engine_watermark(min(watermark_ms * _MS, MAX_NS))
             return self.live
 
-        def _restore(self) -> TraceStage:
+        def _restore(self) -> KeyedPipeline:
             """The snapshot with the log replayed onto it (what the replay emits was emitted before the checkpoint)."""
             blob = self.snapshot.value()
             stage = None
@@ -389,7 +389,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
                     stage = decode_trace(blob, stages)
                 except UndecodableState as exc:
                     log.error("the trace stage's state is not its encoding; starting from an empty stage error=%s", exc)
-            stage = stage or TraceStage(stages, clock=EngineClock(stages.allowed_lateness_ns))
+            stage = stage or KeyedPipeline(stages)
             self.logged = 0
             for entry in self.log.get() or ():
                 self.logged += 1
@@ -462,7 +462,7 @@ def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
             if final and self.last_output_s is not None:
                 log.info("final advance app_id=%s last_output_unix_s=%.3f", options.app_id, self.last_output_s)
 
-        def _advance(self, stage: TraceStage, final: bool) -> Emitted:
+        def _advance(self, stage: KeyedPipeline, final: bool) -> Emitted:
             out = stage.advance(final=final)
             if final or self.logged >= _SNAPSHOT_EVERY:
                 self.snapshot.update(encode_trace(stage))

@@ -68,17 +68,56 @@ def slow_request(trace: list[Span], paths: dict[tuple[str, str], dict[str, Any]]
     segments = {name: float(record[name]) for name in SEGMENTS if record.get(name) is not None}
     if culprit.tap_side is TapSide.SERVER_PROCESS:
         segments["server_own_ns"] = float(own_ns(culprit))
+    return _slow_alert(root, culprit, own_ns(culprit), segments, root.trace_id)
+
+
+def _slow_alert(root: Span, culprit: Span, held_ns: int, segments: dict[str, float], trace_id: str | None) -> dict[str, Any]:
+    """The SLOW_REQUEST record: `root` took the time, `culprit` held `held_ns` of it, `segments` where."""
     segment = max(segments, key=lambda n: segments[n]) if segments else "unknown"
     workload = culprit.server_workload
     summary = (f"{_describe(root)} took {root.duration_ns / 1e9:.2f} s; {workload or culprit.server_ip} held "
-               f"{own_ns(culprit) / 1e9:.2f} s of it in {segment.removesuffix('_ns').replace('_', ' ')}")
+               f"{held_ns / 1e9:.2f} s of it in {segment.removesuffix('_ns').replace('_', ' ')}")
     return _alert("SLOW_REQUEST", root.start_ns, "WARNING", workload, summary, evidence=(root.trace_id, culprit.span_id),
-                  trace_id=root.trace_id, span_ids=[root.span_id, culprit.span_id],
+                  trace_id=trace_id, span_ids=[root.span_id, culprit.span_id],
                   workloads=[w for w in (root.client_workload, workload) if w],
                   measurements={"duration_ns": float(root.duration_ns), "culprit_duration_ns": float(culprit.duration_ns), **segments},
                   attributes={"segment": segment, "culprit_span_id": culprit.span_id, "endpoint": culprit.endpoint or ""},
                   suggestion="look at the application in the named workload: the network and the kernels were quick"
                   if segment in ("server_processing_ns", "server_own_ns") else None)
+
+
+def slow_in_process(spans: list[Span], hops: dict[str, dict[str, Any]], config: AlertConfig) -> dict[str, Any] | None:
+    """SLOW_REQUEST as one process sees it: `spans` are a server span of the process and the calls it made while
+    serving it (linked), `hops` each span's hop (`segments`: its path record's; `callee_traced`: whether the
+    called server's own process span was seen). The blame goes to the deepest slow server: a call as slow as the
+    threshold to a traced server leaves the judgement to that server's process. There, the server's own time
+    (its duration less its calls) is named when it is the larger part, else its slowest call (an untraced
+    dependency: a database, a partner's API)."""
+    servers = [s for s in spans if s.tap_side is TapSide.SERVER_PROCESS]
+    calls = [s for s in spans if s.tap_side is TapSide.CLIENT_PROCESS]
+    if not servers and not calls:
+        return None
+    top = max(servers or calls, key=lambda s: (s.duration_ns, s.span_id))
+    if top.duration_ns < config.slow_request_ns:
+        return None
+
+    def traced(call: Span) -> bool:
+        return bool(hops.get(call.span_id, {}).get("callee_traced"))
+
+    made = [c for c in calls if c.parent_span_id == top.span_id]
+    if top.tap_side is TapSide.CLIENT_PROCESS:  # a call made outside any request this process served
+        if traced(top):
+            return None
+        culprit, held = top, top.duration_ns
+    else:
+        if any(c.duration_ns >= config.slow_request_ns and traced(c) for c in made):
+            return None
+        own = top.duration_ns - sum(c.duration_ns for c in made)
+        slowest = max(made, key=lambda c: (c.duration_ns, c.span_id), default=None)
+        culprit, held = (top, own) if slowest is None or own >= slowest.duration_ns else (slowest, slowest.duration_ns)
+    segments = {str(k): float(v) for k, v in hops.get(culprit.span_id, {}).get("segments", {}).items()}
+    segments["server_own_ns" if culprit.tap_side is TapSide.SERVER_PROCESS else "dependency_ns"] = float(held)
+    return _slow_alert(top, culprit, held, segments, culprit.trace_id)
 
 
 def failed_dependency(trace: list[Span], failed_connects: list[dict[str, Any]]) -> dict[str, Any] | None:

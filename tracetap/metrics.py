@@ -137,6 +137,11 @@ class TumblingWindows:
         return len(self._open)
 
     @property
+    def first_start_ns(self) -> int | None:
+        """The start of the earliest open window (None: none is open)."""
+        return min((start for start, _ in self._open), default=None)
+
+    @property
     def last_start_ns(self) -> int | None:
         """The start of the latest open window (None: none is open)."""
         return max((start for start, _ in self._open), default=None)

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
 from tracetap.assembly import AssemblyConfig, SocketAssembler
 from tracetap.config import StreamSettings
 from tracetap.errors import InvalidEvent, UndecodableState
 from tracetap.eventtime import EngineClock, PartitionClocks
-from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig, local_is_client
+from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig
 from tracetap.model import Span, SocketData, TapSide, span_from_state, span_to_state
 from tracetap.nic import FlowPacketAssembler, NicConfig, check_packet
 from tracetap.paths import PathState, join_key, share_workloads
@@ -154,7 +154,7 @@ class FlowStage:
         try:
             return cls(config, {k: SocketAssembler.from_state(a, config.assembly) for k, a in state["sockets"].items()},
                        {k: FlowPacketAssembler.from_state(a, config.nic) for k, a in state["nics"].items()},
-                       _ints(state["applied"]), _ints(state["last_seen_ns"]), _ints(state["closing"]))
+                       state_ints(state["applied"]), state_ints(state["last_seen_ns"]), state_ints(state["closing"]))
         except UndecodableState:
             raise
         except Exception as exc:  # malformed data fails in many ways (a missing key, a wrong shape); all mean the same
@@ -218,11 +218,19 @@ class PendingTraces:
     """Spans waiting for their trace, kept as connected groups while they come (union-find over their link
     keys), each group with its last end in a heap: completing the traces at a horizon costs the size of what
     it emits, not of everything that waits. A group leaves whole, so the components are those of the spans
-    still waiting, as if they were grouped from scratch."""
+    still waiting, as if they were grouped from scratch.
 
-    __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_by_end", "_span_ends")
+    With `max_group_ns`, a span joins a group through a shared key only if it starts within that long of the
+    group's first start; else the key starts a new group from it. A value that never changes (a client that
+    sends one `traceparent` or `x-request-id` with every request) would otherwise tie all its traffic into
+    one group that grows as long as the traffic flows and never completes."""
 
-    def __init__(self) -> None:
+    __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_first", "_by_end", "_span_ends",
+                 "_link_keys", "_max_group_ns")
+
+    def __init__(self, keys: Callable[[Span], list[tuple[Any, ...]]] = link_keys, max_group_ns: int | None = None) -> None:
+        self._link_keys = keys  # what ties a span to others
+        self._max_group_ns = max_group_ns
         self.spans: dict[str, Span] = {}  # span id -> span, in arrival order
         self._seq: dict[str, int] = {}  # span id -> arrival number: a trace lists its spans in arrival order
         self._next_seq = 0
@@ -231,6 +239,7 @@ class PendingTraces:
         self._keys: dict[str, list[tuple[Any, ...]]] = {}  # root -> the link keys its group owns
         self._owner: dict[tuple[Any, ...], str] = {}  # link key -> a waiting span that has it
         self._end: dict[str, int] = {}  # root -> its group's last end
+        self._first: dict[str, int] = {}  # root -> its group's first start
         self._by_end: list[tuple[int, str]] = []  # heap of (end, root); stale entries are skipped when popped
         self._span_ends: list[tuple[int, str]] = []  # heap of (end, span id), for the earliest waiting end
 
@@ -249,10 +258,13 @@ class PendingTraces:
         self._members[span_id] = [span_id]
         self._keys[span_id] = []
         self._end[span_id] = span.end_ns
+        self._first[span_id] = span.start_ns
         heapq.heappush(self._span_ends, (span.end_ns, span_id))
         root = span_id
-        for key in link_keys(span):
+        for key in self._link_keys(span):
             other = self._owner.get(key)
+            if other is not None and self._max_group_ns is not None and span.start_ns - self._first[self._find(other)] > self._max_group_ns:
+                other = None  # that group started too long before: the key ties later spans to this one
             if other is None:
                 self._owner[key] = span_id
                 self._keys[root].append(key)
@@ -299,13 +311,16 @@ class PendingTraces:
         self._members[a] += self._members.pop(b)
         self._keys[a] += self._keys.pop(b)
         self._end[a] = max(self._end[a], self._end.pop(b))
+        self._first[a] = min(self._first[a], self._first.pop(b))
         return a
 
     def _remove(self, root: str) -> list[Span]:
         members = sorted(self._members.pop(root), key=self._seq.__getitem__)
         for key in self._keys.pop(root):
-            del self._owner[key]
-        del self._end[root]
+            owner = self._owner.get(key)
+            if owner is not None and self._find(owner) == root:  # else another group owns the key now (or none does)
+                del self._owner[key]
+        del self._end[root], self._first[root]
         group = []
         for span_id in members:
             group.append(self.spans.pop(span_id))
@@ -361,7 +376,7 @@ class TraceStage:
             stage.workloads.load_state(state["workloads"])
             for span in map(span_from_state, state["pending"]):
                 stage.pending.add(span)
-            stage.emitted = _ints(state["emitted"])
+            stage.emitted = state_ints(state["emitted"])
             stage.failed_connects = list(state["failed_connects"])
             stage.lifecycle_seen = {tuple(entry[:-1]): entry[-1] for entry in state["lifecycle_seen"]}
             stage.red.load_state(state["red"], RedKey._make)
@@ -369,7 +384,7 @@ class TraceStage:
             stage.dns.load_state(state["dns"])
             stage.regressions.load_state(state["regressions"])
             stage.counters = TraceCounters(**state["counters"])
-            stage.applied = _ints(state["applied"])
+            stage.applied = state_ints(state["applied"])
             return stage
         except UndecodableState:
             raise
@@ -428,7 +443,7 @@ class TraceStage:
         if not self.clock.observe(source, record["time"]):
             self.counters.late_lifecycle += 1
             return False
-        self.network.add_event(record, self._pair_workloads(record))  # before it is remembered: the one step that may raise
+        self.network.add_event(record, self.workloads.pair(record))  # before it is remembered: the one step that may raise
         self.lifecycle_seen[identity] = record["time"]
         if record["kind"] == "CONNECT_FAILED":
             self.failed_connects.append(record)
@@ -485,14 +500,8 @@ class TraceStage:
             if alert is not None:
                 out.alerts.append(alert)
 
-    def _pair_workloads(self, record: dict[str, Any]) -> tuple[str | None, str | None]:
-        own = self.workloads.process_workload(record["host"], record["pid"])
-        local = own or self.workloads.addresses.get(record["local_ip"])
-        remote = self.workloads.addresses.get(record["remote_ip"])
-        return (local, remote) if local_is_client(record) else (remote, local)
 
-
-def _ints(mapping: dict[str, Any]) -> dict[str, int]:
+def state_ints(mapping: dict[str, Any]) -> dict[str, int]:
     """A str -> int map of decoded state, checked (an offset or a time the engine compares)."""
     if not all(type(k) is str and type(v) is int for k, v in mapping.items()):
         raise UndecodableState("a map of state holds a key or value of the wrong type")

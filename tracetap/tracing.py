@@ -39,31 +39,7 @@ def link_spans(spans: list[Span]) -> list[Span]:
         for upper, lower in zip(chain, chain[1:]):
             parent[lower.span_id] = upper.span_id
 
-    # 1. thread trace ids within a process: server span -> the client calls made while serving it
-    servers: dict[tuple[str, int | None, int], Span] = {}
-    for span in ordered:
-        if span.tap_side is TapSide.SERVER_PROCESS and span.syscall_trace_id_request:
-            servers.setdefault((span.host, span.pid, span.syscall_trace_id_request), span)
-    for span in ordered:
-        if span.tap_side is TapSide.CLIENT_PROCESS and span.syscall_trace_id_request and span.span_id not in parent:
-            server = servers.get((span.host, span.pid, span.syscall_trace_id_request))
-            if server is not None and server.start_ns <= span.start_ns:
-                parent[span.span_id] = server.span_id
-
-    # 3. trace headers across thread hops in one process
-    received: dict[tuple[str, int | None, str, str], Span] = {}
-    for span in ordered:
-        if span.tap_side is TapSide.SERVER_PROCESS:
-            for name in _HEADERS:
-                if name in span.trace_headers:
-                    received.setdefault((span.host, span.pid, name, span.trace_headers[name]), span)
-    for span in ordered:
-        if span.tap_side is TapSide.CLIENT_PROCESS and span.span_id not in parent:
-            for name in _HEADERS:
-                server = received.get((span.host, span.pid, name, span.trace_headers.get(name, "")))
-                if server is not None and server.start_ns <= span.start_ns:
-                    parent[span.span_id] = server.span_id
-                    break
+    parent.update(process_parents(ordered, parent))
 
     roots: dict[str, str] = {}
     for span in ordered:
@@ -85,3 +61,35 @@ def link_spans(spans: list[Span]) -> list[Span]:
         root_id = roots[span.span_id]
         span.trace_id = incoming.get(root_id) or stable_id("trace", root_id)
     return ordered
+
+
+def process_parents(ordered: list[Span], linked: dict[str, str] | set[str] = frozenset()) -> dict[str, str]:
+    """Rules 1 and 3 within each process: client call -> the server span it was made while serving, for the
+    calls in `ordered` ((start, id) order) that are not in `linked` already."""
+    found: dict[str, str] = {}
+    # 1. thread trace ids within a process: server span -> the client calls made while serving it
+    servers: dict[tuple[str, int | None, int], Span] = {}
+    for span in ordered:
+        if span.tap_side is TapSide.SERVER_PROCESS and span.syscall_trace_id_request:
+            servers.setdefault((span.host, span.pid, span.syscall_trace_id_request), span)
+    for span in ordered:
+        if span.tap_side is TapSide.CLIENT_PROCESS and span.syscall_trace_id_request and span.span_id not in linked:
+            server = servers.get((span.host, span.pid, span.syscall_trace_id_request))
+            if server is not None and server.start_ns <= span.start_ns:
+                found[span.span_id] = server.span_id
+
+    # 3. trace headers across thread hops in one process
+    received: dict[tuple[str, int | None, str, str], Span] = {}
+    for span in ordered:
+        if span.tap_side is TapSide.SERVER_PROCESS:
+            for name in _HEADERS:
+                if name in span.trace_headers:
+                    received.setdefault((span.host, span.pid, name, span.trace_headers[name]), span)
+    for span in ordered:
+        if span.tap_side is TapSide.CLIENT_PROCESS and span.span_id not in linked and span.span_id not in found:
+            for name in _HEADERS:
+                server = received.get((span.host, span.pid, name, span.trace_headers.get(name, "")))
+                if server is not None and server.start_ns <= span.start_ns:
+                    found[span.span_id] = server.span_id
+                    break
+    return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracetap.metrics import local_is_client
 from tracetap.model import Span, TapSide
 
 
@@ -74,3 +75,10 @@ class WorkloadIndex:
         span.client_workload = span.client_workload or self.addresses.get(span.client_ip)
         span.server_workload = span.server_workload or self.addresses.get(span.server_ip)
         return span
+
+    def pair(self, event: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(client, server) workloads of a lifecycle event: the local socket's process or address, the remote address."""
+        own = self.process_workload(event["host"], event["pid"])
+        local = own or self.addresses.get(event["local_ip"])
+        remote = self.addresses.get(event["remote_ip"])
+        return (local, remote) if local_is_client(event) else (remote, local)

@@ -5,6 +5,7 @@ the span that held the time, the four-point path record, the RED window, the DNS
 writes to indices of its own and deletes its topics; the session's cleanup removes the indices.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.waterfall import assemble
 from infra.demo_services import PODS
+from sinks.elasticsearch import es_client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,8 +65,9 @@ def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admi
     culprit = _search(settings, f"{prefix}-spans-*", _term(span_id=alert["attributes"]["culprit_span_id"]))
     assert culprit and culprit[0]["server_workload"] == "oms-app" and culprit[0]["tap_side"] == "SERVER_PROCESS"
     assert culprit[0]["duration_ns"] >= 3e9 and culprit[0]["request_resource"] == "/orders/slow"
-    trace = _search(settings, f"{prefix}-spans-*", _term(trace_id=alert["trace_id"]))
-    assert {"web", "gateway", "oms-app"} <= {s["server_workload"] for s in trace}  # the whole chain, linked
+    demo_es = dataclasses.replace(settings.elasticsearch, index_prefix=prefix)
+    chain = assemble(es_client(demo_es), demo_es, alert["trace_id"]).spans  # one trace id per hop, the hops linked by parents
+    assert {"web", "gateway", "oms-app"} <= {s["server_workload"] for s in chain}  # the whole chain, hop by hop
     paths = _search(settings, f"{prefix}-paths-*", _term(trace_id=alert["trace_id"], server_workload="oms-app"))
     four = [p for p in paths if len(p["points_seen"]) == 4]
     assert four, paths

@@ -262,7 +262,7 @@ def test_each_request_is_seen_at_all_four_points_of_both_hops(job):
         assert dict(sides) == {side: count for side in ("CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS")}, port
 
 
-def test_a_served_request_is_the_parent_of_the_calls_it_made_and_they_share_one_trace(job):
+def test_a_served_request_is_the_parent_of_the_calls_it_made_and_each_hop_shares_one_trace_id(job):
     spans = _chain_spans(job)
     by_id = {s["span_id"]: s for s in spans}
     b_servers = [s for s in spans if s["server_port"] == job["b"] and s["tap_side"] == "SERVER_PROCESS" and s["request_resource"] == "/order"]
@@ -272,10 +272,14 @@ def test_a_served_request_is_the_parent_of_the_calls_it_made_and_they_share_one_
         dns = [s for s in job["spans"] if s["parent_span_id"] == server["span_id"] and s["protocol"] == "DNS"]
         assert [c["server_port"] for c in calls if c["protocol"] == "HTTP"] == [job["c"]]
         assert [d["request_resource"] for d in dns] == ["stock.svc.test"]
-        # down the path to C's server process, and up to A's client span: one trace
-        c_chain = [s for s in spans if s["trace_id"] == server["trace_id"] and s["server_port"] == job["c"]]
-        assert {s["tap_side"] for s in c_chain} == {"CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS"}
-        root = server
+        # each hop's four points share the hop's trace id: B's call to C down to C's server process ...
+        call = next(c for c in calls if c["protocol"] == "HTTP")
+        c_hop = [s for s in spans if s["trace_id"] == call["trace_id"] and s["server_port"] == job["c"]]
+        assert {s["tap_side"] for s in c_hop} == {"CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS"}
+        # ... and A's call to B with B's server span; the parent links go up from C through both hops to A
+        a_hop = [s for s in spans if s["trace_id"] == server["trace_id"] and s["server_port"] == job["b"]]
+        assert {s["tap_side"] for s in a_hop} == {"CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS"}
+        root = next(s for s in c_hop if s["tap_side"] == "SERVER_PROCESS")
         while root["parent_span_id"] in by_id:
             root = by_id[root["parent_span_id"]]
         assert root["tap_side"] == "CLIENT_PROCESS" and root["server_port"] == job["b"] and root["parent_span_id"] is None
@@ -482,7 +486,9 @@ def _assert_same_records(expected, got, exactly_once=False):
             assert len(have) == len(got[name]), (name, len(got[name]) - len(have), "duplicates")
         assert have.keys() == want.keys(), (name, len(have), len(want), sorted(have.keys() ^ want.keys())[:5])
         differing = [k for k in want if want[k] != have[k]]
-        assert not differing, (name, [(want[k], have[k]) for k in differing[:2]])
+        assert not differing, (name, len(differing), [(k, {f: (v, have[k][f]) for f, v in want[k].items() if v != have[k][f]},
+                                                        {f: want[k][f] for f in ("tap_side", "host", "pid", "start_time", "end_time", "endpoint")
+                                                         if f in want[k]}) for k in differing[:6]])
 
 
 # the Flink job ----------------------------------------------------------------------------------------------

@@ -256,34 +256,35 @@ def test_a_daily_index_made_under_an_older_schema_takes_the_fields_a_newer_one_a
 
 
 def _chain_spans(start_ns):
-    """A request through web -> gateway -> oms-app -> redis as the stream links it hop by hop: each span names its
-    parent, and each service's spans carry a trace id of their own (or none), so only the parent links join them."""
+    """A request through web -> gateway -> oms-app -> redis, its points as the flow stage makes them (no trace id,
+    no parent), linked by the core's keyed stages: one trace id per hop, the hops joined only by parent links."""
     from tracetap.model import Span, TapSide
+    from tracetap.pipeline import KeyedPipeline
 
-    hops = [("web", "gateway", 8080, "t-web"), ("gateway", "oms-app", 8080, "t-gateway"), ("oms-app", "redis", 6379, None)]
-    spans, parent = [], None
-    server = Span("HTTP", TapSide.SERVER_PROCESS, "node", start_ns, start_ns + 30_000_000, "tcp|10.77.0.1|50000|10.77.0.10|8080", "TCP",
-                  "10.77.0.1", 50000, "10.77.0.10", 8080, request_type="GET", request_resource="/orders/1", response_code=200,
-                  client_workload=None, server_workload="web", identity="web-in")
-    for i, (client, callee, port, trace) in enumerate(hops):
-        server.trace_id, server.parent_span_id = trace, parent
-        spans.append(server)
+    hops = [("web", "gateway", 8080), ("gateway", "oms-app", 8080), ("oms-app", "redis", 6379)]
+    points = [Span("HTTP", TapSide.SERVER_PROCESS, "node", start_ns, start_ns + 30_000_000, "tcp|10.77.0.1|50000|10.77.0.10|8080", "TCP",
+                   "10.77.0.1", 50000, "10.77.0.10", 8080, request_type="GET", request_resource="/orders/1", response_code=200,
+                   server_workload="web", req_tcp_seq=1000, syscall_trace_id_request=10, pid=10, identity="web-in")]
+    for i, (client, callee, port) in enumerate(hops):
+        served = points[-1]
         protocol = "REDIS" if callee == "redis" else "HTTP"
-        call = Span(protocol, TapSide.CLIENT_PROCESS, "node", server.start_ns + 1_000_000, server.end_ns - 1_000_000,
-                    f"tcp|10.77.0.{10 + i}|{41000 + i}|10.96.0.{11 + i}|{port}", "TCP", f"10.77.0.{10 + i}", 41000 + i, f"10.96.0.{11 + i}",
-                    port, request_type="GET", request_resource="/orders/1", client_workload=client, server_workload=callee,
-                    identity=f"{client}-out", trace_id=trace, parent_span_id=server.span_id)
-        spans.append(call)
-        parent = call.span_id
-        server = Span(protocol, TapSide.SERVER_PROCESS, "node", call.start_ns + 100_000, call.end_ns - 100_000,
-                      f"tcp|10.77.0.{10 + i}|{41000 + i}|10.77.0.{11 + i}|{port}", "TCP", f"10.77.0.{10 + i}", 41000 + i,
-                      f"10.77.0.{11 + i}", port, request_type="GET", request_resource="/orders/1", client_workload=client,
-                      server_workload=callee, identity=f"{callee}-in")
-    server.parent_span_id = parent
-    spans.append(server)
+        address = (f"10.77.0.{10 + i}", 41000 + i, f"10.77.0.{11 + i}", port)
+        common = dict(request_type="GET", request_resource="/orders/1", client_workload=client, server_workload=callee,
+                      req_tcp_seq=5000 + i)
+        points.append(Span(protocol, TapSide.CLIENT_PROCESS, "node", served.start_ns + 1_000_000, served.end_ns - 1_000_000,
+                           "tcp|%s|%d|%s|%d" % address, "TCP", *address, syscall_trace_id_request=10 + i, pid=10 + i,
+                           identity=f"{client}-out", **common))
+        call = points[-1]
+        points.append(Span(protocol, TapSide.SERVER_PROCESS, "node", call.start_ns + 100_000, call.end_ns - 100_000,
+                           "tcp|%s|%d|%s|%d" % address, "TCP", *address, syscall_trace_id_request=11 + i, pid=11 + i,
+                           identity=f"{callee}-in", **common))
+    keyed = KeyedPipeline()
+    for span in points:
+        assert keyed.span(span)
+    spans = {s["span_id"]: s for s in keyed.advance(final=True).spans}
     unrelated = Span("HTTP", TapSide.SERVER_PROCESS, "node", start_ns, start_ns + 1, "tcp|10.77.0.9|1|10.77.0.10|8080", "TCP",
                      "10.77.0.9", 1, "10.77.0.10", 8080, server_workload="web", identity="other", trace_id="t-other")
-    return [s.to_record() for s in spans], unrelated.to_record()
+    return [spans[p.span_id] for p in points], unrelated.to_record()
 
 
 def test_tracetap_trace_prints_every_hop_of_a_chain_linked_only_by_parents(own_topics, registry, tmp_path):
@@ -293,12 +294,16 @@ def test_tracetap_trace_prints_every_hop_of_a_chain_linked_only_by_parents(own_t
     run_sink(settings, group_id=f"it-sink-{uuid.uuid4().hex[:6]}", stop_when_idle_s=3.0)
     env = dict(os.environ, TRACETAP_ELASTICSEARCH__INDEX_PREFIX=settings.elasticsearch.index_prefix)
     html = tmp_path / "trace.html"
-    for ident in (chain[-1]["span_id"], chain[2]["span_id"], "t-web"):  # the deepest span, one in the middle, a trace id
+    for call, served in zip(chain[1::2], chain[2::2]):  # each hop's client and server spans share its trace id
+        assert call["trace_id"] == served["trace_id"] and served["parent_span_id"] == call["span_id"]
+        assert call["parent_span_id"] in {s["span_id"] for s in chain}  # the call made while serving: the only tie across hops
+    assert len({s["trace_id"] for s in chain}) == 4  # web's own request (its caller not traced), then three hops
+    for ident in (chain[-1]["span_id"], chain[2]["span_id"], chain[0]["trace_id"]):  # the deepest span, one in the middle, a trace id
         done = subprocess.run([sys.executable, "-m", "cli.main", "trace", ident, "--html", str(html)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0].startswith("trace t-gateway, t-web: 7 spans") and "services gateway, oms-app, redis, web" in lines[0]
+        assert ": 7 spans" in lines[0] and "services gateway, oms-app, redis, web" in lines[0]
         waterfall = lines[1:8]
         assert [line.split(" ms  ")[1].split()[0] for line in waterfall] == ["server-process", "client-process"] * 3 + ["server-process"]
         assert [len(line.split(" ms  ")[1]) - len(line.split(" ms  ")[1].lstrip()) for line in waterfall] == [0, 2, 4, 6, 8, 10, 12]

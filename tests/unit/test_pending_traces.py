@@ -77,3 +77,45 @@ def test_a_span_that_links_two_waiting_groups_makes_them_one_trace_that_ends_wit
     assert pending.complete(25 * MS) == []
     assert [[s.span_id for s in g] for g in pending.complete(40 * MS)] == [[a.span_id, b.span_id, bridge.span_id]]
     assert len(pending) == 0 and pending.earliest_end() is None
+
+
+def test_a_value_every_request_carries_ties_no_more_than_max_group_of_traffic_and_the_groups_complete():
+    """A client that sends one traceparent with every request, a request a millisecond: without a bound its
+    spans are one group that never completes while the traffic flows."""
+    pending, emitted, most = PendingTraces(max_group_ns=100 * MS), [], 0
+    for n in range(1, 2001):
+        pending.add(_span(n, TapSide.CLIENT_PROCESS, n, 1, None, "constant", None, 40000 + n % 3))
+        for group in pending.complete((n - 200) * MS):
+            starts = [s.start_ns for s in group]
+            assert max(starts) - min(starts) <= 100 * MS
+            emitted += group
+        most = max(most, len(pending))
+    assert most <= 310  # 200 ms of horizon and one open group of up to 100 ms
+    emitted += [s for g in pending.complete(None) for s in g]
+    assert sorted(int(s.identity) for s in emitted) == list(range(1, 2001)) and len(pending) == 0
+    unbounded = PendingTraces()
+    for n in range(1, 2001):
+        unbounded.add(_span(n, TapSide.CLIENT_PROCESS, n, 1, None, "constant", None, 40000 + n % 3))
+        assert unbounded.complete((n - 200) * MS) == []  # the contrast: one group, still growing
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_ADD, _ADD, _ADD, _COMPLETE), max_size=60), st.integers(0, 30))
+def test_with_a_bound_every_span_leaves_once_and_only_when_its_group_is_due(ops, bound_ms):
+    pending, waiting, left = PendingTraces(max_group_ns=bound_ms * MS), {}, []
+    for n, op in enumerate(ops):
+        if op[0] == "add":
+            span = _span(n, *op[1:])
+            if span.span_id in pending:
+                continue
+            pending.add(span)
+            waiting[span.span_id] = span
+            continue
+        horizon = None if op[1] is None else op[1] * MS
+        for group in pending.complete(horizon):
+            assert horizon is None or max(s.end_ns for s in group) <= horizon
+            for s in group:
+                left.append(waiting.pop(s.span_id).span_id)
+        assert len(pending) == len(waiting) and pending.earliest_end() == min((s.end_ns for s in waiting.values()), default=None)
+    left += [s.span_id for g in pending.complete(None) for s in g]
+    assert sorted(left) == sorted(set(left)) and len(pending) == 0

@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 from benchmarks.core_pipeline import timed_events
 from streams.edge import (StageItem, decode_flow, decode_items, decode_trace, encode_flow, encode_items, encode_trace)
 from tracetap.errors import UndecodableState
-from tracetap.stages import FlowStage, StageConfig, TraceStage
+from tracetap.pipeline import KeyedPipeline
+from tracetap.stages import FlowStage, StageConfig
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S
@@ -52,7 +53,7 @@ def _inputs():
 def _run(reload):
     """Both stages on the inputs, advancing every 500 records; with `reload`, every state goes through its
     bytes after every record (as the Flink job stores it) and the trace stage at every advance (as Faust)."""
-    flows, trace, out = {}, TraceStage(CONFIG), []
+    flows, trace, out = {}, KeyedPipeline(CONFIG), []
     for i, (kind, key, record) in enumerate(_inputs()):
         stage = flows.get(key) or FlowStage(CONFIG)
         items = [StageItem("span", "p", span) for span in getattr(stage, kind)(record)]
@@ -63,17 +64,19 @@ def _run(reload):
             items = decode_items(encode_items(items))
         flows[key] = stage
         for item in items:
-            (trace.span if item.kind == "span" else trace.lifecycle)(item.value, item.source)
+            (trace.span if item.kind == "span" else trace.lifecycle)(item.value)
         if i % 500 == 499:
+            watermark = FlowStage.event_time_ns(kind, record) - 2 * S
             for k in sorted(flows):
-                for span in flows[k].advance(FlowStage.event_time_ns(kind, record) - 2 * S):
-                    trace.span(span, None)
+                for span in flows[k].advance(watermark):
+                    trace.span(span)
+            trace.engine_watermark(watermark)
             out.append(trace.advance())
             if reload:
                 trace = decode_trace(encode_trace(trace), CONFIG)
     for k in sorted(flows):
         for span in flows[k].advance(T0 + 3600 * S):
-            trace.span(span, None)
+            trace.span(span)
     out.append(trace.advance(final=True))
     return [(e.spans, e.paths, e.red, e.network, e.alerts) for e in out]
 

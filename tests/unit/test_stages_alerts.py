@@ -100,10 +100,9 @@ def test_a_502_with_a_failed_dns_answer_in_its_trace_raises_a_failed_dependency(
     assert failed[0]["workload"] == "gateway" and lookup.span_id in failed[0]["span_ids"]
 
 
-def test_a_502_passed_on_by_callers_is_blamed_on_the_service_whose_lookup_failed():
-    stage = TraceStage(config())
-    # web (pid 3) serves a request (thread trace 5), calls gateway (seq 200); gateway (pid 4, trace 9) fails to
-    # resolve its backend and answers 502, which web passes on as its own 502
+def relayed_502():
+    """web (pid 3) serves a request (thread trace 5), calls gateway (seq 200); gateway (pid 4, trace 9) fails to
+    resolve its backend and answers 502, which web passes on as its own 502: (web, call, gateway, lookup)."""
     web = http_span(TapSide.SERVER_PROCESS, T0, T0 + 30 * MS, seq=100, trace=5, pid=3, status=502, workload="web")
     call = http_span(TapSide.CLIENT_PROCESS, T0 + 1 * MS, T0 + 25 * MS, seq=200, trace=5, pid=3, server="10.0.0.3", status=502,
                      workload="gateway")
@@ -111,6 +110,12 @@ def test_a_502_passed_on_by_callers_is_blamed_on_the_service_whose_lookup_failed
                         workload="gateway")
     lookup = dataclasses.replace(dns_span("gateway", T0 + 3 * MS, "NXDOMAIN", 78, name="payment-backend.svc"), pid=4,
                                  syscall_trace_id_request=9)
+    return web, call, gateway, lookup
+
+
+def test_a_502_passed_on_by_callers_is_blamed_on_the_service_whose_lookup_failed():
+    stage = TraceStage(config())
+    web, call, gateway, lookup = relayed_502()
     for span in (web, call, gateway, lookup):
         assert stage.span(span, "p0")
     out = stage.advance(final=True)

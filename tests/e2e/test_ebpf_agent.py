@@ -19,7 +19,7 @@ import pytest
 from schemas.catalog import AGENT_STATS, SOCKET_DATA, SOCKET_LIFECYCLE
 from schemas.serde import AvroDeserializer
 from tests.kafka_helpers import read_until_idle
-from tests.recording import start_dnsmasq
+from tests.recording import free_port, start_dnsmasq
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = b"c2VjcmV0LXBhc3N3b3Jk"  # base64("secret-password")
@@ -28,12 +28,6 @@ REQ_PLAIN = b"GET /plain HTTP/1.1\r\nHost: front\r\nX-Request-Id: r-2\r\n\r\n"
 # A DNS query for example.test A, id 0x1234, recursion desired (RFC 1035 layout, written by hand).
 DNS_QUERY = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x04test\x00" + struct.pack(">HH", 1, 1)
 REDIS_PING = b"*1\r\n$4\r\nPING\r\n"
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Downstream(BaseHTTPRequestHandler):
@@ -83,7 +77,7 @@ def _start_agent(settings, extra_env=None):
 @pytest.fixture(scope="module")
 def captured(own_topics, registry):
     settings = own_topics
-    redis_port = _free_port()
+    redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     downstream = _serve(Downstream)
@@ -148,7 +142,7 @@ def _generate_traffic(front_port, redis_port):
     assert redis.recv(64) == b"+PONG\r\n"
     redis.close()
 
-    refused_port = _free_port()
+    refused_port = free_port()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", refused_port))
     return {"client_port": client_port, "dns_port": dns_port, "dns_client_port": dns_client_port, "refused_port": refused_port}

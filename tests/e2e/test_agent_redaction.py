@@ -17,9 +17,9 @@ import pytest
 from schemas.catalog import SOCKET_DATA
 from schemas.serde import AvroDeserializer
 from tests import servers
-from tests.e2e.test_ebpf_agent import _free_port, _start_agent
+from tests.e2e.test_ebpf_agent import _start_agent
 from tests.kafka_helpers import read_until_idle
-from tests.recording import wait_for_port
+from tests.recording import free_port, wait_for_port
 
 CANARIES = {name: f"Cn{i:02d}Zq8Wv3Xr7Lp".encode() for i, name in enumerate((
     "bearer", "apikey", "cookie", "query", "form", "basic", "json", "jsonsecret",
@@ -82,7 +82,7 @@ def captured(own_topics, registry, tmp_path_factory):
     assert shutil.which("curl") and shutil.which("redis-cli") and shutil.which("psql") and shutil.which("mariadb")
     listener, reads = _slow_http_server()
     http_port = listener.getsockname()[1]
-    redis_port = _free_port()
+    redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                               "--requirepass", c["redisauth"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with servers.postgres(auth="password", password=c["pglogin"]) as pg_port, \

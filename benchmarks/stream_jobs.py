@@ -66,20 +66,21 @@ def env_for(settings, root: Path = ROOT) -> dict[str, str]:
     return dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_LOG__LEVEL="WARNING", PYTHONPATH=str(root))
 
 
-def run_flink(settings, parallelism: int, workdir: Path, root: Path = ROOT) -> dict:
+def run_flink(settings, parallelism: int, workdir: Path, root: Path = ROOT, jobmanager: str | None = None) -> dict:
     app_id = f"bench-flink-{uuid.uuid4().hex[:6]}"
     checkpoints = workdir / app_id
+    remote = ["--target", "remote", "--jobmanager", jobmanager] if jobmanager else []
     command = [sys.executable, "-m", "cli.main", "streams", "flink", "--bounded", "--app-id", app_id, "--parallelism", str(parallelism),
-               "--checkpoint-interval-s", "10", "--checkpoint-dir", str(checkpoints), *STAGE_FLAGS]
+               "--checkpoint-interval-s", "10", "--checkpoint-dir", str(checkpoints), *remote, *STAGE_FLAGS]
     started = time.monotonic()
     done = subprocess.run(command, cwd=root, env=env_for(settings, root), capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"flink job failed: {done.stdout[-1500:]} {done.stderr[-3000:]}")
     job = re.search(r"job (\w+) finished in ([\d.]+) s", done.stdout)
-    log_dir = state_dir(settings, dict(os.environ)) / "logs" / "flink"
+    log_dirs = [workdir / "cluster"] if jobmanager else [state_dir(settings, dict(os.environ)) / "logs" / "flink"]
     checkpoints_done, first_input_s, last_output_s = [], [], []
-    for log in log_dir.glob("*.log"):
+    for log in (log for log_dir in log_dirs for log in log_dir.rglob("*.log")):
         for line in log.read_text(errors="replace").splitlines():
             hit = re.search(rf"Completed checkpoint (\d+) for job {job[1]} \((\d+) bytes, checkpointDuration=(\d+) ms", line)
             if hit:
@@ -88,10 +89,73 @@ def run_flink(settings, parallelism: int, workdir: Path, root: Path = ROOT) -> d
             if hit:
                 (first_input_s if hit[1] == "first_input" else last_output_s).append(float(hit[2]))
     if not first_input_s or not last_output_s:
-        raise RuntimeError(f"flink job {app_id}: no first_input_unix_s or last_output_unix_s line in {log_dir} "
+        raise RuntimeError(f"flink job {app_id}: no first_input_unix_s or last_output_unix_s line in {log_dirs} "
                            f"(a tree whose streams/flink_job.py does not write them cannot be timed)")
-    return {"run_s": max(last_output_s) - min(first_input_s), "job_s": float(job[2]), "wall_s": wall,
-            "checkpoints": sorted(checkpoints_done)}
+    result = {"run_s": max(last_output_s) - min(first_input_s), "job_s": float(job[2]), "wall_s": wall,
+              "checkpoints": sorted(checkpoints_done)}
+    if jobmanager:
+        result["distribution"] = distribution(jobmanager, job[1])
+    return result
+
+
+def distribution(jobmanager: str, job_id: str) -> dict[str, list[int]]:
+    """Records each subtask of each stage read, from the session cluster's REST API."""
+    def get(path):
+        with urllib.request.urlopen(f"http://{jobmanager}{path}", timeout=10) as response:
+            return json.load(response)
+
+    table = {}
+    for vertex in get(f"/jobs/{job_id}")["vertices"]:
+        if "stage" in vertex["name"]:
+            subtasks = get(f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]
+            table[vertex["name"].split(" -> ")[0]] = [t["metrics"]["read-records"] for t in subtasks]
+    return table
+
+
+class SessionCluster:
+    """A Flink JobManager and `taskmanagers` TaskManagers of one slot each, as infra/flink-cluster.sh runs them."""
+
+    def __init__(self, workdir: Path, taskmanagers: int) -> None:
+        import socket
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        self.rest, rpc, blob = free_port(), free_port(), free_port()
+        common = ["jobmanager.rpc.address: 127.0.0.1", f"jobmanager.rpc.port: {rpc}", f"rest.port: {self.rest}",
+                  "rest.address: 127.0.0.1", "rest.bind-address: 127.0.0.1", f"blob.server.port: {blob}",
+                  "taskmanager.host: 127.0.0.1", "taskmanager.numberOfTaskSlots: 1", "jobmanager.memory.process.size: 1024m",
+                  "taskmanager.memory.process.size: 2048m"]
+        self.processes = []
+        for i, role in enumerate(["jobmanager"] + ["taskmanager"] * taskmanagers):
+            props = common + ([f"taskmanager.rpc.port: {free_port()}", f"taskmanager.data.port: {free_port()}"] if i else [])
+            env = dict(os.environ, FLINK_PROPERTIES="\n".join(props), PYTHON=sys.executable,
+                       FLINK_LOG_DIR=str(workdir / "cluster" / f"{role}-{i}"))
+            self.processes.append(subprocess.Popen(["bash", str(ROOT / "infra" / "flink-cluster.sh"), role], env=env,
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.rest}/overview", timeout=5) as response:
+                    if json.load(response)["slots-total"] >= taskmanagers:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
+                self.stop()
+                raise RuntimeError("the session cluster did not come up")
+            time.sleep(1)
+
+    @property
+    def jobmanager(self) -> str:
+        return f"127.0.0.1:{self.rest}"
+
+    def stop(self) -> None:
+        for process in self.processes:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def run_faust(settings, events: int, workdir: Path, root: Path = ROOT) -> dict:
@@ -175,9 +239,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=40_000, help="raw socket data events (default 40000)")
     ap.add_argument("--baseline-tree", type=Path, help="another checkout whose jobs run alternating with this tree's, as the baseline")
+    ap.add_argument("--session", action="store_true",
+                    help="scaling instead: the Flink job at parallelism 1 and 2 on a session cluster of 2 TaskManagers (1 slot each)")
     args = ap.parse_args()
     if args.baseline_tree:
         return compare_trees(args.events, args.baseline_tree.resolve())
+    if args.session:
+        return session_scaling(args.events)
     base = read_settings(None, dict(os.environ))
     admin, registry = AdminClient(client_config(base.kafka)), SchemaRegistry(base.registry)
     run = uuid.uuid4().hex[:6]
@@ -240,3 +308,36 @@ def compare_trees(events: int, baseline: Path) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def session_scaling(events: int) -> int:
+    """The Flink job at parallelism 1, then 2, on a session cluster of two one-slot TaskManagers (each its own JVM
+    and Python workers), each run on its own copy of the input; with the core alone as the baseline, and the
+    records each subtask of each stage read."""
+    base = read_settings(None, dict(os.environ))
+    admin, registry = AdminClient(client_config(base.kafka)), SchemaRegistry(base.registry)
+    run = uuid.uuid4().hex[:6]
+    workdir = Path(tempfile.mkdtemp(prefix="tracetap-bench-streams-"))
+    print(f"stream jobs on a session cluster: {os.cpu_count()} cpus, {events:,} raw events, load {os.getloadavg()[0]:.2f}", flush=True)
+    inputs = {p: prefixed(base, f"{BENCH_PREFIX}{run}.session-p{p}.") for p in (1, 2)}
+    for settings in inputs.values():
+        seed(settings, admin, registry, events)
+    rate, _ = core_alone(events)
+    print(f"the core alone (same stages, one process, no engine): {rate:,.0f} events/s", flush=True)
+    cluster = SessionCluster(workdir, taskmanagers=2)
+    rates = {}
+    try:
+        for p, settings in inputs.items():
+            flink = run_flink(settings, p, workdir, jobmanager=cluster.jobmanager)
+            rates[p] = events / flink["run_s"]
+            print(f"flink p={p} on the session cluster: {rates[p]:,.0f} events/s ({flink['run_s']:.1f} s from first record to last "
+                  f"output, {flink['job_s']:.1f} s job); {rates[p] / rate:.2f}x of the core alone", flush=True)
+            for stage, counts in flink["distribution"].items():
+                total = sum(counts) or 1
+                print(f"  {stage:<22} records read per subtask: " + ", ".join(f"{c:,} ({c / total:.0%})" for c in counts))
+    finally:
+        cluster.stop()
+    print(f"scaling p=2 / p=1: {rates[2] / rates[1]:.2f}x")
+    for future in admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]).values():
+        future.result()
+    return 0

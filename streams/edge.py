@@ -17,6 +17,7 @@ import orjson
 import tracetap
 from tracetap.errors import TracetapError, UndecodableState
 from tracetap.model import Span, span_from_state, span_to_state
+from tracetap.keyed import CONVERSATION, PROCESS, SERIES, ConversationStage, ProcessStage, SeriesStage
 from tracetap.pipeline import KeyedPipeline
 from tracetap.stages import FlowStage, StageConfig
 
@@ -60,6 +61,60 @@ def _versioned(blob: bytes, size: int) -> list[Any]:
     if not isinstance(data, list) or len(data) != size or data[0] != STATE_VERSION:
         raise UndecodableState(f"not a version {STATE_VERSION} record of {size} fields")
     return data
+
+
+_KEYED: dict[str, Any] = {CONVERSATION: ConversationStage, PROCESS: ProcessStage, SERIES: SeriesStage}
+FLOW = "flow"
+
+
+def encode_bucket(stages: dict[str, Any]) -> bytes:
+    """The stages of one bucket of keys (key -> a flow, conversation, process or series stage) as bytes,
+    compressed: an engine that keys its state by bucket (the Flink job) snapshots a bucket at a time."""
+    return zlib.compress(orjson.dumps([STATE_VERSION, {key: stage.to_state() for key, stage in stages.items()}]), 1)
+
+
+def decode_bucket(kind: str, blob: bytes, config: StageConfig) -> dict[str, Any]:
+    """The stages of `encode_bucket` (`kind`: flow, conversation, process or series); UndecodableState for other bytes."""
+    try:
+        raw = zlib.decompressobj().decompress(blob, 1 << 30)  # bounded: a small blob may claim a huge expansion
+    except zlib.error as exc:
+        raise UndecodableState(f"not zlib data: {exc}") from None
+    _, states = _versioned(raw, 2)
+    if not isinstance(states, dict):
+        raise UndecodableState("a bucket's stages are not a map of key to stage")
+    make = FlowStage if kind == FLOW else _KEYED[kind]
+    return {key: make.from_state(state, config) for key, state in states.items()}
+
+
+# what goes from one keyed stage to the next -------------------------------------------------------------
+def encode_routed(item: tuple[Any, ...]) -> bytes:
+    """A `Routed` item for a stage (tracetap/keyed.py: a span, a span with its hop, a lifecycle event) as bytes."""
+    kind, value, *hop = item
+    return orjson.dumps([STATE_VERSION, kind, span_to_state(value) if kind == "span" else value, *hop])
+
+
+def decode_routed(blob: bytes) -> tuple[Any, ...]:
+    """The item of `encode_routed`, checked for the types the stages rely on; UndecodableState for anything else."""
+    try:
+        data = orjson.loads(blob)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableState(f"not JSON ({len(blob)} bytes): {exc}") from None
+    if not isinstance(data, list) or len(data) not in (3, 4) or data[0] != STATE_VERSION:
+        raise UndecodableState(f"not a version {STATE_VERSION} item")
+    _, kind, value, *hop = data
+    if kind == "span":
+        span = span_from_state(value)
+        if not hop:
+            return ("span", span)
+        segments, traced = (hop[0].get("segments"), hop[0].get("callee_traced")) if isinstance(hop[0], dict) else (None, None)
+        if not isinstance(segments, dict) or type(traced) is not bool or not all(
+                type(k) is str and type(v) in (int, float) for k, v in segments.items()):
+            raise UndecodableState(f"not a span's hop: {str(hop[0])[:60]}")
+        return ("span", span, {"segments": {k: float(v) for k, v in segments.items()}, "callee_traced": traced})
+    if kind in ("lifecycle", "connect_failed") and not hop:
+        _check(value, _LIFECYCLE_FIELDS, "lifecycle event")
+        return (kind, value)
+    raise UndecodableState(f"unknown item kind {str(kind)[:20]!r}")
 
 
 # the trace stage's input --------------------------------------------------------------------------------

@@ -1,18 +1,22 @@
-"""`tracetap streams flink`: the core's two stages (tracetap/stages.py) hosted by PyFlink.
+"""`tracetap streams flink`: the core's keyed stages (tracetap/stages.py, tracetap/keyed.py) hosted by PyFlink.
 
-    raw.socket-data ┐ Kafka source (SQL connector, raw bytes,  lateness per       keyBy(flow id)     keyBy(one key)
-    raw.packets     ├ per-partition watermarks on the record  ─▶ input partition ─▶ FlowFunction ──┬─▶ TraceFunction ─▶ Kafka sink
-    raw.lifecycle   ┘ timestamps, which the agents set to      (as in Faust)        (FlowStage)    │   (TraceStage)    (transactions)
-                      event time)
-    resources ─────── Kafka source ─▶ ResourceFunction (decode) ───────────────────────────────────┘
+    raw.socket-data ┐ Kafka source    lateness per   keyBy(flow id)   keyBy(conversation)    keyBy(host|pid)   (by bucket)
+    raw.packets     ├ (SQL, raw    ─▶ input       ─▶ flow stage   ─▶ conversation stage ─┬▶ process stage ──▶ Kafka sink
+    raw.lifecycle   ┘ bytes)          partition      (FlowStage)  │   (4-point join,    │   (call links,       (transactions)
+                                                        │         │    hop trace ids)   │    SLOW_REQUEST, 502s)
+    resources ── Kafka source ─▶ decode ─▶ broadcast ───┼─────────┘                     │  keyBy(series)
+                                                        └── lifecycle events ───────────┴▶ series stage ───▶
+                                                                                            (RED, network, DNS windows)
 
-The same stage objects as the Faust job, in Flink keyed state as bytes of streams/edge.py's data-only
-encoding (never pickled), with Flink's timers: each flow sets an event-time timer at its stage's next
-deadline (a request timeout, a response's linger, an idle assembler's eviction), and the trace stage
-advances on every watermark step. Undecodable and late records, and records the core raises on, go to
-the dead-letter topic with the reason, as in the Faust job. With checkpointing on (the
-default), outputs are written in Kafka transactions committed at each checkpoint: consumers that read
-with isolation.level=read_committed see every record exactly once, a checkpoint interval later.
+Every stage is keyed by something that spreads as the traffic grows, so every operator runs at the job's
+parallelism. Flink keys each operator by a bucket of the stage's keys, one bucket per key group (`_Buckets`
+says why). The same stage objects as the Faust job, in Flink keyed state as bytes of streams/edge.py's
+data-only encoding (never pickled), with Flink's timers: each bucket sets an event-time timer at its
+stages' next deadline (a request timeout, a hop complete, a window to close). Workload tags reach the conversation
+and series stages as broadcast state. Undecodable and late records, and records the core raises on, go to
+the dead-letter topic with the reason, as in the Faust job. With checkpointing on (the default), outputs
+are written in Kafka transactions committed at each checkpoint: consumers that read with
+isolation.level=read_committed see every record exactly once, a checkpoint interval later.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,11 +33,11 @@ from typing import Any, Iterator
 from schemas.catalog import DEAD_LETTER, RESOURCES
 from schemas.deadletter import dead_letter_key, dead_letter_record
 from schemas.kafka import java_properties
-from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
+from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, raw_kinds, registry_waits
 from tracetap.config import Settings
 from tracetap.errors import TracetapError, UndecodableState
-from tracetap.pipeline import KeyedPipeline
-from tracetap.stages import Emitted, FlowStage, StageConfig
+from tracetap.keyed import CONVERSATION, PROCESS, SERIES
+from tracetap.stages import FlowStage, StageConfig
 
 log = logging.getLogger("tracetap.streams.flink")
 
@@ -40,6 +45,7 @@ COMPONENT = "tracetap streams flink"
 MAX_WATERMARK_MS = 2**63 - 1  # Flink's end-of-input watermark
 MAX_NS = 2**63 - 1
 _MS = 1_000_000
+_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,20 +61,41 @@ class FlinkOptions:
     source_idle_timeout_s: float = 60.0  # a partition without records this long stops holding the watermark back (README: why not less)
     idle_flush_s: float = 10.0  # no input for this long (processing time): emit what waits for the watermark
     restart_attempts: int = 3
+    bundle_size: int = 100_000  # records a Python operator takes before it ends a bundle (and commits its state)
+    bundle_time_s: float = 1.0  # ... or this long
+    watermark_interval_s: float = 1.0  # how often the sources emit a watermark (each one ends the bundles it passes)
     profile: bool = False  # cProfile of the Python workers, printed into Flink's log (python.profile.enabled)
     stages: StageConfig = field(default_factory=StageConfig)
 
 
-_FLOW_CACHE = 20_000  # decoded flow stages a worker keeps beside their bytes in state, so a record does not decode its flow
+MAX_PARALLELISM = 128  # the job's max parallelism (Flink's key groups), and so its number of buckets of keys
+_SNAPSHOT_EVERY = 2000  # log entries of a bucket between two snapshots of it
+# a bucket's log: an item, an advance of the due keys, a final advance of all, an idle flush (the flow stage's)
+_LOG_ITEMS, _LOG_ADVANCE, _LOG_FINAL, _LOG_IDLE = b"i", b"a", b"f", b"l"
 
 
 def _types() -> tuple[Any, Any]:
-    """The output rows (topic, key, value), and the bytes of streams/edge.py's encoding, which carry the trace
-    stage's input between operators and every stage's state (not Flink's pickled bytes type: nothing is pickled)."""
+    """The output rows (topic, key, value), and the bytes of streams/edge.py's encoding, which hold every stage's
+    state (not Flink's pickled bytes type: nothing is pickled)."""
     from pyflink.common import Types
 
     row = Types.ROW_NAMED(["t", "k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())])
     return row, Types.PRIMITIVE_ARRAY(Types.BYTE())
+
+
+def _routed_type() -> Any:
+    """What goes from one stage to the next: the next stage's key, and the item (streams/edge.py's encode_routed)."""
+    from pyflink.common import Types
+
+    return Types.ROW_NAMED(["key", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+
+
+def _resource_state() -> Any:
+    """The broadcast state of workload tags: resource id -> the tag's JSON."""
+    from pyflink.common import Types
+    from pyflink.datastream.state import MapStateDescriptor
+
+    return MapStateDescriptor("workload-tags", Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 
 # the Python functions (run in Flink's Python workers) ------------------------------------------------
@@ -115,41 +142,39 @@ class _Codec:
                                     failure and failure.exception_type, failure and failure.frame)
         return self.row(DEAD_LETTER.name, dead_letter_key(record), record)
 
-    def emitted(self, out: Emitted) -> Iterator[Any]:
-        for spec, key, record in output_records(out):
-            yield self.row(spec.name, key, record)
 
-
-def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
+def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, Any]) -> Any:
     from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
-    from pyflink.datastream.state import ValueStateDescriptor
 
     from schemas.serde import UndecodableRecord
-    from streams.edge import StageItem, call_core, decode_flow, encode_flow, encode_items, flow_record
+    from streams.edge import FLOW, call_core, flow_record
+    from tracetap.keyed import conversation_of, lifecycle_routes
 
-    row_type, bytes_type = _types()
+    row_type, _ = _types()
     prefix = settings.topics.prefix
     kinds = raw_kinds(prefix)
     stages = options.stages
     flush_horizon_ns = stages.flush_horizon_ns
-    idle_flush_ms = int(options.idle_flush_s * 1000)
 
-    class FlowFunction(KeyedProcessFunction):
-        """Stage 1, per flow id: a FlowStage in keyed state, an event-time timer at its next deadline (rounded up
-        to a whole second, so that a busy flow does not move its timer on every record: a timer that finds
-        nothing due costs less than a registration per record), and a processing-time timer for the idle flush."""
+    class FlowFunction(_Buckets, KeyedProcessFunction):
+        """Stage 1, per flow id, in buckets of flows (`_Buckets`): each flow's FlowStage, an event-time timer at
+        the next deadline of its bucket's flows (rounded up to a whole second, so that a busy flow does not move
+        its timer on every record: a timer that finds nothing due costs less than a registration per record),
+        and a processing-time timer for the idle flush."""
+
+        kind = FLOW
 
         def open(self, runtime_context: Any) -> None:
-            self.codec = _Codec(settings)
-            self.stage_state = runtime_context.get_state(ValueStateDescriptor("flow-stage", bytes_type))
+            self.open_buckets(runtime_context, settings, options)
             metrics = runtime_context.get_metrics_group()
             self.consumed = {kind: metrics.counter(f"consumed_{kind}") for kind in set(kinds.values())}
             self.dead_letters = metrics.counter("dead_letters")
             self.stage_errors = metrics.counter("stage_errors")  # records the core raised on or refused (dead-lettered too)
-            self.timers: dict[str, int] = {}  # flow id -> the event-time timer set for it (a cache: Flink holds them)
-            self.stages: dict[str, tuple[bytes, FlowStage]] = {}  # flow id -> (its bytes in state, them decoded)
-            self.last_input = time.monotonic()
             self.max_seen_ns = 0
+
+        def deadline_ns(self, stage: FlowStage) -> int | None:
+            due = stage.next_deadline_ns()
+            return None if due is None else -(-due // _S) * _S
 
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
             self.last_input = time.monotonic()
@@ -161,97 +186,70 @@ def _flow_function(settings: Settings, options: FlinkOptions) -> Any:
                 self.dead_letters.inc()
                 yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
                 return
+            bucket, dead = self.bucket(ctx)
+            if dead is not None:
+                yield DEAD_LETTERS, dead
+            key = (row.k or b"").decode(errors="replace")
             time_ns, failure = call_core(FlowStage.event_time_ns, kind, record)
             if failure is None:
                 self.max_seen_ns = max(self.max_seen_ns, time_ns)
-                stage, dead = self._stage(ctx)
-                if dead is not None:
-                    yield DEAD_LETTERS, dead
-                if stage is None:  # a new flow: watch it for the idle flush
-                    stage = FlowStage(stages)
-                    now_ms = ctx.timer_service().current_processing_time()
-                    ctx.timer_service().register_processing_time_timer(now_ms + idle_flush_ms)
-                stage, spans, failure = flow_record(stage, kind, record, stages)
-            if failure is not None:  # the state in Flink is still the bytes from before the record
-                self.stages.pop(ctx.get_current_key(), None)
+                spans, failure = self.apply(bucket, key, (kind, record), 0)
+            if failure is not None:  # the flow's stage is as it was before the record
                 self.dead_letters.inc()
                 self.stage_errors.inc()
                 _log_once(failure.reason, failure.detail)
                 yield DEAD_LETTERS, self.codec.dead_letter(row, failure.reason, failure.detail, failure)
                 return
-            items = [StageItem("span", "flink", span) for span in spans]
+            for span in spans:
+                yield _routed_row(conversation_of(span), ("span", span))
             if kind == "lifecycle":
-                items.append(StageItem("lifecycle", "flink", record))
-            if items:
-                yield encode_items(items)
-            self._save(stage, ctx)
+                for route in lifecycle_routes(record):
+                    yield routes[route.to], _routed_row(route.key, route.item)
+            self.logged(bucket, _LOG_ITEMS, 0, key, kind.encode() + b"\0" + row.v)
+            self.schedule(bucket, key, ctx)
+
+        def apply(self, bucket: _Bucket, key: str, item: tuple[str, dict[str, Any]], watermark_ns: int) -> tuple[Any, Any]:
+            stage = bucket.stages.get(key) or FlowStage(stages)
+            stage, spans, failure = flow_record(stage, item[0], item[1], stages)
+            if failure is None or key in bucket.stages:
+                bucket.put(key, stage, self.deadline_ns(stage))
+            return spans, failure
+
+        def replayed_item(self, body: bytes) -> tuple[str, dict[str, Any]]:
+            kind, _, value = body.partition(b"\0")
+            return kind.decode(), self.codec.decoded(value)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-            stage, dead = self._stage(ctx)
+            bucket, dead = self.bucket(ctx)
             if dead is not None:
                 yield DEAD_LETTERS, dead
-            if stage is None:
-                return
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
-                self.timers.pop(ctx.get_current_key(), None)
-                watermark_ns = ctx.timer_service().current_watermark() * _MS
+                bucket.timers.discard(timestamp)
+                tag, watermark_ns = _LOG_ADVANCE, _watermark_ns(ctx)
             else:  # idle flush: with no input for idle_flush_s, as the Faust job's
-                ctx.timer_service().register_processing_time_timer(timestamp + idle_flush_ms)  # watch on while the flow lives
+                bucket.idle_timer = False
                 if time.monotonic() - self.last_input < options.idle_flush_s:
+                    self.schedule(bucket, None, ctx)
                     return
-                watermark_ns = max(self.max_seen_ns, stage.latest_event_ns) + flush_horizon_ns
-            due, failure = call_core(stage.advance, watermark_ns)
-            if failure is not None:  # no record to blame: the flow's state goes to the dead letters, the flow starts again
-                key = ctx.get_current_key()
-                self.stage_errors.inc()
-                _log_once(failure.reason, failure.detail)
-                yield DEAD_LETTERS, self.codec.dead_letter_of(failure.reason, f"advance: {failure.detail}", key.encode(),
-                                                              self.stage_state.value(), failure)
-                self._save(FlowStage(stages), ctx)
-                return
-            if due:
-                yield encode_items([StageItem("span", "flink", span) for span in due])
-            self._save(stage, ctx)
+                tag, watermark_ns = _LOG_IDLE, min(self.max_seen_ns + flush_horizon_ns, MAX_NS)
+            yield from self.advance_bucket(bucket, ctx, tag, watermark_ns)
 
-        def _stage(self, ctx: Any) -> tuple[FlowStage | None, Any]:
-            """The flow's stage (None for a new flow), decoded once per worker; and a dead letter when its state
-            is not the stages' encoding (the flow then starts again)."""
-            blob = self.stage_state.value()
-            if blob is None:
-                return None, None
-            key = ctx.get_current_key()
-            held = self.stages.get(key)
-            if held is not None and held[0] == blob:
-                return held[1], None
-            try:
-                _, stage = decode_flow(blob, stages)
-            except UndecodableState as exc:
-                self.stage_state.clear()
-                self.dead_letters.inc()
-                _log_once("UNDECODABLE_STATE", str(exc))
-                return None, self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), key.encode(), blob)
-            if len(self.stages) >= _FLOW_CACHE:
-                self.stages.clear()
-            self.stages[key] = (blob, stage)
-            return stage, None
+        def advance(self, key: str, stage: FlowStage, tag: bytes, watermark_ns: int) -> tuple[Any, Any]:
+            if tag == _LOG_IDLE:  # beyond the latest event of the worker and of the flow, as the Faust job's idle flush
+                watermark_ns = max(watermark_ns, stage.latest_event_ns + flush_horizon_ns)
+            return call_core(stage.advance, watermark_ns)
 
-        def _save(self, stage: FlowStage, ctx: Any) -> None:
-            """Keep the stage (or drop it once empty) and make sure a timer fires by its next deadline."""
-            key = ctx.get_current_key()
-            if stage.empty:
-                self.stage_state.clear()
-                self.stages.pop(key, None)
-                self.timers.pop(key, None)
-                return
-            blob = encode_flow(stage)
-            self.stage_state.update(blob)
-            self.stages[key] = (blob, stage)
-            due = stage.next_deadline_ns()
-            if due is not None:
-                due_ms = math.ceil(due / 1_000_000_000) * 1000
-                if self.timers.get(key) != due_ms:
-                    ctx.timer_service().register_event_time_timer(due_ms)
-                    self.timers[key] = due_ms
+        def emit(self, key: str, due: list[Any]) -> Iterator[Any]:
+            for span in due:
+                yield _routed_row(conversation_of(span), ("span", span))
+
+        def failed(self, key: str, failure: Any, blob: bytes) -> Iterator[Any]:
+            self.stage_errors.inc()
+            yield DEAD_LETTERS, self.codec.dead_letter_of(failure.reason, f"advance: {failure.detail}", key.encode(), blob, failure)
+
+        def undecodable(self, ctx: Any, exc: UndecodableState, blob: bytes) -> Any:
+            self.dead_letters.inc()
+            return self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), str(ctx.get_current_key()).encode(), blob)
 
     DEAD_LETTERS = OutputTag("dead-letters", row_type)
     return FlowFunction(), DEAD_LETTERS
@@ -308,172 +306,421 @@ def _resource_function(settings: Settings) -> Any:
     from pyflink.datastream import OutputTag, ProcessFunction
 
     from schemas.serde import UndecodableRecord
-    from streams.edge import StageItem, encode_items
 
     row_type, _ = _types()
 
     class ResourceFunction(ProcessFunction):
-        """Workload tags for the trace stage; a tombstone removes one."""
+        """Workload tags, as (resource id, the tag's JSON) for the stages' broadcast state; a tombstone removes one."""
 
         def open(self, runtime_context: Any) -> None:
             self.codec = _Codec(settings)
 
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            import orjson
+            from pyflink.common import Row
+
             resource_id = (row.k or b"").decode(errors="replace")
             if row.v is None:
-                yield encode_items([StageItem("resource", resource_id, None)])
+                yield Row(resource_id, None)
                 return
             try:
                 record = self.codec.decoded(row.v)
             except UndecodableRecord as exc:
                 yield DEAD_LETTERS, self.codec.dead_letter(row, exc.reason, exc.detail)
                 return
-            yield encode_items([StageItem("resource", record["resource_id"], record)])
+            yield Row(record["resource_id"], orjson.dumps(record))
 
     DEAD_LETTERS = OutputTag("resource-dead-letters", row_type)
     return ResourceFunction(), DEAD_LETTERS
 
 
-_LOG_ITEMS, _LOG_ADVANCE, _LOG_FINAL = b"I", b"A", b"F"
-_SNAPSHOT_EVERY = 1000  # entries of the trace stage's input log between two snapshots of the whole stage
+def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes: dict[str, Any]) -> Any:
+    """Stage 2, 3 or 4 (`kind`: conversation, process or series; tracetap/keyed.py), one stage per key, in
+    buckets of keys (`_Buckets`), with an event-time timer at the next deadline of the bucket's stages and a
+    processing-time timer for the idle flush while it has open work. Outputs for topics leave as rows; items
+    for a later stage leave by the side output `routes` names for it. The conversation and series stages read
+    workload tags from the broadcast resources (`_Workloads`)."""
+    from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, TimeDomain
 
+    from streams.edge import call_core, decode_routed
+    from tracetap.keyed import ConversationStage, ProcessStage, SeriesStage
 
-def _log_entry(kind: bytes, watermark_ns: int, body: bytes = b"") -> bytes:
-    return kind + watermark_ns.to_bytes(8, "big", signed=True) + body  # the stage's watermark: 0 up to MAX_NS
-
-
-def _trace_function(settings: Settings, options: FlinkOptions) -> Any:
-    from pyflink.datastream import KeyedProcessFunction, TimeDomain
-    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
-
-    from streams.edge import decode_items, decode_trace, encode_items, encode_trace, trace_item
-
-    _, bytes_type = _types()
     stages = options.stages
+    make = {CONVERSATION: ConversationStage, PROCESS: ProcessStage, SERIES: SeriesStage}[kind]
+    uses_workloads = kind != PROCESS
 
-    class TraceFunction(KeyedProcessFunction):
-        """Stage 2, one key: the TraceStage, advanced on every watermark step. Encoding the whole stage (every
-        waiting span) on each input would cost its size per record, so Flink's state holds a snapshot of it
-        and the log of what happened since (each input batch and each advance, with the watermark it saw):
-        a restored worker replays the log onto the snapshot and is exactly where the checkpoint was."""
-
+    class _Keyed(_Buckets):
         def open(self, runtime_context: Any) -> None:
-            self.codec = _Codec(settings)
-            self.snapshot = runtime_context.get_state(ValueStateDescriptor("trace-stage", bytes_type))
-            self.log = runtime_context.get_list_state(ListStateDescriptor("trace-stage-log", bytes_type))
+            self.open_buckets(runtime_context, settings, options)
             metrics = runtime_context.get_metrics_group()
-            self.late = metrics.counter("late_spans")
+            self.late = metrics.counter("late")
             self.produced = metrics.counter("produced")
             self.stage_errors = metrics.counter("stage_errors")
-            self.live: KeyedPipeline | None = None  # the stage, once read from state in this worker
-            self.logged = 0  # log entries since the snapshot
+            self.workloads = _Workloads()
+            self.last_output_s: float | None = None
+            self.last_final_log_s = 0.0
+
+        def deadline_ns(self, stage: Any) -> int | None:
+            return stage.next_deadline_ns
+
+        def _element(self, row: Any, ctx: Any) -> Iterator[Any]:
             self.last_input = time.monotonic()
-            self.flushed = False
-            self.next_step: int | None = None  # caches of the timers set (Flink holds them; after a restore they are set again)
-            self.idle_timer = False
-            self.last_output_s: float | None = None  # wall time of the last output batch (benchmarks/stream_jobs.py)
-
-        def _stage(self, ctx: Any) -> KeyedPipeline:
-            if self.live is None:
-                self.live = self._restore()
-            watermark_ms = ctx.timer_service().current_watermark()  # Long.MAX_VALUE at the end of input: kept within a long in ns
-            self.live.engine_watermark(min(watermark_ms * _MS, MAX_NS))
-            return self.live
-
-        def _restore(self) -> KeyedPipeline:
-            """The snapshot with the log replayed onto it (what the replay emits was emitted before the checkpoint)."""
-            blob = self.snapshot.value()
-            stage = None
-            if blob is not None:
-                try:
-                    stage = decode_trace(blob, stages)
-                except UndecodableState as exc:
-                    log.error("the trace stage's state is not its encoding; starting from an empty stage error=%s", exc)
-            stage = stage or KeyedPipeline(stages)
-            self.logged = 0
-            for entry in self.log.get() or ():
-                self.logged += 1
-                kind, watermark_ns = entry[:1], int.from_bytes(entry[1:9], "big", signed=True)
-                stage.engine_watermark(watermark_ns)
-                if kind == _LOG_ITEMS:
-                    try:
-                        items = decode_items(entry[9:])
-                    except UndecodableState as exc:  # a checkpoint this job did not write: skipped, never run
-                        log.error("an entry of the trace stage's log is not its encoding; skipped error=%s", exc)
-                        continue
-                    for item in items:
-                        trace_item(stage, item)
-                else:
-                    stage.advance(final=kind == _LOG_FINAL)
-            return stage
-
-        def process_element(self, blob: bytes, ctx: Any) -> Iterator[Any]:
-            self.last_input, self.flushed = time.monotonic(), False
-            stage = self._stage(ctx)
+            if uses_workloads:
+                self.workloads.load(ctx)
+            bucket, dead = self.bucket(ctx)
+            if dead is not None:
+                yield dead
             try:
-                items = decode_items(blob)
+                item = decode_routed(row.v)
             except UndecodableState as exc:  # from this job's own operators: a bug, kept for a look
                 self.stage_errors.inc()
                 _log_once("UNDECODABLE_STATE", str(exc))
-                yield self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), None, blob)
+                yield self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), row.key.encode(), row.v)
                 return
-            self.log.add(_log_entry(_LOG_ITEMS, stage.watermark_ns, blob))
-            self.logged += 1
-            for item in items:
-                on_time, failure = trace_item(stage, item)
-                if failure is not None:
-                    self.stage_errors.inc()
-                    _log_once(failure.reason, failure.detail)
-                    yield self.codec.dead_letter_of(failure.reason, failure.detail, None, encode_items([item]), failure)
-                elif not on_time:
-                    self.late.inc()
-            timers = ctx.timer_service()
-            step = max(timers.current_watermark() + 1, 0)
-            if self.next_step != step:  # one registration per watermark step, not per record
-                timers.register_event_time_timer(step)
-                self.next_step = step
-            if not self.idle_timer:
-                timers.register_processing_time_timer(timers.current_processing_time() + int(options.idle_flush_s * 1000))
-                self.idle_timer = True
+            watermark_ns = _watermark_ns(ctx)
+            on_time, failure = self.apply(bucket, row.key, item, watermark_ns)
+            if failure is not None:  # the stage methods check before they change anything: the stage is as it was
+                self.stage_errors.inc()
+                _log_once(failure.reason, failure.detail)
+                yield self.codec.dead_letter_of(failure.reason, failure.detail, row.key.encode(), row.v, failure)
+                return
+            if on_time is False:
+                self.late.inc()
+            self.logged(bucket, _LOG_ITEMS, watermark_ns, row.key, row.v)
+            self.schedule(bucket, row.key, ctx)
+
+        def apply(self, bucket: _Bucket, key: str, item: tuple[Any, ...], watermark_ns: int) -> tuple[Any, Any]:
+            stage = bucket.stages.get(key) or make(stages)
+            if kind == CONVERSATION:
+                result = call_core(stage.span, item[1], watermark_ns)
+            elif kind == PROCESS:
+                result = call_core(stage.span if item[0] == "span" else stage.connect_failed, *item[1:])
+            elif item[0] == "span":
+                result = call_core(stage.span, key, item[1])
+            else:
+                result = call_core(stage.lifecycle, item[1], watermark_ns, self.workloads.index)
+            if result[1] is None or key in bucket.stages:
+                bucket.put(key, stage, stage.next_deadline_ns)
+            return result
+
+        def replayed_item(self, body: bytes) -> tuple[Any, ...]:
+            return decode_routed(body)
+
+        def _timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+            bucket, dead = self.bucket(ctx)
+            if dead is not None:
+                yield dead
+            if ctx.time_domain() == TimeDomain.EVENT_TIME:
+                bucket.timers.discard(timestamp)
+                final = ctx.timer_service().current_watermark() == MAX_WATERMARK_MS
+            else:  # idle flush, after the stages before this one have flushed theirs (each waits as long)
+                bucket.idle_timer = False
+                if time.monotonic() - self.last_input < 2 * options.idle_flush_s + 1:
+                    self.schedule(bucket, None, ctx)
+                    return
+                final = True
+            yield from self.advance_bucket(bucket, ctx, _LOG_FINAL if final else _LOG_ADVANCE, _watermark_ns(ctx))
+
+        def advance(self, key: str, stage: Any, tag: bytes, watermark_ns: int) -> tuple[Any, Any]:
+            final = tag == _LOG_FINAL
+            if kind == CONVERSATION:
+                return call_core(stage.advance, watermark_ns, self.workloads.index, final)
+            return call_core(stage.advance, watermark_ns, final)
+
+        def emit(self, key: str, routed: list[Any]) -> Iterator[Any]:
+            for route in routed:
+                tag = routes.get(route.to)
+                if tag is not None:
+                    yield tag, _routed_row(route.key, route.item)
+                else:
+                    self.produced.inc()
+                    yield self.codec.row(route.to, route.key, route.item)
+            if routed:
+                self.last_output_s = time.time()
+                if self.last_output_s - self.last_final_log_s >= 0.1:  # a line a tenth of a second at most
+                    self.last_final_log_s = self.last_output_s
+                    log.info("advance app_id=%s last_output_unix_s=%.3f", options.app_id, self.last_output_s)
+
+        def failed(self, key: str, failure: Any, blob: bytes) -> Iterator[Any]:
+            self.stage_errors.inc()
+            yield self.codec.dead_letter_of(failure.reason, f"advance: {failure.detail}", key.encode(), blob, failure)
+
+        def undecodable(self, ctx: Any, exc: UndecodableState, blob: bytes) -> Any:
+            self.stage_errors.inc()
+            return self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), str(ctx.get_current_key()).encode(), blob)
+
+    _Keyed.kind = kind
+    if uses_workloads:
+        class BroadcastStage(_Keyed, KeyedBroadcastProcessFunction):
+            def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+                yield from self._element(row, ctx)
+
+            def process_broadcast_element(self, row: Any, ctx: Any) -> None:
+                self.workloads.apply(row, ctx)
+
+            def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+                self.workloads.load(ctx)
+                yield from self._timer(timestamp, ctx)
+
+        return BroadcastStage()
+
+    class KeyedStage(_Keyed, KeyedProcessFunction):
+        def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            yield from self._element(row, ctx)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-            stage = self._stage(ctx)
-            timers = ctx.timer_service()
-            if ctx.time_domain() == TimeDomain.EVENT_TIME:
-                final = timers.current_watermark() == MAX_WATERMARK_MS
-                out = self._advance(stage, final)
-                if not final and stage.has_open_work:
-                    self.next_step = timers.current_watermark() + 1
-                    timers.register_event_time_timer(self.next_step)
-            else:  # idle flush
-                timers.register_processing_time_timer(timestamp + int(options.idle_flush_s * 1000))  # keep watching
-                self.idle_timer = True
-                # After the flows' own idle flushes: a flow's timer fires every idle_flush_s, so its flush comes up to twice
-                # that after its last record; a span it times out after this final advance would find its window closed.
-                if self.flushed or time.monotonic() - self.last_input < 2 * options.idle_flush_s + 1:
-                    return
-                self.flushed = final = True
-                out = self._advance(stage, final)
-            for row in self.codec.emitted(out):
-                self.produced.inc()
-                yield row
-            if out:  # once per output batch, not per record
-                self.last_output_s = time.time()
-            if final and self.last_output_s is not None:
-                log.info("final advance app_id=%s last_output_unix_s=%.3f", options.app_id, self.last_output_s)
+            yield from self._timer(timestamp, ctx)
 
-        def _advance(self, stage: KeyedPipeline, final: bool) -> Emitted:
-            out = stage.advance(final=final)
-            if final or self.logged >= _SNAPSHOT_EVERY:
-                self.snapshot.update(encode_trace(stage))
-                self.log.clear()
-                self.logged = 0
+    return KeyedStage()
+
+
+class _Bucket:
+    """The live stages of one bucket's keys in a worker, with each one's next deadline, the bucket's timers
+    set, and how many entries its log holds since its snapshot."""
+
+    __slots__ = ("stages", "deadlines", "timers", "idle_timer", "log_size")
+
+    def __init__(self, stages: dict[str, Any]) -> None:
+        self.stages = stages
+        self.deadlines: dict[str, int] = {}  # key -> its stage's next deadline (ns), for the keys that have one
+        self.timers: set[int] = set()  # event-time timers set (ms; a cache: Flink holds them)
+        self.idle_timer = False
+        self.log_size = 0
+
+    def put(self, key: str, stage: Any, deadline_ns: int | None) -> None:
+        self.stages[key] = stage
+        if deadline_ns is None:
+            self.deadlines.pop(key, None)
+        else:
+            self.deadlines[key] = deadline_ns
+
+    def drop(self, key: str) -> None:
+        self.stages.pop(key, None)
+        self.deadlines.pop(key, None)
+
+    def due(self, tag: bytes, watermark_ns: int) -> list[str]:
+        """The keys an advance of this kind at this watermark runs: all of them for a final or idle one."""
+        if tag != _LOG_ADVANCE:
+            return list(self.stages)
+        return [key for key, due in self.deadlines.items() if due <= watermark_ns]
+
+
+class _Buckets:
+    """Keyed state by bucket of keys, for every stage of the job.
+
+    Flink keys these operators by bucket (`bucket_of`: one bucket per key group), and each bucket holds the
+    stages of its keys (flows, conversations, processes, series). Keyed by the stage's own key, PyFlink's
+    process mode made one synchronous state round trip to the JVM per touched key and state at the end of
+    every bundle: at parallelism 1 a replay of 20,092 events had not finished after 600 s. By bucket, a
+    bundle commits at most one snapshot and one log per bucket. The buckets still spread over every
+    parallelism up to the job's max parallelism (`MAX_PARALLELISM`), and rescale with Flink's key groups.
+
+    A bucket's state is a snapshot of its stages (streams/edge.py's encode_bucket) and the log of what
+    happened since (each item with its key, each advance with its watermark), snapshotted again every
+    `_SNAPSHOT_EVERY` entries. A worker keeps its buckets' stages live; after a restore it replays a bucket's
+    log onto its snapshot on the bucket's first input, and is exactly where the checkpoint was: an advance
+    runs the keys whose deadline the watermark passed, which the replay finds the same way.
+
+    A subclass names its `kind` and gives `deadline_ns`, `apply`, `replayed_item`, `advance`, `emit`, `failed`
+    and `undecodable`."""
+
+    kind: str
+
+    def open_buckets(self, runtime_context: Any, settings: Settings, options: FlinkOptions) -> None:
+        from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+
+        _, bytes_type = _types()
+        self.codec = _Codec(settings)
+        self.options = options
+        self.snapshot = runtime_context.get_state(ValueStateDescriptor(f"{self.kind}-bucket", bytes_type))
+        self.log = runtime_context.get_list_state(ListStateDescriptor(f"{self.kind}-bucket-log", bytes_type))
+        self.buckets: dict[int, _Bucket] = {}
+        self.last_input = time.monotonic()
+
+    def bucket(self, ctx: Any) -> tuple[_Bucket, Any]:
+        """The current key's bucket, restored on first use in this worker; and a dead letter when its snapshot is
+        not the stages' encoding (the bucket then starts again)."""
+        number = ctx.get_current_key()
+        bucket = self.buckets.get(number)
+        if bucket is not None:
+            return bucket, None
+        from streams.edge import decode_bucket
+
+        dead = None
+        blob = self.snapshot.value()
+        stages: dict[str, Any] = {}
+        if blob is not None:
+            try:
+                stages = decode_bucket(self.kind, blob, self.options.stages)
+            except UndecodableState as exc:
+                _log_once("UNDECODABLE_STATE", str(exc))
+                log.error("a %s bucket's state is not its encoding; its keys start again bucket=%s error=%s", self.kind, number, exc)
+                dead = self.undecodable(ctx, exc, blob)
+        bucket = self.buckets[number] = _Bucket({})
+        for key, stage in stages.items():
+            bucket.put(key, stage, self.deadline_ns(stage))
+        for entry in self.log.get() or ():
+            bucket.log_size += 1
+            self._replay(bucket, entry)
+        return bucket, dead
+
+    def _replay(self, bucket: _Bucket, entry: bytes) -> None:
+        tag, watermark_ns = entry[:1], int.from_bytes(entry[1:9], "big", signed=True)
+        if tag != _LOG_ITEMS:
+            for _ in self._advance_keys(bucket, tag, watermark_ns):
+                pass  # emitted before the checkpoint
+            return
+        size = int.from_bytes(entry[9:11], "big")
+        key = entry[11:11 + size].decode(errors="replace")
+        try:
+            self.apply(bucket, key, self.replayed_item(entry[11 + size:]), watermark_ns)
+        except Exception as exc:  # a log entry is this job's own bytes: one that does not decode is a bug, kept out
+            log.error("an entry of a %s bucket's log does not replay; skipped key=%s error=%s", self.kind, key, exc)
+
+    def logged(self, bucket: _Bucket, tag: bytes, watermark_ns: int, key: str = "", body: bytes = b"") -> None:
+        """One entry on the bucket's log (an item for `key`, or an advance), or a new snapshot when the log is long."""
+        if bucket.log_size >= _SNAPSHOT_EVERY:
+            self.snapshot_bucket(bucket)
+            return
+        raw_key = key.encode()[:65535]
+        self.log.add(tag + watermark_ns.to_bytes(8, "big", signed=True) + len(raw_key).to_bytes(2, "big") + raw_key + body)
+        bucket.log_size += 1
+
+    def snapshot_bucket(self, bucket: _Bucket) -> None:
+        """The bucket's stages as its new snapshot, the log emptied; an empty bucket leaves no state at all."""
+        from streams.edge import encode_bucket
+
+        self.log.clear()
+        bucket.log_size = 0
+        if bucket.stages:
+            self.snapshot.update(encode_bucket(bucket.stages))
+        else:
+            self.snapshot.clear()
+
+    def schedule(self, bucket: _Bucket, key: str | None, ctx: Any) -> None:
+        """Make sure an event-time timer fires by the next deadline of `key` (of every key: None), and the idle
+        flush's processing-time timer while the bucket holds a stage."""
+        timers = ctx.timer_service()
+        deadlines = bucket.deadlines.values() if key is None else [bucket.deadlines.get(key)]
+        for due in deadlines:
+            if due is not None:
+                due_ms = max(-(-due // _MS), 0)
+                if due_ms not in bucket.timers:
+                    timers.register_event_time_timer(due_ms)
+                    bucket.timers.add(due_ms)
+        if bucket.stages and not bucket.idle_timer:
+            timers.register_processing_time_timer(timers.current_processing_time() + int(self.options.idle_flush_s * 1000))
+            bucket.idle_timer = True
+
+    def advance_bucket(self, bucket: _Bucket, ctx: Any, tag: bytes, watermark_ns: int) -> Iterator[Any]:
+        """Advance the keys that are due (every key for a final or an idle flush), emit what they give, log it."""
+        yield from self._advance_keys(bucket, tag, watermark_ns)
+        if tag == _LOG_ADVANCE and not bucket.stages:
+            self.snapshot_bucket(bucket)
+        else:
+            self.logged(bucket, tag, watermark_ns)
+        self.schedule(bucket, None, ctx)
+
+    def _advance_keys(self, bucket: _Bucket, tag: bytes, watermark_ns: int) -> Iterator[Any]:
+        from streams.edge import encode_bucket
+
+        for key in bucket.due(tag, watermark_ns):
+            stage = bucket.stages[key]
+            out, failure = self.advance(key, stage, tag, watermark_ns)
+            if failure is not None:  # no record to blame: the key's state goes to the dead letters, the key starts again
+                _log_once(failure.reason, failure.detail)
+                yield from self.failed(key, failure, encode_bucket({key: stage}))
+                bucket.drop(key)
+                continue
+            yield from self.emit(key, out)
+            if stage.empty:
+                bucket.drop(key)
             else:
-                self.log.add(_log_entry(_LOG_FINAL if final else _LOG_ADVANCE, stage.watermark_ns))
-                self.logged += 1
-            return out
+                bucket.put(key, stage, self.deadline_ns(stage))
 
-    return TraceFunction()
+
+def _watermark_ns(ctx: Any) -> int:
+    # Long.MIN_VALUE before the first watermark, Long.MAX_VALUE at the end of input: kept within 0 and a long
+    return max(min(ctx.timer_service().current_watermark() * _MS, MAX_NS), 0)
+
+
+def key_group(key: int, max_parallelism: int = MAX_PARALLELISM) -> int:
+    """The key group Flink gives an INT key: MathUtils.murmurHash(Integer.hashCode(key)) % max parallelism
+    (KeyGroupRangeAssignment.assignToKeyGroup)."""
+    mask = 0xFFFF_FFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & mask
+
+    code = key & mask
+    code = rotl((code * 0xCC9E2D51) & mask, 15)
+    code = rotl((code * 0x1B873593) & mask, 13)
+    code = ((code * 5 + 0xE6546B64) & mask) ^ 4
+    code ^= code >> 16
+    code = (code * 0x85EBCA6B) & mask
+    code ^= code >> 13
+    code = (code * 0xC2B2AE35) & mask
+    code ^= code >> 16
+    signed = code - (1 << 32) if code >= 1 << 31 else code
+    return (abs(signed) if signed != -(1 << 31) else 0) % max_parallelism
+
+
+def _bucket_keys(max_parallelism: int) -> list[int]:
+    """For each key group, the smallest INT key Flink gives it: bucket i is keyed so that it lands in key group i,
+    so the buckets spread over the subtasks exactly as the key groups do."""
+    keys: dict[int, int] = {}
+    candidate = 0
+    while len(keys) < max_parallelism:
+        keys.setdefault(key_group(candidate, max_parallelism), candidate)
+        candidate += 1
+    return [keys[group] for group in range(max_parallelism)]
+
+
+_BUCKET_KEYS = _bucket_keys(MAX_PARALLELISM)
+
+
+def bucket_of(key: str) -> int:
+    """The Flink key of a stage's key: its bucket's (CRC-32 of the key: the same in every process, unlike hash())."""
+    return _BUCKET_KEYS[zlib.crc32(key.encode(errors="replace")) % MAX_PARALLELISM]
+
+
+def _routed_row(key: str, item: tuple[Any, ...]) -> Any:
+    from pyflink.common import Row
+
+    from streams.edge import encode_routed
+
+    return Row(key, encode_routed(item))
+
+
+class _Workloads:
+    """The workload index of one Python worker, from the broadcast resource tags; Flink's broadcast state holds
+    them (resource id -> the tag's JSON) for a restore, read back into the index on the first element after it."""
+
+    def __init__(self) -> None:
+        from tracetap.workloads import WorkloadIndex
+
+        self.index = WorkloadIndex()
+        self.loaded = False
+
+    def apply(self, row: Any, ctx: Any) -> None:
+        import orjson
+
+        state = ctx.get_broadcast_state(_resource_state())
+        record = None if row.v is None else orjson.loads(row.v)
+        self.index.apply(row.key, record)
+        if record is None:
+            state.remove(row.key)
+        else:
+            state.put(row.key, row.v)
+
+    def load(self, ctx: Any) -> None:
+        if self.loaded:
+            return
+        import orjson
+
+        self.loaded = True
+        for resource_id, blob in ctx.get_broadcast_state(_resource_state()).items():
+            self.index.apply(resource_id, orjson.loads(blob))
 
 
 # the job ------------------------------------------------------------------------------------------------
@@ -516,7 +763,15 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path]) -> An
     conf.set_string("python.client.executable", sys.executable)
     if options.target == "local":  # a session cluster's TaskManagers use their own (infra/flink-cluster.sh sets it)
         conf.set_string("python.executable", sys.executable)
+    if not 1 <= options.parallelism <= MAX_PARALLELISM:
+        raise TracetapError(f"--parallelism must be within 1 and {MAX_PARALLELISM} (the job's buckets of keys)")
     conf.set_string("parallelism.default", str(options.parallelism))
+    conf.set_string("pipeline.max-parallelism", str(MAX_PARALLELISM))  # a bucket per key group (`_Buckets`)
+    # A Python operator commits its touched state at the end of each bundle, one synchronous round trip per
+    # bucket and state, and ends a bundle at each watermark too: fewer, larger bundles amortize that.
+    conf.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", f"{int(options.bundle_time_s * 1000)}")
+    conf.set_string("pipeline.auto-watermark-interval", f"{int(options.watermark_interval_s * 1000)} ms")
     conf.set_string("pipeline.name", options.app_id)
     if options.profile:
         conf.set_string("python.profile.enabled", "true")
@@ -584,17 +839,35 @@ def build_job(settings: Settings, options: FlinkOptions, jars: list[Path]) -> An
                     "properties.transaction.timeout.ms": "900000"}  # the broker's default transaction.max.timeout.ms
     tables.execute_sql(f"CREATE TEMPORARY TABLE outputs (t STRING METADATA FROM 'topic', k BYTES, v BYTES) WITH (\n{_with(props, **sink_options)})")
 
-    flow_fn, flow_dead = _flow_function(settings, options)
+    from pyflink.datastream import OutputTag
+
+    routed_type = _routed_type()
+    # Each tag its own type object: the functions that name the tags travel pickled, and a type Flink has already
+    # turned into its Java twin (as `output_type` does) no longer pickles.
+    to_process, to_series = OutputTag("to-process", _routed_type()), OutputTag("to-series", _routed_type())
+    flow_routes = {PROCESS: to_process, SERIES: to_series}
+    flow_fn, flow_dead = _flow_function(settings, options, flow_routes)
     resource_fn, resource_dead = _resource_function(settings)
     late_fn, late_dead = _late_filter(settings, options)
     raw_table = tables.from_path("raw_events")
     raw = tables.to_data_stream(raw_table).process(late_fn, output_type=_row_of(raw_table)).name("lateness").uid("lateness")
-    flows = (raw.key_by(lambda r: (r.k or b"").decode(errors="replace"), key_type=Types.STRING())
-             .process(flow_fn, output_type=item_type).name("flow stage").uid("flow-stage"))
-    resources = tables.to_data_stream(tables.from_path("resources")).process(resource_fn, output_type=item_type).name("resources").uid("resources")
-    traced = (flows.union(resources).key_by(lambda _: 0, key_type=Types.INT())
-              .process(_trace_function(settings, options), output_type=row_type).name("trace stage").uid("trace-stage"))
-    out = traced.union(raw.get_side_output(late_dead), flows.get_side_output(flow_dead), resources.get_side_output(resource_dead))
+    flows = (raw.key_by(lambda r: bucket_of((r.k or b"").decode(errors="replace")), key_type=Types.INT())
+             .process(flow_fn, output_type=routed_type).name("flow stage").uid("flow-buckets"))
+    resources = (tables.to_data_stream(tables.from_path("resources")).process(resource_fn, output_type=routed_type)
+                 .name("resources").uid("resources"))
+    tags = resources.broadcast(_resource_state())
+
+    def by_key(stream: Any) -> Any:
+        return stream.key_by(lambda r: bucket_of(r.key), key_type=Types.INT())
+
+    conversations = (by_key(flows).connect(tags).process(_keyed_function(CONVERSATION, settings, options, flow_routes), output_type=row_type)
+                     .name("conversation stage").uid("conversation-buckets"))
+    processes = (by_key(conversations.get_side_output(to_process).union(flows.get_side_output(to_process)))
+                 .process(_keyed_function(PROCESS, settings, options, {}), output_type=row_type).name("process stage").uid("process-buckets"))
+    series = (by_key(conversations.get_side_output(to_series).union(flows.get_side_output(to_series))).connect(tags)
+              .process(_keyed_function(SERIES, settings, options, {}), output_type=row_type).name("series stage").uid("series-buckets"))
+    out = conversations.union(processes, series, raw.get_side_output(late_dead), flows.get_side_output(flow_dead),
+                              resources.get_side_output(resource_dead))
     statements = tables.create_statement_set()
     statements.add_insert("outputs", tables.from_data_stream(out))
     statements.attach_as_datastream()

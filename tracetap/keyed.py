@@ -41,9 +41,9 @@ from tracetap.workloads import WorkloadIndex
 _POINT_ORDER = {TapSide.CLIENT_PROCESS: 0, TapSide.CLIENT_NIC: 1, TapSide.SERVER_NIC: 2, TapSide.SERVER_PROCESS: 3}
 _PROCESS_SIDES = (TapSide.CLIENT_PROCESS, TapSide.SERVER_PROCESS)
 
-# Where a Routed item goes: a keyed stage, or an output topic (by the catalog's name).
+# Where a Routed item goes: a keyed stage, or an output topic (its name in schemas/catalog.py, without the prefix).
 CONVERSATION, PROCESS, SERIES = "conversation", "process", "series"
-SPANS, PATHS, RED, NETWORK, ALERTS = "spans", "paths", "red", "network", "alerts"
+SPANS, PATHS, RED, NETWORK, ALERTS = "spans", "paths", "metrics.red", "metrics.network", "alerts"
 
 
 class Routed(NamedTuple):

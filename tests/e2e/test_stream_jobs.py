@@ -509,11 +509,12 @@ def _run_flink(settings, app_id, checkpoints, *extra, timeout_s=400, extra_env=N
 def flink_job(job, registry, admin, tmp_path_factory):
     settings = _copy_input(job["settings"], admin, registry, "flink.")
     app_id = f"tt-flink-{uuid.uuid4().hex[:6]}"
-    _run_flink(settings, app_id, tmp_path_factory.mktemp("flink-checkpoints"))
+    _run_flink(settings, app_id, tmp_path_factory.mktemp("flink-checkpoints"), "--parallelism", "1")
     return {"settings": settings, **_outputs(settings, registry)}
 
 
 def test_flink_emits_the_records_faust_emits_id_for_id_and_field_for_field(job, flink_job):
+    """At parallelism 1 here; 2 in the kill/restore test, 4 on the session cluster."""
     assert len(flink_job["spans"]) > 10_000 and flink_job["alerts"]  # the whole workload, findings included
     _assert_same_records(job, flink_job, exactly_once=True)
 
@@ -572,17 +573,29 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
     _assert_same_records(job, _outputs(settings, registry), exactly_once=True)
 
 
-def test_the_same_job_submitted_to_a_session_cluster_emits_the_same_records(job, registry, admin, tmp_path):
+def _records_per_subtask(rest, job_id):
+    """Records each subtask of each stage read (the session cluster's REST API)."""
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest}{path}", timeout=5) as response:
+            return json.load(response)
+
+    return {vertex["name"].split(" -> ")[0]: [t["metrics"]["read-records"] for t in get(f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]]
+            for vertex in get(f"/jobs/{job_id}")["vertices"] if "stage" in vertex["name"]}
+
+
+def test_the_same_job_submitted_to_a_session_cluster_at_parallelism_4_runs_every_stage_at_4_and_emits_the_same_records(
+        job, registry, admin, tmp_path):
     """A standalone session cluster (a JobManager and a TaskManager, started by infra/flink-cluster.sh as compose
-    starts them) and `tracetap streams flink --target remote`: the job graph and its jars travel over REST, the
-    TaskManager's own Python workers run the stages."""
+    starts them) and `tracetap streams flink --target remote --parallelism 4`: the job graph and its jars travel
+    over REST, the TaskManager's own Python workers run the stages, and the job graph the REST API reports has
+    no vertex at parallelism 1: no stage is global. The flows and conversations spread over the 4 subtasks."""
     settings = _copy_input(job["settings"], admin, registry, "flink-remote.")
     rest, rpc, tm_rpc, blob, data = (free_port() for _ in range(5))
     properties = "\n".join([
         "jobmanager.rpc.address: 127.0.0.1", f"jobmanager.rpc.port: {rpc}", f"rest.port: {rest}", "rest.address: 127.0.0.1",
         "rest.bind-address: 127.0.0.1", f"blob.server.port: {blob}", "taskmanager.host: 127.0.0.1", f"taskmanager.rpc.port: {tm_rpc}",
-        f"taskmanager.data.port: {data}", "taskmanager.numberOfTaskSlots: 2", "jobmanager.memory.process.size: 1024m",
-        "taskmanager.memory.process.size: 1728m", "  # a comment line, as compose files have them"])
+        f"taskmanager.data.port: {data}", "taskmanager.numberOfTaskSlots: 4", "jobmanager.memory.process.size: 1024m",
+        "taskmanager.memory.process.size: 2560m", "  # a comment line, as compose files have them"])
     env = dict(os.environ, FLINK_PROPERTIES=properties, PYTHON=sys.executable)
     cluster = []
     try:
@@ -593,17 +606,28 @@ def test_the_same_job_submitted_to_a_session_cluster_emits_the_same_records(job,
         while True:  # the TaskManager has registered its slots
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{rest}/overview", timeout=5) as response:
-                    if json.load(response)["slots-total"] >= 2:
+                    if json.load(response)["slots-total"] >= 4:
                         break
             except OSError:
                 pass
             assert time.monotonic() < deadline and all(p.poll() is None for p in cluster), "the session cluster did not come up"
             time.sleep(1)
         out = _run_flink(settings, f"tt-flink-remote-{uuid.uuid4().hex[:6]}", tmp_path / "checkpoints", "--target", "remote",
-                         "--jobmanager", f"127.0.0.1:{rest}")
+                         "--jobmanager", f"127.0.0.1:{rest}", "--parallelism", "4")
         assert "session cluster" in out
         with urllib.request.urlopen(f"http://127.0.0.1:{rest}/jobs/overview", timeout=5) as response:
-            assert [j["state"] for j in json.load(response)["jobs"]] == ["FINISHED"]  # it ran there, not in this process
+            jobs = json.load(response)["jobs"]
+        assert [j["state"] for j in jobs] == ["FINISHED"]  # it ran there, not in this process
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest}/jobs/{jobs[0]['jid']}", timeout=5) as response:
+            vertices = {v["name"]: v["parallelism"] for v in json.load(response)["vertices"]}
+        names = " ".join(vertices)
+        assert all(stage in names for stage in ("flow stage", "conversation stage", "process stage", "series stage")), vertices
+        assert set(vertices.values()) == {4}, vertices
+        spread = _records_per_subtask(rest, jobs[0]["jid"])
+        print("records read per subtask:", spread)
+        for stage in ("flow stage", "conversation stage"):  # thousands of flows and conversations: every subtask has work
+            counts = spread[stage]
+            assert min(counts) > 0.1 * sum(counts) and max(counts) < 0.45 * sum(counts), (stage, counts)
     finally:
         for process in cluster:
             os.killpg(process.pid, signal.SIGKILL)

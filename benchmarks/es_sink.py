@@ -2,7 +2,7 @@
 `elasticsearch.helpers.parallel_bulk` indexing the same pre-built documents straight into Elasticsearch.
 
 Input: N span records from the core's stages (benchmarks.core_pipeline.make_events through FlowStage and
-TraceStage), produced to a bench topic. Baseline: the documents the sink would write (to_document, same daily
+KeyedPipeline), produced to a bench topic. Baseline: the documents the sink would write (to_document, same daily
 indices, same template), parallel_bulk with the sink's bulk size and concurrency. Subject: run_sink from the
 earliest offset; its rate counts from its first indexed document to its last (the group join before is not
 indexing). Alternating rounds, fresh indices each time; medians and the ratio (goal >= 0.8).
@@ -37,14 +37,15 @@ from schemas.producer import AvroProducer  # noqa: E402
 from schemas.registry import SchemaRegistry  # noqa: E402
 from schemas.topics import apply_catalog  # noqa: E402
 from sinks.elasticsearch import INDEXED_TYPES, daily_index, es_client, index_name, install_templates, run_sink, to_document  # noqa: E402
-from tracetap.stages import FlowStage, TraceStage  # noqa: E402
+from tracetap.pipeline import KeyedPipeline  # noqa: E402
+from tracetap.stages import FlowStage  # noqa: E402
 
 
 def spans(n: int) -> list[dict]:
-    flows, trace = {}, TraceStage()
+    flows, trace = {}, KeyedPipeline()
     for key, r in timed_events(2 * n + 20, time.time_ns() - 3600 * 1_000_000_000, spacing=10, host="bench"):
         for span in flows.setdefault(key, FlowStage()).socket_data(r):
-            trace.span(span, "p")
+            trace.span(span)
     return trace.advance(final=True).spans[:n]
 
 

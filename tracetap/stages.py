@@ -1,11 +1,10 @@
-"""The pipeline's two keyed stages, which every engine hosts the same way:
+"""The pipeline's first keyed stage, which every engine hosts the same way, and what the later ones share:
 
-1. `FlowStage`, one per flow id (the raw topics' key, so no repartition): one flow's socket data and
-   packet summaries become spans at the four tap points.
-2. `TraceStage`, one for the whole pipeline: spans are grouped into connected traces (the links of
-   `tracing.link_spans`), linked, tagged with workloads, joined into path records, counted into RED,
-   network and DNS windows, and read by the alert rules. Call chains cross every key a span has, so
-   this stage sees all spans; it is the one stage that does not scale out.
+- `FlowStage`, one per flow id (the raw topics' key, so no repartition): one flow's socket data and
+  packet summaries become spans at the four tap points. The stages after it are keyed by conversation,
+  process and metric series (tracetap/keyed.py; run together in one process by tracetap/pipeline.py).
+- `StageConfig`, every stage's settings; `Emitted`, what an advance produces for the output topics;
+  `PendingTraces`, spans grouped by what links them while they wait for their trace to complete.
 
 A stage is a plain object: an engine keeps it in keyed state as `to_state()` (JSON-ready data, never a
 pickle: state travels through topics), feeds it records in order and calls `advance` on a watermark.
@@ -16,20 +15,17 @@ have changed the stage: the engine puts back the state from before the record (s
 from __future__ import annotations
 
 import heapq
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_request
+from tracetap.alerts import AlertConfig
 from tracetap.assembly import AssemblyConfig, SocketAssembler
 from tracetap.config import StreamSettings
 from tracetap.errors import InvalidEvent, UndecodableState
-from tracetap.eventtime import EngineClock, PartitionClocks
-from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, WindowConfig
-from tracetap.model import Span, SocketData, TapSide, span_from_state, span_to_state
+from tracetap.metrics import WindowConfig
+from tracetap.model import Span, SocketData, TapSide
 from tracetap.nic import FlowPacketAssembler, NicConfig, check_packet
-from tracetap.paths import PathState, join_key, share_workloads
-from tracetap.tracing import link_spans
-from tracetap.workloads import WorkloadIndex
+from tracetap.paths import join_key
 
 
 MAX_EVENT_TIME_NS = 2**62  # 2116: later times are refused, so that a time plus a timeout stays within a long
@@ -177,7 +173,7 @@ class FlowStage:
 # stage 2 ----------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Emitted:
-    """What one `TraceStage.advance` produced, as the records of the output topics."""
+    """What one advance of the keyed stages produced, as the records of the output topics."""
 
     spans: list[dict[str, Any]] = field(default_factory=list)
     paths: list[dict[str, Any]] = field(default_factory=list)
@@ -187,16 +183,6 @@ class Emitted:
 
     def __len__(self) -> int:
         return len(self.spans) + len(self.paths) + len(self.red) + len(self.network) + len(self.alerts)
-
-
-@dataclass(slots=True)
-class TraceCounters:
-    spans_in: int = 0
-    duplicate_spans: int = 0  # replays after a restart upstream: dropped by span id
-    duplicate_lifecycle: int = 0  # the same for lifecycle events, by their identity
-    late_spans: int = 0  # beyond the allowed lateness: the engine dead-letters them
-    late_lifecycle: int = 0
-    traces: int = 0
 
 
 def link_keys(span: Span) -> list[tuple[Any, ...]]:
@@ -220,10 +206,11 @@ class PendingTraces:
     it emits, not of everything that waits. A group leaves whole, so the components are those of the spans
     still waiting, as if they were grouped from scratch.
 
-    With `max_group_ns`, a span joins a group through a shared key only if it starts within that long of the
-    group's first start; else the key starts a new group from it. A value that never changes (a client that
-    sends one `traceparent` or `x-request-id` with every request) would otherwise tie all its traffic into
-    one group that grows as long as the traffic flows and never completes."""
+    With `max_group_ns`, a span joins a group through a shared key only if it starts within that long after
+    the end of the group's first span (the one that starts first: a request served, whose calls start while
+    it runs); else the key starts a new group from it. A value that never changes (a client that sends one
+    `traceparent` or `x-request-id` with every request) would otherwise tie all its traffic into one group
+    that grows as long as the traffic flows and never completes."""
 
     __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_first", "_by_end", "_span_ends",
                  "_link_keys", "_max_group_ns")
@@ -239,7 +226,7 @@ class PendingTraces:
         self._keys: dict[str, list[tuple[Any, ...]]] = {}  # root -> the link keys its group owns
         self._owner: dict[tuple[Any, ...], str] = {}  # link key -> a waiting span that has it
         self._end: dict[str, int] = {}  # root -> its group's last end
-        self._first: dict[str, int] = {}  # root -> its group's first start
+        self._first: dict[str, tuple[int, int]] = {}  # root -> (start, end) of its group's first span
         self._by_end: list[tuple[int, str]] = []  # heap of (end, root); stale entries are skipped when popped
         self._span_ends: list[tuple[int, str]] = []  # heap of (end, span id), for the earliest waiting end
 
@@ -258,13 +245,13 @@ class PendingTraces:
         self._members[span_id] = [span_id]
         self._keys[span_id] = []
         self._end[span_id] = span.end_ns
-        self._first[span_id] = span.start_ns
+        self._first[span_id] = (span.start_ns, span.end_ns)
         heapq.heappush(self._span_ends, (span.end_ns, span_id))
         root = span_id
         for key in self._link_keys(span):
             other = self._owner.get(key)
-            if other is not None and self._max_group_ns is not None and span.start_ns - self._first[self._find(other)] > self._max_group_ns:
-                other = None  # that group started too long before: the key ties later spans to this one
+            if other is not None and self._max_group_ns is not None and span.start_ns - self._first[self._find(other)][1] > self._max_group_ns:
+                other = None  # that group's first span ended too long before: the key ties later spans to this one
             if other is None:
                 self._owner[key] = span_id
                 self._keys[root].append(key)
@@ -326,179 +313,6 @@ class PendingTraces:
             group.append(self.spans.pop(span_id))
             del self._seq[span_id], self._parent[span_id]
         return group
-
-
-@dataclass(slots=True)
-class TraceStage:
-    config: StageConfig = field(default_factory=StageConfig)
-    clock: PartitionClocks | EngineClock | None = None  # None: per-partition clocks of the sources named in `span`
-    workloads: WorkloadIndex = field(default_factory=WorkloadIndex)
-    pending: PendingTraces = field(default_factory=PendingTraces)  # spans not yet in a complete trace
-    emitted: dict[str, int] = field(default_factory=dict)  # span id -> end, remembered to drop replays
-    failed_connects: list[dict[str, Any]] = field(default_factory=list)
-    lifecycle_seen: dict[tuple[Any, ...], int] = field(default_factory=dict)  # identity -> time, remembered to drop replays
-    red: RedWindows = field(init=False)
-    network: NetworkWindows = field(init=False)
-    dns: TumblingWindows = field(init=False)
-    regressions: RegressionTracker = field(init=False)
-    counters: TraceCounters = field(default_factory=TraceCounters)
-    applied: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.clock is None:
-            self.clock = PartitionClocks(self.config.max_out_of_order_ns, self.config.allowed_lateness_ns)
-        self.red = RedWindows(self.config.windows)
-        self.network = NetworkWindows(self.config.windows)
-        self.dns = TumblingWindows(self.config.windows, DnsAccumulator)
-        self.regressions = RegressionTracker(self.config.alerts)
-
-    # state ------------------------------------------------------------------------------------------
-    def to_state(self) -> dict[str, Any]:
-        """JSON-ready data (without the configuration, as FlowStage's)."""
-        assert self.clock is not None
-        return {"clock": self.clock.to_state(), "workloads": self.workloads.to_state(),
-                "pending": [span_to_state(s) for s in self.pending.spans.values()], "emitted": dict(self.emitted),
-                "failed_connects": list(self.failed_connects), "lifecycle_seen": [[*k, t] for k, t in self.lifecycle_seen.items()],
-                "red": self.red.to_state(), "network": self.network.to_state(), "dns": self.dns.to_state(),
-                "regressions": self.regressions.to_state(), "counters": asdict(self.counters), "applied": dict(self.applied)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], config: StageConfig) -> TraceStage:
-        """The stage of `to_state`; UndecodableState when the data is not one."""
-        try:
-            clock_state = state["clock"]
-            if "engine" in clock_state:
-                clock: PartitionClocks | EngineClock = EngineClock(config.allowed_lateness_ns)
-            else:
-                clock = PartitionClocks(config.max_out_of_order_ns, config.allowed_lateness_ns)
-            clock.load_state(clock_state)
-            stage = cls(config, clock=clock)
-            stage.workloads.load_state(state["workloads"])
-            for span in map(span_from_state, state["pending"]):
-                stage.pending.add(span)
-            stage.emitted = state_ints(state["emitted"])
-            stage.failed_connects = list(state["failed_connects"])
-            stage.lifecycle_seen = {tuple(entry[:-1]): entry[-1] for entry in state["lifecycle_seen"]}
-            stage.red.load_state(state["red"], RedKey._make)
-            stage.network.load_state(state["network"], NetworkKey._make)
-            stage.dns.load_state(state["dns"])
-            stage.regressions.load_state(state["regressions"])
-            stage.counters = TraceCounters(**state["counters"])
-            stage.applied = state_ints(state["applied"])
-            return stage
-        except UndecodableState:
-            raise
-        except Exception as exc:
-            raise UndecodableState(f"not a trace stage's state: {type(exc).__name__}: {exc}") from None
-
-    # what an engine reads --------------------------------------------------------------------------------
-    @property
-    def watermark_ns(self) -> int:
-        return self.clock.watermark_ns
-
-    def engine_watermark(self, watermark_ns: int) -> None:
-        """The engine's watermark, for a stage whose clock is an EngineClock (Flink's); it never goes back."""
-        self.clock.watermark_ns = max(self.clock.watermark_ns, watermark_ns)
-
-    @property
-    def has_open_work(self) -> bool:
-        """Spans waiting for their trace, or windows not closed yet: an idle flush has something to emit."""
-        return bool(self.pending or len(self.red) or len(self.network) or len(self.dns))
-
-    @property
-    def waiting_spans(self) -> int:
-        return len(self.pending)
-
-    @property
-    def open_windows(self) -> int:
-        return len(self.red)
-
-    # input ------------------------------------------------------------------------------------------
-    def resource(self, resource_id: str, record: dict[str, Any] | None) -> None:
-        self.workloads.apply(resource_id, record)
-
-    def span(self, span: Span, source: str | None) -> bool:
-        """Take a span from stage 1; `source` is the input partition whose record completed it (None for a
-        timeout, which the watermark made). False when it is late beyond the allowed lateness (route it)."""
-        self.counters.spans_in += 1
-        if span.span_id in self.pending or span.span_id in self.emitted:
-            self.counters.duplicate_spans += 1
-            return True
-        on_time = (self.clock.observe(source, span.end_ns) if source is not None
-                   else span.end_ns >= self.clock.watermark_ns - self.config.allowed_lateness_ns)
-        on_time = on_time and self.red.accepts(span.end_ns)  # what is emitted is counted: its window must be open
-        if not on_time:
-            self.counters.late_spans += 1
-            return False
-        self.pending.add(span)
-        return True
-
-    def lifecycle(self, record: dict[str, Any], source: str) -> bool:
-        """Count a lifecycle event into the network windows (once: an upstream restart may replay it)."""
-        identity = (record["host"], record["time"], record["kind"], record["pid"], record["socket_id"], record["local_ip"],
-                    record["local_port"], record["remote_ip"], record["remote_port"])
-        if identity in self.lifecycle_seen:
-            self.counters.duplicate_lifecycle += 1
-            return True
-        if not self.clock.observe(source, record["time"]):
-            self.counters.late_lifecycle += 1
-            return False
-        self.network.add_event(record, self.workloads.pair(record))  # before it is remembered: the one step that may raise
-        self.lifecycle_seen[identity] = record["time"]
-        if record["kind"] == "CONNECT_FAILED":
-            self.failed_connects.append(record)
-        return True
-
-    # output -----------------------------------------------------------------------------------------
-    def advance(self, final: bool = False) -> Emitted:
-        """Emit every trace complete at the watermark (all of them when `final`), then the closed windows."""
-        watermark = self.clock.watermark_ns
-        horizon = watermark - self.config.trace_gap_ns
-        out = Emitted()
-        for trace in self.pending.complete(None if final else horizon):
-            self._emit_trace(trace, out)
-        if final:  # every window: a span a timeout made (no partition's clock saw it) may end past the latest time seen
-            latest = max([self.clock.max_seen_ns] + [w.last_start_ns for w in (self.red, self.network, self.dns) if w.last_start_ns is not None])
-            window_watermark = latest + self.config.windows.window_ns + self.config.windows.allowed_lateness_ns
-        else:  # a window stays open while a waiting trace may still add a span to it
-            earliest = self.pending.earliest_end()
-            window_watermark = horizon if earliest is None else min(horizon, earliest)
-        out.red += self.red.advance(window_watermark)
-        out.network += self.network.advance(window_watermark)
-        out.alerts += dns_storm(self.dns.advance(window_watermark), self.config.alerts)
-        for record in out.red:
-            alert = self.regressions.check(record)
-            if alert is not None:
-                out.alerts.append(alert)
-        forget = horizon - 2 * self.config.trace_gap_ns - self.config.allowed_lateness_ns
-        self.emitted = {k: end for k, end in self.emitted.items() if end >= forget}
-        self.failed_connects = [e for e in self.failed_connects if e["time"] >= forget]
-        self.lifecycle_seen = {k: t for k, t in self.lifecycle_seen.items() if t >= forget}
-        return out
-
-    def _emit_trace(self, trace: list[Span], out: Emitted) -> None:
-        self.counters.traces += 1
-        trace = [self.workloads.tag(replace(s)) for s in trace]
-        share_workloads(trace)
-        trace = link_spans(trace)
-        paths: dict[tuple[str, str], PathState] = {}
-        for span in trace:
-            self.emitted[span.span_id] = span.end_ns
-            out.spans.append(span.to_record())
-            self.red.add_span(span)
-            if span.protocol == "DNS" and span.tap_side is TapSide.CLIENT_PROCESS:
-                self.dns.add(span.end_ns, (span.client_workload or span.client_ip,), span)
-            key = join_key(span)
-            if key is not None:
-                state = paths.get(key)
-                if state is None:
-                    state = paths[key] = PathState(key, span.start_ns)
-                state.add(span)
-        records = {key: paths[key].record() for key in sorted(paths)}
-        out.paths += records.values()
-        for alert in (slow_request(trace, records, self.config.alerts), failed_dependency(trace, self.failed_connects)):
-            if alert is not None:
-                out.alerts.append(alert)
 
 
 def state_ints(mapping: dict[str, Any]) -> dict[str, int]:

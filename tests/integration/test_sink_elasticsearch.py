@@ -19,7 +19,8 @@ from schemas.producer import AvroProducer
 from schemas.serde import AvroDeserializer
 from sinks.elasticsearch import es_client, index_name, run_sink
 from tests.kafka_helpers import read_until_idle
-from tracetap.stages import FlowStage, TraceStage
+from tracetap.pipeline import KeyedPipeline
+from tracetap.stages import FlowStage
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -28,15 +29,15 @@ S = 1_000_000_000
 
 def _outputs(events, start_ns):
     """Spans, paths, RED and network metrics from the core on `events` request/response syscalls, and one alert."""
-    flows, trace = {}, TraceStage()
+    flows, trace = {}, KeyedPipeline()
     for key, r in timed_events(events, start_ns, spacing=100, host="it"):
         for span in flows.setdefault(key, FlowStage()).socket_data(r):
-            assert trace.span(span, "p0")
+            assert trace.span(span)
     close = {"host": "it", "time": start_ns + S, "kind": "CLOSE", "pid": 7, "tid": 7, "comm": "app", "socket_id": 3, "netns_inode": 1,
              "l4_protocol": "TCP", "local_ip": "10.0.0.1", "local_port": 40000, "remote_ip": "10.0.0.2", "remote_port": 80,
              "role": "CLIENT", "old_state": None, "new_state": None, "error_code": None, "error_name": None, "srtt_us": None,
              "bytes_sent": 100, "bytes_received": 200, "retransmits": 2}
-    assert trace.lifecycle(close, "p0")
+    assert trace.lifecycle(close)
     out = trace.advance(final=True)
     alert = {"alert_id": uuid.uuid4().hex, "time": start_ns + 2 * S, "kind": "SLOW_REQUEST", "severity": "WARNING", "workload": "oms-app",
              "summary": "GET /orders took 3.1 s", "suggestion": None, "trace_id": out.spans[0]["trace_id"], "span_ids": [out.spans[0]["span_id"]],

@@ -1,14 +1,14 @@
-"""The stages engines host (flow and trace) and the alert rules, on hand-written spans; expected figures
-are worked out by hand in each test."""
+"""The stages engines host (the flow stage, and the keyed stages after it as KeyedPipeline runs them) and
+the alert rules, on hand-written spans; expected figures are worked out by hand in each test. The keyed
+stages' own tests (call chains, hop trace ids, state) are in test_keyed_stages.py."""
 
 import dataclasses
-
-import orjson
 
 from tracetap.alerts import AlertConfig, RegressionTracker
 from tracetap.metrics import WindowConfig
 from tracetap.model import Span, TapSide
-from tracetap.stages import StageConfig, TraceStage
+from tracetap.pipeline import KeyedPipeline
+from tracetap.stages import StageConfig
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -34,12 +34,12 @@ def config(**alerts):
 
 
 def test_a_dns_storm_names_the_flooding_pods_with_their_rate_and_nxdomain_ratio():
-    stage = TraceStage(config())
+    stage = KeyedPipeline(config())
     # tpp-pay-1: 200 queries in the window, 160 NXDOMAIN (search-path expansion); web: 5 healthy queries
     for i in range(200):
-        assert stage.span(dns_span("tpp-pay-1", T0 + i * 40 * MS, "NXDOMAIN" if i % 5 else "NOERROR", i), "p0")
+        assert stage.span(dns_span("tpp-pay-1", T0 + i * 40 * MS, "NXDOMAIN" if i % 5 else "NOERROR", i))
     for i in range(5):
-        assert stage.span(dns_span("web", T0 + i * S, "NOERROR", 1000 + i), "p1")
+        assert stage.span(dns_span("web", T0 + i * S, "NOERROR", 1000 + i))
     out = stage.advance(final=True)
     storms = [a for a in out.alerts if a["kind"] == "DNS_STORM"]
     assert len(storms) == 1
@@ -64,35 +64,11 @@ def test_a_p99_far_above_the_recent_windows_is_a_regression():
     assert tracker.check(window(5, 40)) is None  # 40 ms is under 2 x the median, now of 20, 22, 18, 21, 500
 
 
-def test_the_trace_stage_links_a_chain_emits_its_path_and_names_the_span_that_held_the_time():
-    stage = TraceStage(config(slow_request_ns=1 * S))
-    # A calls B (seq 100); B, while serving (thread trace 7), calls C (seq 500) which takes 3 s
-    a_to_b = [http_span(side, T0 + d, T0 + 3200 * MS - d, seq=100, trace=7 if side is TapSide.SERVER_PROCESS else None, pid=2,
-                        workload="gateway") for side, d in ((TapSide.CLIENT_PROCESS, 0), (TapSide.SERVER_PROCESS, 1 * MS))]
-    b_to_c = [http_span(side, T0 + 50 * MS + d, T0 + 3050 * MS - d, seq=500, trace=7 if side is TapSide.CLIENT_PROCESS else None,
-                        pid=2 if side is TapSide.CLIENT_PROCESS else 3, server="10.0.0.3", path="/orders", workload="oms-app")
-              for side, d in ((TapSide.CLIENT_PROCESS, 0), (TapSide.SERVER_PROCESS, 1 * MS))]
-    for s in a_to_b + b_to_c:
-        assert stage.span(s, "p0")
-    assert stage.span(dataclasses.replace(b_to_c[1]), "p0")  # a replay upstream: the same span again
-    assert stage.counters.duplicate_spans == 1
-    out = stage.advance(final=True)
-    assert len(out.spans) == 4 and len({s["trace_id"] for s in out.spans}) == 1
-    c_server = next(s for s in out.spans if s["server_ip"] == "10.0.0.3" and s["tap_side"] == "SERVER_PROCESS")
-    b_client = next(s for s in out.spans if s["server_ip"] == "10.0.0.3" and s["tap_side"] == "CLIENT_PROCESS")
-    b_server = next(s for s in out.spans if s["server_ip"] == "10.0.0.2" and s["tap_side"] == "SERVER_PROCESS")
-    assert c_server["parent_span_id"] == b_client["span_id"] and b_client["parent_span_id"] == b_server["span_id"]
-    assert sorted(p["server_processing_ns"] for p in out.paths) == [2998 * MS, 3198 * MS]
-    slow = [a for a in out.alerts if a["kind"] == "SLOW_REQUEST"]
-    assert len(slow) == 1 and slow[0]["workload"] == "oms-app"  # B's own time is 3198 - 3000 ms; C's is 2998 ms
-    assert slow[0]["attributes"]["culprit_span_id"] == c_server["span_id"]
-
-
 def test_a_502_with_a_failed_dns_answer_in_its_trace_raises_a_failed_dependency():
-    stage = TraceStage(config())
+    stage = KeyedPipeline(config())
     server = http_span(TapSide.SERVER_PROCESS, T0, T0 + 20 * MS, seq=100, trace=9, pid=4, status=502, workload="gateway")
     lookup = dataclasses.replace(dns_span("gateway", T0 + 2 * MS, "NXDOMAIN", 77, name="backend.svc"), pid=4, syscall_trace_id_request=9)
-    assert stage.span(server, "p0") and stage.span(lookup, "p1")
+    assert stage.span(server) and stage.span(lookup)
     out = stage.advance(final=True)
     failed = [a for a in out.alerts if a["kind"] == "ERROR_WITH_FAILED_DEPENDENCY"]
     assert len(failed) == 1
@@ -114,30 +90,15 @@ def relayed_502():
 
 
 def test_a_502_passed_on_by_callers_is_blamed_on_the_service_whose_lookup_failed():
-    stage = TraceStage(config())
+    stage = KeyedPipeline(config())
     web, call, gateway, lookup = relayed_502()
     for span in (web, call, gateway, lookup):
-        assert stage.span(span, "p0")
+        assert stage.span(span)
     out = stage.advance(final=True)
     failed = [a for a in out.alerts if a["kind"] == "ERROR_WITH_FAILED_DEPENDENCY"]
     assert len(failed) == 1
     assert failed[0]["workload"] == "gateway" and failed[0]["span_ids"] == [gateway.span_id, lookup.span_id]
     assert failed[0]["summary"].startswith("GET /x returned 502 from gateway: DNS NXDOMAIN for payment-backend.svc")
-
-
-def test_a_span_later_than_its_partition_allows_is_refused_and_counted():
-    stage = TraceStage(config())
-    assert stage.span(dns_span("web", T0 + 60 * S, "NOERROR", 1), "p0")
-    assert not stage.span(dns_span("web", T0, "NOERROR", 2), "p0")  # 60 s behind p0's own watermark
-    assert stage.span(dns_span("web", T0, "NOERROR", 3), "p1")  # another partition may be behind: slow, not late
-    assert stage.counters.late_spans == 1
-
-
-def test_a_stage_survives_its_state_through_json_as_engines_store_it():
-    stage = TraceStage(config())
-    stage.span(dns_span("web", T0, "NOERROR", 1), "p0")
-    again = TraceStage.from_state(orjson.loads(orjson.dumps(stage.to_state())), config())
-    assert again.advance(final=True).spans == stage.advance(final=True).spans
 
 
 def test_a_flow_forgets_assemblers_idle_past_the_idle_state_time():
@@ -209,26 +170,24 @@ def test_a_close_that_arrives_before_the_sockets_last_data_waits_for_the_waterma
     assert span.connection_closed and span.response_message == "connection closed before the response" and span.end_ns == T0 + 2 * S
 
 
-def test_an_engine_clock_judges_lateness_against_the_watermark_the_engine_sets():
-    from tracetap.eventtime import EngineClock
-
-    stage = TraceStage(config(), clock=EngineClock(allowed_lateness_ns=5 * S))
-    stage.clock.watermark_ns = T0 + 10 * S
-    assert stage.span(dns_span("web", T0 + 9500 * MS, "NOERROR", 1), "flink")
-    assert not stage.span(dns_span("web", T0 + 4 * S, "NOERROR", 2), "flink")  # 6 s behind the watermark: late
-    assert stage.counters.late_spans == 1 and stage.clock.max_seen_ns == T0 + 9501 * MS
-    assert stage.advance().spans == []  # ends 0.5 s before the watermark: its trace's 1 s gap has not passed
-    stage.clock.watermark_ns = T0 + 20 * S
+def test_lateness_is_judged_against_the_watermark_the_engine_sets():
+    stage = KeyedPipeline(config())  # 5 s allowed lateness
+    stage.engine_watermark(T0 + 10 * S)
+    assert stage.span(dns_span("web", T0 + 9500 * MS, "NOERROR", 1))
+    assert not stage.span(dns_span("web", T0 + 4 * S, "NOERROR", 2))  # 6 s behind the watermark: late
+    assert stage.late_spans == 1
+    assert stage.advance().spans == []  # ends 0.5 s before the watermark: its conversation's 1 s gap has not passed
+    stage.engine_watermark(T0 + 20 * S)
     assert len(stage.advance().spans) == 1
 
 
 def test_a_replayed_lifecycle_event_is_counted_once():
-    stage = TraceStage(config())
+    stage = KeyedPipeline(config())
     close = {"host": "node", "time": T0 + S, "kind": "CLOSE", "pid": 7, "tid": 7, "comm": "app", "socket_id": 3, "netns_inode": 1,
              "l4_protocol": "TCP", "local_ip": "10.0.0.1", "local_port": 40000, "remote_ip": "10.0.0.2", "remote_port": 80,
              "role": "CLIENT", "old_state": None, "new_state": None, "error_code": None, "error_name": None, "srtt_us": None,
              "bytes_sent": 100, "bytes_received": 200, "retransmits": 2}
-    assert stage.lifecycle(close, "p0") and stage.lifecycle(dict(close), "p0")  # a worker restarted upstream sends it again
+    assert stage.lifecycle(close) and stage.lifecycle(dict(close))  # a worker restarted upstream sends it again
     [metric] = stage.advance(final=True).network
     assert (metric["bytes_client_to_server"], metric["bytes_server_to_client"]) == (100, 200)  # not 200, 400
     assert stage.counters.duplicate_lifecycle == 1
@@ -237,12 +196,12 @@ def test_a_replayed_lifecycle_event_is_counted_once():
 def test_the_final_advance_closes_the_window_of_a_timeout_later_than_any_time_seen():
     """A timeout's span comes from the watermark (no source partition): its end may lie in a window after the
     latest event time any partition saw, and a final flush still emits that window."""
-    stage = TraceStage(config())
-    assert stage.span(http_span(TapSide.SERVER_PROCESS, T0 + 1 * S, T0 + 2 * S, seq=1), "p0")
-    assert stage.span(http_span(TapSide.SERVER_PROCESS, T0 + 3 * S, T0 + 33 * S, seq=2, status=504), None)  # a timeout, 3 windows on
+    stage = KeyedPipeline(config())
+    assert stage.span(http_span(TapSide.SERVER_PROCESS, T0 + 1 * S, T0 + 2 * S, seq=1))
+    assert stage.span(http_span(TapSide.SERVER_PROCESS, T0 + 3 * S, T0 + 33 * S, seq=2, status=504))  # a timeout, 3 windows on
     out = stage.advance(final=True)
     assert sorted((r["window_start"], r["request_count"]) for r in out.red) == [(T0 // MS, 1), ((T0 + 30 * S) // MS, 1)]
-    assert len(stage.red) == 0
+    assert stage.open_windows == 0
 
 
 def _hop(side, start_ms, end_ms, *, client, server, seq, pid, thread, workloads):
@@ -253,9 +212,10 @@ def _hop(side, start_ms, end_ms, *, client, server, seq, pid, thread, workloads)
                 identity=f"{side}|{pid}|{seq}")
 
 
-def test_a_slow_middle_service_is_blamed_by_its_self_time_not_its_caller_and_every_hop_shares_the_trace():
+def test_a_slow_middle_service_is_blamed_by_its_self_time_not_its_caller_even_when_it_calls_out_late():
     """web -> gateway -> oms-app: gateway spends 2.22 s of its own before a 50 ms call to oms-app. web's request takes
-    2.3 s but its own time is 20 ms; the alert names gateway, by the time that is its own."""
+    2.3 s but its own time is 20 ms; the alert names gateway, by the time that is its own: the call, made 2.2 s
+    into gateway's request (past one trace gap), is still linked to it."""
     c, s = TapSide.CLIENT_PROCESS, TapSide.SERVER_PROCESS
     web, gateway, oms = ("10.0.0.1", 8080), ("10.0.0.2", 8080), ("10.0.0.3", 8080)
     spans = [
@@ -265,18 +225,20 @@ def test_a_slow_middle_service_is_blamed_by_its_self_time_not_its_caller_and_eve
         _hop(c, 2200, 2250, client=("10.0.0.2", 42000), server=oms, seq=30, pid=2, thread=6, workloads=("gateway", None)),
         _hop(s, 2201, 2249, client=("10.0.0.2", 42000), server=oms, seq=30, pid=3, thread=7, workloads=(None, "oms-app")),
     ]
-    stage = TraceStage(config(slow_request_ns=1 * S))
+    stage = KeyedPipeline(config(slow_request_ns=1 * S))
     for span in spans:
-        assert stage.span(span, "p0")
+        assert stage.span(span)
     out = stage.advance(final=True)
     [slow] = [a for a in out.alerts if a["kind"] == "SLOW_REQUEST"]
     gateway_server = spans[2].span_id
     assert slow["workload"] == "gateway" and slow["attributes"]["culprit_span_id"] == gateway_server
     assert slow["attributes"]["segment"] == "server_processing_ns"  # the path's segment: the time is in gateway's application
     assert slow["measurements"]["server_own_ns"] == (2270 - 50) * MS  # 2,270 ms served, less the 50 ms call to oms-app
-    assert slow["measurements"]["duration_ns"] == 2300 * MS  # the request as web served it
+    assert slow["measurements"]["duration_ns"] == 2270 * MS  # the request as gateway served it
     by_id = {r["span_id"]: r for r in out.spans}
-    assert len(by_id) == 5 and len({r["trace_id"] for r in out.spans}) == 1
+    assert len(by_id) == 5
+    trace = [by_id[span.span_id]["trace_id"] for span in spans]
+    assert trace[1] == trace[2] and trace[3] == trace[4] and trace[2] != trace[3]  # one trace id per hop
     assert [by_id[span.span_id]["parent_span_id"] for span in spans] == [None, spans[0].span_id, spans[1].span_id, spans[2].span_id,
                                                                           spans[3].span_id]
     assert by_id[spans[1].span_id]["server_workload"] == "gateway"  # the caller's span takes the callee's workload from its path

@@ -22,7 +22,6 @@ isolation.level=read_committed see every record exactly once, a checkpoint inter
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 import zlib

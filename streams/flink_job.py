@@ -11,8 +11,9 @@
 Every stage is keyed by something that spreads as the traffic grows, so every operator runs at the job's
 parallelism. Flink keys each operator by a bucket of the stage's keys, one bucket per key group (`_Buckets`
 says why). The same stage objects as the Faust job, in Flink keyed state as bytes of streams/edge.py's
-data-only encoding (never pickled), with Flink's timers: each bucket sets an event-time timer at its
-stages' next deadline (a request timeout, a hop complete, a window to close). Workload tags reach the conversation
+data-only encoding (never pickled), advanced on a processing-time tick per bucket at the watermark of the
+moment (the keys whose next deadline it passed: a request timeout, a hop complete, a window to close), and
+finally at the end of input (`_Buckets.schedule` says why not an event-time timer per deadline). Workload tags reach the conversation
 and series stages as broadcast state. Undecodable and late records, and records the core raises on, go to
 the dead-letter topic with the reason, as in the Faust job. With checkpointing on (the default), outputs
 are written in Kafka transactions committed at each checkpoint: consumers that read with
@@ -71,6 +72,7 @@ MAX_PARALLELISM = 128  # the job's max parallelism (Flink's key groups), and so 
 _SNAPSHOT_EVERY = 2000  # log entries of a bucket between two snapshots of it
 # a bucket's log: an item, an advance of the due keys, a final advance of all, an idle flush (the flow stage's)
 _LOG_ITEMS, _LOG_ADVANCE, _LOG_FINAL, _LOG_IDLE = b"i", b"a", b"f", b"l"
+_TICK, _END_OF_INPUT = "tick", "end of input"  # a bucket's two timers
 
 
 def _types() -> tuple[Any, Any]:
@@ -143,7 +145,7 @@ class _Codec:
 
 
 def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, Any]) -> Any:
-    from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
+    from pyflink.datastream import KeyedProcessFunction, OutputTag
 
     from schemas.serde import UndecodableRecord
     from streams.edge import FLOW, call_core, flow_record
@@ -156,10 +158,9 @@ def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, 
     flush_horizon_ns = stages.flush_horizon_ns
 
     class FlowFunction(_Buckets, KeyedProcessFunction):
-        """Stage 1, per flow id, in buckets of flows (`_Buckets`): each flow's FlowStage, an event-time timer at
-        the next deadline of its bucket's flows (rounded up to a whole second, so that a busy flow does not move
-        its timer on every record: a timer that finds nothing due costs less than a registration per record),
-        and a processing-time timer for the idle flush."""
+        """Stage 1, per flow id, in buckets of flows (`_Buckets`): each flow's FlowStage, advanced on the bucket's
+        ticks once the watermark passes its next deadline (rounded up to a whole second, so that a busy flow is
+        not advanced on every tick), flushed after idle_flush_s without input."""
 
         kind = FLOW
 
@@ -205,7 +206,7 @@ def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, 
                 for route in lifecycle_routes(record):
                     yield routes[route.to], _routed_row(route.key, route.item)
             self.logged(bucket, _LOG_ITEMS, 0, key, kind.encode() + b"\0" + row.v)
-            self.schedule(bucket, key, ctx)
+            self.schedule(bucket, ctx)
 
         def apply(self, bucket: _Bucket, key: str, item: tuple[str, dict[str, Any]], watermark_ns: int) -> tuple[Any, Any]:
             stage = bucket.stages.get(key) or FlowStage(stages)
@@ -222,14 +223,9 @@ def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, 
             bucket, dead = self.bucket(ctx)
             if dead is not None:
                 yield DEAD_LETTERS, dead
-            if ctx.time_domain() == TimeDomain.EVENT_TIME:
-                bucket.timers.discard(timestamp)
-                tag, watermark_ns = _LOG_ADVANCE, _watermark_ns(ctx)
-            else:  # idle flush: with no input for idle_flush_s, as the Faust job's
-                bucket.idle_timer = False
-                if time.monotonic() - self.last_input < options.idle_flush_s:
-                    self.schedule(bucket, None, ctx)
-                    return
+            tag, watermark_ns = _LOG_ADVANCE, _watermark_ns(ctx)
+            if self.timer_kind(bucket, ctx) == _TICK and self.idle(bucket, options.idle_flush_s):
+                # the idle flush: with no input for idle_flush_s, as the Faust job's
                 tag, watermark_ns = _LOG_IDLE, min(self.max_seen_ns + flush_horizon_ns, MAX_NS)
             yield from self.advance_bucket(bucket, ctx, tag, watermark_ns)
 
@@ -335,11 +331,11 @@ def _resource_function(settings: Settings) -> Any:
 
 def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes: dict[str, Any]) -> Any:
     """Stage 2, 3 or 4 (`kind`: conversation, process or series; tracetap/keyed.py), one stage per key, in
-    buckets of keys (`_Buckets`), with an event-time timer at the next deadline of the bucket's stages and a
-    processing-time timer for the idle flush while it has open work. Outputs for topics leave as rows; items
+    buckets of keys (`_Buckets`), advanced on the bucket's ticks once the watermark passes a stage's next
+    deadline, and flushed after twice idle_flush_s without input (the stages before flush first). Outputs for topics leave as rows; items
     for a later stage leave by the side output `routes` names for it. The conversation and series stages read
     workload tags from the broadcast resources (`_Workloads`)."""
-    from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, TimeDomain
+    from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction
 
     from streams.edge import call_core, decode_routed
     from tracetap.keyed import ConversationStage, ProcessStage, SeriesStage
@@ -386,7 +382,7 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             if on_time is False:
                 self.late.inc()
             self.logged(bucket, _LOG_ITEMS, watermark_ns, row.key, row.v)
-            self.schedule(bucket, row.key, ctx)
+            self.schedule(bucket, ctx)
 
         def apply(self, bucket: _Bucket, key: str, item: tuple[Any, ...], watermark_ns: int) -> tuple[Any, Any]:
             stage = bucket.stages.get(key) or make(stages)
@@ -409,15 +405,10 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             bucket, dead = self.bucket(ctx)
             if dead is not None:
                 yield dead
-            if ctx.time_domain() == TimeDomain.EVENT_TIME:
-                bucket.timers.discard(timestamp)
+            if self.timer_kind(bucket, ctx) == _END_OF_INPUT:
                 final = ctx.timer_service().current_watermark() == MAX_WATERMARK_MS
-            else:  # idle flush, after the stages before this one have flushed theirs (each waits as long)
-                bucket.idle_timer = False
-                if time.monotonic() - self.last_input < 2 * options.idle_flush_s + 1:
-                    self.schedule(bucket, None, ctx)
-                    return
-                final = True
+            else:  # the idle flush waits until the stages before this one have flushed theirs (each waits as long)
+                final = self.idle(bucket, 2 * options.idle_flush_s + 1)
             yield from self.advance_bucket(bucket, ctx, _LOG_FINAL if final else _LOG_ADVANCE, _watermark_ns(ctx))
 
         def advance(self, key: str, stage: Any, tag: bytes, watermark_ns: int) -> tuple[Any, Any]:
@@ -474,16 +465,17 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
 
 
 class _Bucket:
-    """The live stages of one bucket's keys in a worker, with each one's next deadline, the bucket's timers
-    set, and how many entries its log holds since its snapshot."""
+    """The live stages of one bucket's keys in a worker, with each one's next deadline, which of the bucket's
+    timers are set, whether its idle flush is done, and how many entries its log holds since its snapshot."""
 
-    __slots__ = ("stages", "deadlines", "timers", "idle_timer", "log_size")
+    __slots__ = ("stages", "deadlines", "ticking", "end_timer", "idle_flushed", "log_size")
 
     def __init__(self, stages: dict[str, Any]) -> None:
         self.stages = stages
         self.deadlines: dict[str, int] = {}  # key -> its stage's next deadline (ns), for the keys that have one
-        self.timers: set[int] = set()  # event-time timers set (ms; a cache: Flink holds them)
-        self.idle_timer = False
+        self.ticking = False  # its processing-time tick is set (a cache: Flink holds the timers)
+        self.end_timer = False  # its event-time timer at the end of input is set
+        self.idle_flushed = False  # flushed since its last input
         self.log_size = 0
 
     def put(self, key: str, stage: Any, deadline_ns: int | None) -> None:
@@ -578,6 +570,8 @@ class _Buckets:
 
     def logged(self, bucket: _Bucket, tag: bytes, watermark_ns: int, key: str = "", body: bytes = b"") -> None:
         """One entry on the bucket's log (an item for `key`, or an advance), or a new snapshot when the log is long."""
+        if tag == _LOG_ITEMS:
+            bucket.idle_flushed = False  # input: the next quiet spell flushes again
         if bucket.log_size >= _SNAPSHOT_EVERY:
             self.snapshot_bucket(bucket)
             return
@@ -596,29 +590,53 @@ class _Buckets:
         else:
             self.snapshot.clear()
 
-    def schedule(self, bucket: _Bucket, key: str | None, ctx: Any) -> None:
-        """Make sure an event-time timer fires by the next deadline of `key` (of every key: None), and the idle
-        flush's processing-time timer while the bucket holds a stage."""
+    def schedule(self, bucket: _Bucket, ctx: Any) -> None:
+        """While the bucket holds a stage: a processing-time tick every watermark interval, and an event-time
+        timer at the end of input (Flink's last watermark), the only event-time timer these operators set.
+
+        Why not an event-time timer at each deadline: PyFlink holds back a watermark that arrives during a
+        bundle and processes it when the bundle ends; when that end is a checkpoint's, the timers the
+        watermark fires start a bundle inside it, and in about one run in ten that bundle never completed
+        (the Python worker waiting for its input, the JVM for its results: checkpoints and outputs stopped).
+        A tick fires like an input record instead. The last watermark is processed without holding back."""
         timers = ctx.timer_service()
-        deadlines = bucket.deadlines.values() if key is None else [bucket.deadlines.get(key)]
-        for due in deadlines:
-            if due is not None:
-                due_ms = max(-(-due // _MS), 0)
-                if due_ms not in bucket.timers:
-                    timers.register_event_time_timer(due_ms)
-                    bucket.timers.add(due_ms)
-        if bucket.stages and not bucket.idle_timer:
-            timers.register_processing_time_timer(timers.current_processing_time() + int(self.options.idle_flush_s * 1000))
-            bucket.idle_timer = True
+        if timers.current_watermark() == MAX_WATERMARK_MS:  # the input has ended: the last advance was the final one
+            return
+        if bucket.stages and not bucket.ticking:
+            timers.register_processing_time_timer(timers.current_processing_time() + int(self.options.watermark_interval_s * 1000))
+            bucket.ticking = True
+        if bucket.stages and not bucket.end_timer:
+            timers.register_event_time_timer(MAX_WATERMARK_MS)
+            bucket.end_timer = True
+
+    def timer_kind(self, bucket: _Bucket, ctx: Any) -> str:
+        """Which of the bucket's timers fired (`_TICK` or `_END_OF_INPUT`), marked as no longer set."""
+        from pyflink.datastream import TimeDomain
+
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:
+            bucket.end_timer = False
+            return _END_OF_INPUT
+        bucket.ticking = False
+        return _TICK
+
+    def idle(self, bucket: _Bucket, after_s: float) -> bool:
+        """True once per quiet spell: the worker has had no input for `after_s` and the bucket has not been
+        flushed since its last input."""
+        if bucket.idle_flushed or time.monotonic() - self.last_input < after_s:
+            return False
+        bucket.idle_flushed = True
+        return True
 
     def advance_bucket(self, bucket: _Bucket, ctx: Any, tag: bytes, watermark_ns: int) -> Iterator[Any]:
-        """Advance the keys that are due (every key for a final or an idle flush), emit what they give, log it."""
-        yield from self._advance_keys(bucket, tag, watermark_ns)
-        if tag == _LOG_ADVANCE and not bucket.stages:
-            self.snapshot_bucket(bucket)
-        else:
-            self.logged(bucket, tag, watermark_ns)
-        self.schedule(bucket, None, ctx)
+        """Advance the keys that are due (every key for a final or an idle flush), emit what they give, log it
+        (a tick with nothing due changes nothing and logs nothing)."""
+        if bucket.due(tag, watermark_ns):
+            yield from self._advance_keys(bucket, tag, watermark_ns)
+            if not bucket.stages:
+                self.snapshot_bucket(bucket)
+            else:
+                self.logged(bucket, tag, watermark_ns)
+        self.schedule(bucket, ctx)
 
     def _advance_keys(self, bucket: _Bucket, tag: bytes, watermark_ns: int) -> Iterator[Any]:
         from streams.edge import encode_bucket

@@ -206,11 +206,10 @@ class PendingTraces:
     it emits, not of everything that waits. A group leaves whole, so the components are those of the spans
     still waiting, as if they were grouped from scratch.
 
-    With `max_group_ns`, a span joins a group through a shared key only if it starts within that long after
-    the end of the group's first span (the one that starts first: a request served, whose calls start while
-    it runs); else the key starts a new group from it. A value that never changes (a client that sends one
-    `traceparent` or `x-request-id` with every request) would otherwise tie all its traffic into one group
-    that grows as long as the traffic flows and never completes."""
+    With `max_group_ns`, a span joins a group through a shared key only if it starts within that long of the
+    group's first start; else the key starts a new group from it. A value that never changes (a client that
+    sends one `traceparent` or `x-request-id` with every request) would otherwise tie all its traffic into
+    one group that grows as long as the traffic flows and never completes."""
 
     __slots__ = ("spans", "_seq", "_next_seq", "_parent", "_members", "_keys", "_owner", "_end", "_first", "_by_end", "_span_ends",
                  "_link_keys", "_max_group_ns")
@@ -226,7 +225,7 @@ class PendingTraces:
         self._keys: dict[str, list[tuple[Any, ...]]] = {}  # root -> the link keys its group owns
         self._owner: dict[tuple[Any, ...], str] = {}  # link key -> a waiting span that has it
         self._end: dict[str, int] = {}  # root -> its group's last end
-        self._first: dict[str, tuple[int, int]] = {}  # root -> (start, end) of its group's first span
+        self._first: dict[str, int] = {}  # root -> its group's first start
         self._by_end: list[tuple[int, str]] = []  # heap of (end, root); stale entries are skipped when popped
         self._span_ends: list[tuple[int, str]] = []  # heap of (end, span id), for the earliest waiting end
 
@@ -245,13 +244,13 @@ class PendingTraces:
         self._members[span_id] = [span_id]
         self._keys[span_id] = []
         self._end[span_id] = span.end_ns
-        self._first[span_id] = (span.start_ns, span.end_ns)
+        self._first[span_id] = span.start_ns
         heapq.heappush(self._span_ends, (span.end_ns, span_id))
         root = span_id
         for key in self._link_keys(span):
             other = self._owner.get(key)
-            if other is not None and self._max_group_ns is not None and span.start_ns - self._first[self._find(other)][1] > self._max_group_ns:
-                other = None  # that group's first span ended too long before: the key ties later spans to this one
+            if other is not None and self._max_group_ns is not None and span.start_ns - self._first[self._find(other)] > self._max_group_ns:
+                other = None  # that group started too long before: the key ties later spans to this one
             if other is None:
                 self._owner[key] = span_id
                 self._keys[root].append(key)

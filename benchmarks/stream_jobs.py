@@ -306,9 +306,6 @@ def compare_trees(events: int, baseline: Path) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def session_scaling(events: int) -> int:
     """The Flink job at parallelism 1, then 2, on a session cluster of two one-slot TaskManagers (each its own JVM
@@ -341,3 +338,8 @@ def session_scaling(events: int) -> int:
     for future in admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]).values():
         future.result()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -45,15 +45,12 @@ def encode_trace(stage: KeyedPipeline) -> bytes:
 
 
 def decode_trace(blob: bytes, config: StageConfig) -> KeyedPipeline:
-    _, state = _versioned(_inflated(blob), 2)
-    return KeyedPipeline.from_state(state, config)
-
-
-def _inflated(blob: bytes) -> bytes:
     try:
-        return zlib.decompressobj().decompress(blob, 1 << 30)  # bounded: a small blob may claim a huge expansion
+        raw = zlib.decompressobj().decompress(blob, 1 << 30)  # bounded: a small blob may claim a huge expansion
     except zlib.error as exc:
         raise UndecodableState(f"not zlib data: {exc}") from None
+    _, state = _versioned(raw, 2)
+    return KeyedPipeline.from_state(state, config)
 
 
 def _versioned(blob: bytes, size: int) -> list[Any]:
@@ -78,7 +75,11 @@ def encode_bucket(stages: dict[str, Any]) -> bytes:
 
 def decode_bucket(kind: str, blob: bytes, config: StageConfig) -> dict[str, Any]:
     """The stages of `encode_bucket` (`kind`: flow, conversation, process or series); UndecodableState for other bytes."""
-    _, states = _versioned(_inflated(blob), 2)
+    try:
+        raw = zlib.decompressobj().decompress(blob, 1 << 30)  # bounded: a small blob may claim a huge expansion
+    except zlib.error as exc:
+        raise UndecodableState(f"not zlib data: {exc}") from None
+    _, states = _versioned(raw, 2)
     if not isinstance(states, dict):
         raise UndecodableState("a bucket's stages are not a map of key to stage")
     make = FlowStage if kind == FLOW else _KEYED[kind]

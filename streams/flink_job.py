@@ -558,7 +558,7 @@ class _Buckets:
     def _replay(self, bucket: _Bucket, entry: bytes) -> None:
         tag, watermark_ns = entry[:1], int.from_bytes(entry[1:9], "big", signed=True)
         if tag != _LOG_ITEMS:
-            for _ in self._advance_keys(bucket, bucket.due(tag, watermark_ns), tag, watermark_ns):
+            for _ in self._advance_keys(bucket, tag, watermark_ns):
                 pass  # emitted before the checkpoint
             return
         size = int.from_bytes(entry[9:11], "big")
@@ -630,19 +630,18 @@ class _Buckets:
     def advance_bucket(self, bucket: _Bucket, ctx: Any, tag: bytes, watermark_ns: int) -> Iterator[Any]:
         """Advance the keys that are due (every key for a final or an idle flush), emit what they give, log it
         (a tick with nothing due changes nothing and logs nothing)."""
-        due = bucket.due(tag, watermark_ns)
-        if due:
-            yield from self._advance_keys(bucket, due, tag, watermark_ns)
+        if bucket.due(tag, watermark_ns):
+            yield from self._advance_keys(bucket, tag, watermark_ns)
             if not bucket.stages:
                 self.snapshot_bucket(bucket)
             else:
                 self.logged(bucket, tag, watermark_ns)
         self.schedule(bucket, ctx)
 
-    def _advance_keys(self, bucket: _Bucket, keys: list[str], tag: bytes, watermark_ns: int) -> Iterator[Any]:
+    def _advance_keys(self, bucket: _Bucket, tag: bytes, watermark_ns: int) -> Iterator[Any]:
         from streams.edge import encode_bucket
 
-        for key in keys:
+        for key in bucket.due(tag, watermark_ns):
             stage = bucket.stages[key]
             out, failure = self.advance(key, stage, tag, watermark_ns)
             if failure is not None:  # no record to blame: the key's state goes to the dead letters, the key starts again

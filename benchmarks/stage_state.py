@@ -11,9 +11,9 @@ through the flow stages, in alternating rounds of the same run:
 - pickled: the baseline plus a pickle of the flow after each record, for scale (what a per-record pickle
   of the former state format cost).
 
-Then the snapshot of the keyed stages after the flow stage (KeyedPipeline, about --trace-spans spans
-waiting their trace gap, advanced after every batch of 50 as a job does): encode and decode, against
-pickle + zlib of the same object (the former format), in the same run.
+Then the keyed stages after the flow stage (KeyedPipeline, about --trace-spans spans waiting their trace
+gap, advanced after every batch of 50 as a job does): every key's stage encoded and decoded as the Faust
+job's tables hold them (encode_keyed), against pickle + zlib of the whole (the former format), in the same run.
 
     .venv/bin/python benchmarks/stage_state.py --events 100000 --rounds 3
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.core_pipeline import timed_events  # noqa: E402
-from streams.edge import decode_trace, encode_flow, encode_trace, flow_record  # noqa: E402
+from streams.edge import decode_keyed, encode_flow, encode_keyed, flow_record  # noqa: E402
 from tracetap.pipeline import KeyedPipeline  # noqa: E402
 from tracetap.stages import FlowStage, StageConfig  # noqa: E402
 
@@ -116,7 +116,7 @@ def main() -> int:
     base = medians["baseline (stage method only)"]
     print(f"flow stages: {len(events):,} socket data events, {args.rounds} alternating rounds, medians")
     for name, rate in medians.items():
-        print(f"  {name:44s} {rate:10,.0f} events/s  {rate / base:5.2f}x  {1e6 / rate - 1e6 / base:+6.1f} us/event")
+        print(f"  {name:50s} {rate:10,.0f} events/s  {rate / base:5.2f}x  {1e6 / rate - 1e6 / base:+6.1f} us/event")
 
     # Events spaced so that about --trace-spans spans wait a trace gap, advanced after every batch as a job does.
     spacing = CONFIG.trace_gap_ns // (2 * args.trace_spans) // 1000  # in units of make_events' 1 us
@@ -134,7 +134,13 @@ def main() -> int:
 
     while at < args.trace_spans * 2:
         batch()
-    codecs = {"data-only (encode_trace / decode_trace)": (encode_trace, lambda b: decode_trace(b, CONFIG)),
+    def encode_keys(pipeline: KeyedPipeline) -> list[tuple[str, bytes]]:
+        return [(kind, encode_keyed(stage, 0)) for kind, stages in pipeline.stages.items() for stage in stages.values()]
+
+    def decode_keys(blobs: list[tuple[str, bytes]]) -> list:
+        return [decode_keyed(kind, blob, CONFIG) for kind, blob in blobs]
+
+    codecs = {"data-only, per key (encode_keyed / decode_keyed)": (encode_keys, decode_keys),
               "pickle + zlib (former format)": (lambda s: zlib.compress(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL), 1),
                                                 lambda b: pickle.loads(zlib.decompress(b)))}
     times: dict[str, tuple[list[float], list[float], int]] = {name: ([], [], 0) for name in codecs}
@@ -146,10 +152,11 @@ def main() -> int:
             decode(blob)
             times[name][0].append(encoded - started)
             times[name][1].append(time.perf_counter() - encoded)
-            times[name] = (times[name][0], times[name][1], len(blob))
+            size = sum(len(b) for _, b in blob) if isinstance(blob, list) else len(blob)
+            times[name] = (times[name][0], times[name][1], size)
     print(f"keyed stages' snapshot: {trace.waiting_spans:,} waiting spans, medians")
     for name, (enc, dec, size) in times.items():
-        print(f"  {name:44s} encode {1e3 * statistics.median(enc):7.1f} ms  decode {1e3 * statistics.median(dec):7.1f} ms  "
+        print(f"  {name:50s} encode {1e3 * statistics.median(enc):7.1f} ms  decode {1e3 * statistics.median(dec):7.1f} ms  "
               f"{size / 1e6:6.2f} MB")
     return 0
 

@@ -182,8 +182,8 @@ def run_faust(settings, events: int, workdir: Path, root: Path = ROOT) -> dict:
             if produced != produced_before:
                 produced_before, last_change = produced, time.monotonic()
             # every request/response pair is one span: done once all are out (the trace stage may not have had a batch yet)
-            if (consumed >= events and stats["produced"].get("spans", 0) >= events // 2 and stats["tables"]["trace-stage.pending_spans"] == 0
-                    and stats["tables"]["trace-stage.open_red_windows"] == 0 and time.monotonic() - last_change > 3):
+            if (consumed >= events and stats["produced"].get("spans", 0) >= events // 2 and stats["tables"]["pending_spans"] == 0
+                    and stats["tables"]["open_red_windows"] == 0 and time.monotonic() - last_change > 3):
                 return {"run_s": last_change - first, "consumed": consumed, "produced": produced}
         raise RuntimeError("the Faust worker did not finish in 30 min")
     finally:

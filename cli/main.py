@@ -327,9 +327,9 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
                            checkpoint_interval_s=streams.flink_checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
                            bounded=args.bounded, source_idle_timeout_s=streams.flink_source_idle_timeout_s,
                            idle_flush_s=streams.idle_flush_s, profile=args.profile, stages=StageConfig.from_settings(streams))
-    logs_dir = state / "logs" / "flink"
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["FLINK_LOG_DIR"] = str(logs_dir)  # the mini-cluster's own log (checkpoints, restarts, task failures)
+    logs_dir = Path(os.environ.get("FLINK_LOG_DIR") or state / "logs" / "flink")  # the mini-cluster's own log (checkpoints,
+    logs_dir.mkdir(parents=True, exist_ok=True)  # restarts, task failures, the Python workers' lines)
+    os.environ["FLINK_LOG_DIR"] = str(logs_dir)
     env = build_job(settings, options, jars)
     where = f"session cluster {args.jobmanager}" if args.target == "remote" else "a local mini-cluster"
     print(f"flink job {args.app_id} on {where}, parallelism {options.parallelism}: raw topics -> spans, paths, metrics, alerts; "

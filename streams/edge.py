@@ -1,6 +1,6 @@
-"""What both engines do around the core, written once: the stages' state and the trace stage's input as
-data-only bytes (JSON of the core's `to_state`, never pickle: these bytes come back from topics and
-checkpoints), and the guard around each call into the core, which turns any exception into a dead-letter
+"""What both engines do around the core, written once: the stages' state and what goes from one stage to
+the next as data-only bytes (JSON of the core's `to_state`, never pickle: these bytes come back from topics
+and checkpoints), and the guard around each call into the core, which turns any exception into a dead-letter
 description and puts the flow's stage back as it was before the record.
 """
 
@@ -18,7 +18,6 @@ import tracetap
 from tracetap.errors import TracetapError, UndecodableState
 from tracetap.model import Span, span_from_state, span_to_state
 from tracetap.keyed import CONVERSATION, PROCESS, SERIES, ConversationStage, ProcessStage, SeriesStage
-from tracetap.pipeline import KeyedPipeline
 from tracetap.stages import FlowStage, StageConfig
 
 STATE_VERSION = 1  # the first element of every encoded state and batch; another version is refused, not guessed at
@@ -39,18 +38,27 @@ def decode_flow(blob: bytes, config: StageConfig) -> tuple[int | None, FlowStage
     return partition, FlowStage.from_state(state, config)
 
 
-def encode_trace(stage: KeyedPipeline) -> bytes:
-    """The keyed stages after the flow stage, hosted as one, as bytes, compressed (they hold every waiting span)."""
-    return zlib.compress(orjson.dumps([STATE_VERSION, stage.to_state()]), 1)
+def encode_keyed(stage: Any, applied: int) -> bytes:
+    """One key's conversation, process or series stage, and the last offset of its input partition applied to it."""
+    return orjson.dumps([STATE_VERSION, applied, stage.to_state()])
 
 
-def decode_trace(blob: bytes, config: StageConfig) -> KeyedPipeline:
-    try:
-        raw = zlib.decompressobj().decompress(blob, 1 << 30)  # bounded: a small blob may claim a huge expansion
-    except zlib.error as exc:
-        raise UndecodableState(f"not zlib data: {exc}") from None
-    _, state = _versioned(raw, 2)
-    return KeyedPipeline.from_state(state, config)
+def decode_keyed(kind: str, blob: bytes, config: StageConfig) -> tuple[int, Any]:
+    """(applied offset, stage) of `encode_keyed` (`kind`: conversation, process or series); UndecodableState for other bytes."""
+    _, applied, state = _versioned(blob, 3)
+    if type(applied) is not int:
+        raise UndecodableState(f"offset {str(applied)[:20]!r} is not a number")
+    return applied, _KEYED[kind].from_state(state, config)
+
+
+def encode_data(state: Any) -> bytes:
+    """JSON-ready data (an engine's own bookkeeping, as a partition's watermarks) as versioned bytes."""
+    return orjson.dumps([STATE_VERSION, state])
+
+
+def decode_data(blob: bytes) -> Any:
+    """The data of `encode_data`, for its owner to check; UndecodableState when the bytes are not one."""
+    return _versioned(blob, 2)[1]
 
 
 def _versioned(blob: bytes, size: int) -> list[Any]:
@@ -89,8 +97,7 @@ def decode_bucket(kind: str, blob: bytes, config: StageConfig) -> dict[str, Any]
 # what goes from one keyed stage to the next -------------------------------------------------------------
 def encode_routed(item: tuple[Any, ...]) -> bytes:
     """A `Routed` item for a stage (tracetap/keyed.py: a span, a span with its hop, a lifecycle event) as bytes."""
-    kind, value, *hop = item
-    return orjson.dumps([STATE_VERSION, kind, span_to_state(value) if kind == "span" else value, *hop])
+    return orjson.dumps([STATE_VERSION, *_routed_data(item)])
 
 
 def decode_routed(blob: bytes) -> tuple[Any, ...]:
@@ -101,13 +108,22 @@ def decode_routed(blob: bytes) -> tuple[Any, ...]:
         raise UndecodableState(f"not JSON ({len(blob)} bytes): {exc}") from None
     if not isinstance(data, list) or len(data) not in (3, 4) or data[0] != STATE_VERSION:
         raise UndecodableState(f"not a version {STATE_VERSION} item")
-    _, kind, value, *hop = data
+    return _routed_item(data[1:])
+
+
+def _routed_data(item: tuple[Any, ...]) -> list[Any]:
+    kind, value, *hop = item
+    return [kind, span_to_state(value) if kind == "span" else value, *hop]
+
+
+def _routed_item(data: list[Any]) -> tuple[Any, ...]:
+    kind, value, *hop = data
     if kind == "span":
         span = span_from_state(value)
         if not hop:
             return ("span", span)
         segments, traced = (hop[0].get("segments"), hop[0].get("callee_traced")) if isinstance(hop[0], dict) else (None, None)
-        if not isinstance(segments, dict) or type(traced) is not bool or not all(
+        if len(hop) != 1 or not isinstance(segments, dict) or type(traced) is not bool or not all(
                 type(k) is str and type(v) in (int, float) for k, v in segments.items()):
             raise UndecodableState(f"not a span's hop: {str(hop[0])[:60]}")
         return ("span", span, {"segments": {k: float(v) for k, v in segments.items()}, "callee_traced": traced})
@@ -117,42 +133,42 @@ def decode_routed(blob: bytes) -> tuple[Any, ...]:
     raise UndecodableState(f"unknown item kind {str(kind)[:20]!r}")
 
 
-# the trace stage's input --------------------------------------------------------------------------------
+# the private topics between the Faust job's stages -----------------------------------------------------
 class StageItem(NamedTuple):
-    """One input of the trace stage: a span (`source`: the input partition whose record completed it, None
-    for a timeout), a lifecycle event (`source`: its partition), a resource tag (`source`: the resource
-    id; `value` None for a tombstone) or, from Faust's flow agent, an input partition's watermark (`value`
-    None while that partition is empty)."""
+    """One entry of a record on a private topic between two of the Faust job's stages: an item for the
+    stage of one key (`source`: that key; `value`: a `Routed` item, see tracetap/keyed.py), an upstream
+    partition's watermark (`source`: which partition; `value` None while it is empty) or a workload tag
+    (`source`: the resource id; `value` None for a tombstone)."""
 
-    kind: str  # span | lifecycle | resource | watermark
-    source: str | None
+    kind: str  # item | watermark | resource
+    source: str
     value: Any
 
 
 def encode_items(items: list[StageItem]) -> bytes:
-    return orjson.dumps([STATE_VERSION, [[i.kind, i.source, span_to_state(i.value) if i.kind == "span" else i.value] for i in items]])
+    return orjson.dumps([STATE_VERSION, [[i.kind, i.source, _routed_data(i.value) if i.kind == "item" else i.value] for i in items]])
 
 
 def decode_items(blob: bytes) -> list[StageItem]:
-    """The items of `encode_items`, each checked for the types the trace stage relies on; UndecodableState
-    for anything else."""
+    """The items of `encode_items`, each checked for the types the stages rely on; UndecodableState for
+    anything else."""
     _, raw = _versioned(blob, 2)
     if not isinstance(raw, list):
         raise UndecodableState("the items are not a list")
     items = []
     for entry in raw:
-        if not isinstance(entry, list) or len(entry) != 3 or (entry[1] is not None and type(entry[1]) is not str):
+        if not isinstance(entry, list) or len(entry) != 3 or type(entry[1]) is not str:
             raise UndecodableState(f"not an item: {str(entry)[:60]}")
         kind, source, value = entry
-        if kind == "span":
-            value = span_from_state(value)
-        elif kind == "lifecycle":
-            _check(value, _LIFECYCLE_FIELDS, "lifecycle event")
+        if kind == "item":
+            if not isinstance(value, list) or len(value) not in (2, 3):
+                raise UndecodableState(f"not a stage's item: {str(value)[:60]}")
+            value = _routed_item(value)
         elif kind == "resource":
             if value is not None:
                 _check(value, _RESOURCE_FIELDS, "resource tag")
         elif kind == "watermark":
-            if source is None or (value is not None and type(value) is not int):
+            if value is not None and type(value) is not int:
                 raise UndecodableState(f"not a partition's watermark: {str(entry)[:60]}")
         else:
             raise UndecodableState(f"unknown item kind {str(kind)[:20]!r}")
@@ -223,16 +239,3 @@ def flow_record(stage: FlowStage, kind: str, record: dict[str, Any], config: Sta
     if failure is None:
         return stage, spans, None
     return FlowStage.from_state(before, config), [], failure
-
-
-def trace_item(stage: KeyedPipeline, item: StageItem) -> tuple[bool, CoreFailure | None]:
-    """One item into the stages after the flow stage: (on time, None), or (True, the failure). Their input
-    methods check what can fail before they change anything, so a failure leaves them as they were."""
-    if item.kind == "span":
-        accepted, failure = call_core(stage.span, item.value)
-    elif item.kind == "lifecycle":
-        accepted, failure = call_core(stage.lifecycle, item.value)
-    else:
-        _, failure = call_core(stage.resource, item.source, item.value)
-        accepted = True
-    return (True, failure) if failure is not None else (accepted, None)

@@ -1,18 +1,20 @@
-"""`tracetap streams faust`: the core's two stages (tracetap/stages.py) hosted by a faust-streaming app.
+"""`tracetap streams faust`: the core's keyed stages (tracetap/stages.py, tracetap/keyed.py) hosted by a faust-streaming app.
 
-    raw.socket-data ┐
-    raw.packets     ├─▶ flow agent (key: flow id, table `flow-stages`) ──▶ <prefix>streams.trace-stage
-    raw.lifecycle   ┘                                                        (1 partition, private)
-    resources ─────────▶ resources agent (forwards workload tags) ──────────┘        │
-                                                                                     ▼
-    spans, paths, metrics.red, metrics.network, alerts ◀── trace agent (table `trace-stage`)
+    raw.socket-data ┐                                    streams.<app>.conversation  streams.<app>.process
+    raw.packets     ├─▶ flow agent (key: flow id,        ──▶  conversation agent    ──┬▶ process agent ──▶ spans, paths,
+    raw.lifecycle   ┘   table flow-stages)                    (conversation-stages)   │  (process-stages)   metrics.red,
+                           └──── lifecycle events ──────────────────────────────────┬─┘                     metrics.network,
+    resources ─▶ resources agent (tags to every partition) ─▶ conversation, series  └▶ series agent  ──▶   alerts
+                                                                                       (series-stages)
 
-One repartition hop: call chains cross flows, hosts and processes, so linking needs every span in
-one place (see the README). State lives in Faust tables backed by changelog topics; each batch's
-outputs are acknowledged by Kafka before the state that produced them is written, and each state
-records the offsets it holds, so a worker killed at any point resumes without loss and re-emits only
-records with the same ids. The tables and the private topic carry streams/edge.py's data-only
-encoding; a record the core raises on is dead-lettered and the job goes on (streams/edge.py).
+Every stage is keyed by something that spreads as traffic grows: the private topic between two stages is
+partitioned by the next stage's key, and each key's stage is one value of its table
+(streams/faust_keyed.py), so the work spreads over as many workers as the raw topics have partitions.
+State lives in Faust tables backed by changelog topics; each batch's outputs are acknowledged by Kafka
+before the state that produced them is written, and each state records the offsets it holds, so a worker
+killed at any point resumes without loss and re-emits only records with the same ids. The tables and the
+private topics carry streams/edge.py's data-only encoding; a record the core raises on is dead-lettered and
+the job goes on (streams/edge.py).
 """
 
 from __future__ import annotations
@@ -37,21 +39,20 @@ from schemas.deadletter import dead_letter_key, dead_letter_record
 from schemas.kafka import faust_credentials
 from schemas.registry import RegistryUnavailable, SchemaRegistry
 from schemas.serde import AvroDeserializer, AvroSerializer, UndecodableRecord
-from streams.edge import (CoreFailure, StageItem, call_core, decode_flow, decode_items, decode_trace, encode_flow, encode_items,
-                          encode_trace, flow_record, trace_item)
-from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, output_records, raw_kinds, registry_waits
+from streams.edge import FLOW, CoreFailure, StageItem, call_core, decode_flow, encode_flow, encode_items, flow_record
+from streams.faust_keyed import KEYED_STAGES, KeyedHop, Outbox, hop_topic
+from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, raw_kinds, registry_waits
 from tracetap.config import Settings
-from tracetap.errors import TracetapError, UndecodableState
+from tracetap.errors import UndecodableState
 from tracetap.eventtime import PartitionClocks
-from tracetap.pipeline import KeyedPipeline
-from tracetap.stages import Emitted, FlowStage, StageConfig
+from tracetap.keyed import CONVERSATION, PROCESS, SERIES, KeyedCounters, Routed, conversation_of, lifecycle_routes
+from tracetap.stages import FlowStage, StageConfig
 
 log = logging.getLogger("tracetap.streams.faust")
 
 COMPONENT = "tracetap streams faust"
-TRACE_STAGE_TOPIC = "streams.trace-stage"  # after the prefix; private to the stream job (streams/edge.py's encode_items)
-_TRACE_KEY = b"trace-stage"
-_MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+_MAX_RECORD_BYTES = 512 * 1024  # of a record between two stages (the producer's default maximum request is 1 MiB)
+_LATE = {CONVERSATION: "span", PROCESS: "process", SERIES: "lifecycle-metrics"}  # the stats page's names for late items
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,17 @@ class WorkerStats:
     recovered_flow_states: int = 0  # flow states the last rebalance recovered from the changelog
     offset_gaps: int = 0  # records Faust skipped, read again after a seek back (see _OffsetGuard)
     started: float = field(default_factory=time.monotonic)
+
+
+def _records_of(items: list[StageItem], limit: int = _MAX_RECORD_BYTES) -> Iterator[bytes]:
+    """The items encoded as records of at most `limit` bytes (halved until they fit; one item is one record)."""
+    blob = encode_items(items)
+    if len(blob) <= limit or len(items) == 1:
+        yield blob
+        return
+    half = len(items) // 2
+    yield from _records_of(items[:half], limit)
+    yield from _records_of(items[half:], limit)
 
 
 def _credentials(settings: Settings) -> dict[str, Any]:
@@ -115,7 +127,9 @@ class _OffsetGuard:
     faust-streaming (0.11, on aiokafka) can skip records when a worker starts with a changelog to recover
     and its group has no committed offsets yet: the agent saw offsets 0..66 of a partition, then 68. The
     guard notices the gap, drops the records past it (they come again) and seeks the partition back to the
-    first missing offset, again each second while it does not come. When the record that showed the gap
+    first missing offset, again each second while it does not come (`retry`, from a timer: when the dropped
+    records were a partition's last, no record comes to prompt it, and Faust's fetcher may have moved its
+    read offset past the seek with records it had already fetched). When the record that showed the gap
     comes a second time, from the re-read, the offsets between hold no records (transaction markers, a
     compacted topic) and it goes on."""
 
@@ -151,6 +165,15 @@ class _OffsetGuard:
         self._next[tp] = max(expected or 0, offset + 1)
         return True
 
+    async def retry(self) -> None:
+        """Seek again each partition whose missing records have not come for RESEEK_S."""
+        now = time.monotonic()
+        for tp, (missing, seen, sought) in list(self._gaps.items()):
+            if now - sought >= self.RESEEK_S:
+                log.info("offset gap: seeking back again partition=%s/%d expected=%d", tp.topic, tp.partition, missing)
+                await self._app.consumer.seek(tp, missing)
+                self._gaps[tp] = (missing, seen, now)
+
     def forget(self) -> None:
         """After a rebalance the group's committed offsets say where each partition starts again."""
         self._next.clear()
@@ -169,7 +192,6 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         options.app_id, broker=f"kafka://{settings.kafka.bootstrap_servers.replace(',', ';kafka://')}", store=options.store,
         web_port=options.web_port, topic_replication_factor=settings.topics.replication_factor, producer_acks=-1,
         consumer_auto_offset_reset="earliest", topic_allow_declare=True, table_standby_replicas=0,
-        producer_max_request_size=_MAX_SNAPSHOT_BYTES, consumer_max_fetch_size=_MAX_SNAPSHOT_BYTES,
         broker_session_timeout=options.session_timeout_s,
         **_credentials(settings))
 
@@ -178,34 +200,35 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
 
     raw = raw_topic(*RAW_INPUTS)
     resources = raw_topic(RESOURCES)
-    trace_stage_topic = app.topic(prefix + TRACE_STAGE_TOPIC, partitions=1, key_serializer="raw", value_serializer="raw",
-                                  internal=True, retention=7 * 86400)
     outputs = {spec.name: raw_topic(spec) for spec in OUTPUTS}
-    flow_table = app.Table("flow-stages", partitions=SOCKET_DATA.partitions, key_type=bytes, value_type=bytes)
-    # The trace stage is one value, snapshotted whole after each batch (zlib), so its changelog takes large records.
-    trace_table = app.Table("trace-stage", partitions=1, key_type=bytes, value_type=bytes,
-                            extra_topic_configs={"max.message.bytes": str(_MAX_SNAPSHOT_BYTES)})
+    partitions = SOCKET_DATA.partitions  # of each keyed stage's topic and table: as many workers as the flow stage
+    flow_table = app.Table("flow-stages", partitions=partitions, key_type=bytes, value_type=bytes)
     flow_clock = PartitionClocks(options.stages.max_out_of_order_ns, options.stages.allowed_lateness_ns)
     flows: dict[bytes, tuple[int, FlowStage]] = {}  # key -> (partition, stage), the worker's view of flow_table
     deadlines: list[tuple[int, bytes]] = []  # heap of (when a flow next has work, its key), for the flows in `flows`
     unsaved: set[bytes] = set()  # flow keys changed by a timer before any event of their partition came
-    trace_box: list[KeyedPipeline] = []
-    flow_events, trace_events = _PartitionEvents(), _PartitionEvents()
+    flow_events = _PartitionEvents()
     guard = _OffsetGuard(app, stats)
-    last_input = {"flow": time.monotonic(), "trace": time.monotonic()}
-    flushed = {"flow": False, "trace": False}  # an idle flush ran since the last input
+    last_input = {FLOW: time.monotonic(), **{kind: time.monotonic() for kind in KEYED_STAGES}}
+    flushed = {FLOW: False, **{kind: False for kind in KEYED_STAGES}}  # an idle flush ran since the last input
     positions: dict[str, int] = {}  # "topic/partition" -> the last offset processed, for the lag figures
-    raw_marks: dict[str, int | None] = {}  # raw "topic/partition" -> its watermark, as its flow agent last sent it
     topic_kind = raw_kinds(prefix)
 
     # helpers -------------------------------------------------------------------------------------------
-    async def dead_letter(event: Any, reason: str, detail: str, failure: CoreFailure | None = None, value: bytes | None = None) -> None:
-        """The event's record (or `value`, the part of it that failed) to the dead-letter topic."""
-        message = event.message
-        await send_dead_letter(dead_letter_record(
-            COMPONENT, reason, detail, message.topic, message.partition, message.offset,
-            int(message.timestamp * 1000) if message.timestamp else None, message.key, message.value if value is None else value,
-            dict(message.headers or {}), failure and failure.exception_type, failure and failure.frame))
+    async def dead_letter(event: Any, reason: str, detail: str, failure: CoreFailure | None = None, value: bytes | None = None, *,
+                          key: bytes | None = None, topic: str | None = None) -> None:
+        """The event's record (or `value`, the part of it that failed) to the dead-letter topic; without an
+        event (a stage's advance, a table value), `value` under `key` from `topic`."""
+        if event is None:
+            record = dead_letter_record(COMPONENT, reason, detail, topic, None, None, None, key, value, None,
+                                        failure and failure.exception_type, failure and failure.frame)
+        else:
+            message = event.message
+            record = dead_letter_record(
+                COMPONENT, reason, detail, message.topic, message.partition, message.offset,
+                int(message.timestamp * 1000) if message.timestamp else None, message.key, message.value if value is None else value,
+                dict(message.headers or {}), failure and failure.exception_type, failure and failure.frame)
+        await send_dead_letter(record)
 
     async def send_dead_letter(record: dict[str, Any]) -> None:
         reason = record["reason"]
@@ -258,19 +281,6 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             held = flows[key] = held or (partition, FlowStage(options.stages))
         return held[1]
 
-    async def trace_stage() -> KeyedPipeline:
-        if not trace_box:
-            with trace_events.of(0):
-                blob = trace_table.get(_TRACE_KEY)
-            stage = None
-            if blob is not None:
-                try:
-                    stage = decode_trace(blob, options.stages)
-                except UndecodableState as exc:
-                    await undecodable_state(trace_table, 0, _TRACE_KEY, blob, exc)
-            trace_box.append(stage or KeyedPipeline(options.stages))
-        return trace_box[0]
-
     def persist_flows(keys: set[bytes]) -> None:
         """Write the changed flow states (table store and changelog), once their outputs are in Kafka."""
         for key in keys | unsaved:
@@ -311,26 +321,38 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             marks[slot] = clock.watermark_ns if clock is not None else None if records_left(tp) == 0 else 0
         return marks
 
-    def raw_watermark() -> int | None:
-        """The lowest watermark of the raw partitions that hold time back; None until every partition of every
-        raw topic has reported (a worker that has not sent its first batch yet holds time back too)."""
-        marks = []
+    def raw_partitions() -> list[str] | None:
+        """Every partition of every raw topic: the conversation stage's upstreams (None until all are known)."""
+        slots = []
         for topic in topic_kind:
             count = app.consumer.topic_partitions(topic)
             if not count:
                 return None
-            for partition in range(count):
-                slot = f"{topic}/{partition}"
-                if slot not in raw_marks:
-                    return None
-                if raw_marks[slot] is not None:
-                    marks.append(raw_marks[slot])
-        return min(marks) if marks else None
+            slots += [f"{topic}/{partition}" for partition in range(count)]
+        return slots
 
-    async def send_to_trace_stage(items: list[StageItem]) -> None:
-        if items:
-            fut = await trace_stage_topic.send(key=_TRACE_KEY, value=encode_items(items), force=True)
-            await fut  # delivered before the state that produced it is written
+    conversation_partitions = [f"{CONVERSATION}/{partition}" for partition in range(partitions)]
+    hop_topics = {kind: app.topic(hop_topic(prefix, options.app_id, kind), partitions=partitions, key_serializer="raw", value_serializer="raw",
+                                  internal=True, retention=7 * 86400) for kind in KEYED_STAGES}
+    hops = {kind: KeyedHop(kind, options.stages, partitions, app.Table(f"{kind}-stages", partitions=partitions, key_type=bytes,
+                                                                       value_type=bytes),
+                           _PartitionEvents(), raw_partitions if kind == CONVERSATION else lambda: conversation_partitions, dead_letter)
+            for kind in KEYED_STAGES}
+
+    async def send_outbox(outbox: Outbox) -> None:
+        """One record per stage and partition, each stage's acknowledged before those of the stages upstream
+        of it are sent (so a lifecycle event from the flow stage is in the series stage's topic before the
+        watermarks that passed it come from the conversation stage), all before the state that sent them
+        is written."""
+        for group in ((PROCESS, SERIES), (CONVERSATION,)):
+            futures = []
+            for (kind, partition), items in sorted(outbox.items.items()):
+                if kind in group:
+                    for blob in _records_of(items):
+                        futures.append(await hop_topics[kind].send(value=blob, partition=partition, force=True))
+                    last_input[kind], flushed[kind] = time.monotonic(), False  # its idle flush waits for these
+            if futures:
+                await asyncio.gather(*futures)
 
     def schedule(keys: set[bytes]) -> None:
         """Note when each of these flows next has work (`FlowStage.next_deadline_ns`), as Flink's timers."""
@@ -340,14 +362,13 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             if due is not None:
                 heapq.heappush(deadlines, (due, key))
 
-    async def advance_flows(watermark_ns: int, touched: set[bytes]) -> list[StageItem]:
+    async def advance_flows(watermark_ns: int, touched: set[bytes], outbox: Outbox) -> None:
         """`advance` at this watermark for the flows with work due by then (the others would return nothing):
-        the spans they time out, and the keys they changed into `touched`. A batch costs what is due, not
-        the number of open flows."""
+        the spans they time out into the outbox, and the keys they changed into `touched`. A batch costs what
+        is due, not the number of open flows."""
         due_keys = set()
         while deadlines and deadlines[0][0] <= watermark_ns:
             due_keys.add(heapq.heappop(deadlines)[1])  # an entry whose flow has gone or moved on costs one advance
-        forward = []
         for key in sorted(due_keys & flows.keys()):
             partition, stage = flows[key]
             due, failure = call_core(stage.advance, watermark_ns)
@@ -355,17 +376,18 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                 await stage_failed(key, partition, stage, failure)
                 touched.add(key)
                 continue
-            forward += [StageItem("span", None, span) for span in due]
+            for span in due:
+                outbox.route(Routed(CONVERSATION, conversation_of(span), ("span", span)))
             if due or stage.empty:  # an emptied stage (idle assemblers forgotten) leaves the table
                 touched.add(key)
         schedule(due_keys & flows.keys())
-        return forward
 
-    async def emit(out: Emitted) -> None:
+    async def emit(routed: list[Routed]) -> None:
+        """The records of a stage's advance for the output topics (`Routed.to`: the topic, `Routed.key`: the record's key)."""
         futures = []
-        for spec, key, record in output_records(out):
-            futures.append(await outputs[spec.name].send(key=key.encode(), value=encoders[spec.name](record), force=True))
-            stats.produced[spec.name] += 1
+        for route in routed:
+            futures.append(await outputs[route.to].send(key=route.key.encode(), value=encoders[route.to](route.item), force=True))
+            stats.produced[route.to] += 1
         if futures:
             await asyncio.gather(*futures)
 
@@ -373,8 +395,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     @app.agent(raw)
     async def flow_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
-            last_input["flow"], flushed["flow"] = time.monotonic(), False
-            forward: list[StageItem] = []
+            last_input[FLOW], flushed[FLOW] = time.monotonic(), False
+            outbox = Outbox(partitions)
             touched: set[bytes] = set()
             for event in events:
                 if not await guard.admit(event):
@@ -403,84 +425,65 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
                         if failure is not None:
                             flows[key] = (flows[key][0], stage)  # as before the record
                             await dead_letter(event, failure.reason, failure.detail, failure)
-                        forward += [StageItem("span", slot, span) for span in spans]
+                        for span in spans:
+                            outbox.route(Routed(CONVERSATION, conversation_of(span), ("span", span)))
                         if kind == "lifecycle" and failure is None:
-                            forward.append(StageItem("lifecycle", slot, record))
+                            for route in lifecycle_routes(record):
+                                outbox.route(route)
                 stage.applied[slot] = message.offset
                 touched.add(key)
             schedule(touched)
             marks = await partition_marks()
             held = [m for m in marks.values() if m is not None]
-            forward += await advance_flows(min(held) if held else flow_clock.watermark_ns, touched)
-            # after the spans: the trace stage judges them by the time before this batch, as Flink's watermarks
-            forward += [StageItem("watermark", slot, mark) for slot, mark in sorted(marks.items())]
-            await send_to_trace_stage(forward)
+            await advance_flows(min(held) if held else flow_clock.watermark_ns, touched, outbox)
+            # after the spans: the conversation stage judges them by the time before this batch, as Flink's watermarks
+            for slot, mark in sorted(marks.items()):
+                outbox.everywhere(CONVERSATION, StageItem("watermark", slot, mark))
+            await send_outbox(outbox)
             persist_flows(touched)
 
     @app.agent(resources)
     async def resources_agent(stream: faust.StreamT) -> None:
+        """Workload tags to every partition of the stages that tag (Flink's broadcast state)."""
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
-            items: list[StageItem] = []
+            outbox = Outbox(partitions)
             for event in events:
                 if not await guard.admit(event):
                     continue
                 stats.consumed["resource"] += 1
                 positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
-                value = event.message.value
                 resource_id = (event.message.key or b"").decode(errors="replace")
-                if value is None:
-                    items.append(StageItem("resource", resource_id, None))
-                    continue
-                record = await decoded(event)
-                if record is not None:
-                    items.append(StageItem("resource", record["resource_id"], record))
-            await send_to_trace_stage(items)
+                record = None if event.message.value is None else await decoded(event)
+                if event.message.value is not None and record is None:
+                    continue  # dead-lettered
+                for kind in (CONVERSATION, SERIES):
+                    outbox.everywhere(kind, StageItem("resource", record["resource_id"] if record else resource_id, record))
+            await send_outbox(outbox)
 
-    # stage 2: the whole pipeline ---------------------------------------------------------------------------
-    @app.agent(trace_stage_topic)
-    async def trace_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
-            last_input["trace"], flushed["trace"] = time.monotonic(), False
-            trace_events.note(events[-1])
-            stage = await trace_stage()
-            for event in events:
-                if not await guard.admit(event):
-                    continue
-                message = event.message
-                slot = f"{message.topic}/{message.partition}"
-                positions[slot] = message.offset
-                if stage.applied.get(slot, -1) >= message.offset:
-                    stats.replayed += 1
-                    continue
-                try:
-                    items = decode_items(message.value)
-                except UndecodableState as exc:  # not the flow agent's encoding: never unpickled, never run
-                    items = []
-                    await dead_letter(event, "UNDECODABLE_STATE", str(exc))
-                for item in items:
-                    if item.kind == "watermark":  # a raw partition's time, from the flow agent that reads it
-                        raw_marks[item.source] = item.value
-                        continue
-                    on_time, failure = trace_item(stage, item)
-                    if failure is not None:
-                        await dead_letter(event, failure.reason, failure.detail, failure, value=encode_items([item]))
-                    elif not on_time:
-                        stats.late["span" if item.kind == "span" else "lifecycle-metrics"] += 1
-                stage.applied[slot] = message.offset
-                watermark = raw_watermark()
-                if watermark is not None:  # the items of the next message are judged by it, as in Flink
-                    stage.engine_watermark(watermark)
-            await finish_trace_batch(stage, stage.advance())
+    # stages 2 to 4: per conversation, process and series --------------------------------------------------
+    def hop_agent(kind: str) -> None:
+        hop = hops[kind]
 
-    async def finish_trace_batch(stage: KeyedPipeline, out: Emitted) -> None:
-        await emit(out)
-        blob = encode_trace(stage)
-        if len(blob) > _MAX_SNAPSHOT_BYTES:
-            raise TracetapError(f"the trace stage's state is {len(blob)} bytes, over {_MAX_SNAPSHOT_BYTES}: lower --trace-gap-s "
-                                "or the metric window, or run the Flink job")
-        with trace_events.of(0) as known:
-            if known:  # else the next batch writes it
-                trace_table[_TRACE_KEY] = blob
+        async def agent(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
+                last_input[kind], flushed[kind] = time.monotonic(), False
+                admitted = []
+                for event in events:
+                    if await guard.admit(event):
+                        hop.events.note(event)
+                        positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
+                        admitted.append(event)
+                outbox = Outbox(partitions)
+                routed = await hop.batch(admitted, outbox)
+                await send_outbox(outbox)
+                await emit(routed)
+                hop.save()
+
+        agent.__name__ = agent.__qualname__ = f"{kind}_agent"
+        app.agent(hop_topics[kind], name=f"{kind}_agent")(agent)
+
+    for kind in KEYED_STAGES:
+        hop_agent(kind)
 
     def caught_up(topics: Any) -> bool:
         """No record left to read in this worker's partitions of these topics: an agent that did not get a batch
@@ -490,32 +493,35 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     @app.timer(interval=1.0)
     async def idle_flush() -> None:
         """Event time stands still without input: after idle_flush_s without a record, and none left to read,
-        time out open requests and emit what waits."""
+        time out open requests and emit what waits, a stage at a time (each after the one before it)."""
+        await guard.retry()
         now = time.monotonic()
-        if not flushed["flow"] and now - last_input["flow"] >= options.idle_flush_s and caught_up(topic_kind):
-            flushed["flow"] = True
+        if not flushed[FLOW] and now - last_input[FLOW] >= options.idle_flush_s and caught_up(topic_kind):
+            flushed[FLOW] = True
             touched: set[bytes] = set()
-            horizon = flow_clock.max_seen_ns + options.stages.flush_horizon_ns
-            timed_out = await advance_flows(horizon, touched)
-            await send_to_trace_stage(timed_out)
+            outbox = Outbox(partitions)
+            await advance_flows(flow_clock.max_seen_ns + options.stages.flush_horizon_ns, touched, outbox)
+            await send_outbox(outbox)
             persist_flows(touched)
-            if timed_out:  # the trace stage has input on its way: its flush waits for it, or those spans would come late
-                last_input["trace"] = now
-        if trace_box and not flushed["trace"] and flushed["flow"] and now - last_input["trace"] >= options.idle_flush_s \
-                and caught_up({trace_stage_topic.get_topic_name()}):
-            flushed["trace"] = True
-            stage = trace_box[0]
-            if stage.has_open_work:
-                out = stage.advance(final=True)
-                log.info("idle flush spans=%d paths=%d red=%d alerts=%d", len(out.spans), len(out.paths), len(out.red), len(out.alerts))
-                await finish_trace_batch(stage, out)
+        for kind, before in ((CONVERSATION, (FLOW,)), (PROCESS, (CONVERSATION,)), (SERIES, (FLOW, CONVERSATION))):
+            hop = hops[kind]
+            if flushed[kind] or not all(flushed[b] for b in before) or now - last_input[kind] < options.idle_flush_s \
+                    or not caught_up({hop_topics[kind].get_topic_name()}):
+                continue
+            flushed[kind] = True
+            if hop.open_work:
+                outbox = Outbox(partitions)
+                routed = await hop.flush(outbox)
+                log.info("idle flush stage=%s routed=%d outputs=%d", kind, sum(map(len, outbox.items.values())), len(routed))
+                await send_outbox(outbox)
+                await emit(routed)
+                hop.save()
 
     # operability ----------------------------------------------------------------------------------------------
     @app.page("/tracetap/stats/")
     async def stats_page(web: Any, request: Any) -> Any:
-        trace = trace_box[0] if trace_box else None
         lag = {}
-        inputs = {*topic_kind, RESOURCES.full_name(prefix), trace_stage_topic.get_topic_name()}
+        inputs = {*topic_kind, RESOURCES.full_name(prefix), *(topic.get_topic_name() for topic in hop_topics.values())}
         for tp in app.consumer.assignment() if app.consumer else ():
             if tp.topic not in inputs:
                 continue
@@ -523,14 +529,21 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             if left is not None:
                 lag[f"{tp.topic}/{tp.partition}"] = left
         elapsed = max(time.monotonic() - stats.started, 1e-9)
+        late = Counter(stats.late)
+        for kind, name in _LATE.items():
+            if hops[kind].late:
+                late[name] += hops[kind].late
+        counters = KeyedCounters()
+        for hop in hops.values():
+            counters.add(hop.counters)
         return web.json({
             "consumed": dict(stats.consumed), "consumed_per_s": sum(stats.consumed.values()) / elapsed,
-            "produced": dict(stats.produced), "dead_letters": dict(stats.dead_letters), "late": dict(stats.late),
-            "replayed_skipped": stats.replayed, "recovered_flow_states": stats.recovered_flow_states, "lag": lag,
-            "offset_gaps": stats.offset_gaps, "positions": dict(positions),
-            "tables": {"flow-stages": len(flows), "trace-stage.pending_spans": trace.waiting_spans if trace else 0,
-                       "trace-stage.open_red_windows": trace.open_windows if trace else 0},
-            "trace_stage": asdict(trace.counters) if trace else {},
+            "produced": dict(stats.produced), "dead_letters": dict(stats.dead_letters), "late": dict(late),
+            "replayed_skipped": stats.replayed + sum(hop.replayed for hop in hops.values()),
+            "recovered_flow_states": stats.recovered_flow_states, "lag": lag, "offset_gaps": stats.offset_gaps, "positions": dict(positions),
+            "tables": {"flow-stages": len(flows), **{f"{kind}-stages": len(hop.held) for kind, hop in hops.items()},
+                       "pending_spans": hops[CONVERSATION].waiting + hops[PROCESS].waiting, "open_red_windows": hops[SERIES].waiting},
+            "keyed_stages": asdict(counters),
         })
 
     @app.on_partitions_revoked.connect
@@ -543,16 +556,25 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         deadlines.clear()
         unsaved.clear()
         guard.forget()
-        trace_box.clear()
         flow_events.forget()
-        trace_events.forget()
+        for hop in hops.values():
+            hop.events.forget()
         log.info("partitions assigned count=%d partitions=%s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         stats.recovered_flow_states = len(flow_table.data)
-        log.info("rebalance complete; tables recovered flow_states=%d trace_stage=%s", len(flow_table.data),
-                 "recovered" if _TRACE_KEY in trace_table.data else "new")
+        for key, blob in list(flow_table.data.items()):  # each recovered flow's next deadline, as its timer: a quiet
+            try:  # flow's open requests time out without a new record (one not decodable is reported when it is read)
+                partition, stage = decode_flow(blob, options.stages)
+            except UndecodableState:
+                continue
+            if partition is not None and key not in flows:
+                flows[key] = (partition, stage)
+        schedule(set(flows))
+        for hop in hops.values():
+            await hop.recover()
+        log.info("rebalance complete; tables recovered flow_states=%d %s", len(flow_table.data),
+                 " ".join(f"{kind}_states={len(hop.held)}" for kind, hop in hops.items()))
 
     return app, stats
-

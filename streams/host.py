@@ -1,38 +1,25 @@
 """What every engine does around the core, written once: the topics a job reads and writes (declared from
-the catalog), the record kind of each raw topic, the output records of a trace-stage advance with their
-topic and key, and the wait for a registry that does not answer. The Faust and Flink files only adapt
-these to their engine (streams/edge.py holds the state encodings and the guard around the core).
+the catalog), the record kind of each raw topic, and the wait for a registry that does not answer. The
+Faust and Flink files only adapt these to their engine (streams/edge.py holds the state encodings and the guard around the core).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
-from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS,
-                             TopicSpec)
-from tracetap.stages import Emitted
+from schemas.catalog import ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
 
 log = logging.getLogger("tracetap.streams")
 
 RAW_INPUTS = (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE)  # keyed by flow id: the flow stage reads them as they are partitioned
 OUTPUTS = (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)
 _KINDS = {SOCKET_DATA.name: "socket_data", PACKETS.name: "packet", SOCKET_LIFECYCLE.name: "lifecycle"}  # FlowStage's record methods
-_ROUTES = ((SPANS, "spans", "flow_id"), (PATHS, "paths", "flow_id"), (RED_METRICS, "red", "metric_id"),
-           (NETWORK_METRICS, "network", "metric_id"), (ALERTS, "alerts", "alert_id"))  # Emitted's lists, and each record's key
 
 
 def raw_kinds(prefix: str) -> dict[str, str]:
     """Each raw topic's full name -> the kind of record it holds (socket_data, packet, lifecycle)."""
     return {spec.full_name(prefix): _KINDS[spec.name] for spec in RAW_INPUTS}
-
-
-def output_records(out: Emitted) -> Iterator[tuple[TopicSpec, str, dict[str, Any]]]:
-    """(topic, key, record) of everything one advance emitted, in the order the core emitted it per topic."""
-    for spec, field, key in _ROUTES:
-        for record in getattr(out, field):
-            yield spec, record[key], record
 
 
 def registry_waits() -> Iterator[float]:

@@ -29,7 +29,7 @@ import heapq
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
-from tracetap.alerts import AlertConfig, DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_in_process
+from tracetap.alerts import DnsAccumulator, RegressionTracker, dns_storm, failed_dependency, slow_in_process
 from tracetap.errors import UndecodableState
 from tracetap.metrics import NetworkKey, NetworkWindows, RedKey, RedWindows, TumblingWindows, network_key
 from tracetap.model import Span, TapSide, span_from_state, span_to_state, stable_id, w3c_trace_id
@@ -184,6 +184,11 @@ class ConversationStage:
     def open_work(self) -> bool:
         return bool(self.requests)
 
+    @property
+    def waiting(self) -> int:
+        """Spans waiting for the rest of their request (what an engine's stats show)."""
+        return sum(map(len, self.requests.values()))
+
     def advance(self, watermark_ns: int, workloads: WorkloadIndex, final: bool = False) -> list[Routed]:
         """Every request whose last point ended a trace gap before the watermark (all of them when `final`)."""
         horizon = watermark_ns - self.config.trace_gap_ns
@@ -319,6 +324,11 @@ class ProcessStage:
     def open_work(self) -> bool:
         return bool(self.pending)
 
+    @property
+    def waiting(self) -> int:
+        """Spans waiting for their process's links (what an engine's stats show)."""
+        return len(self.pending)
+
     def advance(self, watermark_ns: int, final: bool = False) -> list[Routed]:
         """Every server span with the calls it made, once the watermark is two trace gaps past its group's last end:
         a call's hop leaves its conversation a gap after the hop's last point, which may end a little after the
@@ -423,6 +433,11 @@ class SeriesStage:
     @property
     def open_work(self) -> bool:
         return bool(len(self.red) or len(self.network) or len(self.dns))
+
+    @property
+    def waiting(self) -> int:
+        """RED windows not closed yet (what an engine's stats show)."""
+        return len(self.red)
 
     def advance(self, watermark_ns: int, final: bool = False) -> list[Routed]:
         window_watermark = watermark_ns - self.config.trace_gap_ns

@@ -108,12 +108,11 @@ class KeyedPipeline:
 
     @property
     def waiting_spans(self) -> int:
-        return sum(sum(map(len, s.requests.values())) for s in self.stages[CONVERSATION].values()) + \
-            sum(len(s.pending) for s in self.stages[PROCESS].values())
+        return sum(s.waiting for kind in (CONVERSATION, PROCESS) for s in self.stages[kind].values())
 
     @property
     def open_windows(self) -> int:
-        return sum(len(s.red) for s in self.stages[SERIES].values())
+        return sum(s.waiting for s in self.stages[SERIES].values())
 
     # state --------------------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def _run_worker(settings, app_id, web_port, kill_after_s=None, extra_env=None):
 
         def settled(stats):
             nonlocal last
-            done = (stats["tables"]["trace-stage.pending_spans"] == 0 and stats["tables"]["trace-stage.open_red_windows"] == 0
+            done = (stats["tables"]["pending_spans"] == 0 and stats["tables"]["open_red_windows"] == 0
                     and sum(stats["lag"].values()) == 0 and stats["lag"] and stats["produced"] == last.get("produced"))
             last = stats
             return done and sum(stats["produced"].values()) > 0
@@ -400,8 +400,8 @@ class _Marker:
         return (open, (str(self.path), "w"))
 
 
-def test_pickles_in_the_private_topic_and_the_changelogs_are_reported_and_never_run(job, registry, admin, tmp_path):
-    from streams.faust_app import TRACE_STAGE_TOPIC
+def test_pickles_in_the_private_topics_and_the_changelogs_are_reported_and_never_run(job, registry, admin, tmp_path):
+    from streams.faust_keyed import hop_topic
 
     settings = _copy_input(job["settings"], admin, registry, "pickled.")
     control = tmp_path / "control"
@@ -410,19 +410,19 @@ def test_pickles_in_the_private_topic_and_the_changelogs_are_reported_and_never_
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(_Marker(marker))
     app_id = f"tt-faust-pickle-{uuid.uuid4().hex[:6]}"
-    flow_changelog, trace_changelog = f"{app_id}-flow-stages-changelog", f"{app_id}-trace-stage-changelog"
-    trace_topic = settings.topics.prefix + TRACE_STAGE_TOPIC
+    flow_changelog, conversation_changelog = f"{app_id}-flow-stages-changelog", f"{app_id}-conversation-stages-changelog"
+    conversation_topic = hop_topic(settings.topics.prefix, app_id, "conversation")
     replicas = settings.topics.replication_factor
-    created = admin.create_topics([NewTopic(flow_changelog, SOCKET_DATA.partitions, replicas, config={"cleanup.policy": "compact"}),
-                                   NewTopic(trace_changelog, 1, replicas, config={"cleanup.policy": "compact"}),
-                                   NewTopic(trace_topic, 1, replicas)], operation_timeout=30)
+    created = admin.create_topics([NewTopic(name, SOCKET_DATA.partitions, replicas, config={"cleanup.policy": "compact"})
+                                   for name in (flow_changelog, conversation_changelog)]
+                                  + [NewTopic(conversation_topic, SOCKET_DATA.partitions, replicas)], operation_timeout=30)
     for future in created.values():
         future.result()
     flow = read_until_idle(settings, SOCKET_DATA.full_name(settings.topics.prefix), idle_s=1)[0]  # a flow the worker will read
     producer = Producer(client_config(settings.kafka))
     producer.produce(flow_changelog, payload, flow.key(), partition=flow.partition())  # its partition: where the table looks
-    producer.produce(trace_changelog, payload, b"trace-stage", partition=0)
-    producer.produce(trace_topic, payload, b"trace-stage", partition=0)
+    producer.produce(conversation_changelog, payload, b"client|10.0.0.1|40000", partition=2)
+    producer.produce(conversation_topic, payload, None, partition=3)
     assert producer.flush(30) == 0
 
     stats = _run_worker(settings, app_id, free_port())
@@ -430,9 +430,10 @@ def test_pickles_in_the_private_topic_and_the_changelogs_are_reported_and_never_
     assert not marker.exists()
     assert stats["dead_letters"]["UNDECODABLE_STATE"] == 3
     letters = [d for d in _dead_letters(settings, registry) if d["reason"] == "UNDECODABLE_STATE"]
-    assert sorted(d["source_topic"] for d in letters) == sorted([flow_changelog, trace_changelog, trace_topic])
+    assert sorted(d["source_topic"] for d in letters) == sorted([flow_changelog, conversation_changelog, conversation_topic])
     assert all(d["value"] == payload for d in letters)
     assert [d["key"] for d in letters if d["source_topic"] == flow_changelog] == [flow.key()]
+    assert [d["key"] for d in letters if d["source_topic"] == conversation_changelog] == [b"client|10.0.0.1|40000"]
     _assert_same_records(job, _outputs(settings, registry))  # the job went on as if they were not there
 
 
@@ -553,8 +554,10 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
     # Restored as a streaming job (a bounded Kafka source restored from a checkpoint never finishes, FLINK-31006):
     # the rest of the input, then the idle flush, then the commit at the next checkpoint.
     command = [c for c in _flink_command(app_id, checkpoints, "--from-checkpoint", "latest") if c != "--bounded"]
+    flink_logs = tmp_path / "restored-flink-log"
     with tempfile.TemporaryFile("w+") as log:
-        restored = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        restored = subprocess.Popen(command, cwd=REPO, env=dict(env, FLINK_LOG_DIR=str(flink_logs)), stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         try:
             deadline = time.monotonic() + 300
             while True:
@@ -563,7 +566,7 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
                 if len(got["spans"]) >= len(job["spans"]) and len(got["metrics.red"]) >= len(job["metrics.red"]):
                     break
                 log.seek(0)
-                assert restored.poll() is None and time.monotonic() < deadline, log.read()[-3000:]
+                assert restored.poll() is None and time.monotonic() < deadline, (log.read()[-3000:], _flink_log_tail(flink_logs))
             time.sleep(3)  # anything more (a duplicate) would be committed by now
             log.seek(0)
             assert "restoring from" in log.read()
@@ -571,6 +574,13 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
             os.killpg(restored.pid, signal.SIGKILL)
             restored.wait()
     _assert_same_records(job, _outputs(settings, registry), exactly_once=True)
+
+
+def _flink_log_tail(logs, lines=60):
+    """What a mini-cluster's log says about a job that did not get there: its warnings and errors, then its last lines."""
+    text = "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
+    notable = [line for line in text.splitlines() if " WARN " in line or " ERROR " in line or "Exception" in line]
+    return "\n".join(notable[-lines:] + ["..."] + text.splitlines()[-lines:])
 
 
 def _records_per_subtask(rest, job_id):

@@ -3,10 +3,11 @@ raise becomes a dead-letter description (reason, exception type, the core's fram
 left as it was before the record, so the records after it give what they give without it."""
 
 from benchmarks.core_pipeline import timed_events
-from streams.edge import StageItem, call_core, failure_of, flow_record, trace_item
+from streams.edge import call_core, failure_of, flow_record
 from tracetap.errors import InvalidEvent
-from tracetap.pipeline import KeyedPipeline
+from tracetap.keyed import SeriesStage
 from tracetap.stages import FlowStage, StageConfig
+from tracetap.workloads import WorkloadIndex
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S
@@ -109,14 +110,14 @@ def _raised(fn):
     raise AssertionError("did not raise")
 
 
-def test_a_lifecycle_item_the_trace_stage_raises_on_changes_nothing():
-    stage = KeyedPipeline(CONFIG)
+def test_a_lifecycle_event_the_series_stage_raises_on_changes_nothing():
+    stage, workloads = SeriesStage(CONFIG), WorkloadIndex()
     good = {"host": "node", "time": T0, "kind": "RTT_SAMPLE", "pid": 7, "socket_id": 1, "local_ip": "10.0.0.1", "local_port": 40000,
             "remote_ip": "10.0.0.2", "remote_port": 80, "role": "CLIENT", "l4_protocol": "TCP", "srtt_us": 300, "bytes_sent": None,
             "bytes_received": None, "error_code": None, "error_name": None}
-    assert trace_item(stage, StageItem("lifecycle", "p", good)) == (True, None)
+    assert call_core(stage.lifecycle, good, 0, workloads) == (True, None)
     before = stage.to_state()
     broken = dict(good, time=T0 + S, srtt_us="300")  # the same window and key: the accumulator exists
-    on_time, failure = trace_item(stage, StageItem("lifecycle", "p", broken))
+    on_time, failure = call_core(stage.lifecycle, broken, 0, workloads)
     assert failure is not None and failure.exception_type == "TypeError"
     assert stage.to_state() == before

@@ -47,3 +47,21 @@ def test_offsets_without_records_pass_once_the_re_read_shows_the_same_next_recor
     admitted, seeks, gaps = _run([10, 11, 13, 14, 13, 14, 15])
     assert admitted == [10, 11, 13, 14, 15]
     assert seeks == [(3, 12)] and gaps == 1
+
+
+def test_a_gap_whose_records_never_come_back_is_sought_again_without_new_records(monkeypatch):
+    # 68 was the partition's last record: nothing more comes to prompt a second seek, so the timer's retry does
+    stats, consumer = WorkerStats(), _Consumer()
+    guard = _OffsetGuard(SimpleNamespace(consumer=consumer), stats)
+    clock = [100.0]
+    monkeypatch.setattr("streams.faust_app.time.monotonic", lambda: clock[0])
+
+    async def run():
+        admitted = [o for o in (65, 66, 68) if await guard.admit(SimpleNamespace(message=SimpleNamespace(tp=TP, offset=o)))]
+        await guard.retry()  # too soon
+        clock[0] += 1.5
+        await guard.retry()
+        return admitted
+
+    assert asyncio.run(run()) == [65, 66]
+    assert consumer.seeks == [(3, 67), (3, 67)]

@@ -10,8 +10,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from benchmarks.core_pipeline import timed_events
-from streams.edge import (StageItem, decode_flow, decode_items, decode_trace, encode_flow, encode_items, encode_trace)
+from streams.edge import (StageItem, decode_data, decode_flow, decode_items, decode_keyed, encode_data, encode_flow, encode_items,
+                          encode_keyed)
+from streams.faust_keyed import HopPartition
 from tracetap.errors import UndecodableState
+from tracetap.keyed import conversation_of, network_series
 from tracetap.pipeline import KeyedPipeline
 from tracetap.stages import FlowStage, StageConfig
 
@@ -51,20 +54,21 @@ def _inputs():
 
 
 def _run(reload):
-    """Both stages on the inputs, advancing every 500 records; with `reload`, every state goes through its
-    bytes after every record (as the Flink job stores it) and the trace stage at every advance (as Faust)."""
+    """The stages on the inputs, advancing every 500 records; with `reload`, every flow's state goes through its
+    bytes after every record, what goes to the next stages through the private topics' encoding, and every
+    key's keyed stage through its bytes at every advance (as the Faust job stores them)."""
     flows, trace, out = {}, KeyedPipeline(CONFIG), []
     for i, (kind, key, record) in enumerate(_inputs()):
         stage = flows.get(key) or FlowStage(CONFIG)
-        items = [StageItem("span", "p", span) for span in getattr(stage, kind)(record)]
+        items = [StageItem("item", conversation_of(span), ("span", span)) for span in getattr(stage, kind)(record)]
         if kind == "lifecycle":
-            items.append(StageItem("lifecycle", "p", record))
+            items.append(StageItem("item", network_series(record), ("lifecycle", record)))
         if reload:
             _, stage = decode_flow(encode_flow(stage, 3), CONFIG)
             items = decode_items(encode_items(items))
         flows[key] = stage
         for item in items:
-            (trace.span if item.kind == "span" else trace.lifecycle)(item.value)
+            (trace.span if item.value[0] == "span" else trace.lifecycle)(item.value[1])
         if i % 500 == 499:
             watermark = FlowStage.event_time_ns(kind, record) - 2 * S
             for k in sorted(flows):
@@ -73,7 +77,10 @@ def _run(reload):
             trace.engine_watermark(watermark)
             out.append(trace.advance())
             if reload:
-                trace = decode_trace(encode_trace(trace), CONFIG)
+                for stage_kind, stages in trace.stages.items():
+                    for stage_key, keyed in stages.items():
+                        applied, stages[stage_key] = decode_keyed(stage_kind, encode_keyed(keyed, i), CONFIG)
+                        assert applied == i
     for k in sorted(flows):
         for span in flows[k].advance(T0 + 3600 * S):
             trace.span(span)
@@ -107,13 +114,17 @@ class _Marker:
         return (open, (str(self.path), "w"))
 
 
+_DECODERS = (lambda b: decode_flow(b, CONFIG), decode_items, lambda b: HopPartition.from_state(decode_data(b)),
+             *(lambda b, kind=kind: decode_keyed(kind, b, CONFIG) for kind in ("conversation", "process", "series")))
+
+
 def test_a_pickle_is_refused_by_every_decoder_and_never_run(tmp_path):
     control = tmp_path / "control"
     pickle.loads(pickle.dumps(_Marker(control)))  # the payload does what it says when unpickled
     assert control.exists()
     marker = tmp_path / "ran"
     payload = pickle.dumps(_Marker(marker))
-    for decode in (lambda b: decode_flow(b, CONFIG), lambda b: decode_trace(b, CONFIG), decode_items):
+    for decode in _DECODERS:
         for blob in (payload, zlib.compress(payload)):
             with pytest.raises(UndecodableState):
                 decode(blob)
@@ -129,14 +140,26 @@ def test_a_flow_state_of_the_wrong_shape_is_refused(blob):
 
 
 def test_items_with_fields_of_the_wrong_type_are_refused():
-    good = encode_items([StageItem("lifecycle", "p", _lifecycle(1)), StageItem("watermark", "raw/0", 5), StageItem("watermark", "raw/1", None)])
-    assert decode_items(good)[0].value["srtt_us"] == 300
-    assert decode_items(good)[1:] == [StageItem("watermark", "raw/0", 5), StageItem("watermark", "raw/1", None)]
-    for bad in ([1, [["lifecycle", "p", dict(_lifecycle(1), srtt_us="300")]]], [1, [["span", "p", ["HTTP"] * 36]]],
-                [1, [["exec", "p", {}]]], [1, [["resource", "r", {"kind": 1}]]], [1, [["span", None]]],
+    good = encode_items([StageItem("item", "net|k", ("lifecycle", _lifecycle(1))), StageItem("watermark", "raw/0", 5),
+                         StageItem("watermark", "raw/1", None), StageItem("resource", "r", None)])
+    assert decode_items(good)[0].value[1]["srtt_us"] == 300
+    assert decode_items(good)[1:] == [StageItem("watermark", "raw/0", 5), StageItem("watermark", "raw/1", None), StageItem("resource", "r", None)]
+    for bad in ([1, [["item", "k", ["lifecycle", dict(_lifecycle(1), srtt_us="300")]]]], [1, [["item", "k", ["span", ["HTTP"] * 36]]]],
+                [1, [["item", "k", ["span", None, {"segments": {}, "callee_traced": 1}]]]], [1, [["item", "k", "span"]]],
+                [1, [["exec", "p", {}]]], [1, [["resource", "r", {"kind": 1}]]], [1, [["item", None, ["lifecycle", _lifecycle(1)]]]],
                 [1, [["watermark", "raw/0", "5"]]], [1, [["watermark", None, 5]]], [1, [["watermark", "raw/0", 1.5]]]):
         with pytest.raises(UndecodableState):
             decode_items(orjson.dumps(bad))
+
+
+def test_a_partition_state_of_the_wrong_shape_is_refused():
+    good = HopPartition(applied=4, watermark_ns=9, marks={"raw/0": 9, "raw/1": None})
+    again = HopPartition.from_state(decode_data(encode_data(good.to_state())))
+    assert (again.applied, again.watermark_ns, again.marks) == (4, 9, {"raw/0": 9, "raw/1": None})
+    for bad in ({}, {"applied": 1, "watermark": 0, "marks": [], "workloads": []}, {"applied": "x", "watermark": 0, "marks": {}, "workloads": []},
+                {"applied": 1, "watermark": 0, "marks": {"a": "b"}, "workloads": []}):
+        with pytest.raises(UndecodableState):
+            HopPartition.from_state(bad)
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=8),
@@ -148,7 +171,7 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) 
 def test_anything_but_the_encoding_is_refused_as_undecodable_state_and_nothing_else(blob, value):
     candidates = [blob, orjson.dumps(value), orjson.dumps([1, 0, value]), orjson.dumps([1, value]),
                   zlib.compress(orjson.dumps([1, value]))]
-    for decode in (lambda b: decode_flow(b, CONFIG), lambda b: decode_trace(b, CONFIG), decode_items):
+    for decode in _DECODERS:
         for data in candidates:
             try:
                 decode(data)

@@ -6,14 +6,21 @@ DNS over UDP on 200 sockets, 1 ms apart) in the raw topics of a bench prefix. Ea
 from the earliest offset into output topics of its own prefix (a copy of the input, so their outputs never
 mix). Every engine's rate is events / (wall time from its first consumed record to its last output): the
 Faust job's from its stats page, polled; the Flink job's (bounded: it stops at the latest offsets) from the
-lines its first operator and its trace stage write into Flink's log (first_input_unix_s, last_output_unix_s),
+lines its lateness check and its keyed stages write into Flink's log (first_input_unix_s, last_output_unix_s),
 the earliest first and the latest last over the subtasks. The Flink job's whole run (JVM, mini-cluster and
-Python worker start-up included) is printed too. The Faust job is the baseline.
+Python worker start-up included) is printed too. The baseline is the core alone: the same stages in one
+process, no engine.
 
 With --baseline-tree DIR (another checkout, e.g. before a change), each engine also runs from that tree on a
 copy of its own, alternating with this tree in the same run, and the ratios of this tree to it are printed.
 
+With --session, the Flink job at parallelism 1 and 2 on a session cluster of two one-slot TaskManagers
+(scaling); with --distribution, at parallelism 4 on two two-slot TaskManagers, the records each subtask of
+each stage read (Flink's REST API) and the busiest subtask's share.
+
     .venv/bin/python benchmarks/stream_jobs.py --events 40000
+    .venv/bin/python benchmarks/stream_jobs.py --events 40000 --session
+    .venv/bin/python benchmarks/stream_jobs.py --events 40000 --distribution
     .venv/bin/python benchmarks/stream_jobs.py --events 20000 --baseline-tree ../main
 """
 
@@ -113,9 +120,9 @@ def distribution(jobmanager: str, job_id: str) -> dict[str, list[int]]:
 
 
 class SessionCluster:
-    """A Flink JobManager and `taskmanagers` TaskManagers of one slot each, as infra/flink-cluster.sh runs them."""
+    """A Flink JobManager and `taskmanagers` TaskManagers of `slots` slots each, as infra/flink-cluster.sh runs them."""
 
-    def __init__(self, workdir: Path, taskmanagers: int) -> None:
+    def __init__(self, workdir: Path, taskmanagers: int, slots: int = 1) -> None:
         import socket
 
         def free_port() -> int:
@@ -126,7 +133,7 @@ class SessionCluster:
         self.rest, rpc, blob = free_port(), free_port(), free_port()
         common = ["jobmanager.rpc.address: 127.0.0.1", f"jobmanager.rpc.port: {rpc}", f"rest.port: {self.rest}",
                   "rest.address: 127.0.0.1", "rest.bind-address: 127.0.0.1", f"blob.server.port: {blob}",
-                  "taskmanager.host: 127.0.0.1", "taskmanager.numberOfTaskSlots: 1", "jobmanager.memory.process.size: 1024m",
+                  "taskmanager.host: 127.0.0.1", f"taskmanager.numberOfTaskSlots: {slots}", "jobmanager.memory.process.size: 1024m",
                   "taskmanager.memory.process.size: 2048m"]
         self.processes = []
         for i, role in enumerate(["jobmanager"] + ["taskmanager"] * taskmanagers):
@@ -139,7 +146,7 @@ class SessionCluster:
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.rest}/overview", timeout=5) as response:
-                    if json.load(response)["slots-total"] >= taskmanagers:
+                    if json.load(response)["slots-total"] >= taskmanagers * slots:
                         break
             except OSError:
                 pass
@@ -241,7 +248,12 @@ def main() -> int:
     ap.add_argument("--baseline-tree", type=Path, help="another checkout whose jobs run alternating with this tree's, as the baseline")
     ap.add_argument("--session", action="store_true",
                     help="scaling instead: the Flink job at parallelism 1 and 2 on a session cluster of 2 TaskManagers (1 slot each)")
+    ap.add_argument("--distribution", action="store_true",
+                    help="the records each subtask of each keyed stage reads at parallelism 4, on a session cluster of 2 TaskManagers "
+                         "(2 slots each)")
     args = ap.parse_args()
+    if args.distribution:
+        return distribution_at_4(args.events)
     if args.baseline_tree:
         return compare_trees(args.events, args.baseline_tree.resolve())
     if args.session:
@@ -270,7 +282,8 @@ def main() -> int:
               f"{flink['job_s']:.1f} s job with start-up); ratio to faust {faust['run_s'] / flink['run_s']:.2f}; {cp}", flush=True)
     rate, emitted = core_alone(args.events)
     print(f"the core alone (same stages, one process, no engine): {rate:,.0f} events/s ({emitted:,} records); "
-          f"flink p=1 runs at {args.events / run_flink_p1 / rate:.2f}x of it", flush=True)
+          f"faust runs at {args.events / faust['run_s'] / rate:.2f}x of it, flink p=1 at {args.events / run_flink_p1 / rate:.2f}x",
+          flush=True)
     admin_topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]
     for future in admin.delete_topics(admin_topics).values():
         future.result()
@@ -335,6 +348,29 @@ def session_scaling(events: int) -> int:
     finally:
         cluster.stop()
     print(f"scaling p=2 / p=1: {rates[2] / rates[1]:.2f}x")
+    for future in admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]).values():
+        future.result()
+    return 0
+
+
+def distribution_at_4(events: int) -> int:
+    """Records read per subtask of every stage at parallelism 4, and the busiest subtask's share (the goal: at most 1.5/4)."""
+    base = read_settings(None, dict(os.environ))
+    admin, registry = AdminClient(client_config(base.kafka)), SchemaRegistry(base.registry)
+    run = uuid.uuid4().hex[:6]
+    workdir = Path(tempfile.mkdtemp(prefix="tracetap-bench-streams-"))
+    settings = prefixed(base, f"{BENCH_PREFIX}{run}.p4.")
+    seed(settings, admin, registry, events)
+    cluster = SessionCluster(workdir, taskmanagers=2, slots=2)
+    try:
+        flink = run_flink(settings, 4, workdir, jobmanager=cluster.jobmanager)
+    finally:
+        cluster.stop()
+    print(f"flink p=4 on a session cluster of 2 TaskManagers x 2 slots, {events:,} raw events: records read per subtask")
+    print(f"  {'stage':<22} {'subtask 0':>10} {'subtask 1':>10} {'subtask 2':>10} {'subtask 3':>10}  busiest   <= 1.5/4")
+    for stage, counts in flink["distribution"].items():
+        busiest = max(counts) / (sum(counts) or 1)
+        print(f"  {stage:<22} " + " ".join(f"{c:>10,}" for c in counts) + f"  {busiest:7.1%}   {'yes' if busiest <= 1.5 / 4 else 'no'}")
     for future in admin.delete_topics([t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{BENCH_PREFIX}{run}.")]).values():
         future.result()
     return 0

@@ -326,7 +326,9 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
     options = FlinkOptions(app_id=args.app_id, parallelism=streams.flink_parallelism, target=args.target, jobmanager=args.jobmanager,
                            checkpoint_interval_s=streams.flink_checkpoint_interval_s, checkpoint_dir=checkpoints, from_checkpoint=restore,
                            bounded=args.bounded, source_idle_timeout_s=streams.flink_source_idle_timeout_s,
-                           idle_flush_s=streams.idle_flush_s, profile=args.profile, stages=StageConfig.from_settings(streams))
+                           idle_flush_s=streams.idle_flush_s, bundle_size=streams.flink_bundle_size, bundle_time_s=streams.flink_bundle_time_s,
+                           watermark_interval_s=streams.flink_watermark_interval_s, profile=args.profile,
+                           stages=StageConfig.from_settings(streams))
     logs_dir = Path(os.environ.get("FLINK_LOG_DIR") or state / "logs" / "flink")  # the mini-cluster's own log (checkpoints,
     logs_dir.mkdir(parents=True, exist_ok=True)  # restarts, task failures, the Python workers' lines)
     os.environ["FLINK_LOG_DIR"] = str(logs_dir)

@@ -26,6 +26,7 @@ import logging
 import sys
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -354,6 +355,7 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             self.workloads = _Workloads()
             self.last_output_s: float | None = None
             self.last_final_log_s = 0.0
+            self.settled = _Settled(2 * (options.watermark_interval_s + options.bundle_time_s))
 
         def deadline_ns(self, stage: Any) -> int | None:
             return stage.next_deadline_ns
@@ -372,7 +374,7 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
                 _log_once("UNDECODABLE_STATE", str(exc))
                 yield self.codec.dead_letter_of("UNDECODABLE_STATE", str(exc), row.key.encode(), row.v)
                 return
-            watermark_ns = _watermark_ns(ctx)
+            watermark_ns = self.settled.watermark_ns(ctx)
             on_time, failure = self.apply(bucket, row.key, item, watermark_ns)
             if failure is not None:  # the stage methods check before they change anything: the stage is as it was
                 self.stage_errors.inc()
@@ -405,11 +407,13 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             bucket, dead = self.bucket(ctx)
             if dead is not None:
                 yield dead
-            if self.timer_kind(bucket, ctx) == _END_OF_INPUT:
-                final = ctx.timer_service().current_watermark() == MAX_WATERMARK_MS
+            if self.timer_kind(bucket, ctx) == _END_OF_INPUT:  # the stages before this one emitted all they hold before
+                final = ctx.timer_service().current_watermark() == MAX_WATERMARK_MS  # the last watermark left them
+                watermark_ns = _watermark_ns(ctx)
             else:  # the idle flush waits until the stages before this one have flushed theirs (each waits as long)
                 final = self.idle(bucket, 2 * options.idle_flush_s + 1)
-            yield from self.advance_bucket(bucket, ctx, _LOG_FINAL if final else _LOG_ADVANCE, _watermark_ns(ctx))
+                watermark_ns = self.settled.watermark_ns(ctx)
+            yield from self.advance_bucket(bucket, ctx, _LOG_FINAL if final else _LOG_ADVANCE, watermark_ns)
 
         def advance(self, key: str, stage: Any, tag: bytes, watermark_ns: int) -> tuple[Any, Any]:
             final = tag == _LOG_FINAL
@@ -654,6 +658,29 @@ class _Buckets:
                 bucket.drop(key)
             else:
                 bucket.put(key, stage, self.deadline_ns(stage))
+
+
+class _Settled:
+    """The watermark as an operator fed by a ticking stage may act on: the one it saw `delay_s` ago.
+
+    The stage before emits what a watermark makes due on its next tick, not before it forwards that watermark
+    (event-time timers would order them, and they hang PyFlink, see `_Buckets.schedule`). A tick comes within
+    a watermark interval and its outputs leave within a bundle's time, so by `delay_s` (twice both) what the
+    stage before emitted at a watermark has arrived, and a window or a request closed at it misses none of
+    it. Without this, at parallelism 4 a RED window closed with 511 of its 1,206 requests."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.seen: deque[tuple[float, int]] = deque()  # (when first seen, watermark), newest last
+        self.settled_ns = 0
+
+    def watermark_ns(self, ctx: Any) -> int:
+        now, current = time.monotonic(), _watermark_ns(ctx)
+        if not self.seen or self.seen[-1][1] != current:
+            self.seen.append((now, current))
+        while self.seen and now - self.seen[0][0] >= self.delay_s:
+            self.settled_ns = max(self.settled_ns, self.seen.popleft()[1])
+        return self.settled_ns
 
 
 def _watermark_ns(ctx: Any) -> int:

@@ -285,16 +285,19 @@ class StreamSettings:
     flink_parallelism: int = 2
     flink_checkpoint_interval_s: float = 10.0  # 0: no checkpoints (then at-least-once, not transactional)
     flink_source_idle_timeout_s: float = 60.0  # a partition without records this long stops holding the watermark back (README: why not less)
+    flink_bundle_size: int = 100_000  # records a Python operator takes before it ends a bundle (and commits its state) ...
+    flink_bundle_time_s: float = 1.0  # ... or this long
+    flink_watermark_interval_s: float = 1.0  # how often the sources emit a watermark, and the keyed stages' tick
 
     def validate(self) -> None:
         for name in ("window_s", "slow_ms", "trace_gap_s", "request_timeout_s", "idle_flush_s", "faust_batch_within_s",
-                     "flink_source_idle_timeout_s"):
+                     "flink_source_idle_timeout_s", "flink_bundle_time_s", "flink_watermark_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"streams.{name}", "must be > 0")
         for name in ("max_out_of_order_s", "allowed_lateness_s", "flink_checkpoint_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"streams.{name}", "must be >= 0")
-        for name in ("faust_batch_events", "flink_parallelism"):
+        for name in ("faust_batch_events", "flink_parallelism", "flink_bundle_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"streams.{name}", "must be >= 1")
 

@@ -565,8 +565,10 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
                 got = _outputs(settings, registry)
                 if len(got["spans"]) >= len(job["spans"]) and len(got["metrics.red"]) >= len(job["metrics.red"]):
                     break
-                log.seek(0)
-                assert restored.poll() is None and time.monotonic() < deadline, (log.read()[-3000:], _flink_log_tail(flink_logs))
+                if restored.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the restored job did not commit every record in time: {_shortfall(job, got)}\n"
+                                f"{log.read()[-2000:]}\n{_flink_log_tail(flink_logs)}")
             time.sleep(3)  # anything more (a duplicate) would be committed by now
             log.seek(0)
             assert "restoring from" in log.read()
@@ -576,11 +578,25 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
     _assert_same_records(job, _outputs(settings, registry), exactly_once=True)
 
 
-def _flink_log_tail(logs, lines=60):
-    """What a mini-cluster's log says about a job that did not get there: its warnings and errors, then its last lines."""
-    text = "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
-    notable = [line for line in text.splitlines() if " WARN " in line or " ERROR " in line or "Exception" in line]
-    return "\n".join(notable[-lines:] + ["..."] + text.splitlines()[-lines:])
+def _shortfall(expected, got):
+    """Per output topic: how many records came of how many, and what the missing ones were."""
+    lines = []
+    for topic in ("spans", "paths", "metrics.red", "metrics.network", "alerts"):
+        id_field = "span_id" if topic == "spans" else "path_id" if topic == "paths" else "alert_id" if topic == "alerts" else "metric_id"
+        have = {r[id_field] for r in got[topic]}
+        missing = [r for r in expected[topic] if r[id_field] not in have]
+        lines.append(f"{topic}: {len(got[topic])} of {len(expected[topic])}, missing {len(missing)}")
+        for r in missing[:5]:
+            lines.append("  " + ", ".join(f"{k}={r.get(k)!r}" for k in ("tap_side", "protocol", "endpoint", "start_time", "window_start",
+                                                                      "server_port", "request_count") if k in r))
+    return "\n".join(lines)
+
+
+def _flink_log_tail(logs, lines=40):
+    """What a mini-cluster's log says about a job that did not get there: its errors and the tracetap lines, then its last lines."""
+    text = "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log"))).splitlines()
+    notable = [line for line in text if " ERROR " in line or "Exception" in line or "flink_job.py" in line]
+    return "\n".join(notable[-lines:] + ["..."] + text[-lines:])
 
 
 def _records_per_subtask(rest, job_id):

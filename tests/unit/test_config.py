@@ -101,20 +101,22 @@ def test_stream_tunables_come_from_the_streams_section_in_the_core_units():
 
     settings = load_settings({"streams": {"window_s": 5, "slow_ms": 250}},
                              {"TRACETAP_STREAMS__TRACE_GAP_S": "1.5", "TRACETAP_STREAMS__REQUEST_TIMEOUT_S": "3",
-                              "TRACETAP_STREAMS__FLINK_PARALLELISM": "4"})
+                              "TRACETAP_STREAMS__FLINK_PARALLELISM": "4", "TRACETAP_STREAMS__FLINK_BUNDLE_SIZE": "5000"})
     config = StageConfig.from_settings(settings.streams)
     assert config.windows.window_ns == 5_000_000_000
     assert config.alerts.slow_request_ns == 250_000_000
     assert config.trace_gap_ns == 1_500_000_000
     assert config.assembly.request_timeout_ns == config.nic.request_timeout_ns == 3_000_000_000
     assert config.max_out_of_order_ns == 2_000_000_000 and config.allowed_lateness_ns == 5_000_000_000
-    assert settings.streams.flink_parallelism == 4
+    assert settings.streams.flink_parallelism == 4 and settings.streams.flink_bundle_size == 5000
 
 
 @pytest.mark.parametrize(("environ", "field"), [
     ({"TRACETAP_STREAMS__WINDOW_S": "0"}, "streams.window_s"),
     ({"TRACETAP_STREAMS__ALLOWED_LATENESS_S": "-1"}, "streams.allowed_lateness_s"),
     ({"TRACETAP_STREAMS__FLINK_PARALLELISM": "0"}, "streams.flink_parallelism"),
+    ({"TRACETAP_STREAMS__FLINK_BUNDLE_SIZE": "0"}, "streams.flink_bundle_size"),
+    ({"TRACETAP_STREAMS__FLINK_WATERMARK_INTERVAL_S": "0"}, "streams.flink_watermark_interval_s"),
 ])
 def test_stream_tunables_out_of_range_are_refused(environ, field):
     with pytest.raises(ConfigError) as error:

@@ -33,7 +33,8 @@ from typing import Any, Awaitable, Callable
 
 from streams.edge import StageItem, call_core, decode_data, decode_items, decode_keyed, encode_data, encode_items, encode_keyed
 from tracetap.errors import UndecodableState
-from tracetap.keyed import CONVERSATION, PROCESS, SERIES, ConversationStage, KeyedCounters, ProcessStage, Routed, SeriesStage
+from tracetap.keyed import (CONVERSATION, PROCESS, SERIES, ConversationStage, KeyedCounters, ProcessStage, Routed, SeriesStage,
+                            advance_stage, apply_item)
 from tracetap.stages import StageConfig
 from tracetap.workloads import WorkloadIndex
 
@@ -120,8 +121,8 @@ class _Held:
 class KeyedHop:
     """One keyed stage (conversation, process or series) in this worker: its live stages by key, its
     partitions' state, and what a batch, an advance and a flush do to them. The app gives it its table,
-    the events that let table writes reach the right partition, and the ways out (`send_items`, `emit`,
-    `dead_letter`)."""
+    the events that let table writes reach the right partition, the upstream partitions its time waits for,
+    and `dead_letter`; what a batch routes on goes into an `Outbox`, what it emits is returned."""
 
     def __init__(self, kind: str, config: StageConfig, partitions: int, table: Any, events: Any,
                  upstreams: Callable[[], list[str] | None], dead_letter: Callable[..., Awaitable[None]]) -> None:
@@ -184,15 +185,7 @@ class KeyedHop:
                 return
             applying.add(key)
         stage = held.stage if held is not None else _MAKE[self.kind](self.config)
-        kind, *rest = item.value
-        if self.kind == CONVERSATION:
-            on_time, failure = call_core(stage.span, rest[0], part.watermark_ns)
-        elif self.kind == PROCESS:
-            on_time, failure = call_core(stage.span if kind == "span" else stage.connect_failed, *rest)
-        elif kind == "span":
-            on_time, failure = call_core(stage.span, key, *rest)
-        else:
-            on_time, failure = call_core(stage.lifecycle, rest[0], part.watermark_ns, part.workloads)
+        on_time, failure = call_core(apply_item, self.kind, stage, key, item.value, part.watermark_ns, part.workloads)
         if failure is not None:  # the stage methods check before they change anything: the stage is as it was
             await self.dead_letter(event, failure.reason, failure.detail, failure, encode_items([item]))
             return
@@ -210,11 +203,8 @@ class KeyedHop:
             held = self.held.get(key)
             if held is None:
                 continue
-            watermark_ns = self.part(held.partition).watermark_ns
-            if self.kind == CONVERSATION:
-                out, failure = call_core(held.stage.advance, watermark_ns, self.part(held.partition).workloads, final)
-            else:
-                out, failure = call_core(held.stage.advance, watermark_ns, final)
+            part = self.part(held.partition)
+            out, failure = call_core(advance_stage, self.kind, held.stage, part.watermark_ns, part.workloads, final)
             touched.add(key)
             if failure is not None:  # no record to blame: its state goes to the dead-letter topic, the key starts again
                 await self.dead_letter(None, failure.reason, f"advance: {failure.detail}", failure,

@@ -339,7 +339,7 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
     from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction
 
     from streams.edge import call_core, decode_routed
-    from tracetap.keyed import ConversationStage, ProcessStage, SeriesStage
+    from tracetap.keyed import ConversationStage, ProcessStage, SeriesStage, advance_stage, apply_item
 
     stages = options.stages
     make = {CONVERSATION: ConversationStage, PROCESS: ProcessStage, SERIES: SeriesStage}[kind]
@@ -388,14 +388,7 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
 
         def apply(self, bucket: _Bucket, key: str, item: tuple[Any, ...], watermark_ns: int) -> tuple[Any, Any]:
             stage = bucket.stages.get(key) or make(stages)
-            if kind == CONVERSATION:
-                result = call_core(stage.span, item[1], watermark_ns)
-            elif kind == PROCESS:
-                result = call_core(stage.span if item[0] == "span" else stage.connect_failed, *item[1:])
-            elif item[0] == "span":
-                result = call_core(stage.span, key, item[1])
-            else:
-                result = call_core(stage.lifecycle, item[1], watermark_ns, self.workloads.index)
+            result = call_core(apply_item, kind, stage, key, item, watermark_ns, self.workloads.index)
             if result[1] is None or key in bucket.stages:
                 bucket.put(key, stage, stage.next_deadline_ns)
             return result
@@ -416,10 +409,7 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             yield from self.advance_bucket(bucket, ctx, _LOG_FINAL if final else _LOG_ADVANCE, watermark_ns)
 
         def advance(self, key: str, stage: Any, tag: bytes, watermark_ns: int) -> tuple[Any, Any]:
-            final = tag == _LOG_FINAL
-            if kind == CONVERSATION:
-                return call_core(stage.advance, watermark_ns, self.workloads.index, final)
-            return call_core(stage.advance, watermark_ns, final)
+            return call_core(advance_stage, kind, stage, watermark_ns, self.workloads.index, tag == _LOG_FINAL)
 
         def emit(self, key: str, routed: list[Any]) -> Iterator[Any]:
             for route in routed:

@@ -475,3 +475,25 @@ class SeriesStage:
             raise
         except Exception as exc:
             raise UndecodableState(f"not a series stage's state: {type(exc).__name__}: {exc}") from None
+
+
+# what every host does with a stage -----------------------------------------------------------------------
+def apply_item(kind: str, stage: Any, key: str, item: tuple[Any, ...], watermark_ns: int, workloads: WorkloadIndex) -> bool:
+    """One routed item into the `kind` stage of `key` (tracetap/pipeline.py and both engines call this): False
+    when the stage found it late beyond the allowed lateness. The stages check before they change anything,
+    so an exception leaves the stage as it was."""
+    what, *rest = item
+    if kind == CONVERSATION:
+        return stage.span(rest[0], watermark_ns)
+    if kind == PROCESS:
+        (stage.span if what == "span" else stage.connect_failed)(*rest)
+        return True
+    if what == "span":
+        stage.span(key, *rest)
+        return True
+    return stage.lifecycle(rest[0], watermark_ns, workloads)
+
+
+def advance_stage(kind: str, stage: Any, watermark_ns: int, workloads: WorkloadIndex, final: bool = False) -> list[Routed]:
+    """A `kind` stage's advance at this watermark (the conversation stage tags what it emits with workloads)."""
+    return stage.advance(watermark_ns, workloads, final) if kind == CONVERSATION else stage.advance(watermark_ns, final)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from tracetap.keyed import (ALERTS, CONVERSATION, NETWORK, PATHS, PROCESS, RED, SERIES, SPANS, ConversationStage, KeyedCounters,
-                            ProcessStage, Routed, SeriesStage, conversation_of, lifecycle_routes)
+                            ProcessStage, Routed, SeriesStage, advance_stage, apply_item, conversation_of, lifecycle_routes)
 from tracetap.errors import UndecodableState
 from tracetap.model import Span
 from tracetap.stages import Emitted, StageConfig
@@ -75,8 +75,7 @@ class KeyedPipeline:
                 stage = self.stages[kind].get(key)
                 if stage is None:
                     continue
-                routed = stage.advance(self.watermark_ns, self.workloads, final) if kind == CONVERSATION \
-                    else stage.advance(self.watermark_ns, final)
+                routed = advance_stage(kind, stage, self.watermark_ns, self.workloads, final)
                 for route in routed:
                     self._deliver(route)
                 if stage.empty:
@@ -148,17 +147,7 @@ class KeyedPipeline:
             getattr(self._out, field).append(route.item)
             return True
         stage = self._stage(route.to, route.key)
-        kind, *rest = route.item
-        on_time = True
-        if route.to == PROCESS:
-            if kind == "span":
-                stage.span(*rest)
-            else:
-                stage.connect_failed(*rest)
-        elif kind == "span":
-            stage.span(route.key, *rest)
-        else:
-            on_time = stage.lifecycle(*rest, self.watermark_ns, self.workloads)
+        on_time = apply_item(route.to, stage, route.key, route.item, self.watermark_ns, self.workloads)
         self._schedule(route.to, route.key, stage)
         return on_time
 

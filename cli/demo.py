@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,13 +169,15 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
         progress(f"packet agent capturing on {len(cluster.members)} veths in {cluster.node}")
 
         step(5, f"stream job ({options.engine}) and Elasticsearch sink")
+        stats_port = None
         stages = ["--window-s", "5", "--slow-ms", "1000", "--trace-gap-s", "1", "--idle-flush-s", "3"]
         if options.engine == "flink":
             children.start("streams", ["streams", "flink", "--app-id", app_id, "--parallelism", "1", "--checkpoint-interval-s", "2",
                                        "--checkpoint-dir", str(state_dir / "flink" / app_id), *stages])
             children.wait_for("streams", "flink job", 120)
         else:
-            children.start("streams", ["streams", "faust", "--app-id", app_id, "--web-port", str(_free_port()), *stages])
+            stats_port = _free_port()
+            children.start("streams", ["streams", "faust", "--app-id", app_id, "--web-port", str(stats_port), *stages])
             children.wait_for("streams", "faust worker", 60)
         children.start("sink", ["sink", "elasticsearch", "--group", f"{app_id}-sink"])  # not Faust's group: its own protocol
         children.wait_for("sink", "partitions assigned", 60)
@@ -203,6 +206,10 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
         es = es_client(settings.elasticsearch)
         findings = Findings(es, settings.elasticsearch, since_ns)
         results = _settle(es, findings, options, f"{settings.elasticsearch.index_prefix}-*", progress)
+        if not all(f.found for f in results.findings):  # what the stream job held then, while it still runs
+            if stats_port is not None:
+                progress(f"stream job's stats: {_job_stats(stats_port)}")
+            progress(f"stream job's last log lines ({logs / 'streams.log'}):\n  " + children.tail("streams", 25).replace(" | ", "\n  "))
     except KeyboardInterrupt:
         print("interrupted: stopping the demo's processes and tearing the cluster down", flush=True)
         raise
@@ -271,6 +278,18 @@ def _delete_run(admin, registry, prefixes: tuple[str, ...]) -> None:  # noqa: AN
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _job_stats(port: int) -> str:
+    """The Faust job's stats page, summarised: what it has left to read, the state it holds, what it dropped."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/tracetap/stats/", timeout=10) as response:
+            stats = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        return f"not available ({exc})"
+    lag = {tp: n for tp, n in stats.get("lag", {}).items() if n}
+    return (f"consumed={stats.get('consumed')} produced={stats.get('produced')} lag={lag or 0} offset_gaps={stats.get('offset_gaps')} "
+            f"tables={stats.get('tables')} dead_letters={stats.get('dead_letters')} late={stats.get('late')}")
 
 
 def _free_port() -> int:

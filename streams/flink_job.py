@@ -74,6 +74,8 @@ _SNAPSHOT_EVERY = 2000  # log entries of a bucket between two snapshots of it
 # a bucket's log: an item, an advance of the due keys, a final advance of all, an idle flush (the flow stage's)
 _LOG_ITEMS, _LOG_ADVANCE, _LOG_FINAL, _LOG_IDLE = b"i", b"a", b"f", b"l"
 _TICK, _END_OF_INPUT = "tick", "end of input"  # a bucket's two timers
+_TICKS_AHEAD = 3  # processing-time ticks a bucket keeps set (`_Buckets.schedule`)
+_SNAPSHOT_MARK, _ENTRY_MARK = b"S", b"#"  # a snapshot and a log entry that start with their sequence number
 
 
 def _types() -> tuple[Any, Any]:
@@ -225,7 +227,7 @@ def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, 
             if dead is not None:
                 yield DEAD_LETTERS, dead
             tag, watermark_ns = _LOG_ADVANCE, _watermark_ns(ctx)
-            if self.timer_kind(bucket, ctx) == _TICK and self.idle(bucket, options.idle_flush_s):
+            if self.timer_kind(bucket, ctx, timestamp) == _TICK and self.idle(bucket, options.idle_flush_s):
                 # the idle flush: with no input for idle_flush_s, as the Faust job's
                 tag, watermark_ns = _LOG_IDLE, min(self.max_seen_ns + flush_horizon_ns, MAX_NS)
             yield from self.advance_bucket(bucket, ctx, tag, watermark_ns)
@@ -354,6 +356,8 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             self.stage_errors = metrics.counter("stage_errors")
             self.workloads = _Workloads()
             self.last_output_s: float | None = None
+            self.late_seen = 0
+            self.dropped_seen = 0
             self.last_final_log_s = 0.0
             self.settled = _Settled(2 * (options.watermark_interval_s + options.bundle_time_s))
 
@@ -383,12 +387,24 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
                 return
             if on_time is False:
                 self.late.inc()
+                self.late_seen += 1
+                if self.late_seen <= 3 or self.late_seen % 1000 == 0:  # dropped, so said: the first ones, then every thousandth
+                    log.warning("late in the %s stage, dropped count=%d key=%s item=%s event_ns=%s watermark_ns=%d flink_watermark_ns=%d",
+                                kind, self.late_seen, row.key, item[0], _item_time(item), watermark_ns, _watermark_ns(ctx))
             self.logged(bucket, _LOG_ITEMS, watermark_ns, row.key, row.v)
             self.schedule(bucket, ctx)
 
         def apply(self, bucket: _Bucket, key: str, item: tuple[Any, ...], watermark_ns: int) -> tuple[Any, Any]:
             stage = bucket.stages.get(key) or make(stages)
+            before = (stage.counters.duplicate_spans, stage.counters.duplicate_lifecycle, stage.counters.late_in_windows)
             result = call_core(apply_item, kind, stage, key, item, watermark_ns, self.workloads.index)
+            after = (stage.counters.duplicate_spans, stage.counters.duplicate_lifecycle, stage.counters.late_in_windows)
+            if after != before:  # dropped without a dead letter (a replayed duplicate, a window closed): said in the log
+                self.dropped_seen += 1
+                if self.dropped_seen <= 3 or self.dropped_seen % 1000 == 0:
+                    log.warning("dropped in the %s stage count=%d key=%s item=%s event_ns=%s watermark_ns=%d duplicate=%s window_closed=%s",
+                                kind, self.dropped_seen, key, item[0], _item_time(item), watermark_ns,
+                                after[0] + after[1] > before[0] + before[1], after[2] > before[2])
             if result[1] is None or key in bucket.stages:
                 bucket.put(key, stage, stage.next_deadline_ns)
             return result
@@ -400,7 +416,7 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             bucket, dead = self.bucket(ctx)
             if dead is not None:
                 yield dead
-            if self.timer_kind(bucket, ctx) == _END_OF_INPUT:  # the stages before this one emitted all they hold before
+            if self.timer_kind(bucket, ctx, timestamp) == _END_OF_INPUT:  # the stages before this one emitted all they hold before
                 final = ctx.timer_service().current_watermark() == MAX_WATERMARK_MS  # the last watermark left them
                 watermark_ns = _watermark_ns(ctx)
             else:  # the idle flush waits until the stages before this one have flushed theirs (each waits as long)
@@ -458,19 +474,27 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
     return KeyedStage()
 
 
+def _item_time(item: tuple[Any, ...]) -> int | None:
+    """When a routed item happened (a span's end, a lifecycle event's time), for the log."""
+    body = item[1] if len(item) > 1 else None
+    return getattr(body, "end_ns", None) if not isinstance(body, dict) else body.get("time")
+
+
 class _Bucket:
     """The live stages of one bucket's keys in a worker, with each one's next deadline, which of the bucket's
     timers are set, whether its idle flush is done, and how many entries its log holds since its snapshot."""
 
-    __slots__ = ("stages", "deadlines", "ticking", "end_timer", "idle_flushed", "log_size")
+    __slots__ = ("stages", "deadlines", "tick_at", "fired_ms", "end_timer", "idle_flushed", "log_size", "seq")
 
     def __init__(self, stages: dict[str, Any]) -> None:
         self.stages = stages
         self.deadlines: dict[str, int] = {}  # key -> its stage's next deadline (ns), for the keys that have one
-        self.ticking = False  # its processing-time tick is set (a cache: Flink holds the timers)
+        self.tick_at: int | None = None  # the furthest tick set (ms; a cache: Flink holds the timers), None: none pending
+        self.fired_ms: int | None = None  # the tick being handled
         self.end_timer = False  # its event-time timer at the end of input is set
         self.idle_flushed = False  # flushed since its last input
         self.log_size = 0
+        self.seq = 0  # the sequence number of its last log entry (a snapshot counts as one)
 
     def put(self, key: str, stage: Any, deadline_ns: int | None) -> None:
         self.stages[key] = stage
@@ -520,7 +544,8 @@ class _Buckets:
         self.snapshot = runtime_context.get_state(ValueStateDescriptor(f"{self.kind}-bucket", bytes_type))
         self.log = runtime_context.get_list_state(ListStateDescriptor(f"{self.kind}-bucket-log", bytes_type))
         self.buckets: dict[int, _Bucket] = {}
-        self.last_input = time.monotonic()
+        self.opened = time.monotonic()
+        self.last_input: float | None = None  # none yet since this worker opened (a start, a restart, a restore)
 
     def bucket(self, ctx: Any) -> tuple[_Bucket, Any]:
         """The current key's bucket, restored on first use in this worker; and a dead letter when its snapshot is
@@ -534,55 +559,75 @@ class _Buckets:
         dead = None
         blob = self.snapshot.value()
         stages: dict[str, Any] = {}
+        bucket = self.buckets[number] = _Bucket({})
         if blob is not None:
+            if blob[:1] == _SNAPSHOT_MARK:  # the sequence number of the last log entry it holds, then the stages
+                bucket.seq, blob = int.from_bytes(blob[1:9], "big"), blob[9:]
             try:
                 stages = decode_bucket(self.kind, blob, self.options.stages)
             except UndecodableState as exc:
                 _log_once("UNDECODABLE_STATE", str(exc))
                 log.error("a %s bucket's state is not its encoding; its keys start again bucket=%s error=%s", self.kind, number, exc)
                 dead = self.undecodable(ctx, exc, blob)
-        bucket = self.buckets[number] = _Bucket({})
         for key, stage in stages.items():
             bucket.put(key, stage, self.deadline_ns(stage))
+        held = bucket.seq
+        stale = 0
         for entry in self.log.get() or ():
             bucket.log_size += 1
+            if entry[:1] == _ENTRY_MARK:
+                seq, entry = int.from_bytes(entry[1:9], "big"), entry[9:]
+                if seq <= held:  # already in the snapshot: the log was not emptied when it was taken
+                    stale += 1
+                    continue
+                bucket.seq = max(bucket.seq, seq)
             self._replay(bucket, entry)
+        if blob is not None or bucket.log_size:
+            log.info("restored a %s bucket bucket=%s keys=%d log_entries=%d seq=%d", self.kind, number, len(stages), bucket.log_size, bucket.seq)
+        if stale:
+            log.warning("a %s bucket's log held entries its snapshot already has; skipped bucket=%s entries=%d snapshot_seq=%d",
+                        self.kind, number, stale, held)
         return bucket, dead
 
     def _replay(self, bucket: _Bucket, entry: bytes) -> None:
         tag, watermark_ns = entry[:1], int.from_bytes(entry[1:9], "big", signed=True)
+        size = int.from_bytes(entry[9:11], "big")
+        key, body = entry[11:11 + size].decode(errors="replace"), entry[11 + size:]
         if tag != _LOG_ITEMS:
+            advanced = len(bucket.due(tag, watermark_ns))
+            if len(body) == 4 and int.from_bytes(body, "big") != advanced:
+                log.warning("a %s bucket's replayed advance runs other keys than the original; bucket state may differ "
+                            "watermark_ns=%d original=%d replayed=%d", self.kind, watermark_ns, int.from_bytes(body, "big"), advanced)
             for _ in self._advance_keys(bucket, tag, watermark_ns):
                 pass  # emitted before the checkpoint
             return
-        size = int.from_bytes(entry[9:11], "big")
-        key = entry[11:11 + size].decode(errors="replace")
         try:
-            self.apply(bucket, key, self.replayed_item(entry[11 + size:]), watermark_ns)
+            self.apply(bucket, key, self.replayed_item(body), watermark_ns)
         except Exception as exc:  # a log entry is this job's own bytes: one that does not decode is a bug, kept out
             log.error("an entry of a %s bucket's log does not replay; skipped key=%s error=%s", self.kind, key, exc)
 
     def logged(self, bucket: _Bucket, tag: bytes, watermark_ns: int, key: str = "", body: bytes = b"") -> None:
-        """One entry on the bucket's log (an item for `key`, or an advance), or a new snapshot when the log is long."""
+        """One entry on the bucket's log (an item for `key`, or an advance), or a new snapshot when the log is long.
+        Each entry has the bucket's next sequence number, and a snapshot the number of the last entry it holds:
+        a replay skips what the snapshot has even if the log was not emptied."""
         if tag == _LOG_ITEMS:
             bucket.idle_flushed = False  # input: the next quiet spell flushes again
+        bucket.seq += 1
         if bucket.log_size >= _SNAPSHOT_EVERY:
             self.snapshot_bucket(bucket)
             return
         raw_key = key.encode()[:65535]
-        self.log.add(tag + watermark_ns.to_bytes(8, "big", signed=True) + len(raw_key).to_bytes(2, "big") + raw_key + body)
+        self.log.add(_ENTRY_MARK + bucket.seq.to_bytes(8, "big") + tag + watermark_ns.to_bytes(8, "big", signed=True)
+                     + len(raw_key).to_bytes(2, "big") + raw_key + body)
         bucket.log_size += 1
 
     def snapshot_bucket(self, bucket: _Bucket) -> None:
-        """The bucket's stages as its new snapshot, the log emptied; an empty bucket leaves no state at all."""
+        """The bucket's stages as its new snapshot (an empty bucket's too: its sequence number stays), the log emptied."""
         from streams.edge import encode_bucket
 
         self.log.clear()
         bucket.log_size = 0
-        if bucket.stages:
-            self.snapshot.update(encode_bucket(bucket.stages))
-        else:
-            self.snapshot.clear()
+        self.snapshot.update(_SNAPSHOT_MARK + bucket.seq.to_bytes(8, "big") + encode_bucket(bucket.stages))
 
     def schedule(self, bucket: _Bucket, ctx: Any) -> None:
         """While the bucket holds a stage: a processing-time tick every watermark interval, and an event-time
@@ -592,31 +637,59 @@ class _Buckets:
         bundle and processes it when the bundle ends; when that end is a checkpoint's, the timers the
         watermark fires start a bundle inside it, and in about one run in ten that bundle never completed
         (the Python worker waiting for its input, the JVM for its results: checkpoints and outputs stopped).
-        A tick fires like an input record instead. The last watermark is processed without holding back."""
+        A tick fires like an input record instead. The last watermark is processed without holding back.
+
+        The ticks are set `_TICKS_AHEAD` intervals ahead, each tick adding the next. PyFlink registers a timer
+        the Python worker set through the task's mailbox, after the bundle that set it ends, and does not do
+        so before a checkpoint (`prepareSnapshotPreBarrier` ends the bundle but does not drain them, as a
+        watermark does): a checkpoint taken at the end of the bundle that set a bucket's only tick held no
+        tick for it. Restored from that checkpoint, a bucket that got no more input never ticked again and
+        its stages never emitted (whole sockets' spans in the kill/restore test). Ticks set intervals ago
+        are in every checkpoint."""
         timers = ctx.timer_service()
+        fired, bucket.fired_ms = bucket.fired_ms, None
         if timers.current_watermark() == MAX_WATERMARK_MS:  # the input has ended: the last advance was the final one
             return
-        if bucket.stages and not bucket.ticking:
-            timers.register_processing_time_timer(timers.current_processing_time() + int(self.options.watermark_interval_s * 1000))
-            bucket.ticking = True
+        interval = int(self.options.watermark_interval_s * 1000)
+        now = timers.current_processing_time()  # (a tick restored late fires at once: the chain goes on from now)
+        start = max(fired, now) if fired is not None else now if bucket.tick_at is None else None
+        if bucket.stages and start is not None:  # a tick carries the chain on; without one pending, a chain starts
+            for n in range(1, _TICKS_AHEAD + 1):
+                at = start + n * interval
+                if bucket.tick_at is None or at >= bucket.tick_at + interval:
+                    timers.register_processing_time_timer(at)
+                    bucket.tick_at = at
         if bucket.stages and not bucket.end_timer:
             timers.register_event_time_timer(MAX_WATERMARK_MS)
             bucket.end_timer = True
 
-    def timer_kind(self, bucket: _Bucket, ctx: Any) -> str:
+    def timer_kind(self, bucket: _Bucket, ctx: Any, timestamp: int) -> str:
         """Which of the bucket's timers fired (`_TICK` or `_END_OF_INPUT`), marked as no longer set."""
         from pyflink.datastream import TimeDomain
 
         if ctx.time_domain() == TimeDomain.EVENT_TIME:
             bucket.end_timer = False
             return _END_OF_INPUT
-        bucket.ticking = False
+        bucket.fired_ms = timestamp
+        if bucket.tick_at is not None and timestamp >= bucket.tick_at:  # the last tick set: none left pending
+            bucket.tick_at = None
         return _TICK
 
     def idle(self, bucket: _Bucket, after_s: float) -> bool:
         """True once per quiet spell: the worker has had no input for `after_s` and the bucket has not been
-        flushed since its last input."""
-        if bucket.idle_flushed or time.monotonic() - self.last_input < after_s:
+        flushed since its last input.
+
+        Before the worker's first input the spell lasts the sources' idle timeout at least. A restored bucket's
+        ticks fire at once, and its input comes when the sources have read again, which under load took longer
+        than the idle flush: the flush then timed out the restored flows' open requests (the rest of their
+        spans were lost) and closed every restored window (the events still to come for them were late)."""
+        if bucket.idle_flushed:
+            return False
+        if self.last_input is None:
+            quiet_s, after_s = time.monotonic() - self.opened, max(after_s, self.options.source_idle_timeout_s)
+        else:
+            quiet_s = time.monotonic() - self.last_input
+        if quiet_s < after_s:
             return False
         bucket.idle_flushed = True
         return True
@@ -624,12 +697,14 @@ class _Buckets:
     def advance_bucket(self, bucket: _Bucket, ctx: Any, tag: bytes, watermark_ns: int) -> Iterator[Any]:
         """Advance the keys that are due (every key for a final or an idle flush), emit what they give, log it
         (a tick with nothing due changes nothing and logs nothing)."""
-        if bucket.due(tag, watermark_ns):
+        due = len(bucket.due(tag, watermark_ns))
+        if due:
             yield from self._advance_keys(bucket, tag, watermark_ns)
             if not bucket.stages:
+                bucket.seq += 1
                 self.snapshot_bucket(bucket)
             else:
-                self.logged(bucket, tag, watermark_ns)
+                self.logged(bucket, tag, watermark_ns, body=due.to_bytes(4, "big"))
         self.schedule(bucket, ctx)
 
     def _advance_keys(self, bucket: _Bucket, tag: bytes, watermark_ns: int) -> Iterator[Any]:

@@ -23,10 +23,14 @@ def read_topic(settings, topic, count, timeout_s=30.0):
     return messages
 
 
-def read_until_idle(settings, topic, idle_s=3.0, timeout_s=60.0):
+def read_until_idle(settings, topic, idle_s=3.0, timeout_s=60.0, isolation=None):
     """Every record on a topic, read from the beginning until nothing new arrives for idle_s. The idle
-    clock starts once the group has its partitions: on a fresh broker the first group takes seconds."""
-    consumer = Consumer(consumer_config(settings.kafka, f"test-{uuid.uuid4().hex[:8]}"))
+    clock starts once the group has its partitions: on a fresh broker the first group takes seconds.
+    `isolation`: "read_uncommitted" also gives what open and aborted transactions wrote."""
+    config = consumer_config(settings.kafka, f"test-{uuid.uuid4().hex[:8]}")
+    if isolation is not None:
+        config["isolation.level"] = isolation
+    consumer = Consumer(config)
     assigned = []
     consumer.subscribe([topic], on_assign=lambda c, partitions: assigned.append(time.monotonic()))
     messages = []

@@ -54,7 +54,7 @@ def _no_topics_left(admin, settings, stdout):
 
 def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admin, tmp_path):
     done, prefix, report = _run_demo(settings, tmp_path, "demo13", "slow-backend", "dns-502")
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-9000:] + done.stderr[-3000:]
 
     # 1. The slow request: the alert names oms-app and server processing; its span and path record say the same.
     slow = _search(settings, f"{prefix}-alerts-*", _term(kind="SLOW_REQUEST"))
@@ -102,7 +102,7 @@ def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admi
 
 def test_slow_service_and_dns_storm_are_found_in_elasticsearch(settings, admin, tmp_path):
     done, prefix, report = _run_demo(settings, tmp_path, "demo24", "slow-service", "dns-storm")
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-9000:] + done.stderr[-3000:]
 
     # 2. The slow service: acuiagwapp's RED p99 is ~500 ms, and the path record puts the time in it.
     red = _search(settings, f"{prefix}-metrics.red-*", _term(server_workload="acuiagwapp", tap_side="SERVER_PROCESS"))
@@ -130,7 +130,7 @@ def test_slow_service_and_dns_storm_are_found_in_elasticsearch(settings, admin, 
 @pytest.mark.timeout(900)
 def test_the_flink_job_drives_the_demo_too(settings, admin, tmp_path):
     done, prefix, _ = _run_demo(settings, tmp_path, "demoflink", "dns-502", "--engine", "flink")
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-9000:] + done.stderr[-3000:]
     failed = _search(settings, f"{prefix}-alerts-*", _term(kind="ERROR_WITH_FAILED_DEPENDENCY"))
     assert failed and failed[0]["workload"] == "gateway" and failed[0]["attributes"]["dns.name"].startswith("payment-backend")
     assert "(flink)" in (tmp_path / "report.html").read_text()

@@ -568,6 +568,7 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
                 if restored.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     pytest.fail(f"the restored job did not commit every record in time: {_shortfall(job, got)}\n"
+                                f"{_lost(settings, registry, job, committed, got)}\n"
                                 f"{log.read()[-2000:]}\n{_flink_log_tail(flink_logs)}")
             time.sleep(3)  # anything more (a duplicate) would be committed by now
             log.seek(0)
@@ -592,10 +593,40 @@ def _shortfall(expected, got):
     return "\n".join(lines)
 
 
+_ID_FIELDS = {"spans": "span_id", "paths": "path_id", "alerts": "alert_id", "metrics.red": "metric_id", "metrics.network": "metric_id"}
+
+
+def _lost(settings, registry, expected, before_restore, got):
+    """Where the records that never came belong: whether an open or aborted transaction holds them (the job
+    made them, the sink lost them) or not (the job never made them), and for spans their sockets."""
+    decode = AvroDeserializer(registry)
+    lines = []
+    for spec in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS):
+        field = _ID_FIELDS[spec.name]
+        have = {r[field] for r in got[spec.name]}
+        missing = [r for r in expected[spec.name] if r[field] not in have]
+        if not missing:
+            continue
+        written = {decode(m.value())[field] for m in read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=2,
+                                                                    isolation="read_uncommitted")}
+        lines.append(f"{spec.name}: {len(missing)} lost, {sum(r[field] in written for r in missing)} of them written but not committed; "
+                     f"{len(before_restore[spec.name])} committed before the restore")
+        if spec is SPANS:
+            per_socket = defaultdict(lambda: [0, 0])
+            for r in expected["spans"]:
+                per_socket[(r["client_port"], r["protocol"])][0] += 1
+            for r in missing:
+                per_socket[(r["client_port"], r["protocol"])][1] += 1
+            sockets = sorted(((k, v) for k, v in per_socket.items() if v[1]), key=lambda kv: -kv[1][1])
+            lines.append(f"  on {len(sockets)} sockets, lost of each socket's spans: "
+                         + ", ".join(f"{port}/{protocol} {lost} of {total}" for (port, protocol), (total, lost) in sockets[:12]))
+    return "\n".join(lines)
+
+
 def _flink_log_tail(logs, lines=40):
     """What a mini-cluster's log says about a job that did not get there: its errors and the tracetap lines, then its last lines."""
     text = "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log"))).splitlines()
-    notable = [line for line in text if " ERROR " in line or "Exception" in line or "flink_job.py" in line]
+    notable = [line for line in text if " ERROR " in line or "Exception" in line or ("flink_job.py" in line and "advance app_id" not in line)]
     return "\n".join(notable[-lines:] + ["..."] + text[-lines:])
 
 

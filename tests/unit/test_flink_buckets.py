@@ -1,6 +1,7 @@
 """The Flink job's buckets of keys (streams/flink_job.py): each bucket lands in its own key group, as Flink
 itself assigns them, so the buckets spread over the subtasks exactly as the key groups do; and a bucket's
-stages survive their encoding (streams/edge.py) and refuse bytes that are not one."""
+stages survive their encoding (streams/edge.py) and refuse bytes that are not one; and a worker flushes
+its buckets on a quiet spell only once its input has had time to come."""
 
 import zlib
 from collections import Counter
@@ -10,7 +11,7 @@ import pytest
 
 from benchmarks.core_pipeline import timed_events
 from streams.edge import FLOW, decode_bucket, encode_bucket
-from streams.flink_job import _BUCKET_KEYS, MAX_PARALLELISM, _bucket_keys, bucket_of, key_group
+from streams.flink_job import _BUCKET_KEYS, MAX_PARALLELISM, FlinkOptions, _Bucket, _Buckets, _bucket_keys, bucket_of, key_group
 from tracetap.errors import UndecodableState
 from tracetap.stages import FlowStage, StageConfig
 
@@ -90,3 +91,176 @@ def test_a_buckets_stages_survive_their_encoding():
 def test_bytes_that_are_not_a_buckets_encoding_are_refused(blob):
     with pytest.raises(UndecodableState):
         decode_bucket(FLOW, blob, StageConfig())
+
+
+class _Worker(_Buckets):
+    kind = FLOW
+
+    def __init__(self, clock, **options):
+        self.options = FlinkOptions(**options)
+        self.opened, self.last_input = clock[0], None
+
+
+def test_a_restored_worker_does_not_flush_its_buckets_before_its_sources_had_time_to_read_again(monkeypatch):
+    # A restored bucket's ticks fire at once; its input comes when the sources read again (after a restore
+    # under load, later than the idle flush): flushing then would time out the restored flows' open requests.
+    clock = [500.0]
+    monkeypatch.setattr("streams.flink_job.time.monotonic", lambda: clock[0])
+    worker, bucket = _Worker(clock, idle_flush_s=4, source_idle_timeout_s=60), _Bucket({})
+    clock[0] += 30
+    assert not worker.idle(bucket, 4)  # quiet for 30 s, but no input yet since it opened
+    clock[0] += 31
+    assert worker.idle(bucket, 4)  # the sources' idle timeout passed: a job restored with nothing left to read flushes
+    assert not worker.idle(bucket, 4)  # once per quiet spell
+
+
+def test_after_its_first_input_a_worker_flushes_each_quiet_spell_once(monkeypatch):
+    clock = [500.0]
+    monkeypatch.setattr("streams.flink_job.time.monotonic", lambda: clock[0])
+    worker, bucket = _Worker(clock, idle_flush_s=4, source_idle_timeout_s=60), _Bucket({})
+    clock[0] += 1
+    worker.last_input = clock[0]
+    clock[0] += 3.5
+    assert not worker.idle(bucket, 4)
+    clock[0] += 1
+    assert worker.idle(bucket, 4) and not worker.idle(bucket, 4)
+    bucket.idle_flushed = False  # new input (`logged` clears it)
+    worker.last_input = clock[0]
+    clock[0] += 4
+    assert worker.idle(bucket, 4)
+
+
+class _Value:
+    def __init__(self):
+        self.blob = None
+
+    def value(self):
+        return self.blob
+
+    def update(self, blob):
+        self.blob = blob
+
+
+class _List:
+    def __init__(self, clears=True):
+        self.entries, self.clears = [], clears
+
+    def get(self):
+        return list(self.entries)
+
+    def add(self, entry):
+        self.entries.append(entry)
+
+    def clear(self):
+        if self.clears:
+            self.entries = []
+
+
+class _Replaying(_Worker):
+    """A worker whose items are strings, applied by noting them (the stages themselves are tested elsewhere)."""
+
+    def __init__(self, snapshot, log):
+        super().__init__([0.0])
+        self.snapshot, self.log, self.buckets, self.applied = snapshot, log, {}, []
+
+    def deadline_ns(self, stage):
+        return None
+
+    def apply(self, bucket, key, item, watermark_ns):
+        self.applied.append(item)
+        return [], None
+
+    def replayed_item(self, body):
+        return body.decode()
+
+
+def _ctx(number=5):
+    return type("Ctx", (), {"get_current_key": lambda self: number})()
+
+
+@pytest.mark.parametrize("clears", [True, False])
+def test_a_restored_bucket_replays_exactly_the_log_entries_after_its_snapshot(clears, monkeypatch):
+    # A snapshot after "a", "b"; then "c", "d" logged. Restored, only "c" and "d" replay, also when the log
+    # still holds what the snapshot has (a clear that did not reach the state).
+    monkeypatch.setattr("streams.flink_job._SNAPSHOT_EVERY", 2)
+    snapshot, log = _Value(), _List(clears)
+    first = _Replaying(snapshot, log)
+    bucket, _ = first.bucket(_ctx())
+    for item in ("a", "b", "x", "c", "d"):  # the third entry finds the log full: a snapshot instead (it holds "x")
+        first.logged(bucket, b"i", 0, "k", item.encode())
+    restored = _Replaying(snapshot, log)
+    restored.bucket(_ctx())
+    assert restored.applied == ["c", "d"]
+
+
+class _Timers:
+    """Flink's timer service as a bucket sees it: pending processing-time timers, a clock."""
+
+    def __init__(self):
+        self.now, self.pending, self.registered = 1_000_000, set(), []
+
+    def current_watermark(self):
+        return 0
+
+    def current_processing_time(self):
+        return self.now
+
+    def register_processing_time_timer(self, at):
+        self.pending.add(at)
+        self.registered.append(at)
+
+    def register_event_time_timer(self, at):
+        pass
+
+
+class _TimerCtx:
+    def __init__(self, timers):
+        self.timers = timers
+
+    def timer_service(self):
+        return self.timers
+
+    def time_domain(self):
+        from pyflink.datastream import TimeDomain
+        return TimeDomain.PROCESSING_TIME
+
+
+def test_a_bucket_keeps_ticks_set_ahead_so_that_a_checkpoint_always_holds_one(monkeypatch):
+    # PyFlink registers a timer the Python side set only after the bundle that set it (not before a
+    # checkpoint): a checkpoint holds the ticks set before the last tick, never the ones set by it.
+    worker, timers = _Worker([0.0], watermark_interval_s=1.0), _Timers()
+    ctx, bucket = _TimerCtx(timers), _Bucket({"k": object()})
+    worker.schedule(bucket, ctx)  # the bucket's first input
+    assert sorted(timers.pending) == [1_001_000, 1_002_000, 1_003_000]
+    for _ in range(20):
+        due = min(timers.pending)
+        timers.now = due + 7  # fires a little late
+        timers.pending.discard(due)
+        before = set(timers.pending)  # what a checkpoint at the end of this tick's bundle holds
+        timers.registered.clear()
+        assert worker.timer_kind(bucket, ctx, due) == "tick"
+        worker.schedule(bucket, ctx)
+        assert before, "a checkpoint here would hold no tick for the bucket"
+        assert len(timers.registered) <= 1 and len(timers.pending) == 3  # one tick set per tick, three pending
+    bucket.stages.clear()  # the bucket empties: its pending ticks fire, and none is set again
+    while timers.pending:
+        due = min(timers.pending)
+        timers.pending.discard(due)
+        worker.timer_kind(bucket, ctx, due)
+        worker.schedule(bucket, ctx)
+    assert bucket.tick_at is None
+    bucket.stages["k"] = object()  # input again: a chain starts again
+    worker.schedule(bucket, ctx)
+    assert len(timers.pending) == 3
+
+
+def test_a_restored_bucket_goes_on_ticking_from_a_restored_tick():
+    worker, timers = _Worker([0.0], watermark_interval_s=1.0), _Timers()
+    ctx, bucket = _TimerCtx(timers), _Bucket({"k": object()})  # restored: no tick known in this worker
+    timers.pending = {990_000, 991_000}  # restored ticks, due long ago
+    for due in sorted(timers.pending):
+        timers.pending.discard(due)
+        worker.timer_kind(bucket, ctx, due)
+        worker.schedule(bucket, ctx)
+    assert timers.pending and min(timers.pending) > timers.now  # on from now, not a catch-up through the past
+    assert len(timers.pending) == 3

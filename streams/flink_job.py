@@ -680,9 +680,9 @@ class _Buckets:
         flushed since its last input.
 
         Before the worker's first input the spell lasts the sources' idle timeout at least. A restored bucket's
-        ticks fire at once, and its input comes when the sources have read again, which under load took longer
-        than the idle flush: the flush then timed out the restored flows' open requests (the rest of their
-        spans were lost) and closed every restored window (the events still to come for them were late)."""
+        ticks fire at once, and its input comes when the sources have read again (5 s after the start in the
+        kill/restore test, whose idle flush is 4 s): flushed then, the restored flows would time out their open
+        requests and the restored windows would close before the events still to come for them."""
         if bucket.idle_flushed:
             return False
         if self.last_input is None:

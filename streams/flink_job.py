@@ -174,12 +174,26 @@ def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, 
             self.dead_letters = metrics.counter("dead_letters")
             self.stage_errors = metrics.counter("stage_errors")  # records the core raised on or refused (dead-lettered too)
             self.max_seen_ns = 0
+            self.woken = False
 
         def deadline_ns(self, stage: FlowStage) -> int | None:
             due = stage.next_deadline_ns()
             return None if due is None else -(-due // _S) * _S
 
+        def wake(self) -> Iterator[Any]:
+            """Once after a start or restart: a row to every bucket of the conversation, process and series
+            stages. A restored bucket whose input had all come before the checkpoint may have no tick in it
+            (see `_Buckets.schedule`); woken, it loads and ticks again."""
+            if self.woken:
+                return
+            self.woken = True
+            for row in _wake_rows():
+                yield row
+                yield routes[PROCESS], row
+                yield routes[SERIES], row
+
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            yield from self.wake()
             self.last_input = time.monotonic()
             kind = kinds[row.topic]
             self.consumed[kind].inc()
@@ -223,6 +237,7 @@ def _flow_function(settings: Settings, options: FlinkOptions, routes: dict[str, 
             return kind.decode(), self.codec.decoded(value)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+            yield from self.wake()
             bucket, dead = self.bucket(ctx)
             if dead is not None:
                 yield DEAD_LETTERS, dead
@@ -365,6 +380,12 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             return stage.next_deadline_ns
 
         def _element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            if row.key in _WAKE:  # from the flow stage after a restart: load the bucket, set its ticks
+                bucket, dead = self.bucket(ctx)
+                if dead is not None:
+                    yield dead
+                self.schedule(bucket, ctx)
+                return
             self.last_input = time.monotonic()
             if uses_workloads:
                 self.workloads.load(ctx)
@@ -791,6 +812,28 @@ _BUCKET_KEYS = _bucket_keys(MAX_PARALLELISM)
 def bucket_of(key: str) -> int:
     """The Flink key of a stage's key: its bucket's (CRC-32 of the key: the same in every process, unlike hash())."""
     return _BUCKET_KEYS[zlib.crc32(key.encode(errors="replace")) % MAX_PARALLELISM]
+
+
+def _wake_keys() -> list[str]:
+    """One stage key per bucket: the keys of the rows that wake every bucket of a stage after a restart."""
+    by_bucket: dict[int, str] = {}
+    n = 0
+    while len(by_bucket) < MAX_PARALLELISM:
+        key = f"\0wake{n}"
+        by_bucket.setdefault(zlib.crc32(key.encode()) % MAX_PARALLELISM, key)
+        n += 1
+    return [by_bucket[b] for b in range(MAX_PARALLELISM)]
+
+
+_WAKE_KEYS = _wake_keys()
+_WAKE = frozenset(_WAKE_KEYS)
+
+
+def _wake_rows() -> list[Any]:
+    """A row for each bucket of a keyed stage: loads the bucket and sets its ticks (`_Keyed._element`)."""
+    from pyflink.common import Row
+
+    return [Row(key, b"") for key in _WAKE_KEYS]
 
 
 def _routed_row(key: str, item: tuple[Any, ...]) -> Any:

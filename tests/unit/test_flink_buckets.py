@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.core_pipeline import timed_events
 from streams.edge import FLOW, decode_bucket, encode_bucket
-from streams.flink_job import _BUCKET_KEYS, MAX_PARALLELISM, FlinkOptions, _Bucket, _Buckets, _bucket_keys, bucket_of, key_group
+from streams.flink_job import _BUCKET_KEYS, _WAKE_KEYS, MAX_PARALLELISM, FlinkOptions, _Bucket, _Buckets, _bucket_keys, bucket_of, key_group
 from tracetap.errors import UndecodableState
 from tracetap.stages import FlowStage, StageConfig
 
@@ -264,3 +264,8 @@ def test_a_restored_bucket_goes_on_ticking_from_a_restored_tick():
         worker.schedule(bucket, ctx)
     assert timers.pending and min(timers.pending) > timers.now  # on from now, not a catch-up through the past
     assert len(timers.pending) == 3
+
+
+def test_the_wake_up_rows_reach_every_bucket():
+    # after a restart the flow stage sends one row per key here: each bucket of the stages after it gets one
+    assert sorted(bucket_of(key) for key in _WAKE_KEYS) == sorted(_BUCKET_KEYS)

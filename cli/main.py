@@ -265,7 +265,7 @@ def cmd_streams_faust(settings: Settings, args: argparse.Namespace) -> int:
     print("consumed " + ", ".join(f"{k}={v}" for k, v in sorted(stats.consumed.items())) + "; produced "
           + ", ".join(f"{k}={v}" for k, v in sorted(stats.produced.items())) + f"; dead_letters={sum(stats.dead_letters.values())}"
           + "".join(f" {k}={v}" for k, v in sorted(stats.dead_letters.items()))
-          + f" late={sum(stats.late.values())} replayed_skipped={stats.replayed} offset_gaps={stats.offset_gaps}", flush=True)
+          + f" late={sum(stats.late.values())} replayed_skipped={stats.replayed} offset_gaps={stats.offset_gaps} offset_gaps_unfilled={stats.offset_gaps_unfilled}", flush=True)
     return EXIT_OK if code == 0 else EXIT_FAILURE
 
 

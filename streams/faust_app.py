@@ -40,6 +40,7 @@ from schemas.kafka import faust_credentials
 from schemas.registry import RegistryUnavailable, SchemaRegistry
 from schemas.serde import AvroDeserializer, AvroSerializer, UndecodableRecord
 from streams.edge import FLOW, CoreFailure, StageItem, call_core, decode_flow, encode_flow, encode_items, flow_record
+from streams.faust_gaps import OffsetGuard, Refilled
 from streams.faust_keyed import KEYED_STAGES, KeyedHop, Outbox, hop_topic
 from streams.host import OUTPUTS, RAW_INPUTS, log_registry_wait, raw_kinds, registry_waits
 from tracetap.config import Settings
@@ -76,8 +77,9 @@ class WorkerStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     late: Counter[str] = field(default_factory=Counter)
     replayed: int = 0  # records a recovered state already held, skipped
+    offset_gaps: int = 0  # gaps in a partition's offsets that held records Faust skipped (streams/faust_gaps.py)
+    offset_gaps_unfilled: int = 0  # of those, gaps whose records did not all come when read again
     recovered_flow_states: int = 0  # flow states the last rebalance recovered from the changelog
-    offset_gaps: int = 0  # records Faust skipped, read again after a seek back (see _OffsetGuard)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -121,65 +123,6 @@ class _PartitionEvents:
             _current_event.reset(token)
 
 
-class _OffsetGuard:
-    """Every record of a partition reaches the agent, in offset order.
-
-    faust-streaming (0.11, on aiokafka) can skip records when a worker starts with a changelog to recover
-    and its group has no committed offsets yet: the agent saw offsets 0..66 of a partition, then 68. The
-    guard notices the gap, drops the records past it (they come again) and seeks the partition back to the
-    first missing offset, again each second while it does not come (`retry`, from a timer: when the dropped
-    records were a partition's last, no record comes to prompt it, and Faust's fetcher may have moved its
-    read offset past the seek with records it had already fetched). When the record that showed the gap
-    comes a second time, from the re-read, the offsets between hold no records (transaction markers, a
-    compacted topic) and it goes on."""
-
-    RESEEK_S = 1.0
-
-    def __init__(self, app: faust.App, stats: WorkerStats) -> None:
-        self._app, self._stats = app, stats
-        self._next: dict[Any, int] = {}  # partition -> the offset that must come next
-        self._gaps: dict[Any, tuple[int, int, float]] = {}  # partition -> (missing from, the offset seen, when sought)
-
-    async def admit(self, event: Any) -> bool:
-        """True: process the event (one already processed may come again after a seek: the stages' own
-        offsets skip it). False: a record past a gap, dropped until the gap is read."""
-        message = event.message
-        tp, offset = message.tp, message.offset
-        expected = self._next.get(tp)
-        if expected is not None and offset > expected:
-            gap = self._gaps.get(tp)
-            now = time.monotonic()
-            if gap is not None and gap[:2] == (expected, offset) and now > gap[2]:
-                log.info("offset gap holds no records partition=%s/%d from=%d to=%d", tp.topic, tp.partition, expected, offset)
-            else:
-                if gap is None or gap[0] != expected:
-                    self._stats.offset_gaps += 1
-                    log.warning("offset gap: records skipped by the consumer, seeking back partition=%s/%d expected=%d got=%d",
-                                tp.topic, tp.partition, expected, offset)
-                    gap = None
-                if gap is None or now - gap[2] >= self.RESEEK_S:
-                    await self._app.consumer.seek(tp, expected)
-                    self._gaps[tp] = (expected, offset if gap is None else gap[1], now)
-                return False
-        self._gaps.pop(tp, None)
-        self._next[tp] = max(expected or 0, offset + 1)
-        return True
-
-    async def retry(self) -> None:
-        """Seek again each partition whose missing records have not come for RESEEK_S."""
-        now = time.monotonic()
-        for tp, (missing, seen, sought) in list(self._gaps.items()):
-            if now - sought >= self.RESEEK_S:
-                log.info("offset gap: seeking back again partition=%s/%d expected=%d", tp.topic, tp.partition, missing)
-                await self._app.consumer.seek(tp, missing)
-                self._gaps[tp] = (missing, seen, now)
-
-    def forget(self) -> None:
-        """After a rebalance the group's committed offsets say where each partition starts again."""
-        self._next.clear()
-        self._gaps.clear()
-
-
 def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tuple[faust.App, WorkerStats]:
     """The app with its topics, tables and agents, declared in data-flow order."""
     prefix = settings.topics.prefix
@@ -208,7 +151,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     deadlines: list[tuple[int, bytes]] = []  # heap of (when a flow next has work, its key), for the flows in `flows`
     unsaved: set[bytes] = set()  # flow keys changed by a timer before any event of their partition came
     flow_events = _PartitionEvents()
-    guard = _OffsetGuard(app, stats)
+    guard = OffsetGuard(settings.kafka, options.app_id, stats, lambda tp: app.consumer._committed_offset.get(tp))  # records Faust skips
     last_input = {FLOW: time.monotonic(), **{kind: time.monotonic() for kind in KEYED_STAGES}}
     flushed = {FLOW: False, **{kind: False for kind in KEYED_STAGES}}  # an idle flush ran since the last input
     positions: dict[str, int] = {}  # "topic/partition" -> the last offset processed, for the lag figures
@@ -301,11 +244,11 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         """Records in a partition this worker has not processed yet; None when its end is not known."""
         highwater = app.consumer.highwater(tp)  # known once a fetch answered for it (no broker call here: the
         # stats page and every batch ask, and a call through Faust's consumer thread can wait on a busy fetch)
-        position = positions.get(f"{tp.topic}/{tp.partition}")
-        if position is None:  # nothing processed from it since this worker started: where its group resumes
-            # (the group's committed offset, which Faust keeps from its seek at assignment; the consumer's own
-            # position runs ahead of the agent by what Faust has fetched and buffered)
-            position = (app.consumer._committed_offset.get(tp) or 0) - 1
+        # what this worker processed, or where its group resumed when that is further (the group's committed
+        # offset, which Faust keeps from its seek at assignment: after a restart Faust may deliver records from
+        # before it, then seek to it; the consumer's own position runs ahead of the agent by what Faust has
+        # fetched and buffered, so it is not used)
+        position = max(positions.get(f"{tp.topic}/{tp.partition}", -1), (app.consumer._committed_offset.get(tp) or 0) - 1)
         return None if highwater is None else max(highwater - position - 1, 0)
 
     async def partition_marks() -> dict[str, int | None]:
@@ -398,10 +341,9 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             last_input[FLOW], flushed[FLOW] = time.monotonic(), False
             outbox = Outbox(partitions)
             touched: set[bytes] = set()
-            for event in events:
-                if not await guard.admit(event):
-                    continue
-                flow_events.note(event)
+            for event in await guard.admit_all(events):
+                if not isinstance(event, Refilled):
+                    flow_events.note(event)
                 message = event.message
                 kind = topic_kind[message.topic]
                 stats.consumed[kind] += 1
@@ -447,9 +389,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         """Workload tags to every partition of the stages that tag (Flink's broadcast state)."""
         async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
             outbox = Outbox(partitions)
-            for event in events:
-                if not await guard.admit(event):
-                    continue
+            for event in await guard.admit_all(events):
                 stats.consumed["resource"] += 1
                 positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
                 resource_id = (event.message.key or b"").decode(errors="replace")
@@ -468,11 +408,11 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
                 last_input[kind], flushed[kind] = time.monotonic(), False
                 admitted = []
-                for event in events:
-                    if await guard.admit(event):
+                for event in await guard.admit_all(events):
+                    if not isinstance(event, Refilled):
                         hop.events.note(event)
-                        positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
-                        admitted.append(event)
+                    positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
+                    admitted.append(event)
                 outbox = Outbox(partitions)
                 routed = await hop.batch(admitted, outbox)
                 await send_outbox(outbox)
@@ -484,6 +424,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
 
     for kind in KEYED_STAGES:
         hop_agent(kind)
+    agent_inputs = {*topic_kind, RESOURCES.full_name(prefix), *(topic.get_topic_name() for topic in hop_topics.values())}
 
     def caught_up(topics: Any) -> bool:
         """No record left to read in this worker's partitions of these topics: an agent that did not get a batch
@@ -494,7 +435,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     async def idle_flush() -> None:
         """Event time stands still without input: after idle_flush_s without a record, and none left to read,
         time out open requests and emit what waits, a stage at a time (each after the one before it)."""
-        await guard.retry()
+        await guard.seek_quiet_ends([tp for tp in app.consumer.assignment() if tp.topic in agent_inputs], records_left, app.consumer.seek)
         now = time.monotonic()
         if not flushed[FLOW] and now - last_input[FLOW] >= options.idle_flush_s and caught_up(topic_kind):
             flushed[FLOW] = True
@@ -521,9 +462,8 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     @app.page("/tracetap/stats/")
     async def stats_page(web: Any, request: Any) -> Any:
         lag = {}
-        inputs = {*topic_kind, RESOURCES.full_name(prefix), *(topic.get_topic_name() for topic in hop_topics.values())}
         for tp in app.consumer.assignment() if app.consumer else ():
-            if tp.topic not in inputs:
+            if tp.topic not in agent_inputs:
                 continue
             left = records_left(tp)
             if left is not None:
@@ -540,7 +480,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
             "consumed": dict(stats.consumed), "consumed_per_s": sum(stats.consumed.values()) / elapsed,
             "produced": dict(stats.produced), "dead_letters": dict(stats.dead_letters), "late": dict(late),
             "replayed_skipped": stats.replayed + sum(hop.replayed for hop in hops.values()),
-            "recovered_flow_states": stats.recovered_flow_states, "lag": lag, "offset_gaps": stats.offset_gaps, "positions": dict(positions),
+            "recovered_flow_states": stats.recovered_flow_states, "lag": lag, "offset_gaps": stats.offset_gaps, "offset_gaps_unfilled": stats.offset_gaps_unfilled, "positions": dict(positions),
             "tables": {"flow-stages": len(flows), **{f"{kind}-stages": len(hop.held) for kind, hop in hops.items()},
                        "pending_spans": hops[CONVERSATION].waiting + hops[PROCESS].waiting, "open_red_windows": hops[SERIES].waiting},
             "keyed_stages": asdict(counters),
@@ -574,6 +514,7 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         schedule(set(flows))
         for hop in hops.values():
             await hop.recover()
+        guard.ready()
         log.info("rebalance complete; tables recovered flow_states=%d %s", len(flow_table.data),
                  " ".join(f"{kind}_states={len(hop.held)}" for kind, hop in hops.items()))
 

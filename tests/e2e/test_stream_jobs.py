@@ -227,9 +227,10 @@ def _wait_for_stats(port, condition, timeout_s, every_s=0.5, log=None):
         log.seek(0)
         text = log.read()
         tail = text[-3000:]
-        errors = "\n".join([line for line in text.splitlines() if "ERROR" in line or "Error" in line][:30])
-    raise AssertionError(f"the worker did not get there in {timeout_s} s; last stats: {stats}\nworker log errors:\n{errors}\n"
-                         f"worker log tail:\n{tail}")
+        errors = "\n".join([line for line in text.splitlines() if "ERROR" in line or "Error" in line or "offset gap" in line][:30])
+    # the stats last: a report that keeps only the end of a long failure keeps them
+    raise AssertionError(f"the worker did not get there in {timeout_s} s\nworker log errors:\n{errors}\n"
+                         f"worker log tail:\n{tail}\nlast stats: {stats}")
 
 
 def _outputs(settings, registry):

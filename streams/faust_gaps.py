@@ -78,12 +78,12 @@ class OffsetGuard:
         # the records up to it were finished by the worker before (its states hold them), not skipped.
         start = max(expected, self._committed(tp) or 0)
         missing = await asyncio.get_running_loop().run_in_executor(self._thread, self._read, tp, start, offset) if start < offset else []
-        if not missing:  # transaction markers or a compacted topic: offsets without records
-            log.debug("offset gap holds no records partition=%s/%d from=%d to=%d", tp.topic, tp.partition, expected, offset)
+        if not missing:  # finished before, or offsets without records (transaction markers, a compacted topic)
+            log.debug("offset gap with no record to read partition=%s/%d from=%d to=%d", tp.topic, tp.partition, expected, offset)
             return [event]
         self._stats.offset_gaps += 1
         log.warning("offset gap: records skipped by the consumer, read again directly partition=%s/%d from=%d to=%d records=%d",
-                    tp.topic, tp.partition, expected, offset, len(missing))
+                    tp.topic, tp.partition, start, offset, len(missing))
         return [*missing, event]
 
     async def seek_quiet_ends(self, partitions: Iterable[TP], left: Callable[[TP], int | None], seek: Callable[[TP, int], Awaitable[None]]) -> None:

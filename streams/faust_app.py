@@ -151,7 +151,12 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
     deadlines: list[tuple[int, bytes]] = []  # heap of (when a flow next has work, its key), for the flows in `flows`
     unsaved: set[bytes] = set()  # flow keys changed by a timer before any event of their partition came
     flow_events = _PartitionEvents()
-    guard = OffsetGuard(settings.kafka, options.app_id, stats, lambda tp: app.consumer._committed_offset.get(tp))  # records Faust skips
+
+    def committed(tp: Any) -> int | None:
+        """The group's committed offset of a partition, which Faust keeps from its seek at assignment."""
+        return app.consumer._committed_offset.get(tp)
+
+    guard = OffsetGuard(settings.kafka, options.app_id, stats, committed)  # the records Faust skips, read again
     last_input = {FLOW: time.monotonic(), **{kind: time.monotonic() for kind in KEYED_STAGES}}
     flushed = {FLOW: False, **{kind: False for kind in KEYED_STAGES}}  # an idle flush ran since the last input
     positions: dict[str, int] = {}  # "topic/partition" -> the last offset processed, for the lag figures
@@ -244,11 +249,10 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         """Records in a partition this worker has not processed yet; None when its end is not known."""
         highwater = app.consumer.highwater(tp)  # known once a fetch answered for it (no broker call here: the
         # stats page and every batch ask, and a call through Faust's consumer thread can wait on a busy fetch)
-        # what this worker processed, or where its group resumed when that is further (the group's committed
-        # offset, which Faust keeps from its seek at assignment: after a restart Faust may deliver records from
-        # before it, then seek to it; the consumer's own position runs ahead of the agent by what Faust has
-        # fetched and buffered, so it is not used)
-        position = max(positions.get(f"{tp.topic}/{tp.partition}", -1), (app.consumer._committed_offset.get(tp) or 0) - 1)
+        # what this worker processed, or where its group resumed when that is further (after a restart Faust
+        # may deliver records from before the committed offset, then seek to it; the consumer's own position
+        # runs ahead of the agent by what Faust has fetched and buffered, so it is not used)
+        position = max(positions.get(f"{tp.topic}/{tp.partition}", -1), (committed(tp) or 0) - 1)
         return None if highwater is None else max(highwater - position - 1, 0)
 
     async def partition_marks() -> dict[str, int | None]:
@@ -407,12 +411,11 @@ def build_app(settings: Settings, options: FaustOptions = FaustOptions()) -> tup
         async def agent(stream: faust.StreamT) -> None:
             async for events in stream.take_events(options.batch_events, within=options.batch_within_s):
                 last_input[kind], flushed[kind] = time.monotonic(), False
-                admitted = []
-                for event in await guard.admit_all(events):
+                admitted = await guard.admit_all(events)
+                for event in admitted:
                     if not isinstance(event, Refilled):
                         hop.events.note(event)
                     positions[f"{event.message.topic}/{event.message.partition}"] = event.message.offset
-                    admitted.append(event)
                 outbox = Outbox(partitions)
                 routed = await hop.batch(admitted, outbox)
                 await send_outbox(outbox)

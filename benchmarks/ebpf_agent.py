@@ -17,6 +17,14 @@ record lands on a real topic.
   2 overhead  nginx (1 worker, tiny static file, config in /tmp) under `wrk -t1 -c32 --latency`,
               alternating rounds without / with the agent attached; medians of req/s and p99 and the
               with/without ratio, plus the agent's CPU, RSS and counters in the "with" rounds.
+  0 syscall   in-kernel cost: a C program does 10^6 write()+read() of 64-byte datagrams on a connected
+              UDP pair, paced (so the agent's reader keeps up: no event lost), on CPU 0 with the agent
+              pinned to CPU 1; it measures its own CPU time inside the syscall batches. Alternating
+              rounds without / with the agent: added ns per captured syscall (enter + exit hooks,
+              ring buffer). DeepFlow's paper: 277-889 ns per syscall.
+  2b budget   figure 2 again with the agent bounded by `--cpu-budget` (a CFS quota; flows shed whole)
+              in in-collector mode: req/s and p99 ratios, the lowest sample ratio, and every span of
+              nginx's port read back from Kafka checked for completeness (request, response, no error).
   3 profile   if figure 1 shows the agent losing events while its process uses ~a full core (the
               Python side is the bottleneck), cProfile of `cli.main agent ebpf --duration` under load
               (main thread only: the capture callbacks; the sender thread is not in it).
@@ -173,6 +181,7 @@ class AgentRun:
     cpu_pct: float = 0.0
     rss_peak: float = 0.0
     exit_s: float = 0.0
+    min_ratio: float = 1.0
 
     @property
     def lost(self) -> int:
@@ -183,7 +192,7 @@ class AgentRun:
         return sum(self.totals.get(k, 0) for k in OTHER_LOSS_KEYS)
 
 
-FINAL = re.compile(r"captured (\d+) data and (\d+) lifecycle events(?:, \d+ spans)?; (.*)")
+FINAL = re.compile(r"captured (\d+) data and (\d+) lifecycle events(?:, \d+ spans)?(?:, lowest sample ratio ([\d.]+))?; (.*)")
 
 
 class Agent:
@@ -231,8 +240,83 @@ class Agent:
             self.log.seek(0)
             raise RuntimeError(f"no final line from the agent: {out!r} {self.log.read()[-2000:]}")
         run.data, run.lifecycle = int(match[1]), int(match[2])
-        run.totals = {k: int(v) for k, v in (kv.split("=") for kv in match[3].split(", "))}
+        run.min_ratio = float(match[3] or 1.0)
+        run.totals = {k: int(v) for k, v in (kv.split("=") for kv in match[4].split(", "))}
         return run
+
+
+# figure 0: in-kernel cost per syscall ------------------------------------------------------------
+SYSCALL_COST_C = r"""
+// PAIRS write()+read() of 64-byte datagrams on a connected UDP pair in batches of 64 pairs, paced to
+// RATE syscalls/s; prints the successful syscalls and the CPU time spent inside the batches (ns).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long ns(clockid_t c) { struct timespec t; clock_gettime(c, &t); return t.tv_sec * 1000000000LL + t.tv_nsec; }
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: cost PAIRS RATE\n"); return 2; }
+    long long pairs = atoll(argv[1]);
+    double rate = atof(argv[2]);
+    int a = socket(AF_INET, SOCK_DGRAM, 0), b = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)}, sb = sa;
+    socklen_t len = sizeof(sa);
+    if (bind(a, (void *)&sa, len) || bind(b, (void *)&sb, len)) { perror("bind"); return 1; }
+    getsockname(a, (void *)&sa, &len); getsockname(b, (void *)&sb, &len);
+    if (connect(a, (void *)&sb, len) || connect(b, (void *)&sa, len)) { perror("connect"); return 1; }
+    char out[64] = "GET /cost HTTP/1.1\r\nHost: cost\r\n\r\n", in[128];
+    long long ops = 0, cpu = 0, start = ns(CLOCK_MONOTONIC);
+    for (long long done = 0; done < pairs; done += 64) {
+        long long c0 = ns(CLOCK_THREAD_CPUTIME_ID);
+        for (int i = 0; i < 64; i++) {
+            if (write(a, out, sizeof(out)) > 0) ops++;
+            if (read(b, in, sizeof(in)) > 0) ops++;
+        }
+        cpu += ns(CLOCK_THREAD_CPUTIME_ID) - c0;
+        long long due = start + (long long)(ops / rate * 1e9);
+        while (ns(CLOCK_MONOTONIC) < due) { struct timespec nap = {0, 100000}; nanosleep(&nap, NULL); }
+    }
+    printf("%lld %lld\n", ops, cpu);
+    return 0;
+}
+"""
+
+
+def syscall_cost_figure(procs: Procs, workdir: Path, pairs: int, rate: int, rounds: int) -> None:
+    print(f"\n== 0. in-kernel cost: {pairs:,} write()+read() pairs of 64-byte datagrams, paced to {rate:,} syscalls/s, "
+          f"generator on CPU 0, agent on CPU 1, {rounds} alternating rounds  (load {loadavg()})")
+    src, exe = workdir / "cost.c", workdir / "cost"
+    src.write_text(SYSCALL_COST_C)
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    per_call: dict[str, list[float]] = {"without": [], "with": []}
+    print(f"{'round':>5} {'mode':>8} {'syscalls':>10} {'ns/syscall':>10} {'captured':>9} {'lost':>6}")
+    for i in range(rounds):
+        for mode in ("without", "with"):
+            agent = None
+            if mode == "with":
+                agent = Agent(procs, workdir, ["taskset", "-c", "1", str(TRACETAP), "agent", "ebpf"])
+                agent.start()
+                time.sleep(0.5)
+            proc = procs.start(["taskset", "-c", "0", str(exe), str(pairs), str(rate)], stdout=subprocess.PIPE, text=True)
+            out, _ = proc.communicate()
+            procs.children.remove(proc)
+            ops, cpu_ns = (int(x) for x in out.split())
+            extra = ""
+            if agent:
+                agent.begin()
+                time.sleep(0.5)
+                run = agent.stop()
+                extra = f"{run.data:>9,} {run.lost:>6,}"
+            per_call[mode].append(cpu_ns / ops)
+            print(f"{i + 1:>5} {mode:>8} {ops:>10,} {cpu_ns / ops:>10.0f} {extra}", flush=True)
+    without, with_agent = statistics.median(per_call["without"]), statistics.median(per_call["with"])
+    print(f"median CPU per syscall: without {without:.0f} ns, with {with_agent:.0f} ns: {with_agent - without:+.0f} ns added per "
+          f"captured syscall (goal <= 600 ns: {'met' if with_agent - without <= 600 else 'NOT met'}; DeepFlow: 277-889 ns)")
 
 
 # figure 1: capture rate -------------------------------------------------------------------------
@@ -433,6 +517,80 @@ def overhead_figure(procs: Procs, workdir: Path, rounds: int, seconds: int) -> N
           f"{statistics.median(r.data for r in runs):,.0f}, lost (ring+queue) total {sum(r.lost for r in runs):,}")
 
 
+class SpanReader:
+    """The benchmark prefix's spans topic read from where it ends now: the spans one round's agent emitted."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(ROOT))
+        from confluent_kafka import Consumer, TopicPartition
+
+        from cli.main import read_settings
+        from schemas.catalog import SPANS
+        from schemas.kafka import client_config
+        from schemas.registry import SchemaRegistry
+        from schemas.serde import AvroDeserializer
+
+        settings = read_settings(None, agent_env())
+        self.topic = SPANS.full_name(settings.topics.prefix)
+        self.decode = AvroDeserializer(SchemaRegistry(settings.registry))
+        self.consumer = Consumer(client_config(settings.kafka, **{"group.id": "tracetap-bench-spans", "enable.auto.commit": False}))
+        self.partitions = [TopicPartition(self.topic, p) for p in self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions]
+        self.TopicPartition = TopicPartition
+
+    def mark(self) -> dict[int, int]:
+        return {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self.partitions}
+
+    def since(self, start: dict[int, int]) -> list[dict]:
+        end = self.mark()
+        self.consumer.assign([self.TopicPartition(self.topic, p, o) for p, o in start.items() if end[p] > o])
+        records, left = [], sum(end[p] - o for p, o in start.items())
+        while left > 0:
+            batch = [m for m in self.consumer.consume(1000, timeout=5) if m.error() is None]
+            if not batch:
+                break
+            records += [self.decode(m.value()) for m in batch if m.offset() < end[m.partition()]]
+            left -= len(batch)
+        return records
+
+
+def budget_figure(procs: Procs, workdir: Path, rounds: int, seconds: int, budget: float) -> None:
+    print(f"\n== 2b. overhead on nginx with the agent bounded to {budget:g} core (--cpu-budget, in-collector), wrk -t1 -c32 "
+          f"-d{seconds}s, {rounds} alternating rounds  (load {loadavg()})")
+    nginx, port = start_nginx(procs, workdir)
+    run_wrk(procs, port, 2)
+    reader = SpanReader()
+    res: dict[str, list[tuple[float, float]]] = {"without": [], "budget": []}
+    print(f"{'round':>5} {'mode':>8} {'req/s':>10} {'p99 ms':>8} {'agent cpu%':>10} {'ratio':>6} {'spans':>8} {'incomplete':>10} {'lost':>8}")
+    total_spans = total_incomplete = 0
+    for i in range(rounds):
+        for mode in ("without", "budget"):
+            if mode == "budget":
+                agent = Agent(procs, workdir, [str(TRACETAP), "agent", "ebpf", "--in-collector", "--cpu-budget", str(budget)])
+                agent.start()
+                time.sleep(0.5)
+                start = reader.mark()
+                rps, p99 = run_wrk(procs, port, seconds, agent)
+                time.sleep(0.5)
+                run = agent.stop()
+                spans = [s for s in reader.since(start) if s["server_port"] == port]
+                incomplete = [s for s in spans if s["error_class"] or s["connection_closed"] or s["response_bytes"] <= 0]
+                total_spans += len(spans)
+                total_incomplete += len(incomplete)
+                extra = f"{run.cpu_pct:>10.1f} {run.min_ratio:>6.3f} {len(spans):>8,} {len(incomplete):>10,} {run.lost:>8,}"
+            else:
+                rps, p99 = run_wrk(procs, port, seconds)
+                extra = ""
+            res[mode].append((rps, p99))
+            print(f"{i + 1:>5} {mode:>8} {rps:>10,.0f} {p99:>8.2f} {extra}", flush=True)
+    procs.stop(nginx, signal.SIGQUIT)
+    med = {m: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for m, v in res.items()}
+    ratio, p99_ratio = med["budget"][0] / med["without"][0], med["budget"][1] / med["without"][1]
+    print(f"median req/s: without {med['without'][0]:,.0f}, with the agent at {budget:g} core {med['budget'][0]:,.0f}: ratio {ratio:.3f} "
+          f"(goal >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'}); p99 {med['without'][1]:.2f} -> {med['budget'][1]:.2f} ms, "
+          f"ratio {p99_ratio:.2f} (goal <= 1.5: {'met' if p99_ratio <= 1.5 else 'NOT met'}); "
+          f"spans {total_spans:,}, incomplete {total_incomplete:,}")
+
+
 # figure 3: profile ------------------------------------------------------------------------------
 PROFILE_WRAPPER = """
 import cProfile, sys
@@ -485,7 +643,11 @@ def main() -> int:
     ap.add_argument("--step-s", type=float, help="seconds per step (default 5, --quick 3)")
     ap.add_argument("--rounds", type=int, help="overhead rounds per mode (default 3, --quick 2)")
     ap.add_argument("--wrk-s", type=int, help="seconds per wrk round (default 10, --quick 5)")
-    ap.add_argument("--no-http", action="store_true", help="skip figure 2")
+    ap.add_argument("--no-http", action="store_true", help="skip figures 2 and 2b")
+    ap.add_argument("--no-syscall", action="store_true", help="skip figure 0")
+    ap.add_argument("--no-capture", action="store_true", help="skip figure 1 (and so figure 3)")
+    ap.add_argument("--budget", type=float, default=0.5, help="figure 2b: the agent's --cpu-budget in cores (default 0.5; 0 skips 2b)")
+    ap.add_argument("--syscall-pairs", type=int, help="figure 0: write+read pairs per round (default 10^6, --quick 2*10^5)")
     ap.add_argument("--no-profile", action="store_true", help="skip figure 3")
     ap.add_argument("--profile-rate", type=int, help="generator rate under cProfile (default: the saturating step)")
     ap.add_argument("--skip-topics", action="store_true", help="do not apply the tracetap-bench. topic catalog first")
@@ -508,14 +670,20 @@ def main() -> int:
         print(f"tracetap eBPF agent benchmark: {os.uname().release}, {os.cpu_count()} cpus, load {loadavg()}, workdir {workdir}")
         if not args.skip_topics:
             subprocess.run([str(TRACETAP), "topics", "apply"], cwd=ROOT, env=agent_env(), check=True, stdout=subprocess.DEVNULL)
+        if not args.no_syscall:
+            syscall_cost_figure(procs, workdir, args.syscall_pairs or (200_000 if args.quick else 1_000_000), 40_000, rounds)
         gen = build_generator(workdir)
-        marks = Watermarks()
-        try:
-            rows = capture_figure(procs, workdir, gen, steps, step_s, marks)
-        finally:
-            marks.close()
+        rows = []
+        if not args.no_capture:
+            marks = Watermarks()
+            try:
+                rows = capture_figure(procs, workdir, gen, steps, step_s, marks)
+            finally:
+                marks.close()
         if not args.no_http:
             overhead_figure(procs, workdir, rounds, wrk_s)
+            if args.budget:
+                budget_figure(procs, workdir, rounds, wrk_s, args.budget)
         paced = [r for r in rows if r["rate"]]
         sat = next((r for r in paced if r["run"].lost or r["run"].data < r["offered"]), None)
         upto = paced[:paced.index(sat) + 1] if sat else []

@@ -357,6 +357,9 @@ def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
     check_requirements()
     if args.in_collector:
         settings = dataclasses.replace(settings, agent=dataclasses.replace(settings.agent, in_collector=True))
+    if args.cpu_budget is not None:
+        settings = dataclasses.replace(settings, agent=dataclasses.replace(settings.agent, cpu_budget_cores=args.cpu_budget))
+        settings.agent.validate()
     host = agent_host(settings)
     data_topic = SPANS if settings.agent.in_collector else SOCKET_DATA
     emitter = open_emitter(settings, "ebpf", (data_topic, SOCKET_LIFECYCLE, RESOURCES))
@@ -367,8 +370,8 @@ def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
                                              f"lifecycle to {SOCKET_LIFECYCLE.full_name(settings.topics.prefix)}", flush=True))
     emitter.close()
     totals = emitter.totals()
-    print(f"captured {stats.data} data and {stats.lifecycle} lifecycle events, {stats.spans} spans; "
-          + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
+    print(f"captured {stats.data} data and {stats.lifecycle} lifecycle events, {stats.spans} spans, "
+          f"lowest sample ratio {stats.min_sample_ratio:.3f}; " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
     return _agent_exit(settings, emitter)
 
 
@@ -457,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     ebpf.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: until SIGINT/SIGTERM)")
     ebpf.add_argument("--in-collector", action="store_true",
                       help="parse L7 on the node and emit spans instead of raw socket data (agent.in_collector)")
+    ebpf.add_argument("--cpu-budget", type=float, metavar="CORES",
+                      help="CPU the agent may use: a CFS quota on its own cgroup, kept to by shedding whole flows (agent.cpu_budget_cores)")
     packets = add(agent_cmds, "packets", cmd_agent_packets,
                   "decode packets at NIC tap points (packets.taps) with tshark into packet summaries (root for live capture)")
     packets.add_argument("--read", action="append", metavar="PCAP", help="replay a pcap/pcapng file instead of capturing live (repeatable)")

@@ -50,6 +50,7 @@ class Emitter:
         self._offered_reported = 0
         self._stats_interval_s = stats_interval_s
         self._last_stats_ns = time.time_ns()
+        self._sample_ratio = self._interval_ratio = 1.0
         self._thread = threading.Thread(target=self._send_loop, name=f"{agent}-emitter", daemon=True)
         self._thread.start()
 
@@ -78,6 +79,17 @@ class Emitter:
             return False
         self._buffer.append(item)
         return True
+
+    @property
+    def backlog(self) -> float:
+        """How full the buffer to Kafka is, 0..1."""
+        return len(self._buffer) / self._capacity
+
+    def note_sample_ratio(self, ratio: float) -> None:
+        """The share of flows captured from now on; agent-stats reports the lowest of each interval."""
+        with self._lock:
+            self._sample_ratio = ratio
+            self._interval_ratio = min(self._interval_ratio, ratio)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -153,10 +165,12 @@ class Emitter:
             counters = dict(self._interval)
             self._interval.clear()
             offered = self.offered
+            sample_ratio, self._interval_ratio = self._interval_ratio, self._sample_ratio
         counters["buffered"] = len(self._buffer)
         counters["offered"] = offered - self._offered_reported
         self._offered_reported = offered
-        record = {"host": self.host, "agent": self.agent, "time": now, "interval_ns": now - self._last_stats_ns, "counters": counters}
+        record = {"host": self.host, "agent": self.agent, "time": now, "interval_ns": now - self._last_stats_ns, "counters": counters,
+                  "sample_ratio": sample_ratio}
         self._last_stats_ns = now
         try:
             self._producer.produce(AGENT_STATS, f"{self.agent}|{self.host}", record)

@@ -122,6 +122,8 @@ class Counters:
     malformed: int = 0
     unparsed_bytes: int = 0
     unmatched_responses: int = 0
+    cut_by_loss: int = 0  # requests dropped because the kernel lost events of their exchange
+    abandoned: int = 0  # requests unanswered when capture ended (`abandon`)
 
 
 class SocketAssembler:
@@ -138,6 +140,8 @@ class SocketAssembler:
         self._last_egress: bool | None = None
         self._first: SocketData | None = None
         self._socket: tuple[TapSide, str, Endpoint, Endpoint] | None = None
+        self._loss_generation = 0
+        self._sample_ratio = 1.0
         self.counters = Counters()
 
     # input --------------------------------------------------------------------------------------------
@@ -145,6 +149,11 @@ class SocketAssembler:
         """Feed the socket's next data event; returns the spans it completed."""
         if self._first is None:
             self._first = event
+            self._loss_generation = event.loss_generation
+        elif event.loss_generation != self._loss_generation:
+            self._loss_generation = event.loss_generation
+            self._resync()
+        self._sample_ratio = event.sample_ratio
         if self._undetected or event.byte_count <= 0:
             return []
         if self.protocol is None and not self._detect(event):
@@ -184,6 +193,33 @@ class SocketAssembler:
             out.append(span)
         return out
 
+    def abandon(self) -> list[Span]:
+        """Capture ends here (the agent stops), not the connection: a response in progress ends as captured, and
+        requests still unanswered are dropped and counted, not reported as errors: nothing says how they ended."""
+        out = self._settle(True, force=True) + self._settle(False, force=True)
+        if self._response is not None:
+            out.append(self._finish_response())
+        self.counters.abandoned += self._open_requests
+        self._requests.clear()
+        self._keyed.clear()
+        self._open_requests = 0
+        return out
+
+    def _resync(self) -> None:
+        """The kernel lost events of this socket (and shed the rest of that exchange): what is open is incomplete.
+        It is dropped, counted, and never reported as a span; the next request starts clean."""
+        self.counters.cut_by_loss += self._open_requests + (self._response is not None)
+        self._requests.clear()
+        self._keyed.clear()
+        self._open_requests = 0
+        self._response = None
+        self._last_egress = None
+        for stream in self._streams.values():
+            self.counters.unparsed_bytes += len(stream.buffer)
+            stream.clear()
+            stream.skip = 0
+            stream.draining = False
+
     @property
     def idle(self) -> bool:
         return not self._open_requests and self._response is None and not any(s.unparsed for s in self._streams.values())
@@ -212,12 +248,15 @@ class SocketAssembler:
         socket = None if self._socket is None else [str(self._socket[0]), self._socket[1], list(self._socket[2]), list(self._socket[3])]
         c = self.counters
         return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests if not r.paired],
-                response, self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses]]
+                response, self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses, c.cut_by_loss, c.abandoned],
+                [self._loss_generation, self._sample_ratio]]
 
     @classmethod
     def from_state(cls, state: list[Any], config: AssemblyConfig) -> SocketAssembler:
-        protocol, undetected, client_egress, streams, requests, response, last_egress, first, socket, counters = state
+        protocol, undetected, client_egress, streams, requests, response, last_egress, first, socket, counters, *sampling = state
         assembler = cls(config)
+        if sampling:  # absent in state written before sampling existed
+            assembler._loss_generation, assembler._sample_ratio = sampling[0]
         if protocol is not None:
             assembler.protocol = next(p for p in REGISTRY[protocol[0]] if p.name == protocol[1])
         assembler._undetected, assembler._client_egress, assembler._last_egress = undetected, client_egress, last_egress
@@ -467,7 +506,7 @@ class SocketAssembler:
             syscall_trace_id_request=request.trace_id, syscall_trace_id_response=response.trace_id if response else None,
             pid=first.pid, tid=request.tid, comm=first.comm,
             trace_headers=dict(req.trace_headers), attributes=dict(req.attributes + (resp.attributes if resp else ())),
-            identity=first.socket_key,
+            sample_ratio=self._sample_ratio, identity=first.socket_key,
         )
 
     def _describe_socket(self) -> tuple[TapSide, str, Endpoint, Endpoint]:

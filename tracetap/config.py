@@ -194,6 +194,9 @@ class AgentSettings:
     redact_keys: list[str] = field(default_factory=list)  # more secret query, form and JSON keys to mask
     # Parse L7 on the node and emit spans (to the spans topic) instead of raw socket data.
     in_collector: bool = False
+    # CPU the eBPF agent may use, in cores: a CFS quota on its own cgroup, and the budget its flow shedding
+    # keeps to. None: no quota (flows are still shed when events are lost).
+    cpu_budget_cores: float | None = None
 
     def redaction_rules(self) -> RedactionRules:
         return RedactionRules(**{rule: False for rule in self.redact_disable}, extra_headers=tuple(self.redact_headers),
@@ -207,6 +210,8 @@ class AgentSettings:
             raise ConfigError("agent.ring_buffer_pages", f"{pages} is not a power of two >= 8")
         if self.buffer_records < 1:
             raise ConfigError("agent.buffer_records", "must be >= 1")
+        if self.cpu_budget_cores is not None and not 0.01 <= self.cpu_budget_cores <= 1024:
+            raise ConfigError("agent.cpu_budget_cores", f"{self.cpu_budget_cores} is not within 0.01..1024 cores")
         for port in self.exclude_ports:
             if not 1 <= port <= 65535:
                 raise ConfigError("agent.exclude_ports", f"{port} is not a TCP/UDP port")

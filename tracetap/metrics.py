@@ -34,12 +34,17 @@ class RedAccumulator:
     latency: DDSketch = field(default_factory=DDSketch)
     max_ns: int = 0
     sum_ns: int = 0
+    estimated_requests: float = 0.0  # each span counted 1 / its sample ratio: what the agents' shedding left out
+    estimated_errors: float = 0.0
 
     def add(self, span: Span) -> None:
         self.latency.add(span.duration_ns)  # first: the one step that refuses a value (a negative duration)
         self.request_count += 1
+        weight = 1.0 / span.sample_ratio
+        self.estimated_requests += weight
         if span.error_class:
             self.errors[span.error_class] = self.errors.get(span.error_class, 0) + 1
+            self.estimated_errors += weight
         self.max_ns = max(self.max_ns, span.duration_ns)
         self.sum_ns += span.duration_ns
 
@@ -50,14 +55,20 @@ class RedAccumulator:
         self.latency.merge(other.latency)
         self.max_ns = max(self.max_ns, other.max_ns)
         self.sum_ns += other.sum_ns
+        self.estimated_requests += other.estimated_requests
+        self.estimated_errors += other.estimated_errors
 
     def to_state(self) -> list[Any]:
-        return [self.request_count, dict(self.errors), self.latency.to_state(), self.max_ns, self.sum_ns]
+        return [self.request_count, dict(self.errors), self.latency.to_state(), self.max_ns, self.sum_ns, self.estimated_requests,
+                self.estimated_errors]
 
     @classmethod
     def from_state(cls, state: list[Any]) -> RedAccumulator:
-        count, errors, latency, max_ns, sum_ns = state
-        return cls(count, dict(errors), DDSketch.from_state(latency), max_ns, sum_ns)
+        count, errors, latency, max_ns, sum_ns, *estimated = state
+        errors = dict(errors)
+        if not estimated:  # state from before sampling: every span counted once
+            estimated = [float(count), float(sum(errors.values()))]
+        return cls(count, errors, DDSketch.from_state(latency), max_ns, sum_ns, *estimated)
 
     def result(self, key: RedKey, window_start_ns: int, window_ns: int) -> dict[str, Any]:
         """The RedMetric record."""
@@ -74,6 +85,8 @@ class RedAccumulator:
             "protocol_error_count": self.errors.get("PROTOCOL_ERROR", 0), "latency_p50_ns": q(0.5), "latency_p90_ns": q(0.9),
             "latency_p99_ns": q(0.99), "latency_max_ns": self.max_ns, "latency_sum_ns": self.sum_ns,
             "latency_sketch": self.latency.to_bytes(),
+            # rounded: a sum of floats depends on the order the engines merged it in
+            "estimated_request_count": round(self.estimated_requests, 3), "estimated_error_count": round(self.estimated_errors, 3),
         }
 
 

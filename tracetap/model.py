@@ -44,6 +44,8 @@ class SocketData(NamedTuple):
     payload: bytes
     tcp_seq: int | None
     syscall_trace_id: int | None
+    sample_ratio: float = 1.0  # the share of flows the agent captured when this exchange started
+    loss_generation: int = 0  # the socket's lost-event count in the kernel: a change means events are missing
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> SocketData:
@@ -52,9 +54,12 @@ class SocketData(NamedTuple):
             raise InvalidEvent(f"payload of {len(r['payload'])} bytes, longer than the {r['bytes']} bytes the syscall moved")
         if not 0 <= r["start_time"] <= r["end_time"] < 2**62:  # 2**62 ns: 2116; a time plus a timeout stays within a long
             raise InvalidEvent(f"start_time {r['start_time']} and end_time {r['end_time']} are not in order within 0..2**62 ns")
+        ratio = r.get("sample_ratio", 1.0)
+        if not 0.0 < ratio <= 1.0:  # counts are scaled by 1 / ratio
+            raise InvalidEvent(f"sample_ratio {ratio} is not within (0, 1]")
         return cls(r["host"], r["start_time"], r["end_time"], r["pid"], r["tid"], r["comm"], r["socket_id"], r["direction"] == "EGRESS",
                    r["bytes"], r["l4_protocol"], r["local_ip"], r["local_port"], r["remote_ip"], r["remote_port"], r["role"],
-                   r["payload"], r["tcp_seq"], r["syscall_trace_id"])
+                   r["payload"], r["tcp_seq"], r["syscall_trace_id"], ratio, r.get("loss_generation", 0))
 
     @property
     def crossed_ns(self) -> int:
@@ -104,6 +109,7 @@ class Span:
     attributes: dict[str, str] = field(default_factory=dict)
     trace_id: str | None = None
     parent_span_id: str | None = None
+    sample_ratio: float = 1.0  # the share of flows captured when the request was made: the span stands for 1 / ratio
     identity: str = ""  # what makes the span unique at its tap point (socket or flow); part of span_id
     _id: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -134,7 +140,7 @@ class Span:
             "resp_tcp_seq": self.resp_tcp_seq, "syscall_trace_id_request": self.syscall_trace_id_request,
             "syscall_trace_id_response": self.syscall_trace_id_response, "traceparent": self.trace_headers.get("traceparent"),
             "x_request_id": self.trace_headers.get("x-request-id"), "sw8": self.trace_headers.get("sw8"),
-            "attributes": dict(self.attributes),
+            "attributes": dict(self.attributes), "sample_ratio": self.sample_ratio,
         }
 
 
@@ -143,6 +149,7 @@ _OPTIONAL_INTS = frozenset({"response_code", "req_tcp_seq", "resp_tcp_seq", "sys
                             "pid", "tid"})
 _INTS = frozenset({"start_ns", "end_ns", "client_port", "server_port", "request_bytes", "response_bytes"})
 _MAPS = frozenset({"trace_headers", "attributes"})
+_RATIO_AT = _SPAN_FIELDS.index("sample_ratio")  # state written before sampling existed lacks it
 
 
 def span_to_state(span: Span) -> list[Any]:
@@ -153,10 +160,14 @@ def span_to_state(span: Span) -> list[Any]:
 def span_from_state(state: list[Any]) -> Span:
     """The span of `span_to_state`; UndecodableState for anything else (every field's type is checked: the
     state may come from a topic)."""
+    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 1:
+        state = [*state[:_RATIO_AT], 1.0, *state[_RATIO_AT:]]
     if not isinstance(state, list) or len(state) != len(_SPAN_FIELDS):
         raise UndecodableState(f"a span is a list of {len(_SPAN_FIELDS)} fields, not {type(state).__name__}")
     for name, value in zip(_SPAN_FIELDS, state):
-        if name in _INTS:
+        if name == "sample_ratio":
+            ok = type(value) in (float, int) and 0 < value <= 1
+        elif name in _INTS:
             ok = type(value) is int
         elif name in _OPTIONAL_INTS:
             ok = value is None or type(value) is int

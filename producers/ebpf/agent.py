@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
+from producers.ebpf.budget import BudgetError, CpuQuota, Shedding
 from producers.ebpf.collector import InCollector
-from producers.ebpf.events import COUNTERS, PID_OFFSET, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle
+from producers.ebpf.events import (COUNTERS, PID_OFFSET, SAMPLE_ALL, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle,
+                                   sample_threshold)
 from producers.common import excluded_ports
 from producers.emitter import Emitter
 from producers.resources import ResourceTracker
@@ -61,6 +63,10 @@ KERNEL_MEMBERS: dict[str, tuple[str, str, int]] = {  # (struct, member, bytes th
 
 
 POLL_BUDGET = 8192  # events handled per poll before the loop checks signals, deadline and counters
+POLL_MAX_S = 0.1  # ... or this long
+CONTROL_INTERVAL_S = 0.5  # how often the kernel counters are read and the shedding ratio adapted
+# Kernel counters reported in agent-stats (as deltas): losses and what shedding left out.
+REPORTED_COUNTERS = ("data_lost", "lifecycle_lost", "shed_events", "shed_requests", "loss_markers_lost")
 
 
 class AgentError(TracetapError):
@@ -72,6 +78,7 @@ class CaptureStats:
     data: int = 0
     lifecycle: int = 0
     spans: int = 0  # in-collector mode
+    min_sample_ratio: float = 1.0
     kernel_counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -126,7 +133,9 @@ class SocketTracer:
         self._on_data = on_data
         self._on_lifecycle = on_lifecycle
         self._polled = 0
+        self._poll_until = 0.0
         self.bpf["data_events"].open_ring_buffer(self._data_callback)
+        self.bpf["loss_markers"].open_ring_buffer(self._data_callback)  # header-only data events: same path
         self.bpf["lifecycle_events"].open_ring_buffer(self._lifecycle_callback)
 
     def _fill_filters(self, agent: AgentSettings, ports: set[int]) -> None:
@@ -155,6 +164,7 @@ class SocketTracer:
             for path in agent.include_cgroups:
                 cgroups[ctypes.c_uint64(_cgroup_id(path))] = one
             flags |= 4
+        self.bpf["sampling"][ctypes.c_int(0)] = ctypes.c_uint32(SAMPLE_ALL)
         flags |= 8  # FILTER_ARMED, last: the program captures nothing until the filters above are in place
         self.bpf["filter_flags"][ctypes.c_uint32(0)] = ctypes.c_uint32(flags)
         log.info("filters set excluded_ports=%s excluded_pids=%d include_netns=%s exclude_comms=%s include_cgroups=%s",
@@ -171,13 +181,21 @@ class SocketTracer:
 
     def _budget_left(self) -> int:
         # Under sustained load libbpf keeps consuming and poll never returns; a negative return
-        # ends this poll (the record counts as consumed), so signals and counters get their turn.
+        # ends this poll (the record counts as consumed), so signals, counters and the shedding
+        # controller get their turn, on time even when a CPU quota slows the agent down.
         self._polled += 1
-        return -1 if self._polled >= POLL_BUDGET else 0
+        if self._polled >= POLL_BUDGET or (not self._polled & 63 and time.monotonic() >= self._poll_until):
+            return -1
+        return 0
 
     def poll(self, timeout_ms: int) -> None:
         self._polled = 0
+        self._poll_until = time.monotonic() + POLL_MAX_S
         self.bpf.ring_buffer_poll(timeout_ms)
+
+    def set_sample_ratio(self, ratio: float) -> None:
+        """Capture this share of flows from each one's next request on (flows are kept or shed whole)."""
+        self.bpf["sampling"][ctypes.c_int(0)] = ctypes.c_uint32(sample_threshold(ratio))
 
     def kernel_counters(self) -> dict[str, int]:
         table = self.bpf["counters"]
@@ -222,6 +240,9 @@ class EbpfAgent:
         self._encoder = DataEventEncoder(SOCKET_DATA.schema(), host, self._clock, self._trace_prefix, self._redact)
         emitter.register_raw(SOCKET_DATA, self._encoder.encode)
         self._collector = InCollector(self._emit_span) if settings.agent.in_collector else None
+        self._collector_seen: dict[str, int] = {}
+        self._shedding = Shedding(settings.agent.cpu_budget_cores)
+        self._cpu_budget = settings.agent.cpu_budget_cores
 
     def _on_data(self, raw: bytes) -> None:
         self.stats.data += 1
@@ -266,28 +287,74 @@ class EbpfAgent:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         deadline = time.monotonic() + duration_s if duration_s else None
+        quota = self._apply_quota()
         self._resources.start()
         if on_ready:
             on_ready()
-        last_counters = time.monotonic()
-        while not self._stopping and (deadline is None or time.monotonic() < deadline):
-            self._tracer.poll(100)
-            if time.monotonic() - last_counters >= 1.0:
-                self._collect_kernel_counters()
-                if self._collector is not None:
-                    self._collector.tick()
-                last_counters = time.monotonic()
-        self._tracer.poll(0)  # drain what the kernel already wrote
-        if self._collector is not None:
-            self._collector.flush()
-        self._resources.stop()
-        self._collect_kernel_counters()
+        last_control = time.monotonic()
+        last_cpu = time.process_time()
+        overflowed = self._emitter.counters["queue_overflow"]
+        try:
+            while not self._stopping and (deadline is None or time.monotonic() < deadline):
+                self._tracer.poll(100)
+                now = time.monotonic()
+                if now - last_control >= CONTROL_INTERVAL_S:
+                    lost = self._collect_kernel_counters().get("data_lost", 0)
+                    cpu = time.process_time()
+                    lost += self._emitter.counters["queue_overflow"] - overflowed
+                    overflowed = self._emitter.counters["queue_overflow"]
+                    self._adapt((cpu - last_cpu) / (now - last_control), lost)
+                    if self._collector is not None:
+                        self._collector.tick()
+                        self._count_collector()
+                    last_control, last_cpu = now, cpu
+            self._tracer.poll(0)  # drain what the kernel already wrote
+            if self._collector is not None:
+                self._collector.flush()
+                self._count_collector()
+            self._resources.stop()
+            self._collect_kernel_counters()
+        finally:
+            if quota is not None:
+                quota.release()
         self.stats.kernel_counters = dict(self._kernel_seen)
         return self.stats
 
-    def _collect_kernel_counters(self) -> None:
+    def _count_collector(self) -> None:
+        """In-collector requests that never became spans, reported in agent-stats."""
+        assert self._collector is not None
+        for name, value in (("requests_cut_by_loss", self._collector.cut_by_loss), ("requests_open_at_exit", self._collector.abandoned)):
+            if value > self._collector_seen.get(name, 0):
+                self._emitter.count(name, value - self._collector_seen.get(name, 0))
+                self._collector_seen[name] = value
+
+    def _apply_quota(self) -> CpuQuota | None:
+        if self._cpu_budget is None:
+            return None
+        try:
+            return CpuQuota.apply(self._cpu_budget)
+        except BudgetError as exc:  # shedding still keeps to the budget, measured
+            log.warning("cpu budget not enforced by a quota, shedding keeps to it error=%s", exc)
+            return None
+
+    def _adapt(self, cpu_cores: float, lost: int) -> None:
+        """One step of the shedding controller; the kernel takes the new ratio at each flow's next request."""
+        before = self._shedding.ratio
+        ratio = self._shedding.update(cpu_cores, lost, self._emitter.backlog)
+        if ratio != before:
+            self._tracer.set_sample_ratio(ratio)
+            if abs(ratio - before) >= 0.05 or ratio == 1.0:
+                log.info("sample ratio=%.3f was=%.3f cpu_cores=%.2f budget=%s lost=%d backlog=%.2f", ratio, before, cpu_cores,
+                         self._cpu_budget, lost, self._emitter.backlog)
+        self._emitter.note_sample_ratio(ratio)
+        self.stats.min_sample_ratio = min(self.stats.min_sample_ratio, ratio)
+
+    def _collect_kernel_counters(self) -> dict[str, int]:
+        """The kernel counters' increase since the last call; losses and shedding are reported in agent-stats."""
+        deltas = {}
         for name, value in self._tracer.kernel_counters().items():
-            delta = value - self._kernel_seen.get(name, 0)
-            if delta and name in ("data_lost", "lifecycle_lost"):
+            delta = deltas[name] = value - self._kernel_seen.get(name, 0)
+            if delta and name in REPORTED_COUNTERS:
                 self._emitter.count(name, delta)
             self._kernel_seen[name] = value
+        return deltas

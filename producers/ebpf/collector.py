@@ -19,6 +19,8 @@ class InCollector:
         self._emit = emit
         self._clock = clock or EventClock()
         self._sockets: dict[str, tuple[SocketAssembler, int]] = {}  # socket key -> (assembler, last event time)
+        self.cut_by_loss = 0  # requests dropped because the kernel lost events of their exchange
+        self.abandoned = 0  # requests unanswered when the agent stopped
 
     def add(self, record: dict) -> None:
         """One SocketDataEvent record (as decoded by DataEventEncoder.record)."""
@@ -27,8 +29,10 @@ class InCollector:
         key = event.socket_key
         assembler = self._sockets.get(key, (None, 0))[0] or SocketAssembler()
         self._sockets[key] = (assembler, event.end_ns)
+        cut = assembler.counters.cut_by_loss
         for span in assembler.add(event):
             self._emit(span)
+        self.cut_by_loss += assembler.counters.cut_by_loss - cut
 
     def tick(self) -> None:
         """Time out unanswered requests at the current watermark and forget idle sockets."""
@@ -40,10 +44,12 @@ class InCollector:
                 del self._sockets[key]
 
     def flush(self) -> None:
-        """At exit: what is open ends as if its sockets closed now."""
-        for assembler, last_ns in self._sockets.values():
-            for span in assembler.close(last_ns):
+        """At exit: responses in progress end as captured; unanswered requests are counted in `abandoned`, not
+        reported as failures (the agent stopping says nothing about how they ended)."""
+        for assembler, _ in self._sockets.values():
+            for span in assembler.abandon():
                 self._emit(span)
+            self.abandoned += assembler.counters.abandoned
         self._sockets.clear()
 
     def __len__(self) -> int:

@@ -23,7 +23,8 @@ L4 = {6: "TCP", 17: "UDP"}
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE",
               8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 LC_STATE, LC_RETRANSMIT, LC_RESET_SENT, LC_RESET_RECEIVED, LC_RTT, LC_ACCEPT = 1, 2, 3, 4, 5, 6
-COUNTERS = ("data_events", "data_lost", "lifecycle_lost", "filtered")
+COUNTERS = ("data_events", "data_lost", "lifecycle_lost", "filtered", "shed_events", "shed_requests", "loss_markers_lost")
+SAMPLE_ALL = 0xFFFFFFFF  # the kernel's sampling threshold that captures every flow
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
@@ -38,7 +39,7 @@ class DataEventHeader(ctypes.Structure):
         ("seq", ctypes.c_uint32), ("payload_len", ctypes.c_uint32),
         ("family", ctypes.c_uint16), ("lport", ctypes.c_uint16), ("rport", ctypes.c_uint16),
         ("direction", ctypes.c_uint8), ("syscall", ctypes.c_uint8), ("protocol", ctypes.c_uint8), ("role", ctypes.c_uint8),
-        ("has_seq", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+        ("has_seq", ctypes.c_uint8), ("loss_generation", ctypes.c_uint8), ("sample_threshold", ctypes.c_uint32),
         ("laddr", ctypes.c_uint8 * 16), ("raddr", ctypes.c_uint8 * 16), ("comm", ctypes.c_char * 16),
     ]
 
@@ -59,9 +60,23 @@ class LifecycleEvent(ctypes.Structure):
 # Where the payload starts in struct data_event: after comm, before ctypes' trailing padding.
 DATA_HEADER_SIZE = DataEventHeader.comm.offset + DataEventHeader.comm.size
 # The same layout for the hot path: one unpack beats a dozen ctypes attribute reads.
-_DATA_HEADER = struct.Struct("<6Q3IiII3H6B16s16s16s")
+_DATA_HEADER = struct.Struct("<6Q3IiII3H6BI16s16s16s")
 assert _DATA_HEADER.size == DATA_HEADER_SIZE, "struct data_event mirrors disagree"
 PID_OFFSET = DataEventHeader.pid.offset
+
+
+_AVRO_DOUBLE = struct.Struct("<d")
+_ALL_AVRO = _AVRO_DOUBLE.pack(1.0)
+
+
+def sample_ratio(threshold: int) -> float:
+    """The share of flows a kernel sampling threshold captures (flows whose client hash is below it)."""
+    return 1.0 if threshold >= SAMPLE_ALL else max(threshold, 1) / 2**32
+
+
+def sample_threshold(ratio: float) -> int:
+    """The kernel threshold for a share of flows: the inverse of `sample_ratio`."""
+    return SAMPLE_ALL if ratio >= 1.0 else max(0, min(SAMPLE_ALL - 1, int(ratio * 2**32)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +106,7 @@ _CACHE_MAX = 65_536
 PayloadFilter = Callable[[tuple[int, ...], bytes, int], bytes]
 SOCKET_DATA_FIELDS = ("host", "start_time", "end_time", "pid", "tid", "comm", "fd", "socket_id", "netns_inode", "direction",
                       "syscall", "bytes", "l4_protocol", "local_ip", "local_port", "remote_ip", "remote_port", "role",
-                      "payload", "tcp_seq", "syscall_trace_id", "cgroup_id")
+                      "payload", "tcp_seq", "syscall_trace_id", "cgroup_id", "sample_ratio", "loss_generation")
 
 
 class DataEventEncoder:
@@ -122,7 +137,7 @@ class DataEventEncoder:
 
     def encode(self, raw: bytes) -> tuple[str, bytes, int]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
-         direction, syscall, protocol, role, has_seq, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+         direction, syscall, protocol, role, has_seq, loss_generation, threshold, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
         payload = self._payload(raw, payload_len, socket_ino, pid, fd, direction, nbytes)
         ends = self._endpoints.get((family, protocol, laddr, lport, raddr, rport)) or self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
         return ends.key, b"".join((
@@ -133,11 +148,12 @@ class DataEventEncoder:
             AVRO_SOME + avro_long(seq) if has_seq else AVRO_NULL,
             AVRO_SOME + avro_long(self._trace_base | trace_id) if trace_id else AVRO_NULL,
             AVRO_SOME + avro_long(cgroup_id) if cgroup_id else AVRO_NULL,
+            _ALL_AVRO if threshold == SAMPLE_ALL else _AVRO_DOUBLE.pack(sample_ratio(threshold)), avro_long(loss_generation),
         )), exit_ns + self._offset_ns
 
     def record(self, raw: bytes) -> tuple[str, dict[str, Any]]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
-         direction, syscall, protocol, role, has_seq, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+         direction, syscall, protocol, role, has_seq, loss_generation, threshold, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
         ends = self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
         return ends.key, {
             "host": self._host, "start_time": enter_ns + self._offset_ns, "end_time": exit_ns + self._offset_ns, "pid": pid,
@@ -146,7 +162,7 @@ class DataEventEncoder:
             "bytes": nbytes, "l4_protocol": ends.l4, "local_ip": ends.local_ip, "local_port": lport, "remote_ip": ends.remote_ip,
             "remote_port": rport, "role": ROLES[role] if role < len(ROLES) else "UNKNOWN", "payload": self._payload(raw, payload_len, socket_ino, pid, fd, direction, nbytes),
             "tcp_seq": seq if has_seq else None, "syscall_trace_id": self._trace_base | trace_id if trace_id else None,
-            "cgroup_id": cgroup_id or None,
+            "cgroup_id": cgroup_id or None, "sample_ratio": sample_ratio(threshold), "loss_generation": loss_generation,
         }
 
     def _payload(self, raw: bytes, payload_len: int, socket_ino: int, pid: int, fd: int, direction: int, nbytes: int) -> bytes:

@@ -51,7 +51,16 @@ enum sk_rst_reason { SK_RST_REASON_PLACEHOLDER_ };
 #define CNT_DATA_LOST 1
 #define CNT_LIFECYCLE_LOST 2
 #define CNT_FILTERED 3
-#define CNT_MAX 4
+#define CNT_SHED_EVENTS 4
+#define CNT_SHED_REQUESTS 5
+#define CNT_LOSS_MARKERS_LOST 6
+#define CNT_MAX 7
+
+// Shedding (the agent's CPU budget): a flow is captured while the hash of its client endpoint is below
+// the threshold user space sets; SAMPLE_ALL captures everything. The decision is taken when a request
+// starts and holds until the next one, so a conversation is never cut mid-exchange.
+#define SAMPLE_ALL 0xFFFFFFFFu
+#define DIR_NONE 2
 
 struct data_args {
     u64 enter_ns;
@@ -102,11 +111,22 @@ struct data_event {
     u8 protocol;
     u8 role;
     u8 has_seq;
-    u8 pad;
+    u8 loss_generation;  // the socket's count of lost events (mod 256): a change tells user space to resync
+    u32 sample_threshold;  // the shedding threshold this message was captured under
     u8 laddr[16];
     u8 raddr[16];
     char comm[16];
     u8 payload[PAYLOAD_MAX];
+};
+
+// What the kernel keeps per socket for shedding and loss: one lookup per syscall.
+struct sock_flow {
+    u32 threshold;    // in force since the current request started
+    u8 request_dir;   // the direction requests travel on this socket
+    u8 last_dir;      // of the last captured-or-shed message, DIR_NONE at first
+    u8 shed;          // the current exchange is not captured
+    u8 loss_generation;
+    u8 sent;          // an event of the current exchange reached user space (a loss then leaves it open there)
 };
 
 struct lifecycle_event {
@@ -136,6 +156,9 @@ struct lifecycle_event {
 
 BPF_RINGBUF_OUTPUT(data_events, DATA_RINGBUF_PAGES);
 BPF_RINGBUF_OUTPUT(lifecycle_events, LIFECYCLE_RINGBUF_PAGES);
+// Header-only data events (no bytes) that carry a socket's new loss generation as soon as an event of
+// it is lost, so user space drops the broken exchange even if the socket then goes quiet.
+BPF_RINGBUF_OUTPUT(loss_markers, 64);
 
 BPF_HASH(active_data, u64, struct data_args, 16384);
 BPF_TABLE("lru_hash", u64, struct sock_info, sock_infos, 65536);
@@ -145,6 +168,8 @@ BPF_TABLE("lru_hash", u64, u64, rtt_last_ns, 65536);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_ARRAY(trace_seq, u64, 1);
+BPF_TABLE("lru_hash", u64, struct sock_flow, sock_flows, 65536);
+BPF_ARRAY(sampling, u32, 1);  // the shedding threshold, set by user space (SAMPLE_ALL at load)
 
 // Filters, filled by the loader.
 BPF_HASH(excluded_pids, u32, u8, 1024);
@@ -267,6 +292,64 @@ static __always_inline void fill_addrs(void *sk, u16 family, u8 *laddr, u8 *radd
     }
 }
 
+// murmur3's finalizer over the client's address (its last 4 bytes: IPv4, or IPv4-mapped IPv6) and port.
+// Both ends of a connection on one node hash the same endpoint, and DNAT (a Service's ClusterIP) keeps it.
+static __always_inline u32 client_hash(void *sk, u8 role) {
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), sk + OFF_SKC_FAMILY);
+    u16 lport = sock_lport(sk), rport = sock_rport(sk);
+    int local = role == ROLE_CLIENT || (role == ROLE_UNKNOWN && lport > rport);  // unknown: the ephemeral (higher) port
+    u32 addr = 0;
+    u64 off = family == AF_INET ? (local ? OFF_SKC_RCV_SADDR : OFF_SKC_DADDR)
+                                : (local ? OFF_SKC_V6_RCV_SADDR : OFF_SKC_V6_DADDR) + 12;
+    bpf_probe_read_kernel(&addr, sizeof(addr), sk + off);
+    u32 h = addr ^ ((u32)(local ? lport : rport) * 0x9E3779B1u);
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+static __always_inline u8 sock_role(u64 sk) {
+    struct sock_info *info = sock_infos.lookup(&sk);
+    return info ? info->role : ROLE_UNKNOWN;
+}
+
+// 1 if this syscall's bytes are shed. A new request (a message in the socket's request direction after
+// one in the other) takes the decision for its whole exchange, under the threshold in force now.
+static __always_inline int shed(void *sk, u8 direction) {
+    u64 key = (u64)sk;
+    struct sock_flow *f = sock_flows.lookup(&key);
+    if (!f) {
+        u8 role = sock_role(key);
+        struct sock_flow fresh = {};
+        // A client writes requests, a server reads them; unknown (sockets older than the agent, UDP):
+        // the first message seen is taken as a request.
+        fresh.request_dir = role == ROLE_CLIENT ? DIR_EGRESS : role == ROLE_SERVER ? DIR_INGRESS : direction;
+        fresh.last_dir = DIR_NONE;
+        sock_flows.update(&key, &fresh);
+        f = sock_flows.lookup(&key);
+        if (!f) return 0;
+    }
+    if (direction != f->last_dir) {
+        int first = f->last_dir == DIR_NONE;
+        f->last_dir = direction;
+        if (first || direction == f->request_dir) {
+            u32 zero = 0;
+            u32 *threshold = sampling.lookup(&zero);
+            u32 t = threshold ? *threshold : SAMPLE_ALL;
+            f->threshold = t;
+            f->sent = 0;
+            f->shed = t != SAMPLE_ALL && client_hash(sk, sock_role(key)) >= t;
+            if (f->shed) count(CNT_SHED_REQUESTS);
+        }
+    }
+    if (f->shed) count(CNT_SHED_EVENTS);
+    return f->shed;
+}
+
 static __always_inline int enter_data(u32 fd, u64 buf, u64 addr, u8 syscall, u8 direction, u8 iov) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32;
@@ -278,6 +361,7 @@ static __always_inline int enter_data(u32 fd, u64 buf, u64 addr, u8 syscall, u8 
         count(CNT_FILTERED);
         return 0;
     }
+    if (shed(sk, direction)) return 0;
     a.enter_ns = bpf_ktime_get_ns();
     a.sk = (u64)sk;
     a.buf = buf;
@@ -390,6 +474,9 @@ static __always_inline int exit_data(long ret) {
     struct sock_info *info = sock_infos.lookup(&skey);
     e->role = info ? info->role : ROLE_UNKNOWN;
     e->trace_id = thread_trace_id(pid_tgid, skey, e->role, e->direction);
+    struct sock_flow *flow = sock_flows.lookup(&skey);
+    e->loss_generation = flow ? flow->loss_generation : 0;
+    e->sample_threshold = flow ? flow->threshold : SAMPLE_ALL;
 
     u64 src = a->buf;
     u64 avail = ret;
@@ -405,8 +492,23 @@ static __always_inline int exit_data(long ret) {
     e->payload_len = len;
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
     u32 size = __builtin_offsetof(struct data_event, payload) + len;
-    if (data_events.ringbuf_output(e, size, 0) != 0) count(CNT_DATA_LOST);
-    else count(CNT_DATA_EVENTS);
+    if (data_events.ringbuf_output(e, size, 0) != 0) {
+        count(CNT_DATA_LOST);
+        // The exchange is broken: shed the rest of it, and let the next captured event say so.
+        if (flow) {
+            flow->loss_generation++;
+            flow->shed = 1;
+            if (flow->sent) {  // user space holds part of this exchange: tell it now, the socket may go quiet
+                e->loss_generation = flow->loss_generation;
+                e->bytes = 0;
+                e->payload_len = 0;
+                if (loss_markers.ringbuf_output(e, __builtin_offsetof(struct data_event, payload), 0) != 0) count(CNT_LOSS_MARKERS_LOST);
+            }
+        }
+    } else {
+        count(CNT_DATA_EVENTS);
+        if (flow) flow->sent = 1;
+    }
     active_data.delete(&pid_tgid);
     return 0;
 }
@@ -562,6 +664,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         u64 key = (u64)sk;
         sock_infos.delete(&key);
         sock_last_dir.delete(&key);
+        sock_flows.delete(&key);
         rtt_last_ns.delete(&key);
     }
     return 0;

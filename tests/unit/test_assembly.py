@@ -139,7 +139,7 @@ def test_any_event_sequence_assembles_without_raising(events):
     assert a.idle
 
 
-def test_the_in_collector_emits_spans_times_out_on_the_watermark_and_flushes_at_exit():
+def test_the_in_collector_emits_spans_times_out_on_the_watermark_and_counts_what_is_open_at_exit():
     from producers.ebpf.collector import InCollector
     from tracetap.eventtime import EventClock
 
@@ -158,5 +158,50 @@ def test_the_in_collector_emits_spans_times_out_on_the_watermark_and_flushes_at_
     collector.add(record(True, REQ, 40_000_000_000, socket_id=3))  # moves the watermark past the 30 s timeout
     collector.tick()
     assert [s.error_class for s in emitted[1:]] == ["TIMEOUT"]
-    collector.flush()
-    assert [(s.error_class, s.connection_closed) for s in emitted[2:]] == [("SERVER_ERROR", True)] and len(collector) == 0
+    collector.flush()  # the agent stopping says nothing of how socket 3's request ended: counted, not reported
+    assert len(emitted) == 2 and collector.abandoned == 1 and len(collector) == 0
+
+
+def _with(event, **fields):
+    return event._replace(**fields)
+
+
+def test_a_changed_loss_generation_drops_the_broken_exchange_and_the_next_one_pairs():
+    a = SocketAssembler(AssemblyConfig(request_timeout_ns=1_000_000_000))
+    assert a.add(ev(True, REQ, T0)) == []  # its response is lost in the kernel
+    # The next request carries the socket's new loss generation: the first request is dropped, not left to time out.
+    assert a.add(_with(ev(True, REQ, T0 + 10_000_000), loss_generation=1)) == []
+    [span] = a.add(_with(ev(False, RESP, T0 + 12_000_000), loss_generation=1))
+    assert (span.start_ns, span.response_code) == (T0 + 10_000_000, 200)
+    assert a.expire(T0 + 60_000_000_000) == [] and a.counters.cut_by_loss == 1 and a.idle
+
+
+def test_a_loss_marker_on_a_quiet_socket_drops_the_open_request_before_it_times_out():
+    a = SocketAssembler(AssemblyConfig(request_timeout_ns=1_000_000_000))
+    a.add(ev(True, REQ, T0))
+    a.add(ev(False, RESP[:20], T0 + 1_000_000))  # part of the response; the rest is lost
+    assert a.add(_with(ev(False, b"", T0 + 1_000_100, count=0), loss_generation=1)) == []  # the kernel's marker: no bytes
+    assert a.expire(T0 + 60_000_000_000) == [] and a.close(T0 + 61_000_000_000) == []
+    assert a.counters.cut_by_loss == 1
+
+
+def test_spans_carry_the_sample_ratio_their_exchange_was_captured_under():
+    a = SocketAssembler()
+    a.add(_with(ev(True, REQ, T0), sample_ratio=0.25))
+    [span] = a.add(_with(ev(False, RESP, T0 + 1_000_000), sample_ratio=0.25))
+    assert span.sample_ratio == 0.25 and span.to_record()["sample_ratio"] == 0.25
+    restored = SocketAssembler.from_state(a.to_state(), AssemblyConfig())
+    restored.add(ev(True, REQ, T0 + 2_000_000)._replace(sample_ratio=0.25))
+    [again] = restored.add(ev(False, RESP, T0 + 3_000_000)._replace(sample_ratio=0.25))
+    assert again.sample_ratio == 0.25
+
+
+def test_capture_ending_drops_unanswered_requests_and_keeps_the_response_in_progress():
+    a = SocketAssembler()
+    a.add(ev(True, b"GET /a HTTP/1.0\r\n\r\n", T0))
+    a.add(ev(False, b"HTTP/1.0 200 OK\r\n\r\npart of a body read until close", T0 + 1_000))  # size unknown: in progress
+    [span] = a.abandon()
+    assert span.response_code == 200 and a.counters.abandoned == 0 and a.idle
+    b = SocketAssembler()
+    b.add(ev(True, REQ, T0))
+    assert b.abandon() == [] and b.counters.abandoned == 1 and b.idle

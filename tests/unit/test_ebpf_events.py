@@ -21,8 +21,10 @@ def decode_data(header, payload, host, clock, trace_prefix, payload_filter=None)
 
 
 def test_payload_offset_matches_the_c_struct():
-    # 6 u64 (48) + 6 u32 (24) + 3 u16 (6) + 6 u8 (6) + laddr 16 + raddr 16 + comm 16 = 132; the payload follows.
-    assert DATA_HEADER_SIZE == 132
+    # 6 u64 (48) + 6 u32 (24) + 3 u16 (6) + 6 u8 (6) + u32 (4, at 84: aligned) + laddr 16 + raddr 16 + comm 16 = 136;
+    # the payload follows.
+    assert DATA_HEADER_SIZE == 136
+    assert DataEventHeader.sample_threshold.offset == 84
 
 
 def test_lifecycle_struct_size_matches_the_c_struct():
@@ -53,6 +55,17 @@ def test_a_server_read_becomes_a_socket_data_record_keyed_by_flow():
     assert r["tcp_seq"] == 4_000_000_000
     assert r["syscall_trace_id"] == (2 << 40) | 3
     assert r["comm"] == "server" and r["payload"] == b"GET"
+
+
+def test_the_sampling_threshold_and_loss_generation_reach_the_record():
+    half = decode_data(_data(sample_threshold=0x8000_0000, loss_generation=3), b"", "n", CLOCK, 1)[1]
+    assert (half["sample_ratio"], half["loss_generation"]) == (0.5, 3)
+    every = decode_data(_data(sample_threshold=0xFFFF_FFFF), b"", "n", CLOCK, 1)[1]
+    assert (every["sample_ratio"], every["loss_generation"]) == (1.0, 0)
+    header = _data(sample_threshold=0x4000_0000, loss_generation=200, payload_len=0)
+    read = fastavro.schemaless_reader(io.BytesIO(DataEventEncoder(SOCKET_DATA.schema(), "n", CLOCK, 1).encode(bytes(header)[:DATA_HEADER_SIZE])[1]),
+                                      fastavro.parse_schema(SOCKET_DATA.schema()), return_record_name=False)
+    assert (read["sample_ratio"], read["loss_generation"]) == (0.25, 200)
 
 
 def test_the_encoded_record_is_the_avro_fastavro_reads_back():

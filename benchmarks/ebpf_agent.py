@@ -439,7 +439,7 @@ def free_port() -> int:
 def start_nginx(procs: Procs, workdir: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     root = workdir / "nginx"
-    (root / "www").mkdir(parents=True)
+    (root / "www").mkdir(parents=True, exist_ok=True)
     (root / "www" / "index.html").write_text("<html><body>tracetap bench</body></html>\n")
     for d in (workdir, root, root / "www"):
         d.chmod(0o755)

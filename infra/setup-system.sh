@@ -15,6 +15,7 @@ packages=(
   nftables                  # the demo cluster's Services: ClusterIPs DNATed to pods, as kube-proxy does
   tshark                    # the packet agent decodes through it (pyshark drives tshark)
   postgresql mariadb-server # real database servers for the SQL parser tests (not started as services)
+  nginx-light wrk           # benchmarks/ebpf_agent.py: the agent's overhead on a web server under load
 )
 
 missing=()

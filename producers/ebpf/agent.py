@@ -64,6 +64,7 @@ KERNEL_MEMBERS: dict[str, tuple[str, str, int]] = {  # (struct, member, bytes th
 
 POLL_BUDGET = 8192  # events handled per poll before the loop checks signals, deadline and counters
 POLL_MAX_S = 0.1  # ... or this long
+POLL_TIMEOUT_MS = 50  # the longest an event waits for the reader when the kernel does not wake it (batched wakeups)
 CONTROL_INTERVAL_S = 0.5  # how often the kernel counters are read and the shedding ratio adapted
 # Kernel counters reported in agent-stats (as deltas): losses and what shedding left out.
 REPORTED_COUNTERS = ("data_lost", "lifecycle_lost", "shed_events", "shed_requests", "loss_markers_lost")
@@ -134,6 +135,7 @@ class SocketTracer:
         self._on_lifecycle = on_lifecycle
         self._polled = 0
         self._poll_until = 0.0
+        self._cut_short = False
         self.bpf["data_events"].open_ring_buffer(self._data_callback)
         self.bpf["loss_markers"].open_ring_buffer(self._data_callback)  # header-only data events: same path
         self.bpf["lifecycle_events"].open_ring_buffer(self._lifecycle_callback)
@@ -189,9 +191,17 @@ class SocketTracer:
         return 0
 
     def poll(self, timeout_ms: int) -> None:
+        """Wait up to timeout_ms for a wakeup, then drain: the kernel wakes the reader only every WAKEUP_BYTES.
+        After a poll cut short by its budget, the ring still holds a backlog: no waiting then."""
         self._polled = 0
         self._poll_until = time.monotonic() + POLL_MAX_S
-        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_poll(0 if self._cut_short else timeout_ms)
+        if not self._over_budget():
+            self.bpf.ring_buffer_consume()
+        self._cut_short = self._over_budget()
+
+    def _over_budget(self) -> bool:
+        return self._polled >= POLL_BUDGET or time.monotonic() >= self._poll_until
 
     def set_sample_ratio(self, ratio: float) -> None:
         """Capture this share of flows from each one's next request on (flows are kept or shed whole)."""
@@ -296,7 +306,7 @@ class EbpfAgent:
         overflowed = self._emitter.counters["queue_overflow"]
         try:
             while not self._stopping and (deadline is None or time.monotonic() < deadline):
-                self._tracer.poll(100)
+                self._tracer.poll(POLL_TIMEOUT_MS)
                 now = time.monotonic()
                 if now - last_control >= CONTROL_INTERVAL_S:
                     lost = self._collect_kernel_counters().get("data_lost", 0)

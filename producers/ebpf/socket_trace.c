@@ -160,6 +160,24 @@ BPF_RINGBUF_OUTPUT(lifecycle_events, LIFECYCLE_RINGBUF_PAGES);
 // it is lost, so user space drops the broken exchange even if the socket then goes quiet.
 BPF_RINGBUF_OUTPUT(loss_markers, 64);
 
+// Wake the reader in batches, not per event (a wakeup costs more than the event): each CPU forces one
+// after WAKEUP_BYTES it wrote since its last, and writes without one otherwise; the reader also drains
+// the ring on its poll timeout (50 ms), so a quiet socket's last message is not held back.
+#define RB_NO_WAKEUP 1
+#define RB_FORCE_WAKEUP 2
+#define WAKEUP_BYTES (DATA_RINGBUF_PAGES * 4096 / 16)
+BPF_PERCPU_ARRAY(unsignalled_bytes, u64, 1);
+
+static __always_inline u64 wakeup_flag(u32 size) {
+    u32 zero = 0;
+    u64 *pending = unsignalled_bytes.lookup(&zero);
+    if (!pending) return 0;  // 0: the kernel's own choice
+    *pending += size;
+    if (*pending < WAKEUP_BYTES) return RB_NO_WAKEUP;
+    *pending = 0;
+    return RB_FORCE_WAKEUP;
+}
+
 BPF_HASH(active_data, u64, struct data_args, 16384);
 BPF_TABLE("lru_hash", u64, struct sock_info, sock_infos, 65536);
 BPF_TABLE("lru_hash", u64, u8, sock_last_dir, 65536);
@@ -492,7 +510,7 @@ static __always_inline int exit_data(long ret) {
     e->payload_len = len;
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
     u32 size = __builtin_offsetof(struct data_event, payload) + len;
-    if (data_events.ringbuf_output(e, size, 0) != 0) {
+    if (data_events.ringbuf_output(e, size, wakeup_flag(size)) != 0) {
         count(CNT_DATA_LOST);
         // The exchange is broken: shed the rest of it, and let the next captured event say so.
         if (flow) {

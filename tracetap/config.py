@@ -197,6 +197,9 @@ class AgentSettings:
     # CPU the eBPF agent may use, in cores: a CFS quota on its own cgroup, and the budget its flow shedding
     # keeps to. None: no quota (flows are still shed when events are lost).
     cpu_budget_cores: float | None = None
+    # Hook syscalls with the two raw tracepoints (sys_enter/sys_exit, x86_64) instead of one tracepoint per
+    # syscall and direction: cheaper per call. false, or another architecture: per-syscall tracepoints.
+    raw_syscall_hooks: bool = True
 
     def redaction_rules(self) -> RedactionRules:
         return RedactionRules(**{rule: False for rule in self.redact_disable}, extra_headers=tuple(self.redact_headers),

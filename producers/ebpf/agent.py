@@ -97,6 +97,24 @@ def kernel_defines(btf: Btf) -> dict[str, int]:
     return defines
 
 
+# x86_64 syscall numbers (the ABI: arch/x86/entry/syscalls/syscall_64.tbl) for the raw-tracepoint hooks,
+# and where pt_regs keeps the syscall's number and its arguments (offsets read from BTF).
+X86_64_SYSCALLS = {"NR_READ": 0, "NR_WRITE": 1, "NR_READV": 19, "NR_WRITEV": 20, "NR_CONNECT": 42, "NR_ACCEPT": 43,
+                   "NR_SENDTO": 44, "NR_RECVFROM": 45, "NR_SENDMSG": 46, "NR_RECVMSG": 47, "NR_ACCEPT4": 288,
+                   "NR_RECVMMSG": 299, "NR_SENDMMSG": 307}
+X86_64_ARGS = {"OFF_ARG0": "di", "OFF_ARG1": "si", "OFF_ARG2": "dx", "OFF_ARG3": "r10", "OFF_ARG4": "r8", "OFF_SYSCALL_NR": "orig_ax"}
+
+
+def syscall_hook_defines(btf: Btf, raw: bool, machine: str | None = None) -> dict[str, int]:
+    """RAW_SYSCALLS and what it needs on x86_64; nothing (one tracepoint per syscall) elsewhere or when not wanted."""
+    if not raw or (machine or platform.machine()) != "x86_64":
+        return {}
+    defines = {"RAW_SYSCALLS": 1, **X86_64_SYSCALLS}
+    for name, register in X86_64_ARGS.items():
+        defines[name] = btf.member("pt_regs", register).offset
+    return defines
+
+
 def check_requirements(btf_path: Path = Path(VMLINUX_BTF)) -> None:
     """One clear line for each thing the agent cannot do without."""
     if os.geteuid() != 0:
@@ -119,7 +137,9 @@ class SocketTracer:
                  on_lifecycle: Callable[[LifecycleEvent], None]) -> None:
         from bcc import BPF  # Debian's python3-bpfcc, linked into the venv
 
-        defines = kernel_defines(Btf.load())
+        btf = Btf.load()
+        defines = kernel_defines(btf)
+        defines.update(syscall_hook_defines(btf, agent.raw_syscall_hooks))
         defines.update({
             "PAYLOAD_MAX": agent.payload_bytes,
             "PAYLOAD_CAPTURE": agent.payload_bytes,
@@ -129,7 +149,8 @@ class SocketTracer:
         source = resources.files("producers.ebpf").joinpath("socket_trace.c").read_text()
         started = time.monotonic()
         self.bpf = BPF(text=source, cflags=[f"-D{k}={v}" for k, v in defines.items()] + ["-Wno-unused-function"])
-        log.info("bpf program loaded compile_s=%.2f payload_bytes=%d", time.monotonic() - started, agent.payload_bytes)
+        log.info("bpf program loaded compile_s=%.2f payload_bytes=%d syscall_hooks=%s", time.monotonic() - started, agent.payload_bytes,
+                 "raw" if "RAW_SYSCALLS" in defines else "tracepoints")
         self._fill_filters(agent, ports)
         self._on_data = on_data
         self._on_lifecycle = on_lifecycle
@@ -202,6 +223,10 @@ class SocketTracer:
 
     def _over_budget(self) -> bool:
         return self._polled >= POLL_BUDGET or time.monotonic() >= self._poll_until
+
+    def close(self) -> None:
+        """Detach the programs and free the maps (process exit does the same)."""
+        self.bpf.cleanup()
 
     def set_sample_ratio(self, ratio: float) -> None:
         """Capture this share of flows from each one's next request on (flows are kept or shed whole)."""

@@ -531,19 +531,6 @@ static __always_inline int exit_data(long ret) {
     return 0;
 }
 
-// read / write family ------------------------------------------------------------------------
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { return enter_data(args->fd, (u64)args->buf, 0, SYS_READ, DIR_INGRESS, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return exit_data(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return enter_data(args->fd, (u64)args->buf, 0, SYS_WRITE, DIR_EGRESS, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return exit_data(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return enter_data(args->fd, (u64)args->vec, 0, SYS_READV, DIR_INGRESS, 1); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return exit_data(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return enter_data(args->fd, (u64)args->vec, 0, SYS_WRITEV, DIR_EGRESS, 1); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_data(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_data(args->fd, (u64)args->ubuf, (u64)args->addr, SYS_RECVFROM, DIR_INGRESS, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return exit_data(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_data(args->fd, (u64)args->buff, (u64)args->addr, SYS_SENDTO, DIR_EGRESS, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_data(args->ret); }
 
 // struct user_msghdr (ABI): msg_name @0, msg_namelen @8, msg_iov @16, msg_iovlen @24.
 static __always_inline int enter_msg(u32 fd, u64 msg, u8 syscall, u8 direction) {
@@ -552,10 +539,6 @@ static __always_inline int enter_msg(u32 fd, u64 msg, u8 syscall, u8 direction) 
     bpf_probe_read_user(&iov, sizeof(iov), (void *)msg + 16);
     return enter_data(fd, iov, name, syscall, direction, 1);
 }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg(args->fd, (u64)args->msg, SYS_RECVMSG, DIR_INGRESS); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return exit_data(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg(args->fd, (u64)args->msg, SYS_SENDMSG, DIR_EGRESS); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_data(args->ret); }
 
 // sendmmsg / recvmmsg: the first message only; its byte count is vec[0].msg_len (after the
 // 56-byte msghdr), filled by the kernel on return.
@@ -576,10 +559,6 @@ static __always_inline int exit_mmsg(long ret) {
     active_mmsg.delete(&pid_tgid);
     return exit_data(ret > 0 ? (long)first_len : ret);
 }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return enter_mmsg(args->fd, (u64)args->mmsg, SYS_SENDMMSG, DIR_EGRESS); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return exit_mmsg(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return enter_mmsg(args->fd, (u64)args->mmsg, SYS_RECVMMSG, DIR_INGRESS); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return exit_mmsg(args->ret); }
 
 // Roles: connect() makes a client socket, accept() a server one --------------------------------
 static __always_inline void remember_socket(u32 fd, u8 role) {
@@ -593,10 +572,6 @@ static __always_inline void remember_socket(u32 fd, u8 role) {
     sock_infos.update(&key, &info);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
-    remember_socket(args->fd, ROLE_CLIENT);
-    return 0;
-}
 
 static __always_inline int exit_accept(long ret) {
     if (ret < 0) return 0;
@@ -623,8 +598,79 @@ static __always_inline int exit_accept(long ret) {
     if (lifecycle_events.ringbuf_output(&e, sizeof(e), 0) != 0) count(CNT_LIFECYCLE_LOST);
     return 0;
 }
+
+// The syscall hooks ------------------------------------------------------------------------------
+#ifdef RAW_SYSCALLS
+// Two raw tracepoints for every syscall of the machine, dispatching on its number (the loader passes
+// this architecture's NR_* and the pt_regs offsets of the first four arguments): about a third of the
+// cost of one perf-event tracepoint per syscall and direction, and an early return for the others.
+static __always_inline u64 syscall_arg(struct pt_regs *regs, u64 off) {
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)regs + off);
+    return v;
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter) {
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long id = ctx->args[1];
+    switch (id) {
+    case NR_READ: return enter_data(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), 0, SYS_READ, DIR_INGRESS, 0);
+    case NR_WRITE: return enter_data(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), 0, SYS_WRITE, DIR_EGRESS, 0);
+    case NR_READV: return enter_data(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), 0, SYS_READV, DIR_INGRESS, 1);
+    case NR_WRITEV: return enter_data(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), 0, SYS_WRITEV, DIR_EGRESS, 1);
+    // recvfrom(fd, buf, len, flags, addr, addrlen) / sendto(fd, buf, len, flags, addr, addrlen): addr is the fifth
+    case NR_RECVFROM: return enter_data(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), syscall_arg(regs, OFF_ARG4), SYS_RECVFROM, DIR_INGRESS, 0);
+    case NR_SENDTO: return enter_data(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), syscall_arg(regs, OFF_ARG4), SYS_SENDTO, DIR_EGRESS, 0);
+    case NR_RECVMSG: return enter_msg(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), SYS_RECVMSG, DIR_INGRESS);
+    case NR_SENDMSG: return enter_msg(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), SYS_SENDMSG, DIR_EGRESS);
+    case NR_RECVMMSG: return enter_mmsg(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), SYS_RECVMMSG, DIR_INGRESS);
+    case NR_SENDMMSG: return enter_mmsg(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), SYS_SENDMMSG, DIR_EGRESS);
+    case NR_CONNECT: remember_socket(syscall_arg(regs, OFF_ARG0), ROLE_CLIENT); return 0;
+    }
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sys_exit) {
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long ret = ctx->args[1];
+    long id = syscall_arg(regs, OFF_SYSCALL_NR);
+    switch (id) {
+    case NR_READ: case NR_WRITE: case NR_READV: case NR_WRITEV: case NR_RECVFROM: case NR_SENDTO: case NR_RECVMSG: case NR_SENDMSG:
+        return exit_data(ret);
+    case NR_RECVMMSG: case NR_SENDMMSG: return exit_mmsg(ret);
+    case NR_ACCEPT: case NR_ACCEPT4: return exit_accept(ret);
+    }
+    return 0;
+}
+#else
+// One tracepoint per syscall and direction: any architecture.
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return enter_data(args->fd, (u64)args->buf, 0, SYS_READ, DIR_INGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return enter_data(args->fd, (u64)args->buf, 0, SYS_WRITE, DIR_EGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return enter_data(args->fd, (u64)args->vec, 0, SYS_READV, DIR_INGRESS, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return enter_data(args->fd, (u64)args->vec, 0, SYS_WRITEV, DIR_EGRESS, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter_data(args->fd, (u64)args->ubuf, (u64)args->addr, SYS_RECVFROM, DIR_INGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter_data(args->fd, (u64)args->buff, (u64)args->addr, SYS_SENDTO, DIR_EGRESS, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg(args->fd, (u64)args->msg, SYS_RECVMSG, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg(args->fd, (u64)args->msg, SYS_SENDMSG, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_data(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return enter_mmsg(args->fd, (u64)args->mmsg, SYS_SENDMMSG, DIR_EGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return exit_mmsg(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return enter_mmsg(args->fd, (u64)args->mmsg, SYS_RECVMMSG, DIR_INGRESS); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return exit_mmsg(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return exit_accept(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return exit_accept(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    remember_socket(args->fd, ROLE_CLIENT);
+    return 0;
+}
+#endif
 
 // TCP lifecycle and health ------------------------------------------------------------------------
 static __always_inline void lifecycle_from_sock(struct lifecycle_event *e, void *sk) {

@@ -26,9 +26,10 @@ def overloaded(own_topics, registry):
     port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    agent = _start_agent(settings, {"TRACETAP_AGENT__IN_COLLECTOR": "true", "TRACETAP_AGENT__CPU_BUDGET_CORES": str(BUDGET_CORES),
-                                    "TRACETAP_AGENT__RING_BUFFER_PAGES": "8"})
+    agent = load = None
     try:
+        agent = _start_agent(settings, {"TRACETAP_AGENT__IN_COLLECTOR": "true", "TRACETAP_AGENT__CPU_BUDGET_CORES": str(BUDGET_CORES),
+                                        "TRACETAP_AGENT__RING_BUFFER_PAGES": "8"})
         cgroup = _agent_cgroup(agent.pid)
         load = subprocess.Popen(["redis-benchmark", "-p", str(port), "-c", "16", "-n", "100000000", "-r", "1000", "-t", "set,get", "-q"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -40,8 +41,9 @@ def overloaded(own_topics, registry):
         out, err = agent.communicate(timeout=90)
         assert agent.returncode == 0, err[-2000:]
     finally:
-        if agent.poll() is None:
-            agent.kill()
+        for proc in (load, agent):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
         redis.terminate()
         redis.wait(10)
     decode = AvroDeserializer(registry)

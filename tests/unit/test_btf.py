@@ -174,3 +174,16 @@ def test_a_hand_built_blob_decodes_every_member_shape(tmp_path, order):
     assert demo.member("demo", "arr") == Member(offset=20, size=12, bit_offset=160, bit_size=0)
     assert demo.member("outer", "inner.arr").offset == 20
     assert demo.member("outer", "inner") == Member(offset=0, size=32, bit_offset=0, bit_size=0)
+
+
+def test_the_raw_syscall_hooks_read_the_x86_64_syscall_arguments_where_the_abi_keeps_them(btf):
+    from producers.ebpf.agent import syscall_hook_defines
+
+    # x86_64 struct pt_regs (arch/x86/include/uapi/asm/ptrace.h): r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di
+    # orig_ax, 8 bytes each; syscall arguments in di, si, dx, r10, r8; the syscall number in orig_ax.
+    defines = syscall_hook_defines(btf, raw=True, machine="x86_64")
+    assert (defines["OFF_ARG0"], defines["OFF_ARG1"], defines["OFF_ARG2"], defines["OFF_ARG3"], defines["OFF_ARG4"]) == (112, 104, 96, 56, 72)
+    assert defines["OFF_SYSCALL_NR"] == 120 and defines["RAW_SYSCALLS"] == 1
+    assert (defines["NR_READ"], defines["NR_WRITE"], defines["NR_SENDTO"], defines["NR_RECVFROM"], defines["NR_ACCEPT4"]) == (0, 1, 44, 45, 288)
+    assert syscall_hook_defines(btf, raw=True, machine="aarch64") == {}  # elsewhere: one tracepoint per syscall
+    assert syscall_hook_defines(btf, raw=False, machine="x86_64") == {}

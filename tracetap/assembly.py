@@ -199,19 +199,13 @@ class SocketAssembler:
         out = self._settle(True, force=True) + self._settle(False, force=True)
         if self._response is not None:
             out.append(self._finish_response())
-        self.counters.abandoned += self._open_requests
-        self._requests.clear()
-        self._keyed.clear()
-        self._open_requests = 0
+        self.counters.abandoned += self._drop_requests()
         return out
 
     def _resync(self) -> None:
         """The kernel lost events of this socket (and shed the rest of that exchange): what is open is incomplete.
         It is dropped, counted, and never reported as a span; the next request starts clean."""
-        self.counters.cut_by_loss += self._open_requests + (self._response is not None)
-        self._requests.clear()
-        self._keyed.clear()
-        self._open_requests = 0
+        self.counters.cut_by_loss += self._drop_requests() + (self._response is not None)
         self._response = None
         self._last_egress = None
         for stream in self._streams.values():
@@ -219,6 +213,14 @@ class SocketAssembler:
             stream.clear()
             stream.skip = 0
             stream.draining = False
+
+    def _drop_requests(self) -> int:
+        """Forget every unanswered request; how many there were."""
+        dropped = self._open_requests
+        self._requests.clear()
+        self._keyed.clear()
+        self._open_requests = 0
+        return dropped
 
     @property
     def idle(self) -> bool:

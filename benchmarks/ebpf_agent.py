@@ -57,7 +57,7 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 BENCH_PREFIX = "tracetap-bench."
 PAYLOAD = 256
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-LOSS_KEYS = ("data_lost", "queue_overflow")
+LOSS_KEYS = ("data_lost", "queue_overflow", "shed_events")  # shed: left out whole by the kernel after a loss
 OTHER_LOSS_KEYS = ("lifecycle_lost", "kafka_undelivered", "undelivered_at_exit", "invalid_records", "decode_errors")
 
 GENERATOR_C = r"""
@@ -423,7 +423,8 @@ def capture_figure(procs: Procs, workdir: Path, gen: Path, steps: list[int], ste
           f"{max((r['offered_rate'] for r in kept), default=0.0):,.0f} events/s; "
           + (f"sender first behind at step {behind['step']} (sent {behind['sent_rate']:,.0f}/s of {behind['offered_rate']:,.0f}/s offered)"
              if behind else "sender kept up at every step"))
-    print("lost = data_lost (BPF ring buffer full) + queue_overflow (in-process buffer full); other = lifecycle_lost + "
+    print("lost = data_lost (BPF ring buffer full) + queue_overflow (in-process buffer full) + shed_events (flows the "
+          "kernel left out whole after a loss); other = lifecycle_lost + "
           "kafka_undelivered + undelivered_at_exit + invalid_records + decode_errors; capt-off = captured - offered "
           "(other processes' traffic); sent/s = records reaching Kafka's socket-data topic while the generator ran; exit_s = SIGINT to exit (draining the queue to Kafka)")
     return rows

@@ -5,8 +5,9 @@ counters for every record that does not arrive, reported as agent-stats events.
 Accounting, per run: offered = delivered + queue_overflow + kafka_undelivered + undelivered_at_exit
 + invalid_records. Nothing is dropped silently.
 
-High-rate capture offers raw kernel bytes instead of dicts (`offer_raw`): the topic's RawEncoder turns
-them into (key, Avro body) on the sender thread, so the capture callback only copies bytes.
+High-rate capture offers raw kernel bytes instead of dicts (`offer_raw`, or a list of them at once with
+`offer_raw_batch`): the topic's RawEncoder turns them into (key, Avro body) on the sender thread, so the
+capture callback only copies bytes. The buffer's bound counts records, whichever way they were offered.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Emitter:
         # the bound is checked before appending (racing offers may overshoot it by one each).
         self._buffer: deque[Any] = deque()
         self._capacity = capacity
+        self._buffered = 0  # records in the buffer (a batch item holds many)
         self._raw_encoders: dict[str, RawEncoder] = {}
         self.agent = agent
         self.host = host
@@ -66,24 +68,30 @@ class Emitter:
         """Queue one raw event for the topic's registered RawEncoder."""
         return self._append((spec, None, raw))
 
+    def offer_raw_batch(self, spec: TopicSpec, raws: list[bytes]) -> bool:
+        """Queue raw events for the topic's RawEncoder as one item: one buffer operation for the lot."""
+        return self._append((spec, None, raws), len(raws))
+
     def wait_for_room(self, stop: threading.Event | None = None) -> None:
         """Block until the buffer has room: for replays, which must not outrun the sender and overflow."""
-        while len(self._buffer) >= self._capacity and not (stop and stop.is_set()):
+        while self._buffered >= self._capacity and not (stop and stop.is_set()):
             time.sleep(_IDLE_S)
 
-    def _append(self, item: tuple[TopicSpec, str | None, Any]) -> bool:
+    def _append(self, item: tuple[TopicSpec, str | None, Any], records: int = 1) -> bool:
         with self._lock:  # capture and the resource scanner both offer
-            self.offered += 1
-        if len(self._buffer) >= self._capacity:
-            self.count("queue_overflow")
-            return False
+            self.offered += records
+            if self._buffered + records > self._capacity:
+                self.counters["queue_overflow"] += records
+                self._interval["queue_overflow"] += records
+                return False
+            self._buffered += records
         self._buffer.append(item)
         return True
 
     @property
     def backlog(self) -> float:
         """How full the buffer to Kafka is, 0..1."""
-        return len(self._buffer) / self._capacity
+        return self._buffered / self._capacity
 
     def note_sample_ratio(self, ratio: float) -> None:
         """The share of flows captured from now on; agent-stats reports the lowest of each interval."""
@@ -102,7 +110,9 @@ class Emitter:
         self._thread.join(timeout_s)
         abandoned = 0
         while self._buffer:  # the sender could not finish in time: what is left is lost, and counted
-            abandoned += self._buffer.popleft() is not _STOP
+            item = self._buffer.popleft()
+            if item is not _STOP:
+                abandoned += len(item[2]) if isinstance(item[2], list) else 1
         if abandoned:
             self.count("undelivered_at_exit", abandoned)
         self._emit_stats()
@@ -138,7 +148,14 @@ class Emitter:
                 item = buffer.popleft()
                 if item is _STOP:
                     return
-                self._send(*item)
+                if isinstance(item[2], list):
+                    self._send_batch(item[0], item[2])
+                    records = len(item[2])
+                else:
+                    self._send(*item)
+                    records = 1
+                with self._lock:
+                    self._buffered -= records
             if time.time_ns() - self._last_stats_ns >= self._stats_interval_s * 1e9:
                 self._emit_stats()
 
@@ -158,6 +175,21 @@ class Emitter:
             self.count("invalid_records")
             self._log_once(type(exc).__name__, exc)
 
+    def _send_batch(self, spec: TopicSpec, raws: list[bytes]) -> None:
+        encode = self._raw_encoders[spec.name]
+        produce = self._producer.produce_encoded
+        frame = self._producer.serializer(spec).frame
+        for raw in raws:
+            try:
+                key, value, time_ns = encode(raw)
+                if isinstance(value, dict):
+                    self._producer.produce(spec, key, value)
+                else:
+                    produce(spec, key, frame(value), time_ns=time_ns)
+            except Exception as exc:  # as in _send: counted, logged once per kind, the rest of the batch goes on
+                self.count("invalid_records")
+                self._log_once(type(exc).__name__, exc)
+
     def _emit_stats(self) -> None:
         now = time.time_ns()
         self._account_undelivered()
@@ -166,7 +198,7 @@ class Emitter:
             self._interval.clear()
             offered = self.offered
             sample_ratio, self._interval_ratio = self._interval_ratio, self._sample_ratio
-        counters["buffered"] = len(self._buffer)
+        counters["buffered"] = self._buffered
         counters["offered"] = offered - self._offered_reported
         self._offered_reported = offered
         record = {"host": self.host, "agent": self.agent, "time": now, "interval_ns": now - self._last_stats_ns, "counters": counters,

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from producers.ebpf.batches import BATCH_NS, FLUSH_HZ, SocketOrder, split_batch
 from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
 from producers.ebpf.budget import BudgetError, CpuQuota, Shedding
 from producers.ebpf.collector import InCollector
@@ -131,11 +132,12 @@ def check_requirements(btf_path: Path = Path(VMLINUX_BTF)) -> None:
 
 
 class SocketTracer:
-    """The loaded BPF program: build with the agent settings, then poll()."""
+    """The loaded BPF program: build with the agent settings, then poll(). `on_data` gets data events as
+    lists, each socket's in the order the kernel captured them (the kernel sends them in per-CPU batches)."""
 
-    def __init__(self, agent: AgentSettings, ports: set[int], on_data: Callable[[bytes], None],
+    def __init__(self, agent: AgentSettings, ports: set[int], on_data: Callable[[list[bytes]], None],
                  on_lifecycle: Callable[[LifecycleEvent], None]) -> None:
-        from bcc import BPF  # Debian's python3-bpfcc, linked into the venv
+        from bcc import BPF, PerfSWConfig, PerfType  # Debian's python3-bpfcc, linked into the venv
 
         btf = Btf.load()
         defines = kernel_defines(btf)
@@ -145,6 +147,7 @@ class SocketTracer:
             "PAYLOAD_CAPTURE": agent.payload_bytes,
             "DATA_RINGBUF_PAGES": agent.ring_buffer_pages,
             "LIFECYCLE_RINGBUF_PAGES": max(64, agent.ring_buffer_pages // 8),
+            "BATCH_NS": f"{BATCH_NS}ULL",
         })
         source = resources.files("producers.ebpf").joinpath("socket_trace.c").read_text()
         started = time.monotonic()
@@ -154,12 +157,17 @@ class SocketTracer:
         self._fill_filters(agent, ports)
         self._on_data = on_data
         self._on_lifecycle = on_lifecycle
-        self._polled = 0
+        self._released: list[bytes] = []
+        self.order = SocketOrder(self._released.append)
+        self._polled = self._records = 0
         self._poll_until = 0.0
         self._cut_short = False
         self.bpf["data_events"].open_ring_buffer(self._data_callback)
-        self.bpf["loss_markers"].open_ring_buffer(self._data_callback)  # header-only data events: same path
+        self.bpf["loss_markers"].open_ring_buffer(self._marker_callback)
         self.bpf["lifecycle_events"].open_ring_buffer(self._lifecycle_callback)
+        # Each CPU sends its batch once the first event is BATCH_NS old, even if no other event comes.
+        self.bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.CPU_CLOCK, fn_name=b"flush_stale",
+                                   sample_freq=FLUSH_HZ)
 
     def _fill_filters(self, agent: AgentSettings, ports: set[int]) -> None:
         one = ctypes.c_uint8(1)
@@ -195,31 +203,59 @@ class SocketTracer:
                  list(agent.exclude_comms) or "none", list(agent.include_cgroups) or "all")
 
     def _data_callback(self, ctx: Any, data: int, size: int) -> int:
-        self._on_data(ctypes.string_at(data, size))  # header + payload; decoded on the emitter's thread
-        return self._budget_left()
+        now = time.monotonic_ns()
+        add = self.order.add
+        events = split_batch(ctypes.string_at(data, size))
+        for raw in events:  # header + payload; decoded on the emitter's thread
+            add(raw, now)
+        self._hand_over()
+        return self._budget_left(len(events))
+
+    def _marker_callback(self, ctx: Any, data: int, size: int) -> int:
+        self._on_data([ctypes.string_at(data, size)])  # a header-only data event: the socket's exchange was lost
+        return self._budget_left(1)
+
+    def _hand_over(self) -> None:
+        if self._released:
+            events = self._released[:]
+            self._released.clear()
+            self._on_data(events)
 
     def _lifecycle_callback(self, ctx: Any, data: int, size: int) -> int:
         self._on_lifecycle(LifecycleEvent.from_address(data))
-        return self._budget_left()
+        return self._budget_left(1)
 
-    def _budget_left(self) -> int:
+    def _budget_left(self, events: int) -> int:
         # Under sustained load libbpf keeps consuming and poll never returns; a negative return
         # ends this poll (the record counts as consumed), so signals, counters and the shedding
         # controller get their turn, on time even when a CPU quota slows the agent down.
-        self._polled += 1
-        if self._polled >= POLL_BUDGET or (not self._polled & 63 and time.monotonic() >= self._poll_until):
+        self._polled += events
+        self._records += 1
+        if self._polled >= POLL_BUDGET or (not self._records & 15 and time.monotonic() >= self._poll_until):
             return -1
         return 0
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for a wakeup, then drain: the kernel wakes the reader only every WAKEUP_BYTES.
         After a poll cut short by its budget, the ring still holds a backlog: no waiting then."""
-        self._polled = 0
+        self._polled = self._records = 0
         self._poll_until = time.monotonic() + POLL_MAX_S
         self.bpf.ring_buffer_poll(0 if self._cut_short else timeout_ms)
         if not self._over_budget():
             self.bpf.ring_buffer_consume()
         self._cut_short = self._over_budget()
+        self.order.expire(time.monotonic_ns())
+        self._hand_over()
+
+    def drain(self) -> None:
+        """At the end of capture: wait for every CPU's batch to be sent, read them, and release what waits for order."""
+        time.sleep(BATCH_NS / 1e9 + 2 / FLUSH_HZ)
+        for _ in range(64):
+            self.poll(0)
+            if not self._cut_short:
+                break
+        self.order.expire(time.monotonic_ns(), everything=True)
+        self._hand_over()
 
     def _over_budget(self) -> bool:
         return self._polled >= POLL_BUDGET or time.monotonic() >= self._poll_until
@@ -275,22 +311,25 @@ class EbpfAgent:
         self._encoder = DataEventEncoder(SOCKET_DATA.schema(), host, self._clock, self._trace_prefix, self._redact)
         emitter.register_raw(SOCKET_DATA, self._encoder.encode)
         self._collector = InCollector(self._emit_span) if settings.agent.in_collector else None
-        self._collector_seen: dict[str, int] = {}
+        self._reported: dict[str, int] = {}
         self._shedding = Shedding(settings.agent.cpu_budget_cores)
         self._cpu_budget = settings.agent.cpu_budget_cores
 
-    def _on_data(self, raw: bytes) -> None:
-        self.stats.data += 1
-        self._resources.note_pid(int.from_bytes(raw[PID_OFFSET:PID_OFFSET + 4], "little"))
+    def _on_data(self, events: list[bytes]) -> None:
+        self.stats.data += len(events)
+        note_pid = self._resources.note_pid
+        for pid in {raw[PID_OFFSET:PID_OFFSET + 4] for raw in events}:
+            note_pid(int.from_bytes(pid, "little"))
         if self._collector is None:
             # The capture thread only copies: decoding, redaction and Avro run on the emitter's sender thread.
-            self._emitter.offer_raw(SOCKET_DATA, raw)
+            self._emitter.offer_raw_batch(SOCKET_DATA, events)
             return
-        try:  # in-collector mode: L7 is parsed here and only spans leave the node
-            self._collector.add(self._encoder.record(raw)[1])  # (key, record)
-        except Exception as exc:  # one bad event must not stop capture
-            self._emitter.count("decode_errors")
-            log.debug("in-collector cannot assemble event error=%s", exc)
+        for raw in events:
+            try:  # in-collector mode: L7 is parsed here and only spans leave the node
+                self._collector.add(self._encoder.record(raw)[1])  # (key, record)
+            except Exception as exc:  # one bad event must not stop capture
+                self._emitter.count("decode_errors")
+                log.debug("in-collector cannot assemble event error=%s", exc)
 
     def _emit_span(self, span: Span) -> None:
         self.stats.spans += 1
@@ -339,29 +378,39 @@ class EbpfAgent:
                     lost += self._emitter.counters["queue_overflow"] - overflowed
                     overflowed = self._emitter.counters["queue_overflow"]
                     self._adapt((cpu - last_cpu) / (now - last_control), lost)
+                    self._count_order()
                     if self._collector is not None:
                         self._collector.tick()
                         self._count_collector()
                     last_control, last_cpu = now, cpu
-            self._tracer.poll(0)  # drain what the kernel already wrote
+            self._tracer.drain()  # what the kernel already wrote, and what its per-CPU batches still hold
             if self._collector is not None:
                 self._collector.flush()
                 self._count_collector()
             self._resources.stop()
             self._collect_kernel_counters()
+            self._count_order()
         finally:
             if quota is not None:
                 quota.release()
         self.stats.kernel_counters = dict(self._kernel_seen)
         return self.stats
 
+    def _count_order(self) -> None:
+        """Events held for a predecessor in another CPU's batch, and predecessors given up, in agent-stats."""
+        order = self._tracer.order
+        for name, value in (("events_reordered", order.reordered), ("order_gaps", order.gaps)):
+            if value > self._reported.get(name, 0):
+                self._emitter.count(name, value - self._reported.get(name, 0))
+                self._reported[name] = value
+
     def _count_collector(self) -> None:
         """In-collector requests that never became spans, reported in agent-stats."""
         assert self._collector is not None
         for name, value in (("requests_cut_by_loss", self._collector.cut_by_loss), ("requests_open_at_exit", self._collector.abandoned)):
-            if value > self._collector_seen.get(name, 0):
-                self._emitter.count(name, value - self._collector_seen.get(name, 0))
-                self._collector_seen[name] = value
+            if value > self._reported.get(name, 0):
+                self._emitter.count(name, value - self._reported.get(name, 0))
+                self._reported[name] = value
 
     def _apply_quota(self) -> CpuQuota | None:
         if self._cpu_budget is None:

@@ -40,6 +40,7 @@ class DataEventHeader(ctypes.Structure):
         ("family", ctypes.c_uint16), ("lport", ctypes.c_uint16), ("rport", ctypes.c_uint16),
         ("direction", ctypes.c_uint8), ("syscall", ctypes.c_uint8), ("protocol", ctypes.c_uint8), ("role", ctypes.c_uint8),
         ("has_seq", ctypes.c_uint8), ("loss_generation", ctypes.c_uint8), ("sample_threshold", ctypes.c_uint32),
+        ("socket_seq", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
         ("laddr", ctypes.c_uint8 * 16), ("raddr", ctypes.c_uint8 * 16), ("comm", ctypes.c_char * 16),
     ]
 
@@ -60,9 +61,12 @@ class LifecycleEvent(ctypes.Structure):
 # Where the payload starts in struct data_event: after comm, before ctypes' trailing padding.
 DATA_HEADER_SIZE = DataEventHeader.comm.offset + DataEventHeader.comm.size
 # The same layout for the hot path: one unpack beats a dozen ctypes attribute reads.
-_DATA_HEADER = struct.Struct("<6Q3IiII3H6BI16s16s16s")
+_DATA_HEADER = struct.Struct("<6Q3IiII3H6BII4x16s16s16s")
 assert _DATA_HEADER.size == DATA_HEADER_SIZE, "struct data_event mirrors disagree"
 PID_OFFSET = DataEventHeader.pid.offset
+SOCKET_INO_OFFSET = DataEventHeader.socket_ino.offset
+SOCKET_SEQ_OFFSET = DataEventHeader.socket_seq.offset
+PAYLOAD_LEN_OFFSET = DataEventHeader.payload_len.offset
 
 
 _AVRO_DOUBLE = struct.Struct("<d")
@@ -134,26 +138,37 @@ class DataEventEncoder:
         self._payload_filter = payload_filter
         self._endpoints: dict[tuple[Any, ...], _Endpoints] = {}
         self._comms: dict[bytes, tuple[str, bytes]] = {}
+        self._threads: dict[tuple[Any, ...], bytes] = {}  # (socket, netns, pid, tid, fd, comm) -> their Avro
 
     def encode(self, raw: bytes) -> tuple[str, bytes, int]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
-         direction, syscall, protocol, role, has_seq, loss_generation, threshold, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+         direction, syscall, protocol, role, has_seq, loss_generation, threshold, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
         payload = self._payload(raw, payload_len, socket_ino, pid, fd, direction, nbytes)
+        # What one thread's calls on one socket share is encoded once: pid .. netns, and l4 .. role.
+        thread = self._threads.get((socket_ino, netns, pid, tid, fd, comm))
+        if thread is None:
+            thread = self._thread_of(socket_ino, netns, pid, tid, fd, comm)
         ends = self._endpoints.get((family, protocol, laddr, lport, raddr, rport)) or self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
+        offset = self._offset_ns
         return ends.key, b"".join((
-            self._host_avro, avro_long(enter_ns + self._offset_ns), avro_long(exit_ns + self._offset_ns), avro_long(pid),
-            avro_long(tid), self._comm(comm)[1], avro_long(fd), avro_long(socket_ino), avro_long(netns),
-            self._directions[direction], self._syscalls[syscall], avro_long(nbytes), ends.l4_avro, ends.local_ip_avro,
-            avro_long(lport), ends.remote_ip_avro, avro_long(rport), self._roles[role], avro_bytes(payload),
+            self._host_avro, avro_long(enter_ns + offset), avro_long(exit_ns + offset), thread,
+            self._directions[direction], self._syscalls[syscall], avro_long(nbytes), ends.avro, self._roles[role], avro_bytes(payload),
             AVRO_SOME + avro_long(seq) if has_seq else AVRO_NULL,
             AVRO_SOME + avro_long(self._trace_base | trace_id) if trace_id else AVRO_NULL,
             AVRO_SOME + avro_long(cgroup_id) if cgroup_id else AVRO_NULL,
             _ALL_AVRO if threshold == SAMPLE_ALL else _AVRO_DOUBLE.pack(sample_ratio(threshold)), avro_long(loss_generation),
-        )), exit_ns + self._offset_ns
+        )), exit_ns + offset
+
+    def _thread_of(self, socket_ino: int, netns: int, pid: int, tid: int, fd: int, comm: bytes) -> bytes:
+        if len(self._threads) >= _CACHE_MAX:
+            self._threads.clear()
+        encoded = self._threads[(socket_ino, netns, pid, tid, fd, comm)] = b"".join((
+            avro_long(pid), avro_long(tid), self._comm(comm)[1], avro_long(fd), avro_long(socket_ino), avro_long(netns)))
+        return encoded
 
     def record(self, raw: bytes) -> tuple[str, dict[str, Any]]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
-         direction, syscall, protocol, role, has_seq, loss_generation, threshold, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+         direction, syscall, protocol, role, has_seq, loss_generation, threshold, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
         ends = self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
         return ends.key, {
             "host": self._host, "start_time": enter_ns + self._offset_ns, "end_time": exit_ns + self._offset_ns, "pid": pid,
@@ -187,8 +202,8 @@ class DataEventEncoder:
         local, remote = Endpoint(ip_text(family, laddr), lport), Endpoint(ip_text(family, raddr), rport)
         if len(self._endpoints) >= _CACHE_MAX:
             self._endpoints.clear()
-        ends = _Endpoints(flow_id(l4, local, remote), l4, local.ip, remote.ip, self._l4[l4],
-                          avro_bytes(local.ip.encode()), avro_bytes(remote.ip.encode()))
+        ends = _Endpoints(flow_id(l4, local, remote), l4, local.ip, remote.ip,
+                          b"".join((self._l4[l4], avro_bytes(local.ip.encode()), avro_long(lport), avro_bytes(remote.ip.encode()), avro_long(rport))))
         self._endpoints[(family, protocol, laddr, lport, raddr, rport)] = ends
         return ends
 
@@ -200,9 +215,7 @@ class _Endpoints(NamedTuple):
     l4: str
     local_ip: str
     remote_ip: str
-    l4_avro: bytes
-    local_ip_avro: bytes
-    remote_ip_avro: bytes
+    avro: bytes  # l4_protocol, local_ip, local_port, remote_ip, remote_port
 
 
 def _enum_bytes(avro_enum: dict[str, Any], kernel_symbols: tuple[str, ...]) -> tuple[bytes, ...]:

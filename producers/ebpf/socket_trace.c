@@ -7,6 +7,7 @@
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/in6.h>
+#include <uapi/linux/bpf_perf_event.h>
 
 // tcp:tcp_send_reset's format names this enum, which the (older) installed headers lack; only
 // its size (an int) matters to the generated args struct.
@@ -113,6 +114,8 @@ struct data_event {
     u8 has_seq;
     u8 loss_generation;  // the socket's count of lost events (mod 256): a change tells user space to resync
     u32 sample_threshold;  // the shedding threshold this message was captured under
+    u32 socket_seq;        // 1, 2, 3 ... per socket as captured (0: none): user space restores the order batches lose
+    u32 reserved;
     u8 laddr[16];
     u8 raddr[16];
     char comm[16];
@@ -127,6 +130,7 @@ struct sock_flow {
     u8 shed;          // the current exchange is not captured
     u8 loss_generation;
     u8 sent;          // an event of the current exchange reached user space (a loss then leaves it open there)
+    u64 seq;          // the socket_seq of its last captured event (64 bits: a 32-bit atomic add cannot return here)
 };
 
 struct lifecycle_event {
@@ -178,12 +182,44 @@ static __always_inline u64 wakeup_flag(u32 size) {
     return RB_FORCE_WAKEUP;
 }
 
+// Data events are written into a per-CPU batch, and a batch is one ring-buffer record: user space takes
+// BATCH_EVENTS events (or BATCH_BYTES) per callback instead of one. A batch goes out when full, when its
+// first event is BATCH_NS old at the next append, or from the flush_stale perf-event program that runs
+// FLUSH_HZ times a second on every CPU, so a quiet socket's last message waits at most BATCH_NS plus a tick.
+// Batches from different CPUs arrive out of order: socket_seq lets user space put each socket back in order.
+#define BATCH_EVENTS 32          // a power of two
+#define COMPILER_BARRIER() asm volatile("" ::: "memory")  // the busy flag is set before, cleared after the writes it guards
+#define BATCH_BYTES 16384        // flush once this much is used (a power of two)
+#ifndef BATCH_NS
+#define BATCH_NS 20000000ULL
+#endif
+#define EVENT_MAX (__builtin_offsetof(struct data_event, payload) + PAYLOAD_MAX)
+#define BATCH_CAP (BATCH_BYTES + EVENT_MAX + 8)
+struct batch {
+    u64 first_ns;             // exit time of its first event
+    u32 busy;                 // a program on this CPU is writing it (an interrupting one must not)
+    u32 reserved;
+    u64 sks[BATCH_EVENTS];    // each event's socket and offset, to mark their exchanges broken if the batch is lost
+    u16 offsets[BATCH_EVENTS];
+    u8 generations[BATCH_EVENTS];
+    u32 count;                // from here on the ring record: count, used, then the events, each 8-byte aligned
+    u32 used;
+    u8 data[BATCH_CAP];
+};
+BPF_PERCPU_ARRAY(batches, struct batch, 1);
+// A batch of one, for the rare call that finds its CPU's batch busy (an interrupted writer).
+struct single {
+    u32 count;
+    u32 used;
+    struct data_event e;
+};
+BPF_PERCPU_ARRAY(singles, struct single, 1);
+
 BPF_HASH(active_data, u64, struct data_args, 16384);
 BPF_TABLE("lru_hash", u64, struct sock_info, sock_infos, 65536);
 BPF_TABLE("lru_hash", u64, u8, sock_last_dir, 65536);
 BPF_TABLE("lru_hash", u64, struct thread_trace, thread_traces, 65536);
 BPF_TABLE("lru_hash", u64, u64, rtt_last_ns, 65536);
-BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_ARRAY(trace_seq, u64, 1);
 BPF_TABLE("lru_hash", u64, struct sock_flow, sock_flows, 65536);
@@ -228,6 +264,11 @@ static __always_inline int process_filtered(void) {
 static __always_inline void count(u32 which) {
     u64 *c = counters.lookup(&which);
     if (c) (*c)++;
+}
+
+static __always_inline void count_n(u32 which, u64 n) {
+    u64 *c = counters.lookup(&which);
+    if (c) *c += n;
 }
 
 static __always_inline void *read_ptr(void *base, u64 off) {
@@ -445,6 +486,55 @@ static __always_inline void read_sockaddr(u64 addr, u16 *family, u16 *port, u8 *
     *port = ntohs(*port);
 }
 
+// A lost event breaks its exchange: shed the rest of it, and if user space already holds part of it, tell
+// it now with a header-only marker carrying the new loss generation (the socket may go quiet).
+static __always_inline void exchange_lost(struct sock_flow *flow, struct data_event *e) {
+    flow->loss_generation++;
+    flow->shed = 1;
+    if (!flow->sent) return;
+    e->loss_generation = flow->loss_generation;
+    e->bytes = 0;
+    e->payload_len = 0;
+    e->socket_seq = 0;
+    if (loss_markers.ringbuf_output(e, __builtin_offsetof(struct data_event, payload), 0) != 0) count(CNT_LOSS_MARKERS_LOST);
+}
+
+static __always_inline void flush_batch(struct batch *b) {
+    u32 used = b->used;
+    u32 n = b->count;
+    if (n && used <= BATCH_CAP) {
+        u32 size = used + 8;
+        if (data_events.ringbuf_output(&b->count, size, wakeup_flag(size)) == 0) {
+            count_n(CNT_DATA_EVENTS, n);
+        } else {
+            count_n(CNT_DATA_LOST, n);
+            for (u32 i = 0; i < BATCH_EVENTS; i++) {  // each socket's exchange once (the generation moves on)
+                if (i >= n) break;
+                u64 sk = b->sks[i];
+                struct sock_flow *flow = sock_flows.lookup(&sk);
+                u32 at = b->offsets[i];
+                if (!flow || flow->loss_generation != b->generations[i] || at >= BATCH_BYTES) continue;
+                exchange_lost(flow, (void *)b->data + at);
+            }
+        }
+    }
+    b->count = 0;
+    b->used = 0;
+}
+
+// FLUSH_HZ times a second on each CPU: send its batch once its first event is BATCH_NS old.
+int flush_stale(struct bpf_perf_event_data *ctx) {
+    u32 zero = 0;
+    struct batch *b = batches.lookup(&zero);
+    if (!b || b->busy || !b->count || bpf_ktime_get_ns() - b->first_ns < BATCH_NS) return 0;
+    b->busy = 1;
+    COMPILER_BARRIER();
+    flush_batch(b);
+    COMPILER_BARRIER();
+    b->busy = 0;
+    return 0;
+}
+
 static __always_inline int exit_data(long ret) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     struct data_args *a = active_data.lookup(&pid_tgid);
@@ -454,10 +544,24 @@ static __always_inline int exit_data(long ret) {
         return 0;
     }
     u32 zero = 0;
-    struct data_event *e = scratch.lookup(&zero);
-    if (!e) {
-        active_data.delete(&pid_tgid);
-        return 0;
+    struct batch *b = batches.lookup(&zero);
+    struct single *one = 0;
+    struct data_event *e;
+    u32 off = 0;
+    if (b && !b->busy) {
+        b->busy = 1;
+        COMPILER_BARRIER();
+        if (b->used >= BATCH_BYTES) flush_batch(b);  // not reached: a batch this full went out at its last append
+        off = b->used & (BATCH_BYTES - 1);
+        e = (void *)b->data + off;
+    } else {
+        b = 0;
+        one = singles.lookup(&zero);
+        if (!one) {
+            active_data.delete(&pid_tgid);
+            return 0;
+        }
+        e = &one->e;
     }
     void *sk = (void *)a->sk;
     e->enter_ns = a->enter_ns;
@@ -509,23 +613,30 @@ static __always_inline int exit_data(long ret) {
     if (len > PAYLOAD_MAX) len = PAYLOAD_MAX;  // the verifier's bound
     e->payload_len = len;
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
+    e->socket_seq = flow ? (u32)(__sync_fetch_and_add(&flow->seq, 1) + 1) : 0;
     u32 size = __builtin_offsetof(struct data_event, payload) + len;
-    if (data_events.ringbuf_output(e, size, wakeup_flag(size)) != 0) {
-        count(CNT_DATA_LOST);
-        // The exchange is broken: shed the rest of it, and let the next captured event say so.
-        if (flow) {
-            flow->loss_generation++;
-            flow->shed = 1;
-            if (flow->sent) {  // user space holds part of this exchange: tell it now, the socket may go quiet
-                e->loss_generation = flow->loss_generation;
-                e->bytes = 0;
-                e->payload_len = 0;
-                if (loss_markers.ringbuf_output(e, __builtin_offsetof(struct data_event, payload), 0) != 0) count(CNT_LOSS_MARKERS_LOST);
-            }
-        }
-    } else {
-        count(CNT_DATA_EVENTS);
+    if (b) {
+        u32 i = b->count & (BATCH_EVENTS - 1);
+        b->sks[i] = skey;
+        b->offsets[i] = off;
+        b->generations[i] = e->loss_generation;
+        if (!b->count) b->first_ns = e->exit_ns;
+        b->count++;
+        b->used = off + ((size + 7) & ~7u);
         if (flow) flow->sent = 1;
+        if (b->count >= BATCH_EVENTS || b->used >= BATCH_BYTES || e->exit_ns - b->first_ns >= BATCH_NS) flush_batch(b);
+        COMPILER_BARRIER();
+        b->busy = 0;
+    } else {
+        one->count = 1;
+        one->used = size;
+        if (data_events.ringbuf_output(one, 8 + size, wakeup_flag(8 + size)) != 0) {
+            count(CNT_DATA_LOST);
+            if (flow) exchange_lost(flow, e);
+        } else {
+            count(CNT_DATA_EVENTS);
+            if (flow) flow->sent = 1;
+        }
     }
     active_data.delete(&pid_tgid);
     return 0;

@@ -21,10 +21,11 @@ def decode_data(header, payload, host, clock, trace_prefix, payload_filter=None)
 
 
 def test_payload_offset_matches_the_c_struct():
-    # 6 u64 (48) + 6 u32 (24) + 3 u16 (6) + 6 u8 (6) + u32 (4, at 84: aligned) + laddr 16 + raddr 16 + comm 16 = 136;
-    # the payload follows.
-    assert DATA_HEADER_SIZE == 136
+    # 6 u64 (48) + 6 u32 (24) + 3 u16 (6) + 6 u8 (6) + 3 u32 (12, from 84: aligned) + laddr 16 + raddr 16 + comm 16 = 144;
+    # the payload follows (8-byte aligned, as each event in a batch starts).
+    assert DATA_HEADER_SIZE == 144
     assert DataEventHeader.sample_threshold.offset == 84
+    assert DataEventHeader.socket_seq.offset == 88
 
 
 def test_lifecycle_struct_size_matches_the_c_struct():

@@ -87,7 +87,8 @@ def _plan(rules: RedactionRules, http_only: bool = False) -> tuple[Scan, ...]:
     keys = tuple(dict.fromkeys(http.SECRET_KEYS + rules.extra_keys))
     scans: list[Scan] = []
     if kinds:
-        scans.append(lambda w: http.headers(w, kinds))
+        names = http.header_names(kinds)
+        scans.append(lambda w: http.headers(w, names))
     if rules.url_userinfo:
         scans.append(http.url_userinfo)
     if rules.secret_params:  # query strings and form bodies share one syntax
@@ -97,8 +98,8 @@ def _plan(rules: RedactionRules, http_only: bool = False) -> tuple[Scan, ...]:
     if http_only:
         return tuple(scans)
     if kinds:
-        names = http2.header_names(kinds)
-        scans.append(lambda w: http2.passwords(w, names, keys))
+        h2_names = http2.header_names(kinds)
+        scans.append(lambda w: http2.passwords(w, h2_names, keys))
     for enabled, scan in ((rules.sql_passwords, sql.passwords), (rules.redis_auth, redis.passwords),
                           (rules.mysql_password, mysql.passwords), (rules.postgres_password, postgres.passwords),
                           (rules.kafka_sasl, kafka.passwords)):

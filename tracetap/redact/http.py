@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import NamedTuple
 
 from tracetap.redact.base import BLANK, Until, Window, line_end, run_end, strip
 
@@ -43,30 +44,28 @@ def starts_a_message(data: bytes) -> bool:
     return data.startswith(_HTTP_MESSAGE_STARTS)
 
 
-@functools.lru_cache(maxsize=16)
-def _header_pattern(names: tuple[str, ...]) -> re.Pattern[bytes]:
-    # Literal alternatives after "\n": the engine finds newlines at C speed; no nested quantifiers.
-    return re.compile(rb"\n(" + b"|".join(re.escape(n.encode()) for n in names) + rb")[ \t]*:[ \t]*")
+class HeaderNames(NamedTuple):
+    """The headers to mask (name -> "credential" | "cookie" | "set-cookie") and their patterns, compiled once."""
+
+    kinds: dict[str, str]
+    after_newline: re.Pattern[bytes]
+    at_start: re.Pattern[bytes]
 
 
-@functools.lru_cache(maxsize=16)
-def _header_pattern_at_start(names: tuple[str, ...]) -> re.Pattern[bytes]:
-    return re.compile(rb"(" + b"|".join(re.escape(n.encode()) for n in names) + rb")[ \t]*:[ \t]*")
+def header_names(kinds: dict[str, str]) -> HeaderNames:
+    # Literal alternatives after "\n", longest first: the engine finds newlines at C speed; no nested quantifiers.
+    names = b"|".join(re.escape(n.encode()) for n in sorted(kinds, key=len, reverse=True))
+    return HeaderNames(dict(kinds), re.compile(rb"\n(" + names + rb")[ \t]*:[ \t]*"), re.compile(rb"(" + names + rb")[ \t]*:[ \t]*"))
 
 
-@functools.lru_cache(maxsize=16)
-def _longest_first(names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(sorted(names, key=len, reverse=True))
-
-
-def headers(w: Window, kinds: dict[str, str]) -> None:
-    """Mask the values of the headers in `kinds` (name -> "credential" | "cookie" | "set-cookie")."""
+def headers(w: Window, names: HeaderNames) -> None:
+    """Mask the values of the named headers."""
+    kinds = names.kinds
     if not kinds or b":" not in w.data:
         return
-    names = _longest_first(tuple(kinds))
-    matches = list(_header_pattern(names).finditer(w.lower))
+    matches = list(names.after_newline.finditer(w.lower))
     if w.fresh:
-        first = _header_pattern_at_start(names).match(w.lower)
+        first = names.at_start.match(w.lower)
         if first:
             matches.insert(0, first)
     for match in matches:

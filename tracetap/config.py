@@ -200,6 +200,9 @@ class AgentSettings:
     # Hook syscalls with the two raw tracepoints (sys_enter/sys_exit, x86_64) instead of one tracepoint per
     # syscall and direction: cheaper per call. false, or another architecture: per-syscall tracepoints.
     raw_syscall_hooks: bool = True
+    # Payloads of sockets whose first bytes no parser could claim (forensics). false: after those first bytes,
+    # such sockets' events carry byte counts only (they give no spans either way).
+    unknown_protocol_payloads: bool = False
 
     def redaction_rules(self) -> RedactionRules:
         return RedactionRules(**{rule: False for rule in self.redact_disable}, extra_headers=tuple(self.redact_headers),

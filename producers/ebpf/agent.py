@@ -68,7 +68,7 @@ POLL_MAX_S = 0.1  # ... or this long
 POLL_TIMEOUT_MS = 50  # the longest an event waits for the reader when the kernel does not wake it (batched wakeups)
 CONTROL_INTERVAL_S = 0.5  # how often the kernel counters are read and the shedding ratio adapted
 # Kernel counters reported in agent-stats (as deltas): losses and what shedding left out.
-REPORTED_COUNTERS = ("data_lost", "lifecycle_lost", "shed_events", "shed_requests", "loss_markers_lost")
+REPORTED_COUNTERS = ("data_lost", "lifecycle_lost", "shed_events", "shed_requests", "loss_markers_lost", "unknown_protocol_events")
 
 
 class AgentError(TracetapError):
@@ -149,6 +149,8 @@ class SocketTracer:
             "LIFECYCLE_RINGBUF_PAGES": max(64, agent.ring_buffer_pages // 8),
             "BATCH_NS": f"{BATCH_NS}ULL",
         })
+        if agent.unknown_protocol_payloads:
+            defines["PAYLOAD_ALL_PROTOCOLS"] = 1
         source = resources.files("producers.ebpf").joinpath("socket_trace.c").read_text()
         started = time.monotonic()
         self.bpf = BPF(text=source, cflags=[f"-D{k}={v}" for k, v in defines.items()] + ["-Wno-unused-function"])

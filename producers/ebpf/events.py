@@ -23,7 +23,8 @@ L4 = {6: "TCP", 17: "UDP"}
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE",
               8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 LC_STATE, LC_RETRANSMIT, LC_RESET_SENT, LC_RESET_RECEIVED, LC_RTT, LC_ACCEPT = 1, 2, 3, 4, 5, 6
-COUNTERS = ("data_events", "data_lost", "lifecycle_lost", "filtered", "shed_events", "shed_requests", "loss_markers_lost")
+COUNTERS = ("data_events", "data_lost", "lifecycle_lost", "filtered", "shed_events", "shed_requests", "loss_markers_lost",
+            "unknown_protocol_events")
 SAMPLE_ALL = 0xFFFFFFFF  # the kernel's sampling threshold that captures every flow
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"

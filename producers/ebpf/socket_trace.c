@@ -55,7 +55,8 @@ enum sk_rst_reason { SK_RST_REASON_PLACEHOLDER_ };
 #define CNT_SHED_EVENTS 4
 #define CNT_SHED_REQUESTS 5
 #define CNT_LOSS_MARKERS_LOST 6
-#define CNT_MAX 7
+#define CNT_UNKNOWN_PROTOCOL 7  // events sent with byte counts only: their socket speaks no protocol the core parses
+#define CNT_MAX 8
 
 // Shedding (the agent's CPU budget): a flow is captured while the hash of its client endpoint is below
 // the threshold user space sets; SAMPLE_ALL captures everything. The decision is taken when a request
@@ -130,6 +131,7 @@ struct sock_flow {
     u8 shed;          // the current exchange is not captured
     u8 loss_generation;
     u8 sent;          // an event of the current exchange reached user space (a loss then leaves it open there)
+    u8 payload;       // PAYLOAD_UNDECIDED until the socket's first bytes are seen, then SHIP or COUNTS_ONLY
     u64 seq;          // the socket_seq of its last captured event (64 bits: a 32-bit atomic add cannot return here)
 };
 
@@ -486,6 +488,30 @@ static __always_inline void read_sockaddr(u64 addr, u16 *family, u16 *port, u8 *
     *port = ntohs(*port);
 }
 
+// Payload only for sockets the core can parse. The core picks a socket's protocol from its first captured
+// bytes, once (tracetap/protocols: detect); a socket whose first bytes it cannot place gives no spans, so
+// its later payloads would be copied for nothing: they go out as byte counts (lifecycle and network
+// metrics keep them). The check below accepts everything any parser's detect accepts, on any port (a
+// test holds it to the parsers: tests/e2e/test_agent_payload_inference.py); agent.unknown_protocol_payloads
+// (PAYLOAD_ALL_PROTOCOLS) ships every payload.
+#define PAYLOAD_UNDECIDED 0
+#define PAYLOAD_SHIP 1
+#define PAYLOAD_COUNTS_ONLY 2
+static __always_inline int may_be_parsed(u8 *h, u32 n, u16 l4) {
+    if (l4 == IPPROTO_UDP)  // DNS, the one UDP protocol: a query header (QR 0, opcode 0) with one question
+        return n >= 12 && !(h[2] & 0xF8) && h[4] == 0 && h[5] == 1;
+    if (n >= 3 && h[0] == 0x16 && h[1] == 0x03 && h[2] <= 0x04) return 0;  // a TLS handshake record: ciphertext follows
+    u8 c = h[0];
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '*')
+        return 1;  // HTTP/1 methods, PostgreSQL Query and Parse, Redis arrays and inline commands
+    if (n >= 5 && h[3] <= 1) return 1;  // MySQL: a 3-byte length, then sequence 0 (greeting, command) or 1 (login)
+    if (n >= 8 && h[4] == 0 && h[5] == 3 && h[6] == 0 && h[7] == 0) return 1;  // PostgreSQL startup (protocol 3.0)
+    if (n >= 8 && h[0] == 0 && h[1] == 0 && h[2] == 0 && h[3] == 8 && h[4] == 0x04 && h[5] == 0xD2) return 1;  // SSL/GSS request
+    if (n >= 14 && h[0] < 7 && h[4] == 0 && h[6] == 0) return 1;  // Kafka: size < 100 MiB, api key < 256, version 0-20
+    if (n >= 8 && !(h[4] & 0xF8) && h[6] == 0 && h[7] == 1) return 1;  // DNS over TCP: 2-byte length, then a query header
+    return 0;
+}
+
 // A lost event breaks its exchange: shed the rest of it, and if user space already holds part of it, tell
 // it now with a header-only marker carrying the new loss generation (the socket may go quiet).
 static __always_inline void exchange_lost(struct sock_flow *flow, struct data_event *e) {
@@ -611,8 +637,16 @@ static __always_inline int exit_data(long ret) {
     }
     u32 len = avail < PAYLOAD_CAPTURE ? avail : PAYLOAD_CAPTURE;
     if (len > PAYLOAD_MAX) len = PAYLOAD_MAX;  // the verifier's bound
+#ifndef PAYLOAD_ALL_PROTOCOLS
+    if (flow && flow->payload == PAYLOAD_COUNTS_ONLY && len > 0) {
+        len = 0;
+        count(CNT_UNKNOWN_PROTOCOL);
+    }
+#endif
     e->payload_len = len;
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
+    if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED)  // this first payload goes out either way
+        flow->payload = may_be_parsed(e->payload, len, protocol) ? PAYLOAD_SHIP : PAYLOAD_COUNTS_ONLY;
     e->socket_seq = flow ? (u32)(__sync_fetch_and_add(&flow->seq, 1) + 1) : 0;
     u32 size = __builtin_offsetof(struct data_event, payload) + len;
     if (b) {

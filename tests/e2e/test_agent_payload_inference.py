@@ -1,0 +1,140 @@
+"""Payload only for sockets the core can parse: the kernel looks at a socket's first captured bytes once
+(socket_trace.c may_be_parsed) and sends the payload of later events only if some parser's detect could
+claim those bytes; otherwise they carry byte counts only (`unknown_protocol_events`).
+
+`ships_payload` below is the rule, written out as the specification. Two tests hold it: every recorded
+first chunk of every real conversation (tests/parser_seeds.py) and random bytes that the core's detect
+accepts, on any port, must be accepted by it (otherwise the counts-only socket would lose spans); and the
+loaded BPF program must decide as it does, for real sockets over loopback."""
+
+import json
+import subprocess
+import sys
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from producers.ebpf.agent import POLL_TIMEOUT_MS, SocketTracer
+from producers.ebpf.events import DATA_HEADER_SIZE, DataEventHeader
+from tests.parser_seeds import SEEDS
+from tracetap.config import AgentSettings
+from tracetap.protocols import all_protocols, detect
+
+PORTS = sorted({port for protocol in all_protocols() for port in protocol.ports} | {2883, 6033, 12345, 40000})
+L4 = {"DNS-UDP": "UDP"}
+
+
+def ships_payload(l4: str, h: bytes) -> bool:
+    """The kernel's rule (may_be_parsed), as a specification."""
+    n = len(h)
+    if l4 == "UDP":
+        return n >= 12 and not h[2] & 0xF8 and h[4] == 0 and h[5] == 1
+    if n >= 3 and h[0] == 0x16 and h[1] == 0x03 and h[2] <= 0x04:
+        return False
+    if h[:1].isalpha() or h[:1] == b"*":
+        return True
+    return ((n >= 5 and h[3] <= 1) or (n >= 8 and h[4:8] == b"\x00\x03\x00\x00") or (n >= 8 and h[:6] == b"\x00\x00\x00\x08\x04\xd2")
+            or (n >= 14 and h[0] < 7 and h[4] == 0 and h[6] == 0) or (n >= 8 and not h[4] & 0xF8 and h[6] == 0 and h[7] == 1))
+
+
+def test_every_first_chunk_a_parser_claims_keeps_its_payload():
+    claimed = 0
+    for name, conversations in SEEDS.items():
+        l4 = L4.get(name, "TCP")
+        for conversation in conversations:
+            for _, chunk in conversation:  # a capture may start at any of them (pools outlive the agent)
+                for port in PORTS:
+                    if detect(l4, chunk, port) is not None:
+                        claimed += 1
+                        assert ships_payload(l4, chunk), (name, port, chunk[:32])
+    assert claimed > 100  # the seeds hold every protocol's real first bytes
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(["TCP", "UDP"]), st.binary(min_size=1, max_size=48), st.sampled_from(PORTS))
+def test_random_bytes_a_parser_claims_keep_their_payload(l4, data, port):
+    if detect(l4, data, port) is not None:
+        assert ships_payload(l4, data)
+
+
+TLS_HELLO = bytes.fromhex("160301012c0100012803035d1b6f")
+SAMPLES = [
+    ("TCP", b"GET /orders/42 HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("TCP", b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+    ("TCP", next(chunk for _, chunk in SEEDS["POSTGRESQL"][0])),
+    ("TCP", next(chunk for _, chunk in SEEDS["MYSQL"][0])),
+    ("TCP", next(chunk for client, chunk in SEEDS["KAFKA"][0] if client)),
+    ("TCP", next(chunk for _, chunk in SEEDS["DNS-TCP"][0])),
+    ("TCP", TLS_HELLO + bytes(32)),
+    ("TCP", bytes([0x90, 0xFF, 0x10, 0x42, 0x07, 0x08, 0x09, 0x0A]) * 4),  # binary that no parser claims
+    ("TCP", b"\x05\x01\x00"),  # a SOCKS5 greeting
+    ("UDP", next(chunk for _, chunk in SEEDS["DNS-UDP"][0])),
+    ("UDP", b"GET /bench HTTP/1.1\r\n"),  # HTTP is no UDP protocol
+]
+
+SENDER = r"""
+import json, socket, sys
+out = []
+for l4, hexed in json.loads(sys.stdin.read()):
+    data = bytes.fromhex(hexed)
+    if l4 == "TCP":
+        server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
+        client = socket.create_connection(server.getsockname()); peer, _ = server.accept()
+        for _ in range(3):  # the first write decides; the next two show the decision
+            client.sendall(data); peer.recv(65536)
+    else:
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); server.bind(("127.0.0.1", 0))
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); client.connect(server.getsockname())
+        for _ in range(3):
+            client.send(data); server.recv(65536)
+    out.append(client.getsockname()[1])
+    client.close(); server.close()
+print(json.dumps(out))
+"""
+
+
+def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
+    events = []
+    tracer = SocketTracer(AgentSettings(), set(), events.extend, lambda event: None)
+    try:
+        sender = subprocess.Popen([sys.executable, "-c", SENDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        sender.stdin.write(json.dumps([(l4, data.hex()) for l4, data in SAMPLES]))
+        sender.stdin.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sender.poll() is None:
+            tracer.poll(POLL_TIMEOUT_MS)
+        tracer.drain()
+        ports = json.loads(sender.stdout.read())
+        counters = tracer.kernel_counters()
+    finally:
+        tracer.close()
+    headers = [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events]
+    decided = []
+    for (l4, data), port in zip(SAMPLES, ports):
+        writes = [h for h in headers if h.pid == sender.pid and h.lport == port and h.direction == 1]
+        assert [h.bytes for h in writes] == [len(data)] * 3, (l4, data[:16])
+        assert writes[0].payload_len == len(data)  # the bytes that decide always go out
+        decided.append([h.payload_len for h in writes[1:]])
+    expected = [[len(data)] * 2 if ships_payload(l4, data) else [0, 0] for l4, data in SAMPLES]
+    assert decided == expected
+    assert sum(not ships_payload(l4, data) for l4, data in SAMPLES) == 4  # the samples hold both kinds
+    assert counters["unknown_protocol_events"] >= 8  # the counts-only writes and reads of those four
+
+
+def test_unknown_protocol_payloads_ships_everything():
+    events = []
+    tracer = SocketTracer(AgentSettings(unknown_protocol_payloads=True), set(), events.extend, lambda event: None)
+    try:
+        sender = subprocess.Popen([sys.executable, "-c", SENDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        sender.stdin.write(json.dumps([("TCP", SAMPLES[7][1].hex())]))
+        sender.stdin.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sender.poll() is None:
+            tracer.poll(POLL_TIMEOUT_MS)
+        tracer.drain()
+        port, = json.loads(sender.stdout.read())
+    finally:
+        tracer.close()
+    headers = [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events]
+    assert [h.payload_len for h in headers if h.pid == sender.pid and h.lport == port and h.direction == 1] == [32] * 3

@@ -243,10 +243,11 @@ class SocketTracer:
         self._polled = self._records = 0
         self._poll_until = time.monotonic() + POLL_MAX_S
         self.bpf.ring_buffer_poll(0 if self._cut_short else timeout_ms)
+        drained_from = time.monotonic_ns()
         if not self._over_budget():
             self.bpf.ring_buffer_consume()
         self._cut_short = self._over_budget()
-        self.order.expire(time.monotonic_ns())
+        self.order.expire(None if self._cut_short else drained_from, time.monotonic_ns())
         self._hand_over()
 
     def drain(self) -> None:
@@ -256,7 +257,7 @@ class SocketTracer:
             self.poll(0)
             if not self._cut_short:
                 break
-        self.order.expire(time.monotonic_ns(), everything=True)
+        self.order.expire(None, time.monotonic_ns(), everything=True)
         self._hand_over()
 
     def _over_budget(self) -> bool:

@@ -66,6 +66,7 @@ _DATA_HEADER = struct.Struct("<6Q3IiII3H6BII4x16s16s16s")
 assert _DATA_HEADER.size == DATA_HEADER_SIZE, "struct data_event mirrors disagree"
 PID_OFFSET = DataEventHeader.pid.offset
 SOCKET_INO_OFFSET = DataEventHeader.socket_ino.offset
+EXIT_NS_OFFSET = DataEventHeader.exit_ns.offset
 SOCKET_SEQ_OFFSET = DataEventHeader.socket_seq.offset
 PAYLOAD_LEN_OFFSET = DataEventHeader.payload_len.offset
 

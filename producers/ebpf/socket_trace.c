@@ -125,6 +125,7 @@ struct data_event {
 
 // What the kernel keeps per socket for shedding and loss: one lookup per syscall.
 struct sock_flow {
+    u64 socket_ino;   // the socket it was made for: a struct sock freed and reused (UDP: no close event) starts afresh
     u32 threshold;    // in force since the current request started
     u8 request_dir;   // the direction requests travel on this socket
     u8 last_dir;      // of the last captured-or-shed message, DIR_NONE at first
@@ -380,12 +381,13 @@ static __always_inline u8 sock_role(u64 sk) {
 
 // 1 if this syscall's bytes are shed. A new request (a message in the socket's request direction after
 // one in the other) takes the decision for its whole exchange, under the threshold in force now.
-static __always_inline int shed(void *sk, u8 direction) {
+static __always_inline int shed(void *sk, u64 socket_ino, u8 direction) {
     u64 key = (u64)sk;
     struct sock_flow *f = sock_flows.lookup(&key);
-    if (!f) {
+    if (!f || f->socket_ino != socket_ino) {
         u8 role = sock_role(key);
         struct sock_flow fresh = {};
+        fresh.socket_ino = socket_ino;
         // A client writes requests, a server reads them; unknown (sockets older than the agent, UDP):
         // the first message seen is taken as a request.
         fresh.request_dir = role == ROLE_CLIENT ? DIR_EGRESS : role == ROLE_SERVER ? DIR_INGRESS : direction;
@@ -422,7 +424,7 @@ static __always_inline int enter_data(u32 fd, u64 buf, u64 addr, u8 syscall, u8 
         count(CNT_FILTERED);
         return 0;
     }
-    if (shed(sk, direction)) return 0;
+    if (shed(sk, a.socket_ino, direction)) return 0;
     a.enter_ns = bpf_ktime_get_ns();
     a.sk = (u64)sk;
     a.buf = buf;

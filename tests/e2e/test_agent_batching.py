@@ -32,7 +32,7 @@ def test_an_event_on_an_idle_socket_reaches_the_reader_within_100_ms(raw_hooks):
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         arrivals.extend((now, DataEventHeader.from_buffer_copy(raw[:DataEventHeader.comm.offset + 16])) for raw in events)
 
-    tracer = SocketTracer(AgentSettings(raw_syscall_hooks=raw_hooks), set(), on_data, lambda event: None)
+    tracer = SocketTracer(AgentSettings(raw_syscall_hooks=raw_hooks, unknown_protocol_payloads=True), set(), on_data, lambda event: None)
     sender = subprocess.Popen([sys.executable, "-c", SENDER, "9"])  # the discard port: nothing answers, nothing else is sent
     try:
         deadline = time.monotonic() + 10
@@ -65,7 +65,7 @@ for i in range(int(sys.argv[1])):
 def test_a_socket_whose_thread_moves_between_cpus_gives_its_events_in_order(raw_hooks):
     assert len(os.sched_getaffinity(0)) >= 2, "this test needs two CPUs to move the writer between"
     events = []
-    tracer = SocketTracer(AgentSettings(raw_syscall_hooks=raw_hooks), set(), events.extend, lambda event: None)
+    tracer = SocketTracer(AgentSettings(raw_syscall_hooks=raw_hooks, unknown_protocol_payloads=True), set(), events.extend, lambda event: None)
     writes = 2000
     hopper = subprocess.Popen([sys.executable, "-c", HOPPER, str(writes)])
     try:

@@ -94,12 +94,13 @@ print(json.dumps(out))
 """
 
 
-def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
+def _capture(samples: list[tuple[str, bytes]], settings: AgentSettings = AgentSettings()) -> tuple[list[DataEventHeader], int, list[int], dict[str, int]]:
+    """Run SENDER over the samples with the tracer loaded: (headers, the sender's pid, its client ports, kernel counters)."""
     events = []
-    tracer = SocketTracer(AgentSettings(), set(), events.extend, lambda event: None)
+    tracer = SocketTracer(settings, set(), events.extend, lambda event: None)
     try:
         sender = subprocess.Popen([sys.executable, "-c", SENDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        sender.stdin.write(json.dumps([(l4, data.hex()) for l4, data in SAMPLES]))
+        sender.stdin.write(json.dumps([(l4, data.hex()) for l4, data in samples]))
         sender.stdin.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and sender.poll() is None:
@@ -109,10 +110,18 @@ def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
         counters = tracer.kernel_counters()
     finally:
         tracer.close()
-    headers = [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events]
+    return [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events], sender.pid, ports, counters
+
+
+def _client_writes(headers: list[DataEventHeader], pid: int, port: int) -> list[DataEventHeader]:
+    return [h for h in headers if h.pid == pid and h.lport == port and h.direction == 1]
+
+
+def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
+    headers, pid, ports, counters = _capture(SAMPLES)
     decided = []
     for (l4, data), port in zip(SAMPLES, ports):
-        writes = [h for h in headers if h.pid == sender.pid and h.lport == port and h.direction == 1]
+        writes = _client_writes(headers, pid, port)
         assert [h.bytes for h in writes] == [len(data)] * 3, (l4, data[:16])
         assert writes[0].payload_len == len(data)  # the bytes that decide always go out
         decided.append([h.payload_len for h in writes[1:]])
@@ -122,19 +131,18 @@ def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
     assert counters["unknown_protocol_events"] >= 8  # the counts-only writes and reads of those four
 
 
+def test_a_new_socket_in_a_reused_struct_sock_is_decided_afresh():
+    # UDP sockets have no close event: a socket closed and a new one made at once often get the same
+    # struct sock back, and must not inherit its decision (nor its event numbering).
+    dns, unknown = SAMPLES[9][1], SAMPLES[10][1]
+    samples = [("UDP", dns if i % 2 else unknown) for i in range(40)]
+    headers, pid, ports, _ = _capture(samples)
+    for (_, data), port in zip(samples, ports):
+        writes = _client_writes(headers, pid, port)
+        assert [h.socket_seq for h in writes] == [1, 2, 3]
+        assert [h.payload_len for h in writes] == [len(data)] + [len(data) if data == dns else 0] * 2
+
+
 def test_unknown_protocol_payloads_ships_everything():
-    events = []
-    tracer = SocketTracer(AgentSettings(unknown_protocol_payloads=True), set(), events.extend, lambda event: None)
-    try:
-        sender = subprocess.Popen([sys.executable, "-c", SENDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        sender.stdin.write(json.dumps([("TCP", SAMPLES[7][1].hex())]))
-        sender.stdin.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and sender.poll() is None:
-            tracer.poll(POLL_TIMEOUT_MS)
-        tracer.drain()
-        port, = json.loads(sender.stdout.read())
-    finally:
-        tracer.close()
-    headers = [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events]
-    assert [h.payload_len for h in headers if h.pid == sender.pid and h.lport == port and h.direction == 1] == [32] * 3
+    headers, pid, ports, _ = _capture([("TCP", SAMPLES[7][1])], AgentSettings(unknown_protocol_payloads=True))
+    assert [h.payload_len for h in _client_writes(headers, pid, ports[0])] == [32] * 3

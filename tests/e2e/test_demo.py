@@ -113,7 +113,8 @@ def test_slow_service_and_dns_storm_are_found_in_elasticsearch(settings, admin, 
     segments = ("req_client_stack_ns", "req_network_ns", "req_server_stack_ns", "server_processing_ns",
                 "resp_server_stack_ns", "resp_network_ns", "resp_client_stack_ns")
     for path in paths:
-        assert max(segments, key=lambda n: path[n] or 0) == "server_processing_ns" and path["server_processing_ns"] >= 0.45e9
+        assert max(segments, key=lambda n: path[n] or 0) == "server_processing_ns" and path["server_processing_ns"] >= 0.45e9, (
+            path, [p["req_tcp_seq"] for p in paths])
 
     # 4. The DNS storm: the tpp-pay pods, their rate and NXDOMAIN ratio, and the fix.
     storms = _search(settings, f"{prefix}-alerts-*", _term(kind="DNS_STORM"))

@@ -2,13 +2,13 @@
 
 import struct
 
-from producers.ebpf.batches import BATCH_HEADER, SocketOrder, split_batch
+from producers.ebpf.batches import BATCH_HEADER, FLUSH_BOUND_NS, MAX_HOLD_NS, SocketOrder, split_batch
 from producers.ebpf.events import DATA_HEADER_SIZE, DataEventHeader
 
 
-def event(socket_ino: int, seq: int, payload: bytes = b"") -> bytes:
+def event(socket_ino: int, seq: int, payload: bytes = b"", at: int = 0) -> bytes:
     h = DataEventHeader()
-    h.socket_ino, h.socket_seq, h.payload_len, h.bytes = socket_ino, seq, len(payload), len(payload)
+    h.socket_ino, h.socket_seq, h.payload_len, h.bytes, h.exit_ns = socket_ino, seq, len(payload), len(payload), at
     return bytes(h)[:DATA_HEADER_SIZE] + payload
 
 
@@ -48,19 +48,32 @@ def test_each_socket_is_released_in_seq_order_whatever_order_its_events_arrive_i
     assert order.reordered == 2 and order.held == 0 and order.gaps == 0
 
 
-def test_a_gap_is_given_up_after_the_hold_time_and_a_late_event_still_passes():
+def test_a_gap_is_given_up_once_a_drain_began_after_the_predecessor_must_have_been_sent():
     out = []
-    order = SocketOrder(out.append, hold_ns=100)
-    e1, e2, e3, e4 = (event(7, s) for s in (1, 2, 3, 4))
+    order = SocketOrder(out.append)
+    e1, e2, e3, e4 = event(7, 1, at=1_000), event(7, 2, at=1_500), event(7, 3, at=2_000), event(7, 4, at=3_000)
     order.add(e1, now_ns=0)
     order.add(e3, now_ns=10)  # 2 is missing
-    order.expire(now_ns=50)
-    assert out == [e1]
-    order.expire(now_ns=110)
+    order.expire(drained_from_ns=2_000 + FLUSH_BOUND_NS - 1, now_ns=20)  # 2 may still wait in its CPU's batch
+    order.expire(drained_from_ns=None, now_ns=20)  # a drain cut short proves nothing
+    assert out == [e1] and order.held == 1
+    order.expire(drained_from_ns=2_000 + FLUSH_BOUND_NS, now_ns=30)  # 2 would have been in that drain: lost
     assert out == [e1, e3] and order.gaps == 1
-    order.add(e4, now_ns=120)
-    order.add(e2, now_ns=130)  # later than the hold: delivered as it comes, not held
+    order.add(e4, now_ns=40)
+    order.add(e2, now_ns=50)  # later than the bound after all: delivered as it comes, not held
     assert out == [e1, e3, e4, e2]
+
+
+def test_nothing_waits_longer_than_the_hold_limit_even_while_the_reader_is_behind():
+    out = []
+    order = SocketOrder(out.append)
+    e1, e3 = event(7, 1, at=1_000), event(7, 3, at=2_000)
+    order.add(e1, now_ns=0)
+    order.add(e3, now_ns=10)
+    order.expire(drained_from_ns=None, now_ns=10 + MAX_HOLD_NS - 1)
+    assert out == [e1]
+    order.expire(drained_from_ns=None, now_ns=10 + MAX_HOLD_NS)
+    assert out == [e1, e3]
 
 
 def test_events_without_a_seq_pass_straight_through_and_a_restarted_count_is_followed():
@@ -82,5 +95,5 @@ def test_end_of_capture_releases_everything_held():
     order = SocketOrder(out.append)
     order.add(event(7, 3), 0)
     order.add(event(7, 2), 0)
-    order.expire(0, everything=True)
+    order.expire(None, 0, everything=True)
     assert out == [event(7, 2), event(7, 3)]

@@ -381,36 +381,30 @@ class EbpfAgent:
                     lost += self._emitter.counters["queue_overflow"] - overflowed
                     overflowed = self._emitter.counters["queue_overflow"]
                     self._adapt((cpu - last_cpu) / (now - last_control), lost)
-                    self._count_order()
                     if self._collector is not None:
                         self._collector.tick()
-                        self._count_collector()
+                    self._report_totals()
                     last_control, last_cpu = now, cpu
             self._tracer.drain()  # what the kernel already wrote, and what its per-CPU batches still hold
             if self._collector is not None:
                 self._collector.flush()
-                self._count_collector()
             self._resources.stop()
             self._collect_kernel_counters()
-            self._count_order()
+            self._report_totals()
         finally:
             if quota is not None:
                 quota.release()
         self.stats.kernel_counters = dict(self._kernel_seen)
         return self.stats
 
-    def _count_order(self) -> None:
-        """Events held for a predecessor in another CPU's batch, and predecessors given up, in agent-stats."""
+    def _report_totals(self) -> None:
+        """Totals kept in user space, reported in agent-stats as they grow: events held for a predecessor in another
+        CPU's batch and predecessors given up; in-collector requests that never became spans."""
         order = self._tracer.order
-        for name, value in (("events_reordered", order.reordered), ("order_gaps", order.gaps)):
-            if value > self._reported.get(name, 0):
-                self._emitter.count(name, value - self._reported.get(name, 0))
-                self._reported[name] = value
-
-    def _count_collector(self) -> None:
-        """In-collector requests that never became spans, reported in agent-stats."""
-        assert self._collector is not None
-        for name, value in (("requests_cut_by_loss", self._collector.cut_by_loss), ("requests_open_at_exit", self._collector.abandoned)):
+        totals = {"events_reordered": order.reordered, "order_gaps": order.gaps}
+        if self._collector is not None:
+            totals.update(requests_cut_by_loss=self._collector.cut_by_loss, requests_open_at_exit=self._collector.abandoned)
+        for name, value in totals.items():
             if value > self._reported.get(name, 0):
                 self._emitter.count(name, value - self._reported.get(name, 0))
                 self._reported[name] = value

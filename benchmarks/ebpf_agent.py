@@ -8,22 +8,23 @@ record lands on a real topic.
     .venv/bin/python benchmarks/ebpf_agent.py [--quick] [--steps 10000,25000,...] [--step-s 5] [--rounds 3]
                                               [--no-http] [--no-profile] [--profile-rate N]
 
-  1 capture   a C load generator (compiled at run time into /tmp) does write()+read() of 256-byte
+  1 capture   (agent --raw: every event to Kafka) a C load generator (compiled at run time into /tmp) does write()+read() of 256-byte
               datagrams on a connected UDP pair over loopback, paced to each step's offered rate; each
               syscall is one event. One agent run per step (payload_bytes=256), stopped with SIGINT;
               the table shows the generator's own syscall count, what the agent captured, its loss
               counters, CPU% and peak RSS, and how long it took to exit (draining its queue to Kafka).
               Baseline, same run: the generator unpaced with no agent attached (and again with one).
   2 overhead  nginx (1 worker, tiny static file, config in /tmp) under `wrk -t1 -c32 --latency`,
-              alternating rounds without / with the agent attached; medians of req/s and p99 and the
-              with/without ratio, plus the agent's CPU, RSS and counters in the "with" rounds.
+              alternating rounds without / with the agent attached (its default mode, in-collector); medians
+              of req/s and p99 and the with/without ratio, plus the agent's CPU, RSS and counters in the
+              "with" rounds.
   0 syscall   in-kernel cost: a C program does 10^6 write()+read() of 64-byte datagrams on a connected
               UDP pair, paced (so the agent's reader keeps up: no event lost), on CPU 0 with the agent
               pinned to CPU 1; it measures its own CPU time inside the syscall batches. Alternating
               rounds without / with the agent: added ns per captured syscall (enter + exit hooks,
               ring buffer). DeepFlow's paper: 277-889 ns per syscall.
   2b budget   figure 2 again with the agent bounded by `--cpu-budget` (a CFS quota; flows shed whole)
-              in in-collector mode: req/s and p99 ratios, the lowest sample ratio, and every span of
+              (in-collector, the default): req/s and p99 ratios, the lowest sample ratio, and every span of
               nginx's port read back from Kafka checked for completeness (request, response, no error).
   3 profile   if figure 1 shows the agent losing events while its process uses ~a full core (the
               Python side is the bottleneck), cProfile of `cli.main agent ebpf --duration` under load
@@ -301,7 +302,7 @@ def syscall_cost_figure(procs: Procs, workdir: Path, pairs: int, rate: int, roun
         for mode in ("without", "with"):
             agent = None
             if mode == "with":
-                agent = Agent(procs, workdir, ["taskset", "-c", "1", str(TRACETAP), "agent", "ebpf"])
+                agent = Agent(procs, workdir, ["taskset", "-c", "1", str(TRACETAP), "agent", "ebpf", "--raw"])
                 agent.start()
                 time.sleep(0.5)
             proc = procs.start(["taskset", "-c", "0", str(exe), str(pairs), str(rate)], stdout=subprocess.PIPE, text=True)
@@ -382,7 +383,7 @@ def capture_figure(procs: Procs, workdir: Path, gen: Path, steps: list[int], ste
               f"{'delivered':>9} {'sent/s':>8} {'cpu%':>6} {'rssMiB':>7} {'exit_s':>6}  note")
     print(header)
     for rate in [None, *steps, 0]:  # None: idle (agent, no generator); 0: generator unpaced with the agent
-        agent = Agent(procs, workdir)
+        agent = Agent(procs, workdir, [str(TRACETAP), "agent", "ebpf", "--raw"])  # every event to Kafka: the rate of capture
         agent.start()
         time.sleep(0.5)
         if rate is None:
@@ -497,7 +498,7 @@ def overhead_figure(procs: Procs, workdir: Path, rounds: int, seconds: int) -> N
     for i in range(rounds):
         for mode in ("without", "with"):
             if mode == "with":
-                agent = Agent(procs, workdir)
+                agent = Agent(procs, workdir)  # as a user runs it: in-collector
                 agent.start()
                 time.sleep(0.5)
                 rps, p99 = run_wrk(procs, port, seconds, agent)
@@ -568,7 +569,7 @@ def budget_figure(procs: Procs, workdir: Path, rounds: int, seconds: int, budget
     for i in range(rounds):
         for mode in ("without", "budget"):
             if mode == "budget":
-                agent = Agent(procs, workdir, [str(TRACETAP), "agent", "ebpf", "--in-collector", "--cpu-budget", str(budget)])
+                agent = Agent(procs, workdir, [str(TRACETAP), "agent", "ebpf", "--cpu-budget", str(budget)])  # in-collector
                 agent.start()
                 time.sleep(0.5)
                 start = reader.mark()
@@ -612,7 +613,7 @@ from cli.main import main
 prof = cProfile.Profile()
 prof.enable()
 try:
-    rc = main(["agent", "ebpf"])
+    rc = main(["agent", "ebpf", "--raw"])
 finally:
     prof.disable()
     prof.dump_stats(sys.argv[1])

@@ -352,16 +352,16 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
     from producers.common import agent_host, open_emitter
     from producers.ebpf.agent import EbpfAgent, check_requirements
-    from schemas.catalog import RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
+    from schemas.catalog import NODE_SPANS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
 
     check_requirements()
-    if args.in_collector:
-        settings = dataclasses.replace(settings, agent=dataclasses.replace(settings.agent, in_collector=True))
+    if args.in_collector is not None:
+        settings = dataclasses.replace(settings, agent=dataclasses.replace(settings.agent, in_collector=args.in_collector))
     if args.cpu_budget is not None:
         settings = dataclasses.replace(settings, agent=dataclasses.replace(settings.agent, cpu_budget_cores=args.cpu_budget))
         settings.agent.validate()
     host = agent_host(settings)
-    data_topic = SPANS if settings.agent.in_collector else SOCKET_DATA
+    data_topic = NODE_SPANS if settings.agent.in_collector else SOCKET_DATA
     emitter = open_emitter(settings, "ebpf", (data_topic, SOCKET_LIFECYCLE, RESOURCES))
     agent = EbpfAgent(settings, emitter, host)
     what = "spans (in-collector)" if settings.agent.in_collector else "socket data"
@@ -378,17 +378,21 @@ def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_agent_packets(settings: Settings, args: argparse.Namespace) -> int:
     from producers.common import open_emitter
     from producers.packets.agent import PacketAgent
-    from schemas.catalog import PACKETS
+    from schemas.catalog import NODE_SPANS, PACKETS
 
+    if args.in_collector is not None:
+        settings = dataclasses.replace(settings, packets=dataclasses.replace(settings.packets, in_collector=args.in_collector))
     files = [Path(f) for f in args.read or []]
     agent = PacketAgent.for_files(settings, files, args.tap) if files else PacketAgent.live(settings)
-    emitter = open_emitter(settings, "packets", (PACKETS,))
+    topic = NODE_SPANS if settings.packets.in_collector else PACKETS
+    emitter = open_emitter(settings, "packets", (topic,))
     where = ", ".join(map(str, files)) if files else ", ".join(settings.packets.taps)
+    what = "NIC spans (in-collector)" if settings.packets.in_collector else "packet summaries"
     stats = agent.run(emitter, duration_s=args.duration,
-                      on_ready=lambda: print(f"capturing {where}: summaries to {PACKETS.full_name(settings.topics.prefix)}", flush=True))
+                      on_ready=lambda: print(f"capturing {where}: {what} to {topic.full_name(settings.topics.prefix)}", flush=True))
     emitter.close()
     totals = emitter.totals()
-    print(f"read {stats.packets} packets; " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
+    print(f"read {stats.packets} packets, {stats.spans} spans; " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), flush=True)
     code = _agent_exit(settings, emitter)
     return code if code != EXIT_OK or not stats.failures else EXIT_FAILURE
 
@@ -407,6 +411,14 @@ def _agent_exit(settings: Settings, emitter: Emitter) -> int:
 
 
 # parser -------------------------------------------------------------------------------------------
+def _in_collector_flags(parser: argparse.ArgumentParser, setting: str, raw: str, raw_topic: str) -> None:
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--in-collector", dest="in_collector", action="store_const", const=True,
+                       help=f"assemble spans on the node and send one per request to raw.spans (the default; {setting})")
+    modes.add_argument("--raw", dest="in_collector", action="store_const", const=False,
+                       help=f"send {raw} to {raw_topic} instead, for forensics and replays ({setting} = false)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracetap",
@@ -458,8 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cmds = agent.add_subparsers(dest="agent_command", required=True, metavar="AGENT")
     ebpf = add(agent_cmds, "ebpf", cmd_agent_ebpf, "capture every process's socket data and TCP lifecycle with eBPF (root)")
     ebpf.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: until SIGINT/SIGTERM)")
-    ebpf.add_argument("--in-collector", action="store_true",
-                      help="parse L7 on the node and emit spans instead of raw socket data (agent.in_collector)")
+    _in_collector_flags(ebpf, "agent.in_collector", "raw socket data (every syscall's payload prefix)", "raw.socket-data")
     ebpf.add_argument("--cpu-budget", type=float, metavar="CORES",
                       help="CPU the agent may use: a CFS quota on its own cgroup, kept to by shedding whole flows (agent.cpu_budget_cores)")
     packets = add(agent_cmds, "packets", cmd_agent_packets,
@@ -468,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     packets.add_argument("--tap", default="file=replay", metavar="SPEC",
                          help="with --read: the tap the file was recorded at, as interface[@netns]=tap_point[/workload] (default file=replay)")
     packets.add_argument("--duration", type=float, metavar="SECONDS", help="live: stop after this long (default: until SIGINT/SIGTERM)")
+    _in_collector_flags(packets, "packets.in_collector", "one packet summary per packet", "raw.packets")
 
     streams = commands.add_parser("streams", help="stream jobs: raw events to spans, paths, metrics and alerts",
                                   description="Stream jobs hosting the core (tracetap/stages.py).")

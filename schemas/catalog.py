@@ -66,6 +66,11 @@ PACKETS = TopicSpec(
     description="One decoded summary per packet at NIC tap points; also for security teams.",
     value_schema="packet_summary.avsc", key="flow id", partitions=6, retention_ms=DAY_MS,
     producers=("tracetap agent packets",), consumers=(_STREAMS, "security teams"), time_field="time")
+NODE_SPANS = TopicSpec(
+    name="raw.spans",
+    description="Spans the agents assembled on the node (in-collector, their default): one record per request at its tap point, not yet linked.",
+    value_schema="l7_span.avsc", key="flow id", partitions=6, retention_ms=DAY_MS,
+    producers=("tracetap agent ebpf", "tracetap agent packets"), consumers=(_STREAMS,), time_field="end_time")
 RESOURCES = TopicSpec(
     name="resources",
     description="What each pid, network namespace and IP belongs to (workload tags). Compacted; a tombstone removes a resource.",
@@ -75,7 +80,7 @@ SPANS = TopicSpec(
     name="spans",
     description="L7 request/response spans at the four tap points, linked into traces.",
     value_schema="l7_span.avsc", key="flow id", partitions=6, retention_ms=7 * DAY_MS,
-    producers=(_STREAMS, "tracetap agent ebpf --in-collector"), consumers=(_SINK, "big-data teams"), time_field="end_time")
+    producers=(_STREAMS,), consumers=(_SINK, "big-data teams"), time_field="end_time")
 PATHS = TopicSpec(
     name="paths",
     description="Four-point full-path records with per-segment latencies.",
@@ -108,7 +113,7 @@ DEAD_LETTER = TopicSpec(
     producers=("every consuming component",), consumers=("operators",))
 
 CATALOG: tuple[TopicSpec, ...] = (
-    SOCKET_DATA, SOCKET_LIFECYCLE, PACKETS, RESOURCES, SPANS, PATHS,
+    SOCKET_DATA, SOCKET_LIFECYCLE, PACKETS, NODE_SPANS, RESOURCES, SPANS, PATHS,
     RED_METRICS, NETWORK_METRICS, ALERTS, AGENT_STATS, DEAD_LETTER,
 )
 

@@ -8,17 +8,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from schemas.catalog import ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
+from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, NODE_SPANS, PACKETS, PATHS, RED_METRICS, SOCKET_DATA, SOCKET_LIFECYCLE,
+                             SPANS)
 
 log = logging.getLogger("tracetap.streams")
 
-RAW_INPUTS = (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE)  # keyed by flow id: the flow stage reads them as they are partitioned
+# Keyed by flow id: the flow stage reads them as they are partitioned. The agents' spans (in-collector) go through it
+# unchanged, so they meet the spans it assembles from raw events in the same conversation stage.
+RAW_INPUTS = (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, NODE_SPANS)
 OUTPUTS = (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, DEAD_LETTER)
-_KINDS = {SOCKET_DATA.name: "socket_data", PACKETS.name: "packet", SOCKET_LIFECYCLE.name: "lifecycle"}  # FlowStage's record methods
+_KINDS = {SOCKET_DATA.name: "socket_data", PACKETS.name: "packet", SOCKET_LIFECYCLE.name: "lifecycle",
+          NODE_SPANS.name: "span"}  # FlowStage's record methods
 
 
 def raw_kinds(prefix: str) -> dict[str, str]:
-    """Each raw topic's full name -> the kind of record it holds (socket_data, packet, lifecycle)."""
+    """Each raw topic's full name -> the kind of record it holds (socket_data, packet, lifecycle, span)."""
     return {spec.full_name(prefix): _KINDS[spec.name] for spec in RAW_INPUTS}
 
 

@@ -192,8 +192,9 @@ class AgentSettings:
     redact_disable: list[str] = field(default_factory=list)  # names from REDACTION_RULES
     redact_headers: list[str] = field(default_factory=list)  # more credential header names to mask
     redact_keys: list[str] = field(default_factory=list)  # more secret query, form and JSON keys to mask
-    # Parse L7 on the node and emit spans (to the spans topic) instead of raw socket data.
-    in_collector: bool = False
+    # Assemble spans on the node (the stream jobs' flow stage) and send one per request to raw.spans; false: every
+    # syscall's data to raw.socket-data (forensics, replays), assembled by the stream jobs.
+    in_collector: bool = True
     # CPU the eBPF agent may use, in cores: a CFS quota on its own cgroup, and the budget its flow shedding
     # keeps to. None: no quota (flows are still shed when events are lost).
     cpu_budget_cores: float | None = None
@@ -264,6 +265,9 @@ class PacketSettings:
     capture_filter: str = ""  # BPF, ANDed with the exclusion of the pipeline's own ports
     snaplen: int = 1024  # bytes kept per packet; HTTP and DNS headers fit, bodies are cut (and flagged truncated)
     tshark_path: Path | None = None  # None: tshark on PATH
+    # Assemble NIC spans on the node and send one per request to raw.spans; false: one summary per packet to raw.packets
+    # (for security teams, forensics and replays), assembled by the stream jobs.
+    in_collector: bool = True
 
     def tap_specs(self) -> list[TapSpec]:
         return [TapSpec.parse(text) for text in self.taps]

@@ -111,6 +111,7 @@ class Span:
     parent_span_id: str | None = None
     sample_ratio: float = 1.0  # the share of flows captured when the request was made: the span stands for 1 / ratio
     identity: str = ""  # what makes the span unique at its tap point (socket or flow); part of span_id
+    given_id: str | None = None  # the id of a span read from a topic (`from_record`): an agent's span keeps its id downstream
     _id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -119,8 +120,33 @@ class Span:
         engine and on every replay. Computed once:
         the fields it covers are set at construction (copy with dataclasses.replace to change them)."""
         if self._id is None:
-            self._id = stable_id(self.host, self.tap_side, self.identity, self.start_ns, self.req_tcp_seq, self.request_type, size=8)
+            self._id = self.given_id or stable_id(self.host, self.tap_side, self.identity, self.start_ns, self.req_tcp_seq,
+                                                  self.request_type, size=8)
         return self._id
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Span:
+        """The span of an L7Span record, as an agent assembled it on the node (`tracetap.raw.spans`), before linking:
+        its id is kept, the trace it was linked into is not. InvalidEvent for one no agent produces."""
+        if not 0 <= r["start_time"] <= r["end_time"] < 2**62:
+            raise InvalidEvent(f"start_time {r['start_time']} and end_time {r['end_time']} are not in order within 0..2**62 ns")
+        ratio = r.get("sample_ratio", 1.0)
+        if not 0.0 < ratio <= 1.0:
+            raise InvalidEvent(f"sample_ratio {ratio} is not within (0, 1]")
+        if r["request_bytes"] < 0 or r["response_bytes"] < 0:
+            raise InvalidEvent(f"request_bytes {r['request_bytes']} or response_bytes {r['response_bytes']} is negative")
+        headers = {name: r[field_name] for name, field_name in _HEADER_FIELDS.items() if r.get(field_name) is not None}
+        return cls(
+            protocol=r["protocol"], tap_side=TapSide(r["tap_side"]), host=r["host"], start_ns=r["start_time"], end_ns=r["end_time"],
+            flow_id=r["flow_id"], l4_protocol=r["l4_protocol"], client_ip=r["client_ip"], client_port=r["client_port"],
+            server_ip=r["server_ip"], server_port=r["server_port"], request_type=r["request_type"], request_domain=r["request_domain"],
+            request_resource=r["request_resource"], endpoint=r["endpoint"], response_code=r["response_code"],
+            response_message=r["response_message"], error_class=r["error_class"], connection_closed=r["connection_closed"],
+            request_bytes=r["request_bytes"], response_bytes=r["response_bytes"], req_tcp_seq=r["req_tcp_seq"],
+            resp_tcp_seq=r["resp_tcp_seq"], syscall_trace_id_request=r["syscall_trace_id_request"],
+            syscall_trace_id_response=r["syscall_trace_id_response"], pid=r["pid"], tid=r["tid"], comm=r["comm"],
+            client_workload=r["client_workload"], server_workload=r["server_workload"], trace_headers=headers,
+            attributes=dict(r["attributes"]), sample_ratio=ratio, given_id=r["span_id"])
 
     @property
     def duration_ns(self) -> int:
@@ -138,18 +164,19 @@ class Span:
             "response_message": self.response_message, "error_class": self.error_class, "connection_closed": self.connection_closed,
             "request_bytes": self.request_bytes, "response_bytes": self.response_bytes, "req_tcp_seq": self.req_tcp_seq,
             "resp_tcp_seq": self.resp_tcp_seq, "syscall_trace_id_request": self.syscall_trace_id_request,
-            "syscall_trace_id_response": self.syscall_trace_id_response, "traceparent": self.trace_headers.get("traceparent"),
-            "x_request_id": self.trace_headers.get("x-request-id"), "sw8": self.trace_headers.get("sw8"),
+            "syscall_trace_id_response": self.syscall_trace_id_response,
+            **{name: self.trace_headers.get(header) for header, name in _HEADER_FIELDS.items()},
             "attributes": dict(self.attributes), "sample_ratio": self.sample_ratio,
         }
 
 
+_HEADER_FIELDS = {"traceparent": "traceparent", "x-request-id": "x_request_id", "sw8": "sw8"}  # trace header -> L7Span field
 _SPAN_FIELDS = tuple(f.name for f in fields(Span) if f.init)
 _OPTIONAL_INTS = frozenset({"response_code", "req_tcp_seq", "resp_tcp_seq", "syscall_trace_id_request", "syscall_trace_id_response",
                             "pid", "tid"})
 _INTS = frozenset({"start_ns", "end_ns", "client_port", "server_port", "request_bytes", "response_bytes"})
 _MAPS = frozenset({"trace_headers", "attributes"})
-_RATIO_AT = _SPAN_FIELDS.index("sample_ratio")  # state written before sampling existed lacks it
+_RATIO_AT = _SPAN_FIELDS.index("sample_ratio")  # state written before sampling existed lacks it (and given_id)
 
 
 def span_to_state(span: Span) -> list[Any]:
@@ -160,8 +187,10 @@ def span_to_state(span: Span) -> list[Any]:
 def span_from_state(state: list[Any]) -> Span:
     """The span of `span_to_state`; UndecodableState for anything else (every field's type is checked: the
     state may come from a topic)."""
-    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 1:
+    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 2:
         state = [*state[:_RATIO_AT], 1.0, *state[_RATIO_AT:]]
+    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 1:  # written before spans came from agents
+        state = [*state, None]
     if not isinstance(state, list) or len(state) != len(_SPAN_FIELDS):
         raise UndecodableState(f"a span is a list of {len(_SPAN_FIELDS)} fields, not {type(state).__name__}")
     for name, value in zip(_SPAN_FIELDS, state):

@@ -54,6 +54,7 @@ class FlowPacketAssembler:
         self._last: _Request | None = None  # the latest request, which a client's further segments extend
         self._open: tuple[_Request, dict[str, Any], int, int] | None = None  # request, response packet, end_ns, bytes
         self._client: tuple[str, int] | None = None
+        self.abandoned = 0  # requests unanswered when capture ended (`abandon`)
 
     def add(self, p: dict[str, Any]) -> list[Span]:
         out: list[Span] = []
@@ -102,6 +103,16 @@ class FlowPacketAssembler:
         while (request := self._oldest()) is not None and request.packet["time"] + self._config.request_timeout_ns <= watermark_ns:
             self._pop_oldest()
             out.append(self._span(request, None, request.packet["time"] + self._config.request_timeout_ns, 0, error="TIMEOUT"))
+        return out
+
+    def abandon(self) -> list[Span]:
+        """Capture ends here (the agent stops), not the flow: a response in progress ends as captured, and requests
+        still unanswered are dropped and counted in `abandoned`, not reported as timeouts."""
+        out = [self._finish()] if self._open is not None else []
+        self.abandoned += self._unanswered
+        self._requests.clear()
+        self._by_dns_id.clear()
+        self._unanswered, self._last = 0, None
         return out
 
     def to_state(self) -> list[Any]:

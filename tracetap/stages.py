@@ -64,7 +64,8 @@ class StageConfig:
 # stage 1 ----------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class FlowStage:
-    """The assemblers of one flow: one per socket (c-p, s-p) and one per NIC tap point (c, s)."""
+    """The assemblers of one flow: one per socket (c-p, s-p) and one per NIC tap point (c, s). Spans an agent
+    already assembled on its node (`span`) pass through. The agents run this stage too, on the node (producers/collector.py)."""
 
     config: StageConfig = field(default_factory=StageConfig)
     sockets: dict[str, SocketAssembler] = field(default_factory=dict)
@@ -77,7 +78,7 @@ class FlowStage:
     def event_time_ns(kind: str, record: dict[str, Any]) -> int:
         """A raw record's event time (socket data: the syscall's exit); InvalidEvent outside 1970..2116, which
         no capture produces and which would overflow the state's 64-bit times."""
-        time_ns = record["end_time"] if kind == "socket_data" else record["time"]
+        time_ns = record["end_time"] if kind in ("socket_data", "span") else record["time"]
         if not 0 <= time_ns < MAX_EVENT_TIME_NS:
             raise InvalidEvent(f"event time {time_ns} is outside 0..2**62 ns")
         return time_ns
@@ -99,6 +100,10 @@ class FlowStage:
             assembler = self.nics[tap] = FlowPacketAssembler(self.config.nic)
         self.last_seen_ns[tap] = record["time"]
         return assembler.add(record)
+
+    def span(self, record: dict[str, Any]) -> list[Span]:
+        """A span an agent assembled on the node (in-collector): it goes on as the spans assembled here do."""
+        return [Span.from_record(record)]
 
     def lifecycle(self, record: dict[str, Any]) -> list[Span]:
         """A CLOSE ends the socket's assembler once the watermark passes its time (`advance`): lifecycle events
@@ -132,6 +137,29 @@ class FlowStage:
     @property
     def empty(self) -> bool:
         return not self.sockets and not self.nics and not self.closing
+
+    def abandon(self) -> tuple[list[Span], int]:
+        """Capture ends (an agent assembling on its node stops), not the flow: closes already seen are applied,
+        responses in progress end as captured. Returns those spans and the number of requests left unanswered,
+        which are dropped, not reported as failures: nothing says how they ended."""
+        out: list[Span] = []
+        for key, time_ns in sorted(self.closing.items(), key=lambda item: (item[1], item[0])):
+            if key in self.sockets:
+                out += self.sockets.pop(key).close(time_ns)
+        unanswered = 0
+        for socket in self.sockets.values():
+            before = socket.counters.abandoned
+            out += socket.abandon()
+            unanswered += socket.counters.abandoned - before
+        for nic in self.nics.values():
+            before = nic.abandoned
+            out += nic.abandon()
+            unanswered += nic.abandoned - before
+        self.sockets.clear()
+        self.nics.clear()
+        self.closing.clear()
+        self.last_seen_ns.clear()
+        return out, unanswered
 
     @property
     def latest_event_ns(self) -> int:

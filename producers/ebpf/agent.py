@@ -20,17 +20,18 @@ from typing import Any
 from producers.ebpf.batches import BATCH_NS, FLUSH_HZ, SocketOrder, split_batch
 from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
 from producers.ebpf.budget import BudgetError, CpuQuota, Shedding
-from producers.ebpf.collector import InCollector
 from producers.ebpf.events import (COUNTERS, PID_OFFSET, SAMPLE_ALL, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle,
                                    sample_threshold)
+from producers.collector import NodeCollector
 from producers.common import excluded_ports
 from producers.emitter import Emitter
 from producers.resources import ResourceTracker
-from schemas.catalog import SOCKET_DATA, SOCKET_LIFECYCLE, SPANS
+from schemas.catalog import NODE_SPANS, SOCKET_DATA, SOCKET_LIFECYCLE
 from tracetap.config import AgentSettings, Settings
 from tracetap.errors import TracetapError
 from tracetap.model import Span
 from tracetap.redact import Redactors
+from tracetap.stages import StageConfig
 
 log = logging.getLogger("tracetap.agent.ebpf")
 
@@ -313,7 +314,7 @@ class EbpfAgent:
         self._resources = ResourceTracker(emitter, host, settings.agent.resource_interval_s)
         self._encoder = DataEventEncoder(SOCKET_DATA.schema(), host, self._clock, self._trace_prefix, self._redact)
         emitter.register_raw(SOCKET_DATA, self._encoder.encode)
-        self._collector = InCollector(self._emit_span) if settings.agent.in_collector else None
+        self._collector = NodeCollector(self._emit_span, StageConfig.from_settings(settings.streams)) if settings.agent.in_collector else None
         self._reported: dict[str, int] = {}
         self._shedding = Shedding(settings.agent.cpu_budget_cores)
         self._cpu_budget = settings.agent.cpu_budget_cores
@@ -329,14 +330,14 @@ class EbpfAgent:
             return
         for raw in events:
             try:  # in-collector mode: L7 is parsed here and only spans leave the node
-                self._collector.add(self._encoder.record(raw)[1])  # (key, record)
+                self._collector.add("socket_data", *self._encoder.record(raw))  # (key, record)
             except Exception as exc:  # one bad event must not stop capture
                 self._emitter.count("decode_errors")
                 log.debug("in-collector cannot assemble event error=%s", exc)
 
     def _emit_span(self, span: Span) -> None:
         self.stats.spans += 1
-        self._emitter.offer(SPANS, span.flow_id, span.to_record())
+        self._emitter.offer(NODE_SPANS, span.flow_id, span.to_record())
 
     def _redact(self, stream: tuple[int, ...], payload: bytes, size: int) -> bytes:
         failures = self._redactors.failures
@@ -356,6 +357,8 @@ class EbpfAgent:
             return
         self.stats.lifecycle += 1
         self._emitter.offer(SOCKET_LIFECYCLE, key, record)
+        if self._collector is not None:  # a close ends its socket's assembler, as in the stream jobs
+            self._collector.add("lifecycle", key, record)
 
     def stop(self, *_: Any) -> None:
         self._stopping = True
@@ -382,7 +385,7 @@ class EbpfAgent:
                     overflowed = self._emitter.counters["queue_overflow"]
                     self._adapt((cpu - last_cpu) / (now - last_control), lost)
                     if self._collector is not None:
-                        self._collector.tick()
+                        self._collector.tick(time.time_ns())
                     self._report_totals()
                     last_control, last_cpu = now, cpu
             self._tracer.drain()  # what the kernel already wrote, and what its per-CPU batches still hold

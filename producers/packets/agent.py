@@ -1,6 +1,10 @@
 """`tracetap agent packets`: one pyshark capture per network namespace (live) or per file (replay),
-each on its own thread and event loop, feeding EK lines to the Emitter; the sender thread decodes them
-into PacketSummary records, so the capture threads only move bytes.
+each on its own thread and event loop.
+
+In-collector (the default), each capture thread decodes its EK lines and assembles NIC spans on the node
+with the stream jobs' flow stage (producers/collector.py): one record per request to raw.spans. Raw
+(`--raw`), the capture threads only move bytes: the Emitter's sender thread decodes each line into a
+PacketSummary record for raw.packets.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from producers.collector import NodeCollector
 from producers.common import agent_host, excluded_ports
 from producers.emitter import Emitter
 from producers.packets.capture import FileTapCapture, LiveTapCapture, netns_exists, netns_tools, parse_drops
-from producers.packets.summary import PacketSummaryDecoder
-from schemas.catalog import PACKETS
+from producers.packets.summary import PacketSummaryDecoder, UnreadableLine
+from schemas.catalog import NODE_SPANS, PACKETS
 from tracetap.config import ConfigError, Settings, TapSpec
 from tracetap.errors import TracetapError
+from tracetap.model import Span
+from tracetap.stages import StageConfig
 
 log = logging.getLogger("tracetap.agent.packets")
 
@@ -37,6 +44,7 @@ class CaptureError(TracetapError):
 @dataclass
 class PacketStats:
     packets: int = 0
+    spans: int = 0  # in-collector
     kernel_dropped: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -61,6 +69,7 @@ class PacketAgent:
         self._loops: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = {}
         self._lock = threading.Lock()
         self.stats = PacketStats()
+        self._collectors: list[_Assembly] = []  # in-collector: one per source
 
     # construction ---------------------------------------------------------------------------------
     @classmethod
@@ -110,7 +119,12 @@ class PacketAgent:
         schema = PACKETS.schema()
         decoders = [PacketSummaryDecoder(self._host, source.taps, default_tap=source.taps[0], schema=schema,
                                          rules=self._settings.agent.redaction_rules()) for source in self._sources]
-        emitter.register_raw(PACKETS, lambda raw: decoders[raw[0]].encode(raw[1:]))  # raw: source index byte + EK line
+        if self._settings.packets.in_collector:
+            config = StageConfig.from_settings(self._settings.streams)
+            self._collectors = [_Assembly(decoder, NodeCollector(lambda span: self._emit_span(emitter, span), config), emitter)
+                                for decoder in decoders]
+        else:
+            emitter.register_raw(PACKETS, lambda raw: decoders[raw[0]].encode(raw[1:]))  # raw: source index byte + EK line
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
@@ -126,12 +140,25 @@ class PacketAgent:
             if deadline and time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
+            for source, assembly in zip(self._sources, self._collectors):
+                if source.live:  # a quiet tap's last response ends on the node's clock
+                    assembly.tick(time.time_ns())
         self.stop()
         for thread in threads:
             thread.join(15)
+        abandoned = 0
+        for assembly in self._collectors:
+            abandoned += assembly.flush()
+        if abandoned:
+            emitter.count("requests_open_at_exit", abandoned)
         if self.stats.kernel_dropped:
             emitter.count("capture_dropped", self.stats.kernel_dropped)
         return self.stats
+
+    def _emit_span(self, emitter: Emitter, span: Span) -> None:
+        with self._lock:
+            self.stats.spans += 1
+        emitter.offer(NODE_SPANS, span.flow_id, span.to_record())
 
     def _wait_until_capturing(self, threads: list[threading.Thread]) -> None:
         """Live sources are ready once dumpcap has opened every interface; a failed start ends the wait too."""
@@ -154,12 +181,16 @@ class PacketAgent:
         asyncio.set_event_loop(loop)
         prefix = bytes([index])
         offer = emitter.offer_raw
+        assembly = self._collectors[index] if self._collectors else None
 
         def on_batch(lines: list[bytes]) -> None:
             if not source.live:
                 emitter.wait_for_room(self._stop)  # a replay waits for the sender; live capture never blocks
-            for line in lines:
-                offer(PACKETS, prefix + line)
+            if assembly is not None:
+                assembly.add(lines)
+            else:
+                for line in lines:
+                    offer(PACKETS, prefix + line)
             with self._lock:
                 self.stats.packets += len(lines)
 
@@ -203,6 +234,44 @@ class PacketAgent:
                 self.stats.kernel_dropped += dropped
         elif line:  # fatal complaints end up in the capture's error line; the rest is chatter
             log.debug("tshark source=%s says: %s", source.name, line)
+
+
+class _Assembly:
+    """One source's in-collector work: its EK lines decoded and assembled into NIC spans on its capture thread;
+    ticked by the main thread too (live: a quiet tap's last response ends on the node's clock), hence the lock."""
+
+    def __init__(self, decoder: PacketSummaryDecoder, collector: NodeCollector, emitter: Emitter) -> None:
+        self._decoder = decoder
+        self._collector = collector
+        self._emitter = emitter
+        self._lock = threading.Lock()
+
+    def add(self, lines: list[bytes]) -> None:
+        decode, add = self._decoder.decode, self._collector.add
+        with self._lock:
+            for line in lines:
+                try:
+                    key, record = decode(line)
+                except UnreadableLine as exc:  # counted and logged once, as the raw mode's invalid records
+                    self._emitter.count("unreadable_packets")
+                    log.debug("%s", exc)
+                    continue
+                try:
+                    add("packet", key, record)
+                except Exception as exc:  # a record the core refuses (the stream jobs would dead-letter it): counted
+                    self._emitter.count("unassembled_packets")
+                    log.debug("cannot assemble packet error=%s", exc)
+            self._collector.tick()
+
+    def tick(self, wall_ns: int) -> None:
+        with self._lock:
+            self._collector.tick(wall_ns)
+
+    def flush(self) -> int:
+        """At the end: what is open ends as captured; the number of requests left unanswered."""
+        with self._lock:
+            self._collector.flush()
+            return self._collector.abandoned
 
 
 def _capture_filter(user_filter: str, ports: set[int]) -> str:

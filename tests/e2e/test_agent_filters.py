@@ -27,7 +27,7 @@ s.sendto(sys.argv[1].encode(), r.getsockname()); r.recvfrom(64)
 
 def _captured_payloads(settings, registry, agent_env, *senders):
     """Run each sender command under an agent with agent_env; the payloads it captured."""
-    agent = _start_agent(settings, agent_env)
+    agent = _start_agent(settings, agent_env, raw=True)
     try:
         for command in senders:
             subprocess.run(command, check=True)

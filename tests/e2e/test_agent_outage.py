@@ -33,7 +33,7 @@ def _run_through_outage(settings, stack, extra_env, per_phase):
     kafka = stack.components[0]
     assert kafka.name == "kafka"
     # The numbered probes are text over UDP, which no parser claims: have their payloads shipped all the same.
-    agent = _start_agent(settings, {"TRACETAP_AGENT__UNKNOWN_PROTOCOL_PAYLOADS": "true", **extra_env})
+    agent = _start_agent(settings, {"TRACETAP_AGENT__UNKNOWN_PROTOCOL_PAYLOADS": "true", **extra_env}, raw=True)
     try:
         _send_marked(per_phase, 0)
         processes.stop(processes.read_pid(kafka.pid_file), timeout_s=60)

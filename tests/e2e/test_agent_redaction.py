@@ -88,7 +88,7 @@ def captured(own_topics, registry, tmp_path_factory):
     with servers.postgres(auth="password", password=c["pglogin"]) as pg_port, \
             servers.mariadb(str(tmp_path_factory.mktemp("mysql"))) as my_port:
         wait_for_port(redis_port)
-        agent = _start_agent(settings)
+        agent = _start_agent(settings, raw=True)
         try:
             url = f"http://127.0.0.1:{http_port}"
             _run(["curl", "-s", "-H", f"Authorization: Bearer {c['bearer']}", "-H", f"X-Api-Key: {c['apikey']}",

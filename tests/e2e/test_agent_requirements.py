@@ -55,6 +55,6 @@ def test_before_topics_apply_the_packet_agent_names_the_missing_topics_and_the_f
     result, seconds = _agent("packets", "--read", str(pcap), env={"TRACETAP_TOPICS__PREFIX": prefix})
     assert result.returncode == 78, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"tracetap: 2 of the 2 topics this needs do not exist on Kafka at 127.0.0.1:9092 ({prefix}raw.packets, {prefix}agent-stats): "
+        f"tracetap: 2 of the 2 topics this needs do not exist on Kafka at 127.0.0.1:9092 ({prefix}raw.spans, {prefix}agent-stats): "
         "run `tracetap topics apply` with the same settings and topics.prefix"]
     assert seconds < 15

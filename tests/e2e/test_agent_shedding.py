@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from schemas.catalog import AGENT_STATS, SOCKET_DATA, SPANS
+from schemas.catalog import AGENT_STATS, NODE_SPANS, SOCKET_DATA
 from schemas.serde import AvroDeserializer
 from tests.e2e.test_ebpf_agent import _start_agent
 from tests.kafka_helpers import read_until_idle
@@ -28,7 +28,7 @@ def overloaded(own_topics, registry):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     agent = load = None
     try:
-        agent = _start_agent(settings, {"TRACETAP_AGENT__IN_COLLECTOR": "true", "TRACETAP_AGENT__CPU_BUDGET_CORES": str(BUDGET_CORES),
+        agent = _start_agent(settings, {"TRACETAP_AGENT__CPU_BUDGET_CORES": str(BUDGET_CORES),
                                         "TRACETAP_AGENT__RING_BUFFER_PAGES": "8"})
         cgroup = _agent_cgroup(agent.pid)
         load = subprocess.Popen(["redis-benchmark", "-p", str(port), "-c", "16", "-n", "100000000", "-r", "1000", "-t", "set,get", "-q"],
@@ -48,7 +48,7 @@ def overloaded(own_topics, registry):
         redis.wait(10)
     decode = AvroDeserializer(registry)
     prefix = settings.topics.prefix
-    spans = [decode(m.value()) for m in read_until_idle(settings, SPANS.full_name(prefix))]
+    spans = [decode(m.value()) for m in read_until_idle(settings, NODE_SPANS.full_name(prefix))]
     return {"spans": [s for s in spans if s["server_port"] == port], "summary": out.splitlines()[-1], "cgroup": cgroup,
             "stats": [decode(m.value()) for m in read_until_idle(settings, AGENT_STATS.full_name(prefix))],
             "raw": read_until_idle(settings, SOCKET_DATA.full_name(prefix), idle_s=1), "log": err}

@@ -63,9 +63,10 @@ def _serve(handler):
     return server
 
 
-def _start_agent(settings, extra_env=None):
+def _start_agent(settings, extra_env=None, raw=False):
+    """`tracetap agent ebpf`, in-collector (its default) or with `--raw` (every syscall's data to raw.socket-data)."""
     env = dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, TRACETAP_AGENT__STATS_INTERVAL_S="2", **(extra_env or {}))
-    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "agent", "ebpf", "--duration", "120"], cwd=REPO, env=env,
+    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "agent", "ebpf", "--duration", "120", *(["--raw"] if raw else [])], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready = agent.stdout.readline()  # blocks until the program is loaded, or the agent exits
     if "capturing" not in ready:
@@ -82,7 +83,7 @@ def captured(own_topics, registry):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     downstream = _serve(Downstream)
     front = _serve(front_handler(downstream.server_address[1]))
-    agent = _start_agent(settings)
+    agent = _start_agent(settings, raw=True)
     try:
         traffic = _generate_traffic(front.server_address[1], redis_port)
         time.sleep(1.0)

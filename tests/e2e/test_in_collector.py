@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from schemas.catalog import SOCKET_DATA, SPANS
+from schemas.catalog import NODE_SPANS, SOCKET_DATA
 from schemas.serde import AvroDeserializer
 from tests.e2e.test_ebpf_agent import Downstream, _serve, _start_agent, front_handler
 from tests.kafka_helpers import read_until_idle
@@ -20,7 +20,7 @@ def spans(own_topics, registry):
     settings = own_topics
     downstream = _serve(Downstream)
     front = _serve(front_handler(downstream.server_address[1]))
-    agent = _start_agent(settings, {"TRACETAP_AGENT__IN_COLLECTOR": "true"})
+    agent = _start_agent(settings)  # in-collector: the default
     try:
         conn = http.client.HTTPConnection("127.0.0.1", front.server_address[1], timeout=5)
         for path in ("/one", "/chain", "/two"):
@@ -36,7 +36,7 @@ def spans(own_topics, registry):
         front.shutdown()
         downstream.shutdown()
     decode = AvroDeserializer(registry)
-    records = [decode(m.value()) for m in read_until_idle(settings, SPANS.full_name(settings.topics.prefix))]
+    records = [decode(m.value()) for m in read_until_idle(settings, NODE_SPANS.full_name(settings.topics.prefix))]
     ports = {front.server_address[1], downstream.server_address[1]}
     raw = read_until_idle(settings, SOCKET_DATA.full_name(settings.topics.prefix), idle_s=1)
     return {"spans": [r for r in records if r["server_port"] in ports], "front": front.server_address[1],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import AGENT_STATS, PACKETS
+from schemas.catalog import AGENT_STATS, NODE_SPANS, PACKETS
 from schemas.serde import AvroDeserializer
 from tests.kafka_helpers import read_until_idle
 
@@ -105,11 +105,15 @@ def _start_agent(settings, env_extra, *args):
 
 
 @pytest.fixture(scope="module")
-def live(pods, own_topics, registry, tmp_path_factory):
+def live(pods, own_topics, admin, registry, tmp_path_factory):
+    """Two agents on the same taps: one sending every packet's summary (`--raw`), one in-collector (the default)
+    sending NIC spans, to topics of its own."""
     settings = own_topics
+    assembled = _fresh_topics(settings, admin, registry)
     recording = tmp_path_factory.mktemp("pcap") / "server.pcapng"
     taps = f"{pods['veth_c']}@{pods['client']}=client-nic/frontend,{pods['veth_s']}@{pods['server']}=server-nic/backend"
-    agent = _start_agent(settings, {"TRACETAP_PACKETS__TAPS": taps}, "--duration", "120")
+    agent = _start_agent(settings, {"TRACETAP_PACKETS__TAPS": taps}, "--duration", "120", "--raw")
+    in_collector = _start_agent(assembled, {"TRACETAP_PACKETS__TAPS": taps}, "--duration", "120")
     dumpcap = subprocess.Popen(["ip", "netns", "exec", pods["server"], "dumpcap", "-q", "-i", pods["veth_s"], "-w", str(recording)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -121,18 +125,23 @@ def live(pods, own_topics, registry, tmp_path_factory):
         time.sleep(1.0)
         dumpcap.send_signal(signal.SIGTERM)
         dumpcap.wait(10)
-        agent.send_signal(signal.SIGINT)
-        out, err = agent.communicate(timeout=60)
-        assert agent.returncode == 0, err[-2000:]
+        outs = []
+        for process in (agent, in_collector):
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err[-2000:]
+            outs.append(out)
     finally:
-        for process in (agent, dumpcap):
+        for process in (agent, in_collector, dumpcap):
             if process.poll() is None:
                 process.kill()
     decode = AvroDeserializer(registry)
     records = [(m.key().decode() if m.key() else None, decode(m.value()))
                for m in read_until_idle(settings, PACKETS.full_name(settings.topics.prefix))]
     stats = [decode(m.value()) for m in read_until_idle(settings, AGENT_STATS.full_name(settings.topics.prefix))]
-    return {"records": records, "stats": stats, "summary": out, "recording": recording, "taps": taps}
+    spans = [(m.key().decode(), decode(m.value())) for m in read_until_idle(assembled, NODE_SPANS.full_name(assembled.topics.prefix))]
+    return {"records": records, "stats": stats, "summary": outs[0], "recording": recording, "taps": taps, "spans": spans,
+            "in_collector": outs[1], "raw_after": read_until_idle(assembled, PACKETS.full_name(assembled.topics.prefix), idle_s=1)}
 
 
 def _at(live, tap_point):
@@ -200,6 +209,32 @@ def test_the_agent_reports_what_it_sent(live):
     assert offered == delivered
 
 
+def test_in_collector_one_span_per_request_and_tap_leaves_the_node_not_the_packets(live, pods):
+    spans = sorted(((s["tap_side"], s["protocol"], s["request_type"], s["request_resource"], s["response_code"], s["error_class"])
+                    for _, s in live["spans"]), key=repr)
+    per_tap = [("HTTP", "GET", "/hello.txt", 200, None), ("HTTP", "GET", "/missing", 404, "CLIENT_ERROR"),
+               ("DNS", "A", "svc.tracetap.test", 0, None), ("DNS", "A", "nothing.tracetap.test", 3, "CLIENT_ERROR")]
+    assert spans == sorted(((side, *span) for side in ("CLIENT_NIC", "SERVER_NIC") for span in per_tap), key=repr)
+    assert live["raw_after"] == []  # no packet summaries: spans only
+    packets = int(live["in_collector"].split("read ")[1].split(" packets")[0])
+    assert len(live["spans"]) <= 0.2 * packets and f"delivered={len(live['spans'])}" in live["in_collector"]
+
+
+def test_in_collector_spans_carry_the_tuple_workload_sequence_numbers_and_flow_key_the_join_needs(live, pods):
+    requests = {(r["tap_point"], r["http_uri"]): r for _, r in live["records"] if r["http_method"]}
+    for key, span in live["spans"]:
+        if span["protocol"] != "HTTP":
+            continue
+        tap_point = "client-nic" if span["tap_side"] == "CLIENT_NIC" else "server-nic"
+        request = requests[(tap_point, span["request_resource"])]
+        assert span["req_tcp_seq"] == request["tcp_seq"] and span["request_domain"] == "svc.tracetap.test"
+        assert (span["client_ip"], span["server_ip"], span["server_port"]) == (CLIENT_IP, SERVER_IP, HTTP_PORT)
+        assert span["client_port"] == request["src_port"] and key == span["flow_id"] and key.startswith(f"tcp|{CLIENT_IP}|")
+        assert (span["client_workload"] if tap_point == "client-nic" else span["server_workload"]) == \
+            ("frontend" if tap_point == "client-nic" else "backend")
+        assert 0 < span["duration_ns"] < 2_000_000_000
+
+
 def _replay(settings, *args, env=None):
     return subprocess.run([sys.executable, "-m", "cli.main", "agent", "packets", *args], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, TRACETAP_TOPICS__PREFIX=settings.topics.prefix, **(env or {})), timeout=120)
@@ -220,18 +255,31 @@ def _exchange(records):
 
 def test_a_recorded_pcap_replays_to_the_same_summaries(live, pods, own_topics, admin, registry):
     mine = _fresh_topics(own_topics, admin, registry)
-    result = _replay(mine, "--read", str(live["recording"]), "--tap", f"{pods['veth_s']}@{pods['server']}=server-nic/backend")
+    result = _replay(mine, "--read", str(live["recording"]), "--tap", f"{pods['veth_s']}@{pods['server']}=server-nic/backend", "--raw")
     assert result.returncode == 0, result.stderr[-2000:]
     decode = AvroDeserializer(registry)
     replayed = [decode(m.value()) for m in read_until_idle(mine, PACKETS.full_name(mine.topics.prefix))]
     assert len(_exchange(replayed)) > 20 and _exchange(replayed) == _exchange(_at(live, "server-nic"))
 
 
+def test_a_recorded_pcap_replays_in_collector_to_the_spans_of_the_live_capture(live, pods, own_topics, admin, registry):
+    mine = _fresh_topics(own_topics, admin, registry)
+    result = _replay(mine, "--read", str(live["recording"]), "--tap", f"{pods['veth_s']}@{pods['server']}=server-nic/backend")
+    assert result.returncode == 0, result.stderr[-2000:]
+    decode = AvroDeserializer(registry)
+    untimed = lambda spans: sorted(({k: v for k, v in r.items() if k not in _TIMED} for r in spans), key=repr)  # noqa: E731
+    replayed = untimed(decode(m.value()) for m in read_until_idle(mine, NODE_SPANS.full_name(mine.topics.prefix)))
+    assert len(replayed) == 4 and replayed == untimed(r for _, r in live["spans"] if r["tap_side"] == "SERVER_NIC")
+
+
+_TIMED = {"span_id", "start_time", "end_time", "duration_ns"}  # the test's dumpcap and the agent's each stamp their own packets
+
+
 def test_a_truncated_packet_yields_a_flagged_summary(live, tmp_path, own_topics, admin, registry):
     cut = tmp_path / "cut.pcapng"
     subprocess.run(["editcap", "-s", "60", str(live["recording"]), str(cut)], check=True, capture_output=True)
     mine = _fresh_topics(own_topics, admin, registry)
-    result = _replay(mine, "--read", str(cut), "--tap", "veth-s=server-nic")
+    result = _replay(mine, "--read", str(cut), "--tap", "veth-s=server-nic", "--raw")
     assert result.returncode == 0, result.stderr[-2000:]
     decode = AvroDeserializer(registry)
     replayed = [decode(m.value()) for m in read_until_idle(mine, PACKETS.full_name(mine.topics.prefix))]

@@ -81,9 +81,9 @@ def _requests(netns, count=REQUESTS):
 @pytest.fixture(scope="module")
 def captured(secured, web, registry):
     settings, env = secured["settings"], secured["env"]
-    agents = [_start_agent(settings, {**env, "TRACETAP_AGENT__INCLUDE_NETNS": web}),
+    agents = [_start_agent(settings, {**env, "TRACETAP_AGENT__INCLUDE_NETNS": web}, raw=True),  # raw: every record crosses SASL_SSL
               _start_packet_agent(settings, {**env, "TRACETAP_PACKETS__TAPS": f"lo@{web}=server-nic/web",
-                                             "TRACETAP_PACKETS__CAPTURE_FILTER": f"port {PORT}"}, "--duration", "120")]
+                                             "TRACETAP_PACKETS__CAPTURE_FILTER": f"port {PORT}"}, "--duration", "120", "--raw")]
     try:
         time.sleep(1.0)  # the eBPF agent's first poll
         _requests(web)
@@ -177,7 +177,7 @@ def test_a_bounded_run_whose_broker_stops_answering_exits_69(secured, web):
     open, nothing answers) once the agent captures; its records time out after 3 s and the run says so."""
     settings, broker = secured["settings"], secured["broker"]
     env = _env(secured, TRACETAP_AGENT__INCLUDE_NETNS=web, TRACETAP_KAFKA__CLIENT_PROPERTIES='{"message.timeout.ms": "3000"}')
-    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "agent", "ebpf", "--duration", "4"], cwd=REPO, env=env,
+    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "agent", "ebpf", "--duration", "4", "--raw"], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "capturing" in agent.stdout.readline(), agent.stderr.read()[-2000:]

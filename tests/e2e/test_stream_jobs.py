@@ -1,6 +1,7 @@
 """Both stream jobs on recorded traffic: a three-service chain (A -> B -> C, B also resolving names through a
-real dnsmasq), captured at all four points by the real agents (eBPF for the processes, two packet agents
-on loopback labelled client-nic and server-nic), behind 20,000 background events produced out of order
+real dnsmasq), captured at all four points by the real agents in their default mode, in-collector (spans
+assembled on the node, to raw.spans: eBPF for the processes, two packet agents on loopback labelled
+client-nic and server-nic), behind 20,000 background events produced out of order
 (within the bound) and followed by late ones (beyond it).
 
 `tracetap streams faust` runs on it; its outputs are read back from Kafka and checked against what the
@@ -38,8 +39,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks.core_pipeline import make_events
 from cli.main import state_dir
-from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, PACKETS, PATHS, RED_METRICS, RESOURCES, SOCKET_DATA,
-                             SOCKET_LIFECYCLE, SPANS)
+from schemas.catalog import (ALERTS, DEAD_LETTER, NETWORK_METRICS, NODE_SPANS, PACKETS, PATHS, RED_METRICS, RESOURCES,
+                             SOCKET_DATA, SOCKET_LIFECYCLE, SPANS)
 from schemas.kafka import client_config
 from schemas.producer import AvroProducer
 from schemas.topics import apply_catalog
@@ -343,8 +344,9 @@ def test_the_slow_request_and_the_502_raise_alerts_with_their_evidence(job):
 def test_the_worker_consumed_everything_and_dead_lettered_only_the_garbage_with_its_reason(job, registry):
     settings = job["settings"]
     raw = sum(len(read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=1))
-              for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE))
+              for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, NODE_SPANS))
     stats = job["stats"]
+    assert stats["consumed"]["span"] > 0  # the agents assembled their spans on the node (in-collector, their default)
     assert sum(v for k, v in stats["consumed"].items() if k != "resource") == raw
     assert stats["dead_letters"] == {"BAD_MAGIC_BYTE": 1, "LATE": LATE, "INVALID_RECORD": 2} and stats["late"] == {"socket_data": LATE}
     letters = _dead_letters(settings, registry)
@@ -451,7 +453,7 @@ def _copy_input(settings, admin, registry, suffix, keep=lambda spec, message: Tr
             failed.append(error)
 
     copied = defaultdict(int)
-    for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, RESOURCES):
+    for spec in (SOCKET_DATA, PACKETS, SOCKET_LIFECYCLE, NODE_SPANS, RESOURCES):
         for m in read_to_end(settings, spec.full_name(settings.topics.prefix)):
             if not keep(spec, m):
                 continue

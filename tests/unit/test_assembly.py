@@ -139,29 +139,6 @@ def test_any_event_sequence_assembles_without_raising(events):
     assert a.idle
 
 
-def test_the_in_collector_emits_spans_times_out_on_the_watermark_and_counts_what_is_open_at_exit():
-    from producers.ebpf.collector import InCollector
-    from tracetap.eventtime import EventClock
-
-    def record(egress, payload, t, socket_id=1):
-        return {"host": "n", "start_time": t, "end_time": t + 10, "pid": 1, "tid": 1, "comm": "c", "socket_id": socket_id,
-                "direction": "EGRESS" if egress else "INGRESS", "bytes": len(payload), "l4_protocol": "TCP", "local_ip": "10.0.0.1",
-                "local_port": 40000 + socket_id, "remote_ip": "10.0.0.2", "remote_port": 80, "role": "CLIENT", "payload": payload,
-                "tcp_seq": 1, "syscall_trace_id": None}
-
-    emitted = []
-    collector = InCollector(emitted.append, EventClock(max_out_of_order_ns=0, allowed_lateness_ns=0))
-    collector.add(record(True, REQ, 0))
-    collector.add(record(False, RESP, 100))
-    assert [s.response_code for s in emitted] == [200]
-    collector.add(record(True, REQ, 200, socket_id=2))  # never answered
-    collector.add(record(True, REQ, 40_000_000_000, socket_id=3))  # moves the watermark past the 30 s timeout
-    collector.tick()
-    assert [s.error_class for s in emitted[1:]] == ["TIMEOUT"]
-    collector.flush()  # the agent stopping says nothing of how socket 3's request ended: counted, not reported
-    assert len(emitted) == 2 and collector.abandoned == 1 and len(collector) == 0
-
-
 def _with(event, **fields):
     return event._replace(**fields)
 

@@ -7,7 +7,8 @@ from tracetap.keyed import ALERTS, NETWORK, PATHS, RED, SPANS
 
 
 def test_each_raw_topic_names_the_flow_stage_method_for_its_records():
-    assert raw_kinds("p.") == {"p.raw.socket-data": "socket_data", "p.raw.packets": "packet", "p.raw.socket-lifecycle": "lifecycle"}
+    assert raw_kinds("p.") == {"p.raw.socket-data": "socket_data", "p.raw.packets": "packet", "p.raw.socket-lifecycle": "lifecycle",
+                               "p.raw.spans": "span"}
 
 
 def test_every_output_a_keyed_stage_routes_to_names_a_topic_the_jobs_write():

@@ -29,6 +29,9 @@ _SEQ_MASK = 0xFFFFFFFF
 @dataclass(frozen=True, slots=True)
 class AssemblyConfig:
     request_timeout_ns: int = 30_000_000_000  # a request without a response becomes a TIMEOUT span after this
+    # A response whose end the captured bytes do not show (its later syscalls came as byte counts, or a cut
+    # prefix) ends at the other side's next message, at close, or after this long without more of its bytes.
+    response_linger_ns: int = 1_000_000_000
 
 
 class _Mark(NamedTuple):
@@ -114,6 +117,7 @@ class _Open:
     tid: int
     end_ns: int  # when its last captured byte crossed the socket (a response's: its latest)
     paired: bool = False  # answered: left in the arrival-order queue until it reaches the head
+    seen: int = 0  # a message whose size the captured bytes do not show: its bytes so far (syscall counts included)
 
 
 @dataclass(slots=True)
@@ -171,18 +175,31 @@ class SocketAssembler:
         found = self._messages(event)
         if continues_response and self._response is not None and egress != self._client_egress:
             self._response[1].end_ns = event.crossed_ns
+            if self._response[1].message.size is None:
+                self._response[1].seen += event.byte_count
+        elif continues_response and egress == self._client_egress and self._requests and self._requests[-1].message.size is None:
+            self._requests[-1].seen += event.byte_count  # more of a request whose end its captured bytes do not show
         return out + self._take(found, egress)
 
     def expire(self, watermark_ns: int) -> list[Span]:
-        """Requests older than the timeout at this event-time watermark become TIMEOUT spans."""
+        """Requests older than the timeout at this event-time watermark become TIMEOUT spans; a response of unknown
+        end with nothing more for the linger ends."""
         out = self._settle(True, force=self._stale(True, watermark_ns)) + self._settle(False, force=self._stale(False, watermark_ns))
+        if self._response is not None and self._response[1].end_ns + self._config.response_linger_ns <= watermark_ns:
+            out.append(self._finish_response())
+            self._streams[not self._client_egress].draining = False  # its later bytes, if any, are read afresh
         while (oldest := self._oldest()) is not None and oldest.start_ns + self._config.request_timeout_ns <= watermark_ns:
             self._pop_oldest()
             out.append(self._span(oldest, None, error=ErrorClass.TIMEOUT, end_ns=oldest.start_ns + self._config.request_timeout_ns))
         return out
 
-    def close(self, time_ns: int) -> list[Span]:
-        """The socket closed: the response in progress ends, open requests end flagged as cut off."""
+    def close(self, time_ns: int, loss_generation: int | None = None) -> list[Span]:
+        """The socket closed: the response in progress ends, open requests end flagged as cut off. A close that
+        carries a loss generation its last data events did not (their marker was lost too) drops what is open
+        instead, counted in cut_by_loss: its end was lost, not cut."""
+        if loss_generation is not None and self._first is not None and loss_generation != self._loss_generation:
+            self._loss_generation = loss_generation
+            self._resync()
         out = self._settle(True, force=True) + self._settle(False, force=True)
         if self._response is not None:
             out.append(self._finish_response())
@@ -234,6 +251,8 @@ class SocketAssembler:
         oldest = self._oldest()
         if oldest is not None:
             deadlines.append(oldest.start_ns + self._config.request_timeout_ns)
+        if self._response is not None:
+            deadlines.append(self._response[1].end_ns + self._config.response_linger_ns)
         return min(deadlines, default=None)
 
     # state --------------------------------------------------------------------------------------------
@@ -315,8 +334,10 @@ class SocketAssembler:
             return []
         offset = stream.skip
         stream.skip = 0
-        if offset >= len(payload):  # the next message began in bytes the capture did not keep
-            stream.draining = True
+        if offset >= len(payload):
+            if stream.buffer and not offset:  # the message in the buffer goes on in bytes not captured (a later syscall
+                return self._parse(stream, request, uncaptured, cut_ns=event.crossed_ns)  # of it, sent as a byte count)
+            stream.draining = True  # the next message began in bytes the capture did not keep
             return []
         stream.append(event, payload[offset:], offset)
         if not uncaptured and stream.credit < len(stream.buffer) and len(stream.buffer) <= MAX_BUFFERED_BYTES:
@@ -324,9 +345,11 @@ class SocketAssembler:
             return []
         return self._parse(stream, request, uncaptured, whole)
 
-    def _parse(self, stream: _Stream, request: bool, uncaptured: int = 0, first: Parse | None = None) -> list[_Open]:
-        """Every message the buffer holds. With uncaptured bytes after it, the buffer is a prefix the capture cut.
-        `first`: what the parser said of the whole buffer already."""
+    def _parse(self, stream: _Stream, request: bool, uncaptured: int = 0, first: Parse | None = None,
+               cut_ns: int | None = None) -> list[_Open]:
+        """Every message the buffer holds. With uncaptured bytes after it, the buffer is a prefix the capture cut
+        (`cut_ns`: when those bytes crossed, if they came in an event of their own). `first`: what the parser said
+        of the whole buffer already."""
         assert self.protocol is not None
         parse = self.protocol.parse_request if request else self.protocol.parse_response
         found: list[_Open] = []
@@ -349,7 +372,10 @@ class SocketAssembler:
                 break
             message = result.message
             end_ns, tid = stream.end(message.size or len(stream.buffer))
-            found.append(_Open(message, *stream.start(), tid, end_ns))
+            held = len(data) - at
+            if cut_ns is not None and (message.size is None or message.size > held):  # it goes on in the uncaptured bytes
+                end_ns = max(end_ns, cut_ns)
+            found.append(_Open(message, *stream.start(), tid, end_ns, seen=held + uncaptured if message.size is None else 0))
             if message.size is None:  # the end is not in the bytes: ignore the rest until the other side speaks
                 stream.clear()
                 stream.draining = True
@@ -503,7 +529,7 @@ class SocketAssembler:
             endpoint=endpoint_of(self.protocol.name, req.request_type, req.request_resource),
             response_code=resp.response_code if resp else None, response_message=resp.response_message if resp else None,
             error_class=str(error) if error else None,
-            request_bytes=req.size or 0, response_bytes=(resp.size or 0) if resp else 0,
+            request_bytes=req.size or request.seen, response_bytes=(resp.size or response.seen) if response else 0,
             req_tcp_seq=request.seq, resp_tcp_seq=response.seq if response else None,
             syscall_trace_id_request=request.trace_id, syscall_trace_id_response=response.trace_id if response else None,
             pid=first.pid, tid=request.tid, comm=first.comm,
@@ -526,13 +552,13 @@ def _open_state(o: _Open) -> list[Any]:
     message = [m.is_request, m.size, m.request_type, m.request_domain, m.request_resource, m.response_code, m.response_message,
                None if m.error_class is None else str(m.error_class), m.pair_key, [list(h) for h in m.trace_headers],
                [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1")]
-    return [message, o.start_ns, o.seq, o.trace_id, o.tid, o.end_ns]
+    return [message, o.start_ns, o.seq, o.trace_id, o.tid, o.end_ns, o.seen]
 
 
 def _open_from_state(state: list[Any]) -> _Open:
-    message, start_ns, seq, trace_id, tid, end_ns = state
+    message, start_ns, seq, trace_id, tid, end_ns, *seen = state  # `seen`: absent in state written before it existed
     (is_request, size, request_type, domain, resource, code, response_message, error, pair_key, headers, attributes, expects,
      head) = message
     return _Open(Message(is_request, size, request_type, domain, resource, code, response_message, None if error is None else ErrorClass(error),
                          pair_key, tuple((k, v) for k, v in headers), tuple((k, v) for k, v in attributes), expects,
-                         head.encode("latin-1")), start_ns, seq, trace_id, tid, end_ns)
+                         head.encode("latin-1")), start_ns, seq, trace_id, tid, end_ns, seen=seen[0] if seen else 0)

@@ -204,6 +204,9 @@ class AgentSettings:
     # Payloads of sockets whose first bytes no parser could claim (forensics). false: after those first bytes,
     # such sockets' events carry byte counts only (they give no spans either way).
     unknown_protocol_payloads: bool = False
+    # Payloads of a message's later syscalls on TCP (a body, the rest of a result set: syscalls in the same direction
+    # as the last that do not start a message). false: byte counts only; the spans are the same.
+    continuation_payloads: bool = False
 
     def redaction_rules(self) -> RedactionRules:
         return RedactionRules(**{rule: False for rule in self.redact_disable}, extra_headers=tuple(self.redact_headers),

@@ -73,6 +73,7 @@ class FlowStage:
     applied: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> the last offset this state holds
     last_seen_ns: dict[str, int] = field(default_factory=dict)  # assembler key -> its latest event time
     closing: dict[str, int] = field(default_factory=dict)  # socket key -> its CLOSE's time, applied at that watermark
+    closing_generation: dict[str, int] = field(default_factory=dict)  # socket key -> its loss generation at the CLOSE
 
     @staticmethod
     def event_time_ns(kind: str, record: dict[str, Any]) -> int:
@@ -112,7 +113,10 @@ class FlowStage:
         self.event_time_ns("lifecycle", record)
         if record["kind"] != "CLOSE":
             return []
-        self.closing[f"{record['host']}|{record['pid']}|{record['socket_id']}"] = record["time"]  # its data may come later still
+        key = f"{record['host']}|{record['pid']}|{record['socket_id']}"
+        self.closing[key] = record["time"]  # its data may come later still
+        if record.get("loss_generation") is not None:
+            self.closing_generation[key] = record["loss_generation"]
         return []
 
     def advance(self, watermark_ns: int) -> list[Span]:
@@ -122,10 +126,11 @@ class FlowStage:
         for key, time_ns in sorted(self.closing.items(), key=lambda item: (item[1], item[0])):
             if time_ns <= watermark_ns:
                 del self.closing[key]
+                generation = self.closing_generation.pop(key, None)
                 assembler = self.sockets.pop(key, None)
                 self.last_seen_ns.pop(key, None)
                 if assembler is not None:
-                    out += assembler.close(time_ns)
+                    out += assembler.close(time_ns, generation)
         for assemblers in (self.sockets, self.nics):
             for key in sorted(assemblers):
                 out += assemblers[key].expire(watermark_ns)
@@ -145,7 +150,7 @@ class FlowStage:
         out: list[Span] = []
         for key, time_ns in sorted(self.closing.items(), key=lambda item: (item[1], item[0])):
             if key in self.sockets:
-                out += self.sockets.pop(key).close(time_ns)
+                out += self.sockets.pop(key).close(time_ns, self.closing_generation.get(key))
         unanswered = 0
         for socket in self.sockets.values():
             before = socket.counters.abandoned
@@ -158,6 +163,7 @@ class FlowStage:
         self.sockets.clear()
         self.nics.clear()
         self.closing.clear()
+        self.closing_generation.clear()
         self.last_seen_ns.clear()
         return out, unanswered
 
@@ -170,7 +176,8 @@ class FlowStage:
         """JSON-ready data, sharing nothing mutable with the stage (so it is a snapshot too); the configuration
         is not part of it: the engine passes its own to `from_state`."""
         return {"sockets": {k: a.to_state() for k, a in self.sockets.items()}, "nics": {k: a.to_state() for k, a in self.nics.items()},
-                "applied": dict(self.applied), "last_seen_ns": dict(self.last_seen_ns), "closing": dict(self.closing)}
+                "applied": dict(self.applied), "last_seen_ns": dict(self.last_seen_ns), "closing": dict(self.closing),
+                "closing_generation": dict(self.closing_generation)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], config: StageConfig) -> FlowStage:
@@ -178,7 +185,8 @@ class FlowStage:
         try:
             return cls(config, {k: SocketAssembler.from_state(a, config.assembly) for k, a in state["sockets"].items()},
                        {k: FlowPacketAssembler.from_state(a, config.nic) for k, a in state["nics"].items()},
-                       state_ints(state["applied"]), state_ints(state["last_seen_ns"]), state_ints(state["closing"]))
+                       state_ints(state["applied"]), state_ints(state["last_seen_ns"]), state_ints(state["closing"]),
+                       state_ints(state.get("closing_generation", {})))  # absent in state written before it existed
         except UndecodableState:
             raise
         except Exception as exc:  # malformed data fails in many ways (a missing key, a wrong shape); all mean the same

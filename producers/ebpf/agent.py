@@ -69,7 +69,8 @@ POLL_MAX_S = 0.1  # ... or this long
 POLL_TIMEOUT_MS = 50  # the longest an event waits for the reader when the kernel does not wake it (batched wakeups)
 CONTROL_INTERVAL_S = 0.5  # how often the kernel counters are read and the shedding ratio adapted
 # Kernel counters reported in agent-stats (as deltas): losses and what shedding left out.
-REPORTED_COUNTERS = ("data_lost", "lifecycle_lost", "shed_events", "shed_requests", "loss_markers_lost", "unknown_protocol_events")
+REPORTED_COUNTERS = ("data_lost", "lifecycle_lost", "shed_events", "shed_requests", "loss_markers_lost", "unknown_protocol_events",
+                     "continuation_events")
 
 
 class AgentError(TracetapError):
@@ -152,6 +153,8 @@ class SocketTracer:
         })
         if agent.unknown_protocol_payloads:
             defines["PAYLOAD_ALL_PROTOCOLS"] = 1
+        if agent.continuation_payloads:
+            defines["PAYLOAD_CONTINUATIONS"] = 1
         source = resources.files("producers.ebpf").joinpath("socket_trace.c").read_text()
         started = time.monotonic()
         self.bpf = BPF(text=source, cflags=[f"-D{k}={v}" for k, v in defines.items()] + ["-Wno-unused-function"])
@@ -340,6 +343,9 @@ class EbpfAgent:
         self._emitter.offer(NODE_SPANS, span.flow_id, span.to_record())
 
     def _redact(self, stream: tuple[int, ...], payload: bytes, size: int) -> bytes:
+        if not payload:  # a byte count only (a message's later syscall): the stream's redactor moves past it
+            self._redactors.skip(stream, size)
+            return payload
         failures = self._redactors.failures
         payload, masked = self._redactors.redact(stream, payload, size)
         if self._redactors.failures != failures:

@@ -24,7 +24,7 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
               8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 LC_STATE, LC_RETRANSMIT, LC_RESET_SENT, LC_RESET_RECEIVED, LC_RTT, LC_ACCEPT = 1, 2, 3, 4, 5, 6
 COUNTERS = ("data_events", "data_lost", "lifecycle_lost", "filtered", "shed_events", "shed_requests", "loss_markers_lost",
-            "unknown_protocol_events")
+            "unknown_protocol_events", "continuation_events")
 SAMPLE_ALL = 0xFFFFFFFF  # the kernel's sampling threshold that captures every flow
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -54,7 +54,7 @@ class LifecycleEvent(ctypes.Structure):
         ("error", ctypes.c_int32),
         ("family", ctypes.c_uint16), ("lport", ctypes.c_uint16), ("rport", ctypes.c_uint16),
         ("kind", ctypes.c_uint8), ("oldstate", ctypes.c_uint8), ("newstate", ctypes.c_uint8), ("role", ctypes.c_uint8),
-        ("protocol", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8), ("loss_generation", ctypes.c_uint8),
         ("laddr", ctypes.c_uint8 * 16), ("raddr", ctypes.c_uint8 * 16), ("comm", ctypes.c_char * 16),
     ]
 
@@ -184,7 +184,7 @@ class DataEventEncoder:
 
     def _payload(self, raw: bytes, payload_len: int, socket_ino: int, pid: int, fd: int, direction: int, nbytes: int) -> bytes:
         payload = raw[DATA_HEADER_SIZE:DATA_HEADER_SIZE + payload_len]
-        if not payload or self._payload_filter is None:
+        if self._payload_filter is None or not (payload or nbytes):
             return payload
         # One stream per socket direction: redaction carries state from each event to the next.
         stream = (socket_ino, direction) if socket_ino else (pid, fd, direction)
@@ -256,6 +256,7 @@ def decode_lifecycle(event: LifecycleEvent, host: str, clock: Clock) -> tuple[st
         "bytes_sent": event.bytes_acked if closing else None,
         "bytes_received": event.bytes_received if closing else None,
         "retransmits": event.total_retrans if closing else None,
+        "loss_generation": event.loss_generation if closing else None,
     }
     return flow_id(l4, local, remote), record
 

@@ -56,7 +56,8 @@ enum sk_rst_reason { SK_RST_REASON_PLACEHOLDER_ };
 #define CNT_SHED_REQUESTS 5
 #define CNT_LOSS_MARKERS_LOST 6
 #define CNT_UNKNOWN_PROTOCOL 7  // events sent with byte counts only: their socket speaks no protocol the core parses
-#define CNT_MAX 8
+#define CNT_CONTINUATIONS 8  // events sent with byte counts only: they continue an HTTP/1 or Redis message whose start was sent
+#define CNT_MAX 9
 
 // Shedding (the agent's CPU budget): a flow is captured while the hash of its client endpoint is below
 // the threshold user space sets; SAMPLE_ALL captures everything. The decision is taken when a request
@@ -132,7 +133,8 @@ struct sock_flow {
     u8 shed;          // the current exchange is not captured
     u8 loss_generation;
     u8 sent;          // an event of the current exchange reached user space (a loss then leaves it open there)
-    u8 payload;       // PAYLOAD_UNDECIDED until the socket's first bytes are seen, then SHIP or COUNTS_ONLY
+    u8 payload;       // PAYLOAD_UNDECIDED until the socket's first bytes are seen, then SHIP, HEADS or COUNTS_ONLY
+    u8 data_dir;      // the direction of its last syscall that moved bytes, DIR_NONE at first
     u64 seq;          // the socket_seq of its last captured event (64 bits: a 32-bit atomic add cannot return here)
 };
 
@@ -155,7 +157,7 @@ struct lifecycle_event {
     u8 newstate;
     u8 role;
     u8 protocol;
-    u8 pad;
+    u8 loss_generation;  // a close: its socket's, so that what a lost marker left open is dropped, not reported cut
     u8 laddr[16];
     u8 raddr[16];
     char comm[16];
@@ -392,6 +394,7 @@ static __always_inline int shed(void *sk, u64 socket_ino, u8 direction) {
         // the first message seen is taken as a request.
         fresh.request_dir = role == ROLE_CLIENT ? DIR_EGRESS : role == ROLE_SERVER ? DIR_INGRESS : direction;
         fresh.last_dir = DIR_NONE;
+        fresh.data_dir = DIR_NONE;
         sock_flows.update(&key, &fresh);
         f = sock_flows.lookup(&key);
         if (!f) return 0;
@@ -499,6 +502,7 @@ static __always_inline void read_sockaddr(u64 addr, u16 *family, u16 *port, u8 *
 #define PAYLOAD_UNDECIDED 0
 #define PAYLOAD_SHIP 1
 #define PAYLOAD_COUNTS_ONLY 2
+#define PAYLOAD_HEADS 3  // a text protocol: payload on the first syscall of each message (below)
 static __always_inline int may_be_parsed(u8 *h, u32 n, u16 l4) {
     if (l4 == IPPROTO_UDP)  // DNS, the one UDP protocol: a query header (QR 0, opcode 0) with one question
         return n >= 12 && !(h[2] & 0xF8) && h[4] == 0 && h[5] == 1;
@@ -511,6 +515,33 @@ static __always_inline int may_be_parsed(u8 *h, u32 n, u16 l4) {
     if (n >= 8 && h[0] == 0 && h[1] == 0 && h[2] == 0 && h[3] == 8 && h[4] == 0x04 && h[5] == 0xD2) return 1;  // SSL/GSS request
     if (n >= 14 && h[0] < 7 && h[4] == 0 && h[6] == 0) return 1;  // Kafka: size < 100 MiB, api key < 256, version 0-20
     if (n >= 8 && !(h[4] & 0xF8) && h[6] == 0 && h[7] == 1) return 1;  // DNS over TCP: 2-byte length, then a query header
+    return 0;
+}
+
+// Payload only on the first syscall of each message, for the text protocols whose messages the core reads by
+// their head (HTTP/1: the start line and headers; Redis: the command or the reply's first line): a syscall in
+// the same direction as the socket's last one continues its message (a body, the rest of a long value) and
+// goes out as a byte count, unless its first bytes start a message (pipelined requests and responses). The core
+// reads the head and counts the rest (tracetap/assembly.py). Binary protocols keep every syscall's payload:
+// their parsers read the whole response (a PostgreSQL command tag or a MySQL error after the rows, Kafka's
+// per-partition errors). The rule is written out as a specification in tests/e2e/test_agent_message_payloads.py,
+// which holds this program to it; agent.continuation_payloads (PAYLOAD_CONTINUATIONS) sends every payload.
+static __always_inline int starts_text_message(u8 *h, u32 n) {
+    if (n == 0) return 0;
+    u8 c = h[0];
+    if (c == '*' || c == '+' || c == '-' || c == ':' || c == '$' || c == '_' || c == ',' || c == '#' || c == '!' || c == '='
+        || c == '(' || c == '%' || c == '~' || c == '>' || c == '|')
+        return 1;  // Redis: a command array, a reply (RESP2 and RESP3 types)
+    if (n < 4) return 0;
+    // HTTP/1: a response, or a request with one of the methods the core knows (its first four bytes)
+    u8 c1 = h[1], c2 = h[2], c3 = h[3];
+    if (c == 'H') return (c1 == 'T' && c2 == 'T' && c3 == 'P') || (c1 == 'E' && c2 == 'A' && c3 == 'D');
+    if (c == 'G') return c1 == 'E' && c2 == 'T' && c3 == ' ';
+    if (c == 'P') return (c1 == 'O' && c2 == 'S' && c3 == 'T') || (c1 == 'U' && c2 == 'T' && c3 == ' ') || (c1 == 'A' && c2 == 'T' && c3 == 'C');
+    if (c == 'D') return c1 == 'E' && c2 == 'L' && c3 == 'E';
+    if (c == 'O') return c1 == 'P' && c2 == 'T' && c3 == 'I';
+    if (c == 'C') return c1 == 'O' && c2 == 'N' && c3 == 'N';
+    if (c == 'T') return c1 == 'R' && c2 == 'A' && c3 == 'C';
     return 0;
 }
 
@@ -645,10 +676,27 @@ static __always_inline int exit_data(long ret) {
         count(CNT_UNKNOWN_PROTOCOL);
     }
 #endif
+#ifndef PAYLOAD_CONTINUATIONS
+    if (flow && len > 0 && flow->payload == PAYLOAD_HEADS && flow->data_dir == a->direction) {
+        u8 head[8] = {};
+        u32 n = 8;
+        if (len < 8) n = len & 7;
+        bpf_probe_read_user(head, n, (void *)src);
+        if (!starts_text_message(head, n)) {
+            len = 0;
+            count(CNT_CONTINUATIONS);
+        }
+    }
+#endif
+    if (flow && ret > 0) flow->data_dir = a->direction;
     e->payload_len = len;
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
-    if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED)  // this first payload goes out either way
-        flow->payload = may_be_parsed(e->payload, len, protocol) ? PAYLOAD_SHIP : PAYLOAD_COUNTS_ONLY;
+    if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED) {  // this first payload goes out either way
+        u8 decided = PAYLOAD_COUNTS_ONLY;
+        if (may_be_parsed(e->payload, len, protocol))
+            decided = protocol == IPPROTO_TCP && starts_text_message(e->payload, len < 8 ? len : 8) ? PAYLOAD_HEADS : PAYLOAD_SHIP;
+        flow->payload = decided;
+    }
     e->socket_seq = flow ? (u32)(__sync_fetch_and_add(&flow->seq, 1) + 1) : 0;
     u32 size = __builtin_offsetof(struct data_event, payload) + len;
     if (b) {
@@ -869,6 +917,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         bpf_probe_read_kernel(&e.bytes_acked, sizeof(e.bytes_acked), sk + OFF_TCP_BYTES_ACKED);
         bpf_probe_read_kernel(&e.bytes_received, sizeof(e.bytes_received), sk + OFF_TCP_BYTES_RECEIVED);
         bpf_probe_read_kernel(&e.total_retrans, sizeof(e.total_retrans), sk + OFF_TCP_TOTAL_RETRANS);
+        u64 flow_key = (u64)sk;
+        struct sock_flow *flow = sock_flows.lookup(&flow_key);
+        if (flow) e.loss_generation = flow->loss_generation;
     }
     emit_lifecycle(&e);
     if (e.newstate == 7) {

@@ -34,7 +34,8 @@ def overloaded(own_topics, registry):
         load = subprocess.Popen(["redis-benchmark", "-p", str(port), "-c", "16", "-n", "100000000", "-r", "1000", "-t", "set,get", "-q"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(LOAD_S)
-        load.send_signal(signal.SIGINT)  # the load ends before the agent: every exchange it started has its response
+        stopped_ns = time.time_ns()
+        load.send_signal(signal.SIGINT)  # the load ends before the agent; its connections close with their last requests open
         load.wait(10)
         time.sleep(1.0)
         agent.send_signal(signal.SIGINT)
@@ -49,7 +50,7 @@ def overloaded(own_topics, registry):
     decode = AvroDeserializer(registry)
     prefix = settings.topics.prefix
     spans = [decode(m.value()) for m in read_until_idle(settings, NODE_SPANS.full_name(prefix))]
-    return {"spans": [s for s in spans if s["server_port"] == port], "summary": out.splitlines()[-1], "cgroup": cgroup,
+    return {"spans": [s for s in spans if s["server_port"] == port], "summary": out.splitlines()[-1], "cgroup": cgroup, "stopped_ns": stopped_ns,
             "stats": [decode(m.value()) for m in read_until_idle(settings, AGENT_STATS.full_name(prefix))],
             "raw": read_until_idle(settings, SOCKET_DATA.full_name(prefix), idle_s=1), "log": err}
 
@@ -83,7 +84,12 @@ def test_the_overload_is_real_events_were_lost_and_flows_shed(overloaded):
 def test_every_span_emitted_under_overload_is_a_whole_exchange(overloaded):
     incomplete = [s for s in overloaded["spans"]
                   if s["error_class"] is not None or s["connection_closed"] or s["response_bytes"] <= 0 or s["request_bytes"] <= 0]
-    assert incomplete == [], incomplete[:3]
+    # redis-benchmark, interrupted, closes its 16 connections with a request in flight on each: the client's view of
+    # those says so (a close, as the stream jobs report it). Nothing else is incomplete.
+    closed_by_client = [s for s in incomplete if s["connection_closed"] and s["tap_side"] == "CLIENT_PROCESS" and s["response_bytes"] == 0
+                        and s["start_time"] >= overloaded["stopped_ns"] - 1_000_000_000]
+    assert len(closed_by_client) <= 16
+    assert [s for s in incomplete if s not in closed_by_client] == [], incomplete[:3]
     assert {s["request_type"] for s in overloaded["spans"]} <= {"SET", "GET", "CONFIG"}
     # A lost event's exchange is dropped and counted, never reported as a timeout or a cut connection.
     assert _totals(overloaded["summary"]).get("requests_cut_by_loss", 0) > 0

@@ -242,6 +242,13 @@ class Redactors:
             self._streams[stream] = StreamRedactor(self.rules)
             return bytes((self.rules.mask_byte,)) * len(payload), 1 if payload else 0
 
+    def skip(self, stream: Hashable, size: int) -> None:
+        """`size` bytes of the stream went by without their payload (an event sent as a byte count): what the
+        stream's redactor carries is not joined across them, and a secret running on is counted down by them."""
+        redactor = self._streams.get(stream)
+        if redactor is not None and size > 0:
+            redactor.redact(b"", size)
+
     def close(self, streams: list[Hashable]) -> None:
         for stream in streams:
             self._streams.pop(stream, None)

@@ -529,13 +529,13 @@ class SpanReader:
         from confluent_kafka import Consumer, TopicPartition
 
         from cli.main import read_settings
-        from schemas.catalog import SPANS
+        from schemas.catalog import NODE_SPANS
         from schemas.kafka import client_config
         from schemas.registry import SchemaRegistry
         from schemas.serde import AvroDeserializer
 
         settings = read_settings(None, agent_env())
-        self.topic = SPANS.full_name(settings.topics.prefix)
+        self.topic = NODE_SPANS.full_name(settings.topics.prefix)
         self.decode = AvroDeserializer(SchemaRegistry(settings.registry))
         self.consumer = Consumer(client_config(settings.kafka, **{"group.id": "tracetap-bench-spans", "enable.auto.commit": False}))
         self.partitions = [TopicPartition(self.topic, p) for p in self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions]

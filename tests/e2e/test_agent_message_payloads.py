@@ -9,24 +9,18 @@ core to it (the spans from the recorded conversations of real clients and server
 the same whether every syscall carries its payload or only the first of each message, however the writers cut
 a message's tail into syscalls), and the loaded BPF program to it, on real sockets."""
 
-import json
-import subprocess
-import sys
-import time
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.ebpf.agent import POLL_TIMEOUT_MS, SocketTracer
-from producers.ebpf.events import DATA_HEADER_SIZE, DataEventHeader
-from tests.e2e.test_agent_payload_inference import ships_payload
+from producers.ebpf.events import DataEventHeader
+from tests.e2e.test_agent_payload_inference import capture_sender, ships_payload
 from tests.parser_seeds import SEEDS
 from tracetap.assembly import SocketAssembler
 from tracetap.config import AgentSettings
 from tracetap.model import SocketData
-from tracetap.protocols.http1 import METHODS
 from tracetap.protocols import REGISTRY
 from tracetap.protocols.base import Status
+from tracetap.protocols.http1 import METHODS
 
 REDIS_TYPES = b"*+-:$_,#!=(%~>|"
 TCP_PROTOCOLS = ("HTTP", "REDIS", "DNS-TCP", "POSTGRESQL", "MYSQL", "KAFKA")
@@ -153,7 +147,7 @@ def test_messages_cut_into_syscalls_anywhere_after_their_head_give_the_same_span
 
 
 SENDER = r"""
-import json, socket, sys
+import json, os, socket, sys
 out = []
 for pieces in json.loads(sys.stdin.read()):
     server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
@@ -163,7 +157,7 @@ for pieces in json.loads(sys.stdin.read()):
         got = 0
         while got < len(piece) // 2:
             got += len(peer.recv(65536))
-    out.append(client.getsockname()[1])
+    out.append(os.fstat(client.fileno()).st_ino)
     client.close(); peer.close(); server.close()
 print(json.dumps(out))
 """
@@ -177,33 +171,19 @@ BINARY_FIRST = next(chunk for _, chunk in SEEDS["POSTGRESQL"][0])  # a startup m
 
 
 def _capture(samples: list[list[bytes]], agent: AgentSettings = AgentSettings()) -> tuple[list[DataEventHeader], int, list[int], dict[str, int]]:
-    events = []
-    tracer = SocketTracer(agent, set(), events.extend, lambda event: None)
-    try:
-        sender = subprocess.Popen([sys.executable, "-c", SENDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        sender.stdin.write(json.dumps([[piece.hex() for piece in pieces] for pieces in samples]))
-        sender.stdin.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and sender.poll() is None:
-            tracer.poll(POLL_TIMEOUT_MS)
-        tracer.drain()
-        ports = json.loads(sender.stdout.read())
-        counters = tracer.kernel_counters()
-    finally:
-        tracer.close()
-    return [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events], sender.pid, ports, counters
+    return capture_sender(SENDER, [[piece.hex() for piece in pieces] for pieces in samples], agent)
 
 
-def _writes(headers, pid, port):
-    return [h for h in headers if h.pid == pid and h.lport == port and h.direction == 1]
+def _writes(headers, pid, socket_ino):
+    return [h for h in headers if h.pid == pid and h.socket_ino == socket_ino and h.direction == 1]
 
 
 def test_the_kernel_sends_a_continuation_as_a_count_unless_it_starts_a_message():
     samples = [[FIRST, piece, piece] for piece in CONTINUATIONS] + [[BINARY_FIRST, piece, piece] for piece in CONTINUATIONS[:4]]
-    headers, pid, ports, counters = _capture(samples)
+    headers, pid, sockets, counters = _capture(samples)
     sent = []
-    for pieces, port in zip(samples, ports):
-        writes = _writes(headers, pid, port)
+    for pieces, client in zip(samples, sockets):
+        writes = _writes(headers, pid, client)
         assert [h.bytes for h in writes] == [len(p) for p in pieces]
         sent.append([h.payload_len for h in writes])
     expected = [[len(p) if shipped else 0 for _, p, shipped in merged([(True, p) for p in pieces])] for pieces in samples]
@@ -214,5 +194,5 @@ def test_the_kernel_sends_a_continuation_as_a_count_unless_it_starts_a_message()
 
 
 def test_continuation_payloads_sends_every_syscall():
-    headers, pid, ports, _ = _capture([[FIRST, CONTINUATIONS[0]]], AgentSettings(continuation_payloads=True))
-    assert [h.payload_len for h in _writes(headers, pid, ports[0])] == [len(FIRST), len(CONTINUATIONS[0])]
+    headers, pid, sockets, _ = _capture([[FIRST, CONTINUATIONS[0]]], AgentSettings(continuation_payloads=True))
+    assert [h.payload_len for h in _writes(headers, pid, sockets[0])] == [len(FIRST), len(CONTINUATIONS[0])]

@@ -74,7 +74,7 @@ SAMPLES = [
 ]
 
 SENDER = r"""
-import json, socket, sys
+import json, os, socket, sys
 out = []
 for l4, hexed in json.loads(sys.stdin.read()):
     data = bytes.fromhex(hexed)
@@ -88,40 +88,45 @@ for l4, hexed in json.loads(sys.stdin.read()):
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); client.connect(server.getsockname())
         for _ in range(3):
             client.send(data); server.recv(65536)
-    out.append(client.getsockname()[1])
+    out.append(os.fstat(client.fileno()).st_ino)  # not its port: 40 sockets in a row may get one port twice
     client.close(); server.close()
 print(json.dumps(out))
 """
 
 
 def _capture(samples: list[tuple[str, bytes]], settings: AgentSettings = AgentSettings()) -> tuple[list[DataEventHeader], int, list[int], dict[str, int]]:
-    """Run SENDER over the samples with the tracer loaded: (headers, the sender's pid, its client ports, kernel counters)."""
+    return capture_sender(SENDER, [(l4, data.hex()) for l4, data in samples], settings)
+
+
+def capture_sender(script: str, stdin: object, settings: AgentSettings) -> tuple[list[DataEventHeader], int, list[int], dict[str, int]]:
+    """Run a sender script (`stdin` as JSON on its standard input; it prints the JSON list of its client sockets'
+    inodes) with the tracer loaded: (headers, the sender's pid, its client sockets, kernel counters)."""
     events = []
     tracer = SocketTracer(settings, set(), events.extend, lambda event: None)
     try:
-        sender = subprocess.Popen([sys.executable, "-c", SENDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        sender.stdin.write(json.dumps([(l4, data.hex()) for l4, data in samples]))
+        sender = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        sender.stdin.write(json.dumps(stdin))
         sender.stdin.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and sender.poll() is None:
             tracer.poll(POLL_TIMEOUT_MS)
         tracer.drain()
-        ports = json.loads(sender.stdout.read())
+        sockets = json.loads(sender.stdout.read())
         counters = tracer.kernel_counters()
     finally:
         tracer.close()
-    return [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events], sender.pid, ports, counters
+    return [DataEventHeader.from_buffer_copy(raw[:DATA_HEADER_SIZE]) for raw in events], sender.pid, sockets, counters
 
 
-def _client_writes(headers: list[DataEventHeader], pid: int, port: int) -> list[DataEventHeader]:
-    return [h for h in headers if h.pid == pid and h.lport == port and h.direction == 1]
+def _client_writes(headers: list[DataEventHeader], pid: int, socket_ino: int) -> list[DataEventHeader]:
+    return [h for h in headers if h.pid == pid and h.socket_ino == socket_ino and h.direction == 1]
 
 
 def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
-    headers, pid, ports, counters = _capture(SAMPLES)
+    headers, pid, sockets, counters = _capture(SAMPLES)
     decided = []
-    for (l4, data), port in zip(SAMPLES, ports):
-        writes = _client_writes(headers, pid, port)
+    for (l4, data), client in zip(SAMPLES, sockets):
+        writes = _client_writes(headers, pid, client)
         assert [h.bytes for h in writes] == [len(data)] * 3, (l4, data[:16])
         assert writes[0].payload_len == len(data)  # the bytes that decide always go out
         decided.append([h.payload_len for h in writes[1:]])
@@ -136,13 +141,13 @@ def test_a_new_socket_in_a_reused_struct_sock_is_decided_afresh():
     # struct sock back, and must not inherit its decision (nor its event numbering).
     dns, unknown = SAMPLES[9][1], SAMPLES[10][1]
     samples = [("UDP", dns if i % 2 else unknown) for i in range(40)]
-    headers, pid, ports, _ = _capture(samples)
-    for (_, data), port in zip(samples, ports):
-        writes = _client_writes(headers, pid, port)
+    headers, pid, sockets, _ = _capture(samples)
+    for (_, data), client in zip(samples, sockets):
+        writes = _client_writes(headers, pid, client)
         assert [h.socket_seq for h in writes] == [1, 2, 3]
         assert [h.payload_len for h in writes] == [len(data)] + [len(data) if data == dns else 0] * 2
 
 
 def test_unknown_protocol_payloads_ships_everything():
-    headers, pid, ports, _ = _capture([("TCP", SAMPLES[7][1])], AgentSettings(unknown_protocol_payloads=True))
-    assert [h.payload_len for h in _client_writes(headers, pid, ports[0])] == [32] * 3
+    headers, pid, sockets, _ = _capture([("TCP", SAMPLES[7][1])], AgentSettings(unknown_protocol_payloads=True))
+    assert [h.payload_len for h in _client_writes(headers, pid, sockets[0])] == [32] * 3

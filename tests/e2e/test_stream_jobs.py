@@ -675,8 +675,9 @@ def test_the_same_job_submitted_to_a_session_cluster_at_parallelism_4_runs_every
         out = _run_flink(settings, f"tt-flink-remote-{uuid.uuid4().hex[:6]}", tmp_path / "checkpoints", "--target", "remote",
                          "--jobmanager", f"127.0.0.1:{rest}", "--parallelism", "4",
                          # the idle flush is processing time: a TaskManager's Python workers on a loaded 2-core machine
-                         # can hold spans longer than 4 s between stages, and the series stage would close their windows
-                         "--idle-flush-s", "8")
+                         # can hold spans longer than 4 s (once more than 8 s) between stages, and the series stage
+                         # would close their windows
+                         "--idle-flush-s", "15")
         assert "session cluster" in out
         with urllib.request.urlopen(f"http://127.0.0.1:{rest}/jobs/overview", timeout=5) as response:
             jobs = json.load(response)["jobs"]

@@ -236,6 +236,35 @@ def record_kafka() -> list[Conversation]:
     return relayed(broker_port, talk)
 
 
+# HTTP/2 and gRPC --------------------------------------------------------------------------------------
+def record_http2() -> list[Conversation]:
+    """curl --http2-prior-knowledge against nginx (h2c), and grpcio's client against its server: a unary call with a
+    trace header, a failing one, server and bidirectional streams."""
+    import grpc
+
+    from tests import servers
+
+    with servers.nginx_h2c() as port:
+        def curl(port: int) -> None:
+            for path in ("/index.html", "/missing"):
+                subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"], check=True, timeout=30)
+        conversations = relayed(port, curl)
+    with servers.grpc_echo() as port:
+        def calls(port: int) -> None:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                say = channel.unary_unary("/demo.Echo/Say")
+                say(b"a", metadata=(("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),), timeout=10)
+                try:
+                    say(b"missing", timeout=10)
+                except grpc.RpcError:
+                    pass
+                list(channel.unary_stream("/demo.Echo/Count")(b"3", timeout=10))
+                list(channel.stream_stream("/demo.Echo/Chat")(iter([b"x", b"y"]), timeout=10))
+        conversations += relayed(port, calls)
+    return conversations
+
+
 # output -----------------------------------------------------------------------------------------------
 def _literal(data: bytes, indent: str) -> str:
     pieces = [repr(data[i:i + 48]) for i in range(0, len(data), 48)] or ["b''"]
@@ -263,9 +292,23 @@ def write(conversations: dict[str, list[Conversation]]) -> None:
 
 
 def main() -> None:
-    udp, tcp = record_dns()
-    conversations = {"HTTP": record_http(), "REDIS": record_redis(), "DNS-UDP": udp, "DNS-TCP": tcp,
-                     "POSTGRESQL": record_postgres(), "MYSQL": record_mysql(), "KAFKA": record_kafka()}
+    """With protocol names as arguments (HTTP2 ...), record only those and keep the others' recorded seeds."""
+    only = set(sys.argv[1:])
+    recorders = {"HTTP": record_http, "REDIS": record_redis, "DNS": record_dns, "POSTGRESQL": record_postgres, "MYSQL": record_mysql,
+                 "KAFKA": record_kafka, "HTTP2": record_http2}
+    unknown = only - set(recorders)
+    if unknown:
+        raise SystemExit(f"no recorder for {sorted(unknown)}; known: {sorted(recorders)}")
+    from tests.parser_seeds import SEEDS
+
+    conversations: dict[str, list[Conversation]] = {}
+    for name, record in recorders.items():
+        if only and name not in only:
+            conversations.update({k: v for k, v in SEEDS.items() if k == name or (name == "DNS" and k.startswith("DNS-"))})
+        elif name == "DNS":
+            conversations["DNS-UDP"], conversations["DNS-TCP"] = record()
+        else:
+            conversations[name] = record()
     write(conversations)
     for name, kept in conversations.items():
         print(f"{name}: {len(kept)} conversations, {sum(len(d) for c in kept for _, d in c)} bytes")

@@ -61,3 +61,82 @@ def mariadb(data: str) -> Iterator[int]:
     finally:
         server.terminate()
         server.wait(30)
+
+
+@contextlib.contextmanager
+def nginx_h2c() -> Iterator[int]:
+    """An nginx serving HTTP/2 in cleartext (prior knowledge) on 127.0.0.1 (its port): /index.html (200),
+    anything missing (404), /fail (503), /teapot (418)."""
+    assert shutil.which("nginx"), "nginx is installed by make setup (Debian package nginx)"
+    root = tempfile.mkdtemp(prefix="tracetap-nginx-")  # not under pytest's root-only tmp: nginx's workers run as www-data
+    www = os.path.join(root, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "index.html"), "w") as f:
+        f.write("<html><body>tracetap h2c</body></html>\n")
+    for d in (root, www):
+        os.chmod(d, 0o755)
+    port = free_port()
+    temp = "".join(f"    {k}_temp_path {root}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = os.path.join(root, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+{temp}    server {{
+        listen 127.0.0.1:{port} http2;
+        root {www};
+        location = /fail {{ return 503; }}
+        location = /teapot {{ return 418; }}
+        location / {{ }}
+    }}
+}}
+""")
+    server = subprocess.Popen(["nginx", "-c", conf, "-p", root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def grpc_echo() -> Iterator[int]:
+    """A grpcio server (no generated code: raw bytes in and out) on 127.0.0.1 (its port), service demo.Echo:
+    Say (unary; the request b"missing" fails NOT_FOUND "no such thing"), Count (server streaming: n replies),
+    Sum (client streaming), Chat (bidirectional)."""
+    from concurrent import futures
+
+    import grpc
+
+    def say(request, context):
+        if request == b"missing":
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+        return b"hello " + request
+
+    def count(request, context):
+        for i in range(int(request)):
+            yield str(i).encode()
+
+    def total(requests, context):
+        return str(sum(int(r) for r in requests)).encode()
+
+    def chat(requests, context):
+        for r in requests:
+            yield r.upper()
+
+    handlers = {"Say": grpc.unary_unary_rpc_method_handler(say), "Count": grpc.unary_stream_rpc_method_handler(count),
+                "Sum": grpc.stream_unary_rpc_method_handler(total), "Chat": grpc.stream_stream_rpc_method_handler(chat)}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("demo.Echo", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None)

@@ -134,6 +134,7 @@ class SocketAssembler:
     def __init__(self, config: AssemblyConfig = AssemblyConfig()) -> None:
         self._config = config
         self.protocol: L7Protocol | None = None
+        self._session: Any = None  # the protocol's per-connection state, for protocols that have one (HTTP/2)
         self._undetected = False  # the first client bytes matched no protocol: nothing to assemble
         self._client_egress: bool | None = None  # does the process write the requests (a client socket)?
         self._streams = {True: _Stream(), False: _Stream()}  # keyed by egress
@@ -224,6 +225,8 @@ class SocketAssembler:
         It is dropped, counted, and never reported as a span; the next request starts clean."""
         self.counters.cut_by_loss += self._drop_requests() + (self._response is not None)
         self._response = None
+        if self._session is not None:
+            self._session.lost()
         self._last_egress = None
         for stream in self._streams.values():
             self.counters.unparsed_bytes += len(stream.buffer)
@@ -270,16 +273,20 @@ class SocketAssembler:
         c = self.counters
         return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests if not r.paired],
                 response, self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses, c.cut_by_loss, c.abandoned],
-                [self._loss_generation, self._sample_ratio]]
+                [self._loss_generation, self._sample_ratio], None if self._session is None else self._session.to_state()]
 
     @classmethod
     def from_state(cls, state: list[Any], config: AssemblyConfig) -> SocketAssembler:
-        protocol, undetected, client_egress, streams, requests, response, last_egress, first, socket, counters, *sampling = state
+        protocol, undetected, client_egress, streams, requests, response, last_egress, first, socket, counters, *later = state
         assembler = cls(config)
-        if sampling:  # absent in state written before sampling existed
-            assembler._loss_generation, assembler._sample_ratio = sampling[0]
+        if later:  # absent in state written before sampling existed
+            assembler._loss_generation, assembler._sample_ratio = later[0]
         if protocol is not None:
             assembler.protocol = next(p for p in REGISTRY[protocol[0]] if p.name == protocol[1])
+            if len(later) > 1 and later[1] is not None:  # absent in state written before sessions existed
+                assembler._session = assembler.protocol.session_from_state(later[1])  # type: ignore[attr-defined]
+            elif hasattr(assembler.protocol, "session"):
+                assembler._session = assembler.protocol.session()
         assembler._undetected, assembler._client_egress, assembler._last_egress = undetected, client_egress, last_egress
         for egress, (buffer, appended, marks, credit, unparsed, settled, skip, draining) in zip((True, False), streams):
             assembler._streams[egress] = _Stream(bytearray(buffer.encode("latin-1")), appended, deque(_Mark(*m) for m in marks),
@@ -307,6 +314,8 @@ class SocketAssembler:
             self._undetected = True
             return False
         self.protocol = protocol
+        session = getattr(protocol, "session", None)
+        self._session = session() if session is not None else None
         if event.role == "CLIENT":
             self._client_egress = True
         elif event.role == "SERVER":
@@ -425,9 +434,13 @@ class SocketAssembler:
     def _take(self, found: list[_Open], egress: bool) -> list[Span]:
         """Queue the requests found, pair the responses found; the spans this completes."""
         out: list[Span] = []
+        if self._session is not None:
+            found = self._accept(found, egress == self._client_egress)
         if egress == self._client_egress:
             for request in found:
-                if request.message.expects_response:
+                if request.message.cancelled:
+                    out += self._cancel(request)
+                elif request.message.expects_response:
                     self._queue(request)
             return out
         if not found and self._response is None:
@@ -447,6 +460,28 @@ class SocketAssembler:
         if self._response is not None and stream.skip == 0 and not stream.draining:  # its last byte is in
             out.append(self._finish_response())
         return out
+
+    def _accept(self, found: list[_Open], from_client: bool) -> list[_Open]:
+        """What the session makes of each message found, in order: the requests and responses they complete."""
+        kept = []
+        for o in found:
+            message = self._session.accept(o.message, from_client)
+            if message is not None:
+                o.message = message
+                kept.append(o)
+        return kept
+
+    def _cancel(self, cancel: _Open) -> list[Span]:
+        """The client withdrew its open request of this pair key: its span ends here."""
+        key = cancel.message.pair_key
+        if key is None or key not in self._keyed:
+            return []
+        request = self._unkey(key)
+        request.paired = True
+        self._open_requests -= 1
+        span = self._span(request, None, error=ErrorClass.CLIENT_ERROR, end_ns=cancel.end_ns)
+        span.response_message = cancel.message.response_message
+        return [span]
 
     def _drop(self, stream: _Stream) -> None:
         self.counters.unparsed_bytes += len(stream.buffer)
@@ -518,15 +553,17 @@ class SocketAssembler:
         first = self._first
         tap_side, flow, client, server = self._socket
         req, resp = request.message, response.message if response else None
+        # gRPC is told by either side's content-type or trailers (mid-connection, one side's may be unknown)
+        protocol = ("GRPC" if "GRPC" in (req.protocol, resp and resp.protocol) else req.protocol) or self.protocol.name
         self.counters.spans += 1
         return Span(
-            protocol=self.protocol.name, tap_side=tap_side,
+            protocol=protocol, tap_side=tap_side,
             host=first.host, start_ns=request.start_ns, end_ns=max(end_ns, request.start_ns),
             flow_id=flow, l4_protocol=first.l4_protocol,
             client_ip=client.ip, client_port=client.port, server_ip=server.ip, server_port=server.port,
             request_type=req.request_type or (resp.request_type if resp else None),
             request_domain=req.request_domain, request_resource=req.request_resource,
-            endpoint=endpoint_of(self.protocol.name, req.request_type, req.request_resource),
+            endpoint=endpoint_of(protocol, req.request_type, req.request_resource),
             response_code=resp.response_code if resp else None, response_message=resp.response_message if resp else None,
             error_class=str(error) if error else None,
             request_bytes=req.size or request.seen, response_bytes=(resp.size or response.seen) if response else 0,
@@ -551,14 +588,15 @@ def _open_state(o: _Open) -> list[Any]:
     m = o.message
     message = [m.is_request, m.size, m.request_type, m.request_domain, m.request_resource, m.response_code, m.response_message,
                None if m.error_class is None else str(m.error_class), m.pair_key, [list(h) for h in m.trace_headers],
-               [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1")]
+               [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1"), m.protocol]
     return [message, o.start_ns, o.seq, o.trace_id, o.tid, o.end_ns, o.seen]
 
 
 def _open_from_state(state: list[Any]) -> _Open:
     message, start_ns, seq, trace_id, tid, end_ns, *seen = state  # `seen`: absent in state written before it existed
     (is_request, size, request_type, domain, resource, code, response_message, error, pair_key, headers, attributes, expects,
-     head) = message
+     head, *protocol) = message  # `protocol`: absent in state written before it existed
     return _Open(Message(is_request, size, request_type, domain, resource, code, response_message, None if error is None else ErrorClass(error),
                          pair_key, tuple((k, v) for k, v in headers), tuple((k, v) for k, v in attributes), expects,
-                         head.encode("latin-1")), start_ns, seq, trace_id, tid, end_ns, seen=seen[0] if seen else 0)
+                         head.encode("latin-1"), protocol[0] if protocol else None), start_ns, seq, trace_id, tid, end_ns,
+                 seen=seen[0] if seen else 0)

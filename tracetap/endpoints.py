@@ -24,7 +24,9 @@ _CACHED_PATH_MAX = 512  # longer paths (up to 8 KiB each) are templated every ti
 
 
 def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -> str | None:
-    if protocol == "HTTP":
+    if protocol == "GRPC":  # the full method name, /package.Service/Method, is already low-cardinality
+        return resource or request_type
+    if protocol in ("HTTP", "HTTP2"):
         path = resource or "/"
         template = _TEMPLATES.get(path)
         if template is None:

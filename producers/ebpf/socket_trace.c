@@ -503,6 +503,17 @@ static __always_inline void read_sockaddr(u64 addr, u16 *family, u16 *port, u8 *
 #define PAYLOAD_SHIP 1
 #define PAYLOAD_COUNTS_ONLY 2
 #define PAYLOAD_HEADS 3  // a text protocol: payload on the first syscall of each message (below)
+static __always_inline u8 http2_flags(u8 type) {  // the flags each HTTP/2 frame type defines (RFC 9113 section 6)
+    switch (type) {
+    case 0: return 0x09;  // DATA: END_STREAM, PADDED
+    case 1: return 0x2D;  // HEADERS: END_STREAM, END_HEADERS, PADDED, PRIORITY
+    case 4: case 6: return 0x01;  // SETTINGS, PING: ACK
+    case 5: return 0x0C;  // PUSH_PROMISE: END_HEADERS, PADDED
+    case 9: return 0x04;  // CONTINUATION: END_HEADERS
+    default: return 0;
+    }
+}
+
 static __always_inline int may_be_parsed(u8 *h, u32 n, u16 l4) {
     if (l4 == IPPROTO_UDP)  // DNS, the one UDP protocol: a query header (QR 0, opcode 0) with one question
         return n >= 12 && !(h[2] & 0xF8) && h[4] == 0 && h[5] == 1;
@@ -515,6 +526,7 @@ static __always_inline int may_be_parsed(u8 *h, u32 n, u16 l4) {
     if (n >= 8 && h[0] == 0 && h[1] == 0 && h[2] == 0 && h[3] == 8 && h[4] == 0x04 && h[5] == 0xD2) return 1;  // SSL/GSS request
     if (n >= 14 && h[0] < 7 && h[4] == 0 && h[6] == 0) return 1;  // Kafka: size < 100 MiB, api key < 256, version 0-20
     if (n >= 8 && !(h[4] & 0xF8) && h[6] == 0 && h[7] == 1) return 1;  // DNS over TCP: 2-byte length, then a query header
+    if (n >= 9 && !(h[5] & 0x80) && h[3] <= 9 && !(h[4] & ~http2_flags(h[3]))) return 1;  // an HTTP/2 frame (mid-connection)
     return 0;
 }
 

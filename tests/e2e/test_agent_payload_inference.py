@@ -23,6 +23,7 @@ from tracetap.protocols import all_protocols, detect
 
 PORTS = sorted({port for protocol in all_protocols() for port in protocol.ports} | {2883, 6033, 12345, 40000})
 L4 = {"DNS-UDP": "UDP"}
+HTTP2_FLAGS = (0x09, 0x2D, 0, 0, 0x01, 0x0C, 0x01, 0, 0, 0x04)  # per frame type, RFC 9113 section 6
 
 
 def ships_payload(l4: str, h: bytes) -> bool:
@@ -35,7 +36,8 @@ def ships_payload(l4: str, h: bytes) -> bool:
     if h[:1].isalpha() or h[:1] == b"*":
         return True
     return ((n >= 5 and h[3] <= 1) or (n >= 8 and h[4:8] == b"\x00\x03\x00\x00") or (n >= 8 and h[:6] == b"\x00\x00\x00\x08\x04\xd2")
-            or (n >= 14 and h[0] < 7 and h[4] == 0 and h[6] == 0) or (n >= 8 and not h[4] & 0xF8 and h[6] == 0 and h[7] == 1))
+            or (n >= 14 and h[0] < 7 and h[4] == 0 and h[6] == 0) or (n >= 8 and not h[4] & 0xF8 and h[6] == 0 and h[7] == 1)
+            or (n >= 9 and not h[5] & 0x80 and h[3] <= 9 and not h[4] & ~HTTP2_FLAGS[h[3]]))
 
 
 def test_every_first_chunk_a_parser_claims_keeps_its_payload():
@@ -59,6 +61,7 @@ def test_random_bytes_a_parser_claims_keep_their_payload(l4, data, port):
 
 
 TLS_HELLO = bytes.fromhex("160301012c0100012803035d1b6f")
+UNCLAIMED = bytes([0x90, 0xFF, 0x10, 0x42, 0x07, 0x08, 0x09, 0x0A]) * 4  # binary that no parser claims
 SAMPLES = [
     ("TCP", b"GET /orders/42 HTTP/1.1\r\nHost: a\r\n\r\n"),
     ("TCP", b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
@@ -66,8 +69,9 @@ SAMPLES = [
     ("TCP", next(chunk for _, chunk in SEEDS["MYSQL"][0])),
     ("TCP", next(chunk for client, chunk in SEEDS["KAFKA"][0] if client)),
     ("TCP", next(chunk for _, chunk in SEEDS["DNS-TCP"][0])),
+    ("TCP", next(chunk for client, chunk in SEEDS["HTTP2"][-1] if client and not chunk.startswith(b"PRI"))),  # h2 frames, mid-connection
     ("TCP", TLS_HELLO + bytes(32)),
-    ("TCP", bytes([0x90, 0xFF, 0x10, 0x42, 0x07, 0x08, 0x09, 0x0A]) * 4),  # binary that no parser claims
+    ("TCP", UNCLAIMED),
     ("TCP", b"\x05\x01\x00"),  # a SOCKS5 greeting
     ("UDP", next(chunk for _, chunk in SEEDS["DNS-UDP"][0])),
     ("UDP", b"GET /bench HTTP/1.1\r\n"),  # HTTP is no UDP protocol
@@ -139,7 +143,7 @@ def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
 def test_a_new_socket_in_a_reused_struct_sock_is_decided_afresh():
     # UDP sockets have no close event: a socket closed and a new one made at once often get the same
     # struct sock back, and must not inherit its decision (nor its event numbering).
-    dns, unknown = SAMPLES[9][1], SAMPLES[10][1]
+    (dns, unknown), = [[data for l4, data in SAMPLES if l4 == "UDP"]]
     samples = [("UDP", dns if i % 2 else unknown) for i in range(40)]
     headers, pid, sockets, _ = _capture(samples)
     for (_, data), client in zip(samples, sockets):
@@ -149,5 +153,5 @@ def test_a_new_socket_in_a_reused_struct_sock_is_decided_afresh():
 
 
 def test_unknown_protocol_payloads_ships_everything():
-    headers, pid, sockets, _ = _capture([("TCP", SAMPLES[7][1])], AgentSettings(unknown_protocol_payloads=True))
+    headers, pid, sockets, _ = _capture([("TCP", UNCLAIMED)], AgentSettings(unknown_protocol_payloads=True))
     assert [h.payload_len for h in _client_writes(headers, pid, sockets[0])] == [32] * 3

@@ -10,14 +10,17 @@ from __future__ import annotations
 from tracetap.protocols.base import L7Protocol
 from tracetap.protocols.dns import DNS_TCP, DNS_UDP
 from tracetap.protocols.http1 import HTTP1
+from tracetap.protocols.http2 import HTTP2
 from tracetap.protocols.kafka import KAFKA
 from tracetap.protocols.mysql import MYSQL
 from tracetap.protocols.postgres import POSTGRES
 from tracetap.protocols.redis import REDIS
 
-# Detection order matters only for bytes two protocols could both claim; the stricter check goes first.
+# Detection order matters only for bytes two protocols could both claim; the stricter check goes first. HTTP/2
+# frames (a run of them, each plausible) go before the length-prefixed binary protocols, whose checks a frame
+# header can pass (an HTTP/2 frame on stream 9 reads as a Kafka Produce request header).
 REGISTRY: dict[str, tuple[L7Protocol, ...]] = {
-    "TCP": (HTTP1, POSTGRES, MYSQL, KAFKA, REDIS, DNS_TCP),
+    "TCP": (HTTP1, HTTP2, POSTGRES, MYSQL, KAFKA, REDIS, DNS_TCP),
     "UDP": (DNS_UDP,),
 }
 

@@ -44,6 +44,8 @@ class Message(NamedTuple):
     attributes: tuple[tuple[str, str], ...] = ()
     expects_response: bool = True  # False for messages no answer follows (PostgreSQL Terminate, MySQL COM_QUIT)
     head: bytes = b""  # a response's first body bytes, for protocols that decode them once paired (see `finish`)
+    protocol: str | None = None  # the span's protocol when it is not the connection's (gRPC on an HTTP/2 connection)
+    cancelled: bool = False  # a client's message that withdraws its open request of the same pair key (HTTP/2 RST_STREAM)
 
 
 class Parse(NamedTuple):
@@ -79,3 +81,9 @@ class L7Protocol(_Interface):
 
     # Optional: `finish(request, response) -> Message` completes a response once paired, for protocols whose
     # responses only make sense next to their request (Kafka's error code position depends on the API).
+    #
+    # Optional, for protocols whose messages mean something only in their connection's state (HTTP/2: HPACK tables,
+    # multiplexed streams): `session() -> session`, one per socket, and `session_from_state(list) -> session`. The
+    # assembler passes every message its parsers found, in order, to `session.accept(message, from_client)`, which
+    # returns the request or response it completes, or None; `session.lost()` is told when events were lost, and
+    # `session.to_state()` gives JSON-ready data.

@@ -118,6 +118,7 @@ class _Open:
     end_ns: int  # when its last captured byte crossed the socket (a response's: its latest)
     paired: bool = False  # answered: left in the arrival-order queue until it reaches the head
     seen: int = 0  # a message whose size the captured bytes do not show: its bytes so far (syscall counts included)
+    cut: bool = False  # the connection closed inside it: parsed from the bytes it had
 
 
 @dataclass(slots=True)
@@ -135,7 +136,8 @@ class SocketAssembler:
         self._config = config
         self.protocol: L7Protocol | None = None
         self._session: Any = None  # the protocol's per-connection state, for protocols that have one (HTTP/2)
-        self._undetected = False  # the first client bytes matched no protocol: nothing to assemble
+        self._undetected = False  # the client's bytes matched no protocol: nothing to assemble
+        self._missed = 0  # directions (1: egress, 2: ingress) whose first bytes matched no protocol
         self._client_egress: bool | None = None  # does the process write the requests (a client socket)?
         self._streams = {True: _Stream(), False: _Stream()}  # keyed by egress
         self._requests: deque[_Open] = deque()  # in arrival order, for in-order pairing and timeouts
@@ -201,7 +203,7 @@ class SocketAssembler:
         if loss_generation is not None and self._first is not None and loss_generation != self._loss_generation:
             self._loss_generation = loss_generation
             self._resync()
-        out = self._settle(True, force=True) + self._settle(False, force=True)
+        out = self._flush(True) + self._flush(False)
         if self._response is not None:
             out.append(self._finish_response())
         while (request := self._pop_oldest()) is not None:
@@ -273,7 +275,7 @@ class SocketAssembler:
         c = self.counters
         return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests if not r.paired],
                 response, self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses, c.cut_by_loss, c.abandoned],
-                [self._loss_generation, self._sample_ratio], None if self._session is None else self._session.to_state()]
+                [self._loss_generation, self._sample_ratio], None if self._session is None else self._session.to_state(), self._missed]
 
     @classmethod
     def from_state(cls, state: list[Any], config: AssemblyConfig) -> SocketAssembler:
@@ -287,6 +289,8 @@ class SocketAssembler:
                 assembler._session = assembler.protocol.session_from_state(later[1])  # type: ignore[attr-defined]
             elif hasattr(assembler.protocol, "session"):
                 assembler._session = assembler.protocol.session()
+        if len(later) > 2:  # absent in state written before detection could wait for the client's bytes
+            assembler._missed = later[2]
         assembler._undetected, assembler._client_egress, assembler._last_egress = undetected, client_egress, last_egress
         for egress, (buffer, appended, marks, credit, unparsed, settled, skip, draining) in zip((True, False), streams):
             assembler._streams[egress] = _Stream(bytearray(buffer.encode("latin-1")), appended, deque(_Mark(*m) for m in marks),
@@ -311,7 +315,11 @@ class SocketAssembler:
         server_port = event.local_port if local_is_server else event.remote_port
         protocol = detect(event.l4_protocol, event.payload, server_port)
         if protocol is None:
-            self._undetected = True
+            # A capture that starts mid-connection may start with a response: only the client's bytes settle it. Which
+            # side is the client is known from the role, or else once both directions failed.
+            self._missed |= 1 if event.egress else 2
+            from_server = event.role == ("SERVER" if event.egress else "CLIENT")
+            self._undetected = not from_server and (event.role != "UNKNOWN" or self._missed == 3)
             return False
         self.protocol = protocol
         session = getattr(protocol, "session", None)
@@ -355,15 +363,15 @@ class SocketAssembler:
         return self._parse(stream, request, uncaptured, whole)
 
     def _parse(self, stream: _Stream, request: bool, uncaptured: int = 0, first: Parse | None = None,
-               cut_ns: int | None = None) -> list[_Open]:
-        """Every message the buffer holds. With uncaptured bytes after it, the buffer is a prefix the capture cut
-        (`cut_ns`: when those bytes crossed, if they came in an event of their own). `first`: what the parser said
-        of the whole buffer already."""
+               cut_ns: int | None = None, final: bool = False) -> list[_Open]:
+        """Every message the buffer holds. With uncaptured bytes after it, or `final` (nothing follows: the connection
+        closed), the buffer is a prefix the capture cut (`cut_ns`: when those bytes crossed, if they came in an event of
+        their own). `first`: what the parser said of the whole buffer already."""
         assert self.protocol is not None
         parse = self.protocol.parse_request if request else self.protocol.parse_response
         found: list[_Open] = []
         stream.unparsed = False
-        cut = uncaptured > 0
+        cut = uncaptured > 0 or final
         data = bytes(stream.buffer)
         at = 0
         while at < len(data):
@@ -417,6 +425,18 @@ class SocketAssembler:
             if whole or (result.status is Status.MESSAGE and result.message is not None and result.message.size is not None):
                 return result
             window *= 2
+
+    def _flush(self, egress: bool) -> list[Span]:
+        """The connection closed: the messages its held bytes complete, then what a message the close cut off shows
+        (a PostgreSQL error without its ReadyForQuery keeps its SQLSTATE), flagged `cut`."""
+        stream = self._streams[egress]
+        request = egress == self._client_egress
+        found = self._parse(stream, request) if stream.buffer else []
+        if stream.buffer and not stream.draining:
+            for cut in (cut_off := self._parse(stream, request, final=True)):
+                cut.cut = True
+            found += cut_off
+        return self._take(found, egress)
 
     def _stale(self, egress: bool, watermark_ns: int) -> bool:
         """Bytes held back after the parse owed was done, and nothing more for a request timeout: parse them anyway."""
@@ -565,7 +585,7 @@ class SocketAssembler:
             request_domain=req.request_domain, request_resource=req.request_resource,
             endpoint=endpoint_of(protocol, req.request_type, req.request_resource),
             response_code=resp.response_code if resp else None, response_message=resp.response_message if resp else None,
-            error_class=str(error) if error else None,
+            error_class=str(error) if error else None, connection_closed=bool(response and response.cut),
             request_bytes=req.size or request.seen, response_bytes=(resp.size or response.seen) if response else 0,
             req_tcp_seq=request.seq, resp_tcp_seq=response.seq if response else None,
             syscall_trace_id_request=request.trace_id, syscall_trace_id_response=response.trace_id if response else None,

@@ -79,6 +79,31 @@ def test_unanswered_requests_time_out_and_a_close_flags_the_cut_one():
     assert (cut.connection_closed, cut.error_class, cut.end_ns) == (True, "SERVER_ERROR", T0 + 3_500_000_000)
 
 
+def test_a_response_the_close_cuts_off_is_parsed_for_what_it_holds():
+    a = SocketAssembler()
+    a.add(ev(True, REQ, T0))
+    cut = b"HTTP/1.1 503 Service Unavailable\r\nContent-Ty"  # the rest of the headers never came
+    assert a.add(ev(False, cut, T0 + 1000)) == []
+    [span] = a.close(T0 + 5000)
+    assert (span.response_code, span.error_class, span.connection_closed, span.response_bytes) == (503, "SERVER_ERROR", True, len(cut))
+    pg = SocketAssembler()
+    error = b"E" + struct.pack(">i", 4 + 37) + b"SERROR\0C53300\0Mtoo many connections\0\0"  # no ReadyForQuery after it
+    pg.add(ev(True, b"Q" + struct.pack(">i", 13) + b"SELECT 1\0", T0, rport=5432))
+    assert pg.add(ev(False, error, T0 + 1000, rport=5432)) == []
+    [span] = pg.close(T0 + 5000)
+    assert (span.request_resource, span.response_message, span.error_class, span.connection_closed) == (
+        "SELECT ?", "53300: too many connections", "SERVER_ERROR", True)
+    assert span.attributes["sql.sqlstate"] == "53300"
+
+
+def test_a_whole_response_before_a_close_is_not_flagged():
+    a = SocketAssembler()
+    a.add(ev(True, REQ, T0))
+    a.add(ev(False, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until the close", T0 + 1000))
+    [span] = a.close(T0 + 5000)
+    assert (span.response_code, span.error_class, span.connection_closed) == (200, None, False)
+
+
 def test_redis_pipeline_and_dns_by_id():
     a = SocketAssembler()
     a.add(ev(True, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n", T0, rport=6379))

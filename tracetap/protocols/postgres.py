@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
-from tracetap.protocols.sql import mask_sql, sql_verb
+from tracetap.protocols.sql import looks_like_sql, mask_sql, sql_verb
 
 _FRONTEND = frozenset(b"QPBDESCHFXfdcp")
 _BACKEND = frozenset(b"RSKZTDCEIN123nstGHWAcdV")
@@ -27,6 +27,8 @@ class Postgres:
             length, code = struct.unpack_from(">ii", first)
             if (code == _PROTOCOL_3 and 8 < length < 10_000) or (length == 8 and code in (_SSL_REQUEST, _GSS_REQUEST)):
                 return True
+        if _frontend_run(first):  # mid-connection, on any port
+            return True
         return port in self.ports and len(first) >= 5 and first[0] in b"QP" and 4 <= struct.unpack_from(">i", first, 1)[0] < _MAX_MESSAGE
 
     def parse_request(self, data: bytes, final: bool) -> Parse:
@@ -116,6 +118,39 @@ class Postgres:
             error_class = ErrorClass.SERVER_ERROR if code and code.startswith(_SERVER_CLASSES) else ErrorClass.CLIENT_ERROR
         return Parse(Status.MESSAGE, Message(is_request=False, size=size, response_message=error or tag, error_class=error_class,
                                              attributes=(("sql.sqlstate", code),) if code else ()))
+
+
+def _frontend_run(data: bytes) -> bool:
+    """A client's bytes captured after the startup: frontend messages of consistent lengths that end with the bytes
+    (the capture may cut the last). It must carry a statement that reads as SQL (Query, Parse), or be a whole run
+    that ends with Sync (Bind/Execute/Sync of a prepared statement), or be one Terminate."""
+    offset, kinds, statement = 0, b"", False
+    while offset + 5 <= len(data) and len(kinds) < 16:
+        kind = data[offset]
+        length = struct.unpack_from(">i", data, offset + 1)[0]
+        if kind not in _RUN or not 4 <= length < _MAX_MESSAGE or (kind in b"SHX" and length != 4):
+            return False
+        body = data[offset + 5:offset + 1 + length]
+        if kind == ord("Q"):
+            text, _, rest = body.partition(b"\0")
+            if rest or not looks_like_sql(text):  # one statement, NUL-terminated at the message's end
+                return False
+            statement = True
+        elif kind == ord("P"):
+            fields = body.split(b"\0", 2)
+            if len(fields) < 2 or not looks_like_sql(fields[1]):
+                return False
+            statement = True
+        elif kind == ord("E") and offset + 1 + length <= len(data) and body.find(b"\0") != length - 9:
+            return False  # a portal name, then the row limit
+        kinds += bytes((kind,))
+        offset += 1 + length
+    if offset < len(data):  # bytes left that start no message: not this protocol
+        return False
+    return statement or (offset == len(data) and (kinds[-1:] == b"S" and len(kinds) > 1 or kinds == b"X"))
+
+
+_RUN = frozenset(b"QPBDESHX")  # the frontend messages a pooled connection sends after its startup
 
 
 POSTGRES = Postgres()

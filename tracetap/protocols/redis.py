@@ -12,6 +12,11 @@ _AGGREGATES = b"*%~>|"  # arrays, maps, sets, pushes, attributes
 _COMMAND_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-")
 
 
+# Commands sent inline (telnet-style, `redis-cli` health checks, load balancer probes): enough to tell Redis off its ports.
+_INLINE = frozenset((b"PING", b"INFO", b"AUTH", b"HELLO", b"SELECT", b"QUIT", b"ECHO", b"DBSIZE", b"MONITOR", b"GET", b"SET",
+                     b"DEL", b"EXISTS", b"KEYS", b"INCR", b"TTL", b"TYPE", b"CLIENT", b"CONFIG", b"COMMAND"))
+
+
 class _Cut(Exception):
     """The value runs past the captured bytes."""
 
@@ -27,7 +32,12 @@ class Redis:
     def detect(self, first: bytes, port: int) -> bool:
         if first[:1] == b"*" and b"\r\n$" in first[:16]:
             return True
-        return port in self.ports and first[:1].isalpha()
+        if port in self.ports:
+            return first[:1].isalpha()
+        # an inline command on any port: one of the commands people type, a line of printable text
+        line = first[:max(first.find(b"\r\n", 0, 512), 0)]
+        command = line.split(None, 1)[0].upper() if line.strip() else b""
+        return command in _INLINE and line.isascii() and line.decode().isprintable()
 
     def parse_request(self, data: bytes, final: bool) -> Parse:
         if not data:

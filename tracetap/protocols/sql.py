@@ -11,6 +11,14 @@ _BLANKS = re.compile(r"\s*")
 _MAX_STATEMENT = 1024
 _MAX_VERB = 32  # longer than any SQL keyword; a longer word is cut, not copied whole
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# Statements' first keywords across PostgreSQL and MySQL: detection mid-connection asks for one of them.
+VERBS = frozenset({"ALTER", "ANALYZE", "BEGIN", "CALL", "CHECKPOINT", "CLOSE", "CLUSTER", "COMMENT", "COMMIT", "COPY", "CREATE",
+                   "DEALLOCATE", "DECLARE", "DELETE", "DESC", "DESCRIBE", "DISCARD", "DO", "DROP", "END", "EXECUTE", "EXPLAIN",
+                   "FETCH", "FLUSH", "GRANT", "HANDLER", "INSERT", "KILL", "LISTEN", "LOAD", "LOCK", "MERGE", "MOVE", "NOTIFY",
+                   "OPTIMIZE", "PREPARE", "REFRESH", "REINDEX", "RELEASE", "RENAME", "REPAIR", "REPLACE", "RESET", "REVOKE",
+                   "ROLLBACK", "SAVEPOINT", "SELECT", "SET", "SHOW", "START", "TABLE", "TRUNCATE", "UNLISTEN", "UNLOCK",
+                   "UPDATE", "USE", "VACUUM", "VALUES", "WITH", "XA"})
+_TEXT_CONTROLS = frozenset(range(32)) - frozenset(b"\t\n\r")
 
 
 def mask_sql(text: str) -> str:
@@ -46,3 +54,20 @@ def sql_verb(text: str) -> str | None:
     while word < end and word - at < _MAX_VERB and text[word] in _ASCII_LETTERS:
         word += 1
     return text[at:word].upper() if word > at else None
+
+
+def looks_like_sql(raw: bytes) -> bool:
+    """Do these bytes (a statement, perhaps cut by the capture) read as SQL text: UTF-8 without control characters,
+    opening with a statement keyword or a parenthesis? How a capture that starts mid-connection tells a query."""
+    if not raw or any(b in _TEXT_CONTROLS for b in raw[:256]):
+        return False
+    head = raw[:256]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # valid only if the cut split the last character
+        if exc.reason != "unexpected end of data":
+            return False
+        text = head[:exc.start].decode("utf-8")
+    if text.lstrip()[:1] == "(":
+        return True
+    return sql_verb(text) in VERBS

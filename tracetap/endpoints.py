@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 
 # Anchored alternatives of one quantifier each: linear in the segment.
 _ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Za-z0-9_-]{22,})$")
@@ -23,17 +25,28 @@ _TEMPLATES_MAX = 65_536
 _CACHED_PATH_MAX = 512  # longer paths (up to 8 KiB each) are templated every time: 65,536 of them would hold 512 MiB
 
 
+def route(method: str | None, path: str | None) -> str:
+    """An HTTP request's endpoint: `GET /orders/{id}` (HTTP/1 and HTTP/2 declare this rule)."""
+    path = path or "/"
+    template = _TEMPLATES.get(path)
+    if template is None:
+        template = route_template(path)
+        if len(path) <= _CACHED_PATH_MAX:
+            if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                _TEMPLATES.clear()
+            _TEMPLATES[path] = template
+    return f"{method or '?'} {template}"
+
+
 def endpoint_of(protocol: str, request_type: str | None, resource: str | None) -> str | None:
-    if protocol == "GRPC":  # the full method name, /package.Service/Method, is already low-cardinality
-        return resource or request_type
-    if protocol in ("HTTP", "HTTP2"):
-        path = resource or "/"
-        template = _TEMPLATES.get(path)
-        if template is None:
-            template = route_template(path)
-            if len(path) <= _CACHED_PATH_MAX:
-                if len(_TEMPLATES) >= _TEMPLATES_MAX:
-                    _TEMPLATES.clear()
-                _TEMPLATES[path] = template
-        return f"{request_type or '?'} {template}"
-    return request_type
+    """The endpoint rule of the protocol module that declares this span protocol; by default, the request type
+    (a DNS query type, a Redis command, a SQL verb, a Kafka API)."""
+    rule = _rules().get(protocol)
+    return rule(protocol, request_type, resource) if rule is not None else request_type
+
+
+@functools.cache
+def _rules() -> dict[str, Callable[[str, str | None, str | None], str | None]]:
+    from tracetap.protocols import all_protocols  # the protocol modules use `route`: imported once they are loaded
+
+    return {symbol: p.endpoint for p in all_protocols() if hasattr(p, "endpoint") for symbol in p.symbols}

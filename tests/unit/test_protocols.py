@@ -1,11 +1,14 @@
 """Every registered parser on arbitrary and mutated bytes never raises, and edge cases computed by hand."""
 
+import json
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tracetap.endpoints import endpoint_of
 from tracetap.protocols import all_protocols, detect
 from tracetap.protocols.base import Parse, Status
 from tracetap.protocols.dns import DNS_UDP
@@ -83,6 +86,24 @@ def test_detection_by_first_bytes_and_port():
     assert detect("TCP", SAMPLES[2], 12345) is REDIS
     assert detect("TCP", b"\x16\x03\x01\x02\x00", 443) is None  # TLS is not parsed
     assert detect("UDP", SAMPLES[4], 53) is None  # a response is not a client's first message
+
+
+@pytest.mark.parametrize("schema", ["l7_span", "red_metric", "path_record"])
+def test_the_schemas_name_every_protocol_symbol_the_protocol_modules_declare(schema):
+    """A protocol module declares the L7Protocol symbols its spans carry; adding one means adding it to the enum."""
+    fields = json.loads((Path(__file__).parents[2] / "schemas" / "avro" / f"{schema}.avsc").read_text())["fields"]
+    [enum] = [f["type"] for f in fields if f["name"] == "protocol"]
+    declared = {symbol for protocol in all_protocols() for symbol in protocol.symbols}
+    assert declared == {"HTTP", "HTTP2", "GRPC", "DNS", "REDIS", "MYSQL", "POSTGRESQL", "KAFKA"}
+    assert declared <= set(enum["symbols"]) and enum["default"] == "UNKNOWN"  # readers of older schemas map new symbols to it
+
+
+def test_endpoints_follow_the_rule_each_protocol_module_declares():
+    assert endpoint_of("HTTP", "GET", "/orders/42/items/7f3a9c01d2e4") == "GET /orders/{id}/items/{id}"
+    assert endpoint_of("HTTP2", "POST", "/orders/42") == "POST /orders/{id}"
+    assert endpoint_of("GRPC", "POST", "/shop.Orders/Get") == "/shop.Orders/Get"
+    assert (endpoint_of("DNS", "AAAA", "db.shop"), endpoint_of("REDIS", "GET", "session:42")) == ("AAAA", "GET")
+    assert endpoint_of("UNKNOWN", None, None) is None
 
 
 def _kafka_request(api, version, body, flexible=False):

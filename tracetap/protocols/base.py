@@ -8,7 +8,7 @@ will follow (the capture cut the message), so it should return what it can read 
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from typing import Protocol as _Interface
 
 
@@ -70,7 +70,11 @@ class L7Protocol(_Interface):
     in tracetap/protocols/__init__.py."""
 
     name: str  # the L7Protocol enum symbol in the schemas, e.g. "HTTP"
+    symbols: tuple[str, ...]  # every L7Protocol symbol its spans carry (HTTP/2's: HTTP2 and GRPC); the schemas must have them
     ports: frozenset[int]  # well-known server ports (a hint, never required)
+    # The secrets its bytes can carry: rules (tracetap/redact, `Rule`) the agents run on every captured payload
+    # before it leaves the node, whichever way the bytes were cut into syscalls. Shared rules (SQL's) run once.
+    redaction: tuple[Any, ...]
 
     def detect(self, first: bytes, port: int) -> bool:
         """Do these first bytes of a client's first message look like this protocol?"""
@@ -79,6 +83,9 @@ class L7Protocol(_Interface):
 
     def parse_response(self, data: bytes, final: bool) -> Parse: ...
 
+    # Optional: `endpoint(symbol, request_type, resource) -> str | None`, the low-cardinality endpoint of a span for RED
+    # metrics (tracetap/endpoints.py); without one, the request type is the endpoint.
+    #
     # Optional: `finish(request, response) -> Message` completes a response once paired, for protocols whose
     # responses only make sense next to their request (Kafka's error code position depends on the API).
     #

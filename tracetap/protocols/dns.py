@@ -17,6 +17,8 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 class Dns:
     name = "DNS"
+    symbols = ("DNS",)
+    redaction = ()  # names and addresses are no secrets
     ports = frozenset({53, 5353})
 
     def __init__(self, over_tcp: bool = False) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
+from tracetap.endpoints import route
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
+from tracetap.redact import http as redact_http
 
 METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE"})
 TRACE_HEADERS = frozenset({"traceparent", "x-request-id", "sw8"})
@@ -20,7 +22,12 @@ _MAX_LENGTH_DIGITS = 18  # a body of 10**18 bytes is no real message; longer num
 
 class Http1:
     name = "HTTP"
+    symbols = ("HTTP",)
+    redaction = (redact_http.scans,)
     ports = frozenset({80, 8080, 8000, 8081, 8443, 3000, 5000, 9000})
+
+    def endpoint(self, symbol: str, method: str | None, path: str | None) -> str:
+        return route(method, path)
 
     def detect(self, first: bytes, port: int) -> bool:
         space = first.find(b" ", 0, 8)

@@ -28,8 +28,11 @@ from hpack.hpack import decode_integer
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
+from tracetap.endpoints import route
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
 from tracetap.protocols.http1 import TRACE_HEADERS
+from tracetap.redact import http as redact_http
+from tracetap.redact import http2 as redact_http2
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
@@ -105,7 +108,14 @@ def frames_chain(data: bytes) -> bool:
 
 class Http2:
     name = "HTTP2"
+    symbols = ("HTTP2", "GRPC")  # a stream whose content-type is application/grpc is a GRPC span
+    redaction = (redact_http.scans, redact_http2.scans)  # bodies in DATA frames, header blocks
     ports: frozenset[int] = frozenset()  # h2c runs on any port (gRPC's 50051 is a convention, not a rule)
+
+    def endpoint(self, symbol: str, method: str | None, path: str | None) -> str | None:
+        if symbol == "GRPC":  # the full method name, /package.Service/Method, is already low-cardinality
+            return path or method
+        return route(method, path)
 
     def detect(self, first: bytes, port: int) -> bool:
         """The client's connection preface, or (a capture that starts mid-connection) a run of plausible frames."""

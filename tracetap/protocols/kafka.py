@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
+from tracetap.redact import kafka as redact_kafka
 from tracetap.varint import read_uvarint
 
 APIS = {0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "OffsetCommit", 9: "OffsetFetch", 10: "FindCoordinator",
@@ -31,6 +32,8 @@ _MAX_SIZE = 100 * 1024 * 1024
 
 class Kafka:
     name = "KAFKA"
+    symbols = ("KAFKA",)
+    redaction = (redact_kafka.scans,)
     ports = frozenset({9092, 9093, 9094, 29092})
 
     def detect(self, first: bytes, port: int) -> bool:

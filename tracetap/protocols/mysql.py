@@ -7,6 +7,8 @@ import struct
 
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
 from tracetap.protocols.sql import mask_sql, sql_verb
+from tracetap.redact import mysql as redact_mysql
+from tracetap.redact import sql as redact_sql
 
 COMMANDS = {0x01: "QUIT", 0x02: "INIT_DB", 0x03: "QUERY", 0x04: "FIELD_LIST", 0x0E: "PING", 0x11: "CHANGE_USER",
             0x16: "STMT_PREPARE", 0x17: "STMT_EXECUTE", 0x18: "STMT_SEND_LONG_DATA", 0x19: "STMT_CLOSE", 0x1A: "STMT_RESET",
@@ -28,6 +30,8 @@ def _packet(data: bytes, offset: int) -> tuple[int, int, int] | None:
 
 class MySql:
     name = "MYSQL"
+    symbols = ("MYSQL",)
+    redaction = (redact_sql.scans, redact_mysql.scans)
     ports = frozenset({3306, 3307, 33060})
 
     def server_first(self, first: bytes) -> bool:

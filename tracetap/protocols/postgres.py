@@ -7,6 +7,8 @@ import struct
 
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
 from tracetap.protocols.sql import looks_like_sql, mask_sql, sql_verb
+from tracetap.redact import postgres as redact_postgres
+from tracetap.redact import sql as redact_sql
 
 _FRONTEND = frozenset(b"QPBDESCHFXfdcp")
 _BACKEND = frozenset(b"RSKZTDCEIN123nstGHWAcdV")
@@ -20,6 +22,8 @@ _SERVER_CLASSES = ("08", "53", "57", "58", "XX")
 
 class Postgres:
     name = "POSTGRESQL"
+    symbols = ("POSTGRESQL",)
+    redaction = (redact_sql.scans, redact_postgres.scans)
     ports = frozenset({5432})
 
     def detect(self, first: bytes, port: int) -> bool:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
+from tracetap.redact import redis as redact_redis
 
 _MAX_DEPTH = 16
 _MAX_ELEMENTS = 1 << 20
@@ -27,6 +28,8 @@ class _Bad(Exception):
 
 class Redis:
     name = "REDIS"
+    symbols = ("REDIS",)
+    redaction = (redact_redis.scans,)
     ports = frozenset({6379, 6380, 26379})
 
     def detect(self, first: bytes, port: int) -> bool:

@@ -5,7 +5,8 @@ tail of the one before, length-framed protocols are walked across events, and a 
 the end of an event is masked on into the next. So a secret is masked whichever way its bytes were cut
 into syscalls. Lengths never change, so byte counts and TCP sequence arithmetic stay valid.
 
-A rule is a function of a `Window` (one module per protocol); RULES below is the registry.
+A rule is a function of a `Window`; each protocol module in tracetap/protocols declares its own (`redaction`),
+whose scans live here, one module per protocol.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from tracetap.redact import http, http2, kafka, mysql, postgres, redis, sql
-from tracetap.redact.base import Mask, Until, Window
+from tracetap.redact import http
+from tracetap.redact.base import Mask, Scan, Until, Window
 
 log = logging.getLogger(__name__)
 
@@ -59,53 +59,18 @@ TAIL_BYTES = 64  # carried by default: a header name or keyword cut between two 
 MAX_CARRY_BYTES = 4096  # what a rule may ask to see again (a long header line, a cut command); bounds the rescans
 
 
-def _header_kinds(rules: RedactionRules) -> dict[str, str]:
-    kinds: dict[str, str] = {}
-    if rules.http_authorization:
-        kinds.update(dict.fromkeys(http.AUTHORIZATION_HEADERS, "credential"))
-    if rules.http_proxy_authorization:
-        kinds.update(dict.fromkeys(http.PROXY_AUTHORIZATION_HEADERS, "credential"))
-    if rules.http_credential_headers:
-        kinds.update(dict.fromkeys(http.CREDENTIAL_HEADERS + rules.extra_headers, "credential"))
-    if rules.http_cookie:
-        kinds["cookie"] = "cookie"
-    if rules.http_set_cookie:
-        kinds["set-cookie"] = "set-cookie"
-    return kinds
-
-
-Scan = Callable[[Window], None]
-
-
 @functools.lru_cache(maxsize=32)
 def _plan(rules: RedactionRules, http_only: bool = False) -> tuple[Scan, ...]:
-    """The scans these rules run, in order (a registry of rule name -> scan, resolved once per rules).
+    """The scans these rules run: each protocol module declares its redaction (`redaction`, rules shared by a family
+    such as SQL's declared by each of its members, run once), resolved once per rules.
 
     `http_only`: the plan for a stream that began with an HTTP message, where no Redis, SQL or binary
     protocol can appear (the HTTP rules still cover its bodies)."""
-    kinds = _header_kinds(rules)
-    keys = tuple(dict.fromkeys(http.SECRET_KEYS + rules.extra_keys))
-    scans: list[Scan] = []
-    if kinds:
-        names = http.header_names(kinds)
-        scans.append(lambda w: http.headers(w, names))
-    if rules.url_userinfo:
-        scans.append(http.url_userinfo)
-    if rules.secret_params:  # query strings and form bodies share one syntax
-        scans.append(lambda w: http.params(w, keys))
-    if rules.json_secrets:
-        scans.append(lambda w: http.json_values(w, keys))
-    if http_only:
-        return tuple(scans)
-    if kinds:
-        h2_names = http2.header_names(kinds)
-        scans.append(lambda w: http2.passwords(w, h2_names, keys))
-    for enabled, scan in ((rules.sql_passwords, sql.passwords), (rules.redis_auth, redis.passwords),
-                          (rules.mysql_password, mysql.passwords), (rules.postgres_password, postgres.passwords),
-                          (rules.kafka_sasl, kafka.passwords)):
-        if enabled:
-            scans.append(scan)
-    return tuple(scans)
+    from tracetap.protocols import all_protocols  # the protocol modules import their rules from this package
+    from tracetap.protocols.http1 import HTTP1
+
+    declared = HTTP1.redaction if http_only else tuple(dict.fromkeys(rule for p in all_protocols() for rule in p.redaction))
+    return tuple(scan for rule in declared for scan in rule(rules))
 
 
 class StreamRedactor:

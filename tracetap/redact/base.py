@@ -5,6 +5,7 @@ the spans to mask, with what to keep masking when a secret runs past the end of 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 BLANK = b" \t"
@@ -90,3 +91,9 @@ def strip(data: bytes, start: int, end: int) -> tuple[int, int]:
 def run_end(pattern: "re.Pattern[bytes]", data: bytes, start: int) -> int:
     """End of the run `pattern` (one character class with `*`, so linear) matches from `start`."""
     return pattern.match(data, start).end()
+
+
+Scan = Callable[["Window"], None]
+# What a protocol module declares as its redaction (its `redaction` attribute): given the node's RedactionRules
+# (tracetap/redact/__init__.py), the scans to run; none when the rules switch it off.
+Rule = Callable[[Any], tuple[Scan, ...]]

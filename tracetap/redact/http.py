@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from tracetap.redact.base import BLANK, Until, Window, line_end, run_end, strip
+from tracetap.redact.base import BLANK, Scan, Until, Window, line_end, run_end, strip
 
 AUTHORIZATION_HEADERS = ("authorization", "x-forwarded-authorization")
 PROXY_AUTHORIZATION_HEADERS = ("proxy-authorization",)
@@ -287,3 +287,39 @@ def _json_string_end(data: bytes, start: int) -> int:
         if backslashes % 2 == 0:
             return quote
         pos = quote + 1
+
+
+def header_kinds(rules: Any) -> dict[str, str]:
+    """The header names the rules mask, each with how its value is masked (HTTP/1 and HTTP/2 alike)."""
+    kinds: dict[str, str] = {}
+    if rules.http_authorization:
+        kinds.update(dict.fromkeys(AUTHORIZATION_HEADERS, "credential"))
+    if rules.http_proxy_authorization:
+        kinds.update(dict.fromkeys(PROXY_AUTHORIZATION_HEADERS, "credential"))
+    if rules.http_credential_headers:
+        kinds.update(dict.fromkeys(CREDENTIAL_HEADERS + rules.extra_headers, "credential"))
+    if rules.http_cookie:
+        kinds["cookie"] = "cookie"
+    if rules.http_set_cookie:
+        kinds["set-cookie"] = "set-cookie"
+    return kinds
+
+
+def secret_keys(rules: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(SECRET_KEYS + rules.extra_keys))
+
+
+def scans(rules: Any) -> tuple[Scan, ...]:
+    """HTTP's rules: credential headers and cookies, URL userinfo, secret query and form parameters, JSON secrets."""
+    kinds, keys = header_kinds(rules), secret_keys(rules)
+    out: list[Scan] = []
+    if kinds:
+        names = header_names(kinds)
+        out.append(lambda w: headers(w, names))
+    if rules.url_userinfo:
+        out.append(url_userinfo)
+    if rules.secret_params:  # query strings and form bodies share one syntax
+        out.append(lambda w: params(w, keys))
+    if rules.json_secrets:
+        out.append(lambda w: json_values(w, keys))
+    return tuple(out)

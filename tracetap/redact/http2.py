@@ -8,12 +8,13 @@ secret query parameter is masked whole; a plain one is left to the URL rules, wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-
-from tracetap.redact.base import Window
+from tracetap.redact import http
+from tracetap.redact.base import Scan, Window
 from tracetap.redact.framing import LOST, NEED_MORE, Walk, walk
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -233,4 +234,10 @@ def header_names(kinds: dict[str, str]) -> frozenset[bytes]:
     return frozenset(name.encode() for name in kinds)
 
 
-
+def scans(rules: Any) -> tuple[Scan, ...]:
+    """HTTP/2's rule: the values of credential headers and cookies in HPACK blocks, the HTTP rules' names and keys."""
+    kinds = http.header_kinds(rules)
+    if not kinds:
+        return ()
+    names, keys = header_names(kinds), http.secret_keys(rules)
+    return (lambda w: passwords(w, names, keys),)

@@ -6,8 +6,9 @@ and the token, no request header).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from tracetap.redact.base import Window
+from tracetap.redact.base import Scan, Window
 from tracetap.redact.framing import LOST, NEED_MORE, Walk, walk
 
 _SASL_HANDSHAKE = 17
@@ -117,3 +118,8 @@ def _uvarint(data: bytes, pos: int, limit: int) -> tuple[int, int]:
             return value, pos
         shift += 7
     return 0, -1
+
+
+def scans(rules: Any) -> tuple[Scan, ...]:
+    """Kafka's rule: SaslAuthenticate auth bytes, and the raw tokens after a v0 SaslHandshake (switch `kafka_sasl`)."""
+    return (passwords,) if rules.kafka_sasl else ()

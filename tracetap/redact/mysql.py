@@ -6,8 +6,9 @@ COM_CHANGE_USER's auth response. SQL text with passwords is `sql.passwords`' job
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from tracetap.redact.base import Window
+from tracetap.redact.base import Scan, Window
 from tracetap.redact.framing import NEED_MORE, Walk, walk
 
 _PROTOCOL_41 = 0x0000_0200
@@ -115,3 +116,7 @@ def _change_user(w: Window, pos: int, end: int, state: _MysqlWalk) -> int:
         w.mask_open(start, size, end) if nul == -1 else w.mask(start, nul)
     return end
 
+
+def scans(rules: Any) -> tuple[Scan, ...]:
+    """MySQL's rule: the auth data of the login and of COM_CHANGE_USER, and the auth exchange after them (switch `mysql_password`)."""
+    return (passwords,) if rules.mysql_password else ()

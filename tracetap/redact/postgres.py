@@ -5,7 +5,9 @@ on. SQL text with passwords is `sql.passwords`' job.
 
 from __future__ import annotations
 
-from tracetap.redact.base import Window
+from typing import Any
+
+from tracetap.redact.base import Scan, Window
 from tracetap.redact.framing import LOST, NEED_MORE, Walk, walk
 
 _FRONTEND_TYPES = frozenset(b"BCcDdEFfHPpQSX")
@@ -61,3 +63,8 @@ def _password(w: Window, start: int, end: int) -> None:
             declared = int.from_bytes(body[mechanism_end + 1:mechanism_end + 5], "big", signed=True)
             if declared == len(body) - mechanism_end - 5 or (declared == -1 and len(body) == mechanism_end + 5):
                 w.mask(start, end)  # SASLInitialResponse: mechanism, int32 length, initial response
+
+
+def scans(rules: Any) -> tuple[Scan, ...]:
+    """PostgreSQL's rule: PasswordMessage, SASLInitialResponse and SASLResponse (switch `postgres_password`)."""
+    return (passwords,) if rules.postgres_password else ()

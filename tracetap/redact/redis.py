@@ -5,8 +5,9 @@ masterauth, MIGRATE … AUTH/AUTH2, ACL SETUSER … >password (and <, #, ! rules
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from tracetap.redact.base import BLANK, Until, Window, line_end
+from tracetap.redact.base import BLANK, Scan, Until, Window, line_end
 
 _COMMANDS = (b"auth", b"hello", b"config", b"migrate", b"acl")
 _CONFIG_SECRETS = frozenset({b"requirepass", b"masterauth", b"tls-key-file-pass", b"tls-client-key-file-pass"})
@@ -136,3 +137,8 @@ def _inline_line(w: Window, command: bytes, at: int, end: int) -> None:
             if command == b"acl":
                 start += 1
             w.mask(start, stop, _TOKEN_END if cut and stop == end else None)
+
+
+def scans(rules: Any) -> tuple[Scan, ...]:
+    """Redis's rule: AUTH, HELLO AUTH, CONFIG SET requirepass|masterauth, MIGRATE AUTH, ACL SETUSER (switch `redis_auth`)."""
+    return (passwords,) if rules.redis_auth else ()

@@ -6,8 +6,9 @@ within a short window after the words PASSWORD or IDENTIFIED is masked (`ALTER R
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from tracetap.redact.base import Until, Window
+from tracetap.redact.base import Scan, Until, Window
 
 _KEYWORDS = (b"password", b"identified")
 WINDOW_BYTES = 160  # `SET PASSWORD FOR 'user'@'host' = PASSWORD('…')` fits; a statement end stops it sooner
@@ -74,3 +75,8 @@ def _literal_end(data: bytes, start: int, quote: int) -> int:
         else:
             pos += 1
     return size
+
+
+def scans(rules: Any) -> tuple[Scan, ...]:
+    """The SQL protocols' rule: literals after PASSWORD / IDENTIFIED in any statement (switch `sql_passwords`)."""
+    return (passwords,) if rules.sql_passwords else ()

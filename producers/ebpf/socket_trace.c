@@ -199,7 +199,7 @@ static __always_inline u64 wakeup_flag(u32 size) {
 #define BATCH_NS 20000000ULL
 #endif
 #define EVENT_MAX (__builtin_offsetof(struct data_event, payload) + PAYLOAD_MAX)
-#define BATCH_CAP (BATCH_BYTES + EVENT_MAX + 8)
+#define BATCH_CAP (BATCH_BYTES + EVENT_MAX + PAYLOAD_MAX + 8)  // slack for gather_iovecs' bound
 struct batch {
     u64 first_ns;             // exit time of its first event
     u32 busy;                 // a program on this CPU is writing it (an interrupting one must not)
@@ -217,6 +217,7 @@ struct single {
     u32 count;
     u32 used;
     struct data_event e;
+    u8 slack[PAYLOAD_MAX];  // gather_iovecs' bound
 };
 BPF_PERCPU_ARRAY(singles, struct single, 1);
 
@@ -606,6 +607,33 @@ int flush_stale(struct bpf_perf_event_data *ctx) {
     return 0;
 }
 
+// writev/sendmsg (and their reads) carry a message in several iovecs: nginx writes an HTTP/2 frame's header and its
+// payload apart, gRPC a frame per iovec. The capture goes on from the first iovec into the next ones, up to
+// IOV_GATHER of them and the capture size, as the bytes went on the wire; `ret` bounds it, so no iovec past the
+// ones the call moved is read. Each read lands after the last (the buffers have PAYLOAD_MAX of slack for the
+// verifier's bound on a variable offset plus a variable size).
+#define IOV_GATHER 64
+static __always_inline u32 gather_iovecs(struct data_event *e, u64 iov, u32 len, long ret) {
+    u64 taken = len;
+#pragma unroll
+    for (int i = 1; i < IOV_GATHER; i++) {
+        if (len >= PAYLOAD_CAPTURE || taken >= (u64)ret) break;
+        u64 base = 0, size = 0;
+        bpf_probe_read_user(&base, sizeof(base), (void *)iov + 16 * i);
+        bpf_probe_read_user(&size, sizeof(size), (void *)iov + 16 * i + 8);
+        if (size > (u64)ret - taken) size = (u64)ret - taken;  // a read fills its iovecs only as far as it returned
+        taken += size;
+        u64 n = PAYLOAD_CAPTURE - len;
+        if (size < n) n = size;
+        u64 at = len;
+        asm volatile("" : "+r"(n), "+r"(at));  // compared as they are passed, not as the compiler folded them
+        if (n == 0 || n > PAYLOAD_MAX || at > PAYLOAD_MAX) break;  // the verifier's bounds
+        bpf_probe_read_user(e->payload + at, n, (void *)base);
+        len = at + n;
+    }
+    return len > PAYLOAD_CAPTURE ? PAYLOAD_CAPTURE : len;
+}
+
 static __always_inline int exit_data(long ret) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     struct data_args *a = active_data.lookup(&pid_tgid);
@@ -674,7 +702,7 @@ static __always_inline int exit_data(long ret) {
     u64 src = a->buf;
     u64 avail = ret;
     if (a->iov) {
-        // First iovec only: {void *iov_base; size_t iov_len}.
+        // The first iovec {void *iov_base; size_t iov_len}; gather_iovecs appends the next ones.
         u64 iov_len = 0;
         bpf_probe_read_user(&src, sizeof(src), (void *)a->buf);
         bpf_probe_read_user(&iov_len, sizeof(iov_len), (void *)a->buf + 8);
@@ -701,8 +729,9 @@ static __always_inline int exit_data(long ret) {
     }
 #endif
     if (flow && ret > 0) flow->data_dir = a->direction;
-    e->payload_len = len;
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
+    if (a->iov && len > 0 && len == avail && avail < ret) len = gather_iovecs(e, a->buf, len, ret);
+    e->payload_len = len;
     if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED) {  // this first payload goes out either way
         u8 decided = PAYLOAD_COUNTS_ONLY;
         if (may_be_parsed(e->payload, len, protocol))

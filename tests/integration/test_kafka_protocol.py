@@ -68,7 +68,10 @@ def _recorded(relay):
     time.sleep(0.3)
     relay.close()
     assert relay.advertised in relay.stream("s2c"), "the broker did not advertise itself where the relay expects"
-    return _assemble_per_connection(relay, 9092)
+    spans = _assemble_per_connection(relay, 9092)
+    answered = [s for s in spans if s.response_message != "connection closed before the response"]  # e.g. a fetch cut by close
+    assert [s.request_type for s in answered if s.response_code is None] == []  # every response walked to a code, none unknown
+    return spans
 
 
 def _topic_id(admin, topic):
@@ -247,3 +250,38 @@ def test_every_recorded_client_connection_is_detected_as_kafka_on_any_port(broke
         assert first and detect("TCP", first[0], 40000) is KAFKA
         for chunk in first:  # mid-connection: every request the client wrote
             assert KAFKA.detect(chunk, 40000), chunk[:40]
+
+
+def test_a_consumer_groups_requests_are_walked_to_the_end_of_each_response(broker):
+    """Join, sync, offsets (list, commit, fetch), leave: every response is read through to a code (0 when it has no
+    error, never unknown), which a walk that misreads a field of the version librdkafka chose would not do."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    port, topics, _ = broker
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{port}"})
+    producer.produce(topics["traced"], b"for the group")
+    assert producer.flush(15) == 0
+    relay = BrokerRelay(port)
+    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{relay.port}", "group.id": f"kt-group-{uuid.uuid4().hex[:8]}",
+                         "client.id": "kt-group", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topics["traced"]])
+    message = None
+    deadline = time.monotonic() + 30
+    while message is None and time.monotonic() < deadline:
+        polled = consumer.poll(0.5)
+        message = polled if polled is not None and polled.error() is None else None
+    assert message is not None
+    consumer.commit(message=message, asynchronous=False)
+    assert consumer.committed([TopicPartition(topics["traced"], 0)], timeout=10)[0].offset == message.offset() + 1
+    consumer.get_watermark_offsets(TopicPartition(topics["traced"], 0), timeout=10)
+    consumer.close()
+    spans = _recorded(relay)
+    apis = {s.request_type for s in spans}
+    assert {"FindCoordinator", "JoinGroup", "SyncGroup", "OffsetCommit", "OffsetFetch", "ListOffsets", "LeaveGroup", "Fetch",
+            "Metadata", "ApiVersions"} <= apis, apis
+    answered = [s for s in spans if s.response_message != "connection closed before the response"]
+    assert {s.request_type: s.response_code for s in answered if s.request_type in ("OffsetCommit", "OffsetFetch", "ListOffsets", "SyncGroup")} == {
+        "OffsetCommit": 0, "OffsetFetch": 0, "ListOffsets": 0, "SyncGroup": 0}
+    joins = [(s.response_code, s.response_message) for s in answered if s.request_type == "JoinGroup"]
+    assert joins[0] == (79, "MEMBER_ID_REQUIRED") and joins[-1] == (0, None)  # KIP-394: the first join is sent back for an id
+    print("librdkafka group versions:", sorted({(s.request_type, s.attributes["kafka.api_version"]) for s in spans}))

@@ -4,11 +4,15 @@ batches by aiokafka's builder, an implementation of its own)."""
 
 import random
 import struct
+import time
 import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.parser_seeds import SEEDS
 from tracetap.protocols.base import ErrorClass
-from tracetap.protocols.kafka import _RESPONSE_HEAD_BYTES, KAFKA
+from tracetap.protocols.kafka import _RESPONSE_HEAD_BYTES, APIS, FLEXIBLE_FROM, KAFKA
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TOPIC_ID = uuid.UUID("5c3bb9b4-2f47-4d4a-9d0f-0d7a2e2c6e11")
@@ -228,3 +232,22 @@ def test_random_bytes_and_other_protocols_messages_are_not_taken_for_kafka():
     for name, conversations in SEEDS.items():
         if name != "KAFKA":
             assert not [data for c in conversations for _, data in c if KAFKA.detect(data, 9092)], name
+
+
+@given(api=st.sampled_from(sorted(APIS)), version=st.integers(0, 20), body=st.binary(max_size=600))
+@settings(max_examples=400, deadline=None)
+def test_the_walk_never_raises_on_any_bytes_of_any_api_and_version(api, version, body):
+    flexible = version >= FLEXIBLE_FROM[api]
+    request = KAFKA.parse_request(_request(api, version, body, flexible), True).message
+    for head in (body, b"\x00" + body, b"\xff" * 8 + body):
+        finished = KAFKA.finish(request, KAFKA.parse_response(_response(head), True).message)
+        assert finished.response_code is None or isinstance(finished.response_code, int)
+
+
+def test_the_walk_is_linear_on_the_largest_head():
+    request = KAFKA.parse_request(_request(3, 1, b""), True).message
+    huge_arrays = struct.pack(">i", 0x7FFFFFFF) + b"\x00" * (_RESPONSE_HEAD_BYTES - 4)  # an endless broker list of empty fields
+    response = KAFKA.parse_response(_response(huge_arrays), True).message
+    started = time.perf_counter()
+    assert KAFKA.finish(request, response).response_code is None
+    assert time.perf_counter() - started < 0.05

@@ -21,7 +21,7 @@ APIS = {0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "OffsetCom
 # First version that uses flexible (tagged-field) headers, per API.
 FLEXIBLE_FROM = {0: 9, 1: 12, 2: 6, 3: 9, 8: 8, 9: 6, 10: 3, 11: 6, 12: 4, 13: 4, 14: 4, 15: 5, 16: 3, 17: 99, 18: 3, 19: 5, 20: 4,
                  22: 2, 23: 4, 24: 3, 26: 3, 32: 4, 33: 2, 36: 2, 37: 2, 42: 2, 60: 0, 61: 0}
-# Newest version of each API (Kafka 3.9's ApiVersions answer and the versions Kafka 4.0 and 4.1 added): detection
+# Newest version of each API (the stack's Kafka 3.9 ApiVersions answer, raised where Kafka 4.x added versions): detection
 # takes a header with a newer version for noise.
 MAX_VERSION = {0: 13, 1: 18, 2: 10, 3: 13, 8: 10, 9: 10, 10: 6, 11: 9, 12: 4, 13: 5, 14: 5, 15: 6, 16: 5, 17: 1, 18: 4, 19: 7,
                20: 6, 22: 6, 23: 4, 24: 5, 26: 5, 32: 4, 33: 2, 36: 2, 37: 3, 42: 2, 60: 2, 61: 0}
@@ -291,6 +291,8 @@ def _trace_headers(batch: bytes) -> tuple[tuple[str, str], ...]:
     try:
         for _ in range(min(count, _MAX_RECORDS)):
             length = r.varint()
+            if length < 1:
+                break
             end = r.at + length
             r.skip(1)  # attributes
             r.varint()  # timestamp delta

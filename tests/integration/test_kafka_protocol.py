@@ -49,6 +49,7 @@ class BrokerRelay(RecordingRelay):
 
 @pytest.fixture(scope="module")
 def broker(stack, settings):
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
     port = int(settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
@@ -59,6 +60,10 @@ def broker(stack, settings):
            NewTopic(topics["small"], 1, 1, config={"max.message.bytes": "1024"})]
     for future in admin.create_topics(new, operation_timeout=30).values():
         future.result()
+    warm_up = Producer({"bootstrap.servers": f"127.0.0.1:{port}"})  # a new partition's leader may still refuse (NOT_LEADER_OR_FOLLOWER)
+    for topic in topics.values():
+        warm_up.produce(topic, b"warm-up")
+    assert warm_up.flush(30) == 0
     yield port, topics, admin
     for future in admin.delete_topics(list(topics.values()), operation_timeout=30).values():
         future.result()
@@ -212,7 +217,7 @@ def test_aiokafka_produce_and_fetch_spans_name_the_topic_and_read_offset_out_of_
         try:
             partition = TopicPartition(topic, 0)
             consumer.assign([partition])
-            consumer.seek(partition, 0)
+            consumer.seek(partition, 1)  # after the fixture's warm-up record
             fetched = await consumer.getmany(partition, timeout_ms=10_000)
             assert [m.value for m in fetched[partition]] == [b"order 7"]
             consumer.seek(partition, 1000)
@@ -233,7 +238,7 @@ def test_aiokafka_produce_and_fetch_spans_name_the_topic_and_read_offset_out_of_
     refused = [s for s in fetch if s.response_code]
     assert refused and {(s.response_code, s.error_class, s.attributes["kafka.error_topic"], s.attributes["kafka.error_partition"])
                         for s in refused} == {(1, "CLIENT_ERROR", topic, "0")}
-    print("aiokafka versions:", sorted({(s.request_type, s.attributes["kafka.api_version"]) for s in produce + fetch}))
+    print("aiokafka versions:", sorted({(s.request_type, s.attributes["kafka.api_version"]) for s in spans}))
 
 
 def test_every_recorded_client_connection_is_detected_as_kafka_on_any_port(broker):
@@ -285,3 +290,36 @@ def test_a_consumer_groups_requests_are_walked_to_the_end_of_each_response(broke
     joins = [(s.response_code, s.response_message) for s in answered if s.request_type == "JoinGroup"]
     assert joins[0] == (79, "MEMBER_ID_REQUIRED") and joins[-1] == (0, None)  # KIP-394: the first join is sent back for an id
     print("librdkafka group versions:", sorted({(s.request_type, s.attributes["kafka.api_version"]) for s in spans}))
+
+
+def test_an_aiokafka_consumer_groups_classic_versions_are_walked_to_a_code(broker):
+    """aiokafka speaks the pre-flexible versions of the group and offset APIs: each response reads a code too."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    port, topics, _ = broker
+    relay = BrokerRelay(port)
+    topic = topics["aio"]
+
+    async def talk():
+        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"for the aio group")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=f"127.0.0.1:{relay.port}", group_id=f"kt-aio-{uuid.uuid4().hex[:8]}",
+                                    client_id="kt-aio-group", enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            message = await asyncio.wait_for(consumer.getone(), 30)
+            partition = TopicPartition(topic, 0)
+            await consumer.commit({partition: message.offset + 1})
+            assert await consumer.committed(partition) == message.offset + 1
+        finally:
+            await consumer.stop()
+
+    asyncio.run(talk())
+    spans = _recorded(relay)
+    codes = {s.request_type: s.response_code for s in spans if s.request_type in ("JoinGroup", "SyncGroup", "OffsetCommit", "OffsetFetch")}
+    assert codes == {"JoinGroup": 0, "SyncGroup": 0, "OffsetCommit": 0, "OffsetFetch": 0}
+    print("aiokafka group versions:", sorted({(s.request_type, s.attributes["kafka.api_version"]) for s in spans}))

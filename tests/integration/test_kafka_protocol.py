@@ -193,7 +193,8 @@ def test_librdkafka_fetches_name_the_topic_by_id_and_read_offset_out_of_range(br
     assert any(s.response_code == 0 and s.error_class is None for s in fetch)
     refused = [s for s in fetch if s.response_code]
     assert refused and {(s.response_code, s.response_message, s.error_class, s.attributes["kafka.error_topic"],
-                         s.attributes["kafka.error_partition"]) for s in refused} == {(1, "OFFSET_OUT_OF_RANGE", "CLIENT_ERROR", topic_id, "0")}
+                         s.attributes["kafka.error_partition"]) for s in refused} == {
+        (1, "OFFSET_OUT_OF_RANGE", "CLIENT_ERROR", topic_id, "0")}
 
 
 def test_aiokafka_produce_and_fetch_spans_name_the_topic_and_read_offset_out_of_range(broker):
@@ -285,8 +286,8 @@ def test_a_consumer_groups_requests_are_walked_to_the_end_of_each_response(broke
     assert {"FindCoordinator", "JoinGroup", "SyncGroup", "OffsetCommit", "OffsetFetch", "ListOffsets", "LeaveGroup", "Fetch",
             "Metadata", "ApiVersions"} <= apis, apis
     answered = [s for s in spans if s.response_message != "connection closed before the response"]
-    assert {s.request_type: s.response_code for s in answered if s.request_type in ("OffsetCommit", "OffsetFetch", "ListOffsets", "SyncGroup")} == {
-        "OffsetCommit": 0, "OffsetFetch": 0, "ListOffsets": 0, "SyncGroup": 0}
+    offsets_and_sync = ("OffsetCommit", "OffsetFetch", "ListOffsets", "SyncGroup")
+    assert {s.request_type: s.response_code for s in answered if s.request_type in offsets_and_sync} == dict.fromkeys(offsets_and_sync, 0)
     joins = [(s.response_code, s.response_message) for s in answered if s.request_type == "JoinGroup"]
     assert joins[0] == (79, "MEMBER_ID_REQUIRED") and joins[-1] == (0, None)  # KIP-394: the first join is sent back for an id
     print("librdkafka group versions:", sorted({(s.request_type, s.attributes["kafka.api_version"]) for s in spans}))

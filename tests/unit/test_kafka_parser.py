@@ -112,6 +112,11 @@ def test_metadata_v12_reads_a_topics_error_after_the_brokers():
     assert _error(_finish(3, 12, body, flexible=True)) == (3, "UNKNOWN_TOPIC_OR_PARTITION", ErrorClass.CLIENT_ERROR, "missing", None, "1")
 
 
+def test_metadata_v13_reads_its_top_level_code_after_the_topics():
+    body = struct.pack(">i", 0) + b"\x01" + b"\x00" + struct.pack(">i", 1) + b"\x01" + struct.pack(">h", 56) + b"\x00"
+    assert _error(_finish(3, 13, body, flexible=True))[:3] == (56, "KAFKA_STORAGE_ERROR", ErrorClass.SERVER_ERROR)
+
+
 def test_metadata_v1_reads_a_partitions_error():
     partition = struct.pack(">hiii", 5, 2, -1, 0) + struct.pack(">i", 0)
     topic = struct.pack(">h", 0) + _s("orders") + b"\x00" + struct.pack(">i", 1) + partition
@@ -132,7 +137,8 @@ def test_offset_fetch_v8_reads_each_groups_code():
 
 
 def test_create_and_delete_topics_name_the_topic_that_failed():
-    created = struct.pack(">i", 0) + b"\x02" + _cs("orders") + struct.pack(">h", 36) + _cs("exists") + struct.pack(">ih", -1, -1) + b"\x01\x00\x00"
+    created = (struct.pack(">i", 0) + b"\x02" + _cs("orders") + struct.pack(">h", 36) + _cs("exists") + struct.pack(">ih", -1, -1)
+               + b"\x01\x00\x00")  # no configs, topic and response tags
     assert _error(_finish(19, 5, created, flexible=True)) == (36, "TOPIC_ALREADY_EXISTS", ErrorClass.CLIENT_ERROR, "orders", None, "1")
     deleted = struct.pack(">i", 0) + b"\x02" + b"\x00" + TOPIC_ID.bytes + struct.pack(">h", 100) + b"\x00" + b"\x00" + b"\x00"
     assert _error(_finish(20, 6, deleted, flexible=True))[:4] == (100, "UNKNOWN_TOPIC_ID", ErrorClass.CLIENT_ERROR, str(TOPIC_ID))
@@ -199,8 +205,9 @@ def test_a_produce_request_naming_several_topics_reports_the_first_and_the_count
 
 
 def test_fetch_requests_name_their_first_topic_or_its_id():
-    v11 = struct.pack(">iiiibii", -1, 500, 1, 1 << 20, 0, 0, -1) + struct.pack(">i", 2) + _s("orders") + struct.pack(">i", 0) + _s("b") + struct.pack(">i", 0)
-    message = KAFKA.parse_request(_request(1, 11, v11 + struct.pack(">i", 0) + _s("")), False).message
+    v11 = (struct.pack(">iiiibii", -1, 500, 1, 1 << 20, 0, 0, -1) + struct.pack(">i", 2) + _s("orders") + struct.pack(">i", 0)
+           + _s("b") + struct.pack(">i", 0) + struct.pack(">i", 0) + _s(""))  # two topics, nothing forgotten, no rack
+    message = KAFKA.parse_request(_request(1, 11, v11), False).message
     assert message.request_resource == "orders" and ("kafka.topic_count", "2") in message.attributes
     v13 = struct.pack(">iiiibii", -1, 500, 1, 1 << 20, 0, 0, -1) + b"\x02" + TOPIC_ID.bytes + b"\x01\x00" + b"\x01\x01\x00"
     assert KAFKA.parse_request(_request(1, 13, v13, flexible=True), False).message.request_resource == str(TOPIC_ID)

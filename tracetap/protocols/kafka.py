@@ -246,8 +246,8 @@ def _plausible_acks(r: _Reader) -> bool:
 # Request bodies --------------------------------------------------------------------------------------------------
 
 def _read_topics(r: _Reader, api: int, version: int) -> tuple[str | None, int, bytes]:
-    """A Produce or Fetch request's first topic (its id from the version on that names topics by id), how many
-    topics it names, and (Produce) the first partition's record batch as far as it was captured."""
+    """A Produce or Fetch request's first topic (from v13 on, which names topics by id: its id), how many topics it
+    names, and (Produce) the first partition's record batch as far as it was captured."""
     try:
         r.tags()  # request header v2
         if api == 0:
@@ -255,7 +255,8 @@ def _read_topics(r: _Reader, api: int, version: int) -> tuple[str | None, int, b
                 r.string()  # transactional id
             r.skip(6)  # acks, timeout
         else:
-            r.skip((4 if version <= 14 else 0) + 8 + (4 if version >= 3 else 0) + (1 if version >= 4 else 0) + (8 if version >= 7 else 0))
+            r.skip((4 if version <= 14 else 0) + 8)  # replica id (a tagged field from v15), max wait, min bytes
+            r.skip((4 if version >= 3 else 0) + (1 if version >= 4 else 0) + (8 if version >= 7 else 0))  # max bytes, isolation, session
         topics = r.count()
         if not topics:
             return None, 0, b""
@@ -408,6 +409,10 @@ def _metadata(r: _Reader, version: int) -> None:
         if version >= 8:
             r.skip(4)  # topic authorized operations
         r.tags()
+    if 8 <= version <= 10:
+        r.skip(4)  # cluster authorized operations
+    if version >= 13:
+        r.error()
 
 
 def _offset_commit(r: _Reader, version: int) -> None:

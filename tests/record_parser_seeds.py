@@ -38,7 +38,8 @@ def relayed(port: int, talk: Callable[[int], None]) -> list[Conversation]:
     talk(relay.port)
     time.sleep(0.3)
     relay.close()
-    return [[(direction == "c2s", data) for direction, data in connection] for connection in relay.connections()]
+    conversations = [[(direction == "c2s", data) for direction, data in connection] for connection in relay.connections()]
+    return sorted(conversations, key=lambda c: not any(to_server and data[4:6] in (b"\x00\x00", b"\x00\x01") for to_server, data in c))
 
 
 # HTTP -------------------------------------------------------------------------------------------------
@@ -203,37 +204,57 @@ def record_mysql() -> list[Conversation]:
 
 # Kafka ------------------------------------------------------------------------------------------------
 def record_kafka() -> list[Conversation]:
-    from confluent_kafka import Producer
+    """librdkafka's requests and the broker's answers: Produce with trace headers (a gzip batch), a record over its
+    topic's max.message.bytes, Metadata for a topic that does not exist, Fetch of records and of an offset out of
+    range, and an ApiVersions version the broker does not know. Every connection goes through the relay; those that
+    carry Produce or Fetch requests come first (the seeds keep the first few)."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from cli.main import read_settings
+    from tests.integration.test_kafka_protocol import BrokerRelay
 
     settings = read_settings(None, dict(os.environ))
     broker_port = int(settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
-    topic = f"seeds-{uuid.uuid4().hex[:8]}"
+    topic, small = f"seeds-{uuid.uuid4().hex[:8]}", f"seeds-small-{uuid.uuid4().hex[:8]}"
+    headers = [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("sw8", "1-YWJj-ZGVm-0-c2Vy-aW5z-L3A=-aDo5MDky")]
 
     def talk(port: int) -> None:
         config = {"bootstrap.servers": f"127.0.0.1:{port}", "client.id": "tracetap-seeds"}
         admin = AdminClient(config)
-        admin.list_topics(timeout=10)
-        for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        admin.list_topics(topic=f"seeds-missing-{uuid.uuid4().hex[:8]}", timeout=10)  # UNKNOWN_TOPIC_OR_PARTITION
+        new = [NewTopic(topic, 1, 1), NewTopic(small, 1, 1, config={"max.message.bytes": "1024"})]
+        for future in admin.create_topics(new).values():
             future.result()
-        producer = Producer(config)
-        producer.produce(topic, b"hello", key=b"k")
+        producer = Producer(dict(config, **{"compression.type": "gzip", "linger.ms": 0, "retries": 0}))
+        producer.produce(topic, b"hello", key=b"k", headers=headers)
         producer.flush(10)
+        producer.produce(small, os.urandom(2000))  # MESSAGE_TOO_LARGE (random bytes: gzip does not shrink them)
+        producer.flush(10)
+        consumer = Consumer(dict(config, **{"group.id": "tracetap-seeds", "auto.offset.reset": "error", "enable.auto.commit": False}))
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        consumer.consume(1, timeout=10)
+        consumer.assign([TopicPartition(topic, 0, 1000)])  # OFFSET_OUT_OF_RANGE
+        consumer.consume(1, timeout=3)
+        consumer.close()
         with socket.create_connection(("127.0.0.1", port)) as raw:  # ApiVersions v5 (the broker knows up to v4): an error code
             body = struct.pack(">hhih", 18, 5, 4242, 4) + b"test" + b"\x00" + b"\x02t" + b"\x021" + b"\x00"
             raw.sendall(struct.pack(">i", len(body)) + body)
             size = struct.unpack(">i", raw.recv(4))[0]
             while size > 0:
                 size -= len(raw.recv(size))
-        for future in admin.delete_topics([topic], operation_timeout=30).values():
+        for future in admin.delete_topics([topic, small], operation_timeout=30).values():
             try:
                 future.result()
             except Exception:  # noqa: BLE001 - the topic may not have been created; nothing else to clean
                 pass
 
-    return relayed(broker_port, talk)
+    relay = BrokerRelay(broker_port)
+    talk(relay.port)
+    time.sleep(0.3)
+    relay.close()
+    conversations = [[(direction == "c2s", data) for direction, data in connection] for connection in relay.connections()]
+    return sorted(conversations, key=lambda c: not any(to_server and data[4:6] in (b"\x00\x00", b"\x00\x01") for to_server, data in c))
 
 
 # HTTP/2 and gRPC --------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from tracetap.protocols.mysql import MYSQL
 from tracetap.protocols.postgres import POSTGRES
 from tracetap.protocols.redis import REDIS
 
-# Detection order matters only for bytes two protocols could both claim; the stricter check goes first. HTTP/2
-# frames (a run of them, each plausible) go before the length-prefixed binary protocols, whose checks a frame
-# header can pass (an HTTP/2 frame on stream 9 reads as a Kafka Produce request header).
+# Detection order matters only for bytes two protocols could both claim; the stricter check goes first. Every
+# detector reads structure, on any port and mid-connection (benchmarks/detection.py measures what each claims of
+# random bytes, TLS and the other protocols' recorded conversations). HTTP/2 frames (a run of them, each plausible)
+# go before the length-prefixed binary protocols, whose looser checks a frame header once passed (an HTTP/2 frame
+# on stream 9 read as a Kafka Produce request header).
 REGISTRY: dict[str, tuple[L7Protocol, ...]] = {
     "TCP": (HTTP1, HTTP2, POSTGRES, MYSQL, KAFKA, REDIS, DNS_TCP),
     "UDP": (DNS_UDP,),

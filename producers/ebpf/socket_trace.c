@@ -135,6 +135,7 @@ struct sock_flow {
     u8 sent;          // an event of the current exchange reached user space (a loss then leaves it open there)
     u8 payload;       // PAYLOAD_UNDECIDED until the socket's first bytes are seen, then SHIP, HEADS or COUNTS_ONLY
     u8 data_dir;      // the direction of its last syscall that moved bytes, DIR_NONE at first
+    u8 unclaimed;     // directions (1 << dir) whose first bytes no parser could claim while undecided
     u64 seq;          // the socket_seq of its last captured event (64 bits: a 32-bit atomic add cannot return here)
 };
 
@@ -734,8 +735,15 @@ static __always_inline int exit_data(long ret) {
     e->payload_len = len;
     if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED) {  // this first payload goes out either way
         u8 decided = PAYLOAD_COUNTS_ONLY;
-        if (may_be_parsed(e->payload, len, protocol))
+        if (may_be_parsed(e->payload, len, protocol)) {
             decided = protocol == IPPROTO_TCP && starts_text_message(e->payload, len < 8 ? len : 8) ? PAYLOAD_HEADS : PAYLOAD_SHIP;
+        } else {
+            // As the core decides: a server's bytes do not settle it (a capture that starts mid-connection may start
+            // with a response), the client's do; which side is the client, the role says, or else both directions.
+            flow->unclaimed |= 1 << (a->direction & 1);
+            int from_server = e->role == (a->direction == DIR_EGRESS ? ROLE_SERVER : ROLE_CLIENT);
+            if (from_server || (e->role == ROLE_UNKNOWN && flow->unclaimed != 3)) decided = PAYLOAD_UNDECIDED;
+        }
         flow->payload = decided;
     }
     e->socket_seq = flow ? (u32)(__sync_fetch_and_add(&flow->seq, 1) + 1) : 0;

@@ -155,3 +155,28 @@ def test_a_new_socket_in_a_reused_struct_sock_is_decided_afresh():
 def test_unknown_protocol_payloads_ships_everything():
     headers, pid, sockets, _ = _capture([("TCP", UNCLAIMED)], AgentSettings(unknown_protocol_payloads=True))
     assert [h.payload_len for h in _client_writes(headers, pid, sockets[0])] == [32] * 3
+
+
+RESPONSE_FIRST = r"""
+import json, os, socket, struct, sys
+response, request = (bytes.fromhex(h) for h in json.loads(sys.stdin.read()))
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
+client = socket.create_connection(server.getsockname()); peer, _ = server.accept()
+peer.sendall(response); client.recv(65536)  # the first bytes the capture sees: the tail of an answer
+for _ in range(2):
+    client.sendall(request); peer.recv(65536)
+print(json.dumps([os.fstat(client.fileno()).st_ino]))
+client.close(); server.close()
+"""
+
+
+def test_a_servers_bytes_no_parser_claims_leave_the_client_to_decide():
+    """A capture that starts mid-connection may start with a response (here the row packets of a MySQL result set,
+    sequence 3): that does not settle the socket; the client's next request, which a parser claims, does."""
+    rows = bytes.fromhex("0500000302313232") + UNCLAIMED
+    query = b"Q" + (4 + 9).to_bytes(4, "big") + b"SELECT 1\0"
+    assert not ships_payload("TCP", rows) and ships_payload("TCP", query)
+    headers, pid, [client], _ = capture_sender(RESPONSE_FIRST, [rows.hex(), query.hex()], AgentSettings())
+    events = [h for h in headers if h.pid == pid and h.socket_ino == client]
+    assert [(h.direction, h.bytes, h.payload_len) for h in events] == [(0, len(rows), len(rows)), (1, len(query), len(query)),
+                                                                      (1, len(query), len(query))]

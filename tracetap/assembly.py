@@ -131,6 +131,9 @@ class Counters:
     abandoned: int = 0  # requests unanswered when capture ended (`abandon`)
 
 
+_TOO_SHORT_TO_TELL = 16  # first bytes fewer than this that no protocol claims yet are held for the next ones
+
+
 class SocketAssembler:
     def __init__(self, config: AssemblyConfig = AssemblyConfig()) -> None:
         self._config = config
@@ -138,6 +141,7 @@ class SocketAssembler:
         self._session: Any = None  # the protocol's per-connection state, for protocols that have one (HTTP/2)
         self._undetected = False  # the client's bytes matched no protocol: nothing to assemble
         self._missed = 0  # directions (1: egress, 2: ingress) whose first bytes matched no protocol
+        self._held: list[SocketData] = []  # first events too short to tell the protocol (a length prefix read alone)
         self._client_egress: bool | None = None  # does the process write the requests (a client socket)?
         self._streams = {True: _Stream(), False: _Stream()}  # keyed by egress
         self._requests: deque[_Open] = deque()  # in arrival order, for in-order pairing and timeouts
@@ -163,8 +167,12 @@ class SocketAssembler:
         self._sample_ratio = event.sample_ratio
         if self._undetected or event.byte_count <= 0:
             return []
-        if self.protocol is None and not self._detect(event):
-            return []
+        if self.protocol is None:
+            events = self._detect(event)
+            return [span for e in events for span in self._feed(e)]
+        return self._feed(event)
+
+    def _feed(self, event: SocketData) -> list[Span]:
         out: list[Span] = []
         egress = event.egress
         if self._last_egress is not None and egress != self._last_egress:
@@ -203,6 +211,7 @@ class SocketAssembler:
         if loss_generation is not None and self._first is not None and loss_generation != self._loss_generation:
             self._loss_generation = loss_generation
             self._resync()
+        self._held = []
         out = self._flush(True) + self._flush(False)
         if self._response is not None:
             out.append(self._finish_response())
@@ -216,6 +225,7 @@ class SocketAssembler:
     def abandon(self) -> list[Span]:
         """Capture ends here (the agent stops), not the connection: a response in progress ends as captured, and
         requests still unanswered are dropped and counted, not reported as errors: nothing says how they ended."""
+        self._held = []
         out = self._settle(True, force=True) + self._settle(False, force=True)
         if self._response is not None:
             out.append(self._finish_response())
@@ -246,7 +256,8 @@ class SocketAssembler:
 
     @property
     def idle(self) -> bool:
-        return not self._open_requests and self._response is None and not any(s.unparsed for s in self._streams.values())
+        return (not self._open_requests and self._response is None and not self._held
+                and not any(s.unparsed for s in self._streams.values()))
 
     @property
     def next_deadline_ns(self) -> int | None:
@@ -275,7 +286,8 @@ class SocketAssembler:
         c = self.counters
         return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests if not r.paired],
                 response, self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses, c.cut_by_loss, c.abandoned],
-                [self._loss_generation, self._sample_ratio], None if self._session is None else self._session.to_state(), self._missed]
+                [self._loss_generation, self._sample_ratio], None if self._session is None else self._session.to_state(), self._missed,
+                [[*e[:15], e.payload.decode("latin-1"), *e[16:]] for e in self._held]]
 
     @classmethod
     def from_state(cls, state: list[Any], config: AssemblyConfig) -> SocketAssembler:
@@ -291,6 +303,7 @@ class SocketAssembler:
                 assembler._session = assembler.protocol.session()
         if len(later) > 2:  # absent in state written before detection could wait for the client's bytes
             assembler._missed = later[2]
+            assembler._held = [SocketData(*e[:15], e[15].encode("latin-1"), *e[16:]) for e in later[3]]
         assembler._undetected, assembler._client_egress, assembler._last_egress = undetected, client_egress, last_egress
         for egress, (buffer, appended, marks, credit, unparsed, settled, skip, draining) in zip((True, False), streams):
             assembler._streams[egress] = _Stream(bytearray(buffer.encode("latin-1")), appended, deque(_Mark(*m) for m in marks),
@@ -307,20 +320,27 @@ class SocketAssembler:
         return assembler
 
     # internals ----------------------------------------------------------------------------------------
-    def _detect(self, event: SocketData) -> bool:
-        """Pick the protocol from the first payload, and which direction carries requests."""
+    def _detect(self, event: SocketData) -> list[SocketData]:
+        """Pick the protocol from the first payload, and which direction carries requests: the events to assemble
+        (with the short ones held before this one), or none yet."""
         if not event.payload:
-            return False
+            return []
+        held = [e for e in self._held if e.egress == event.egress]  # a direction's first bytes, read in pieces
+        data = b"".join(e.payload for e in held) + event.payload
         local_is_server = event.role == "SERVER" or (event.role == "UNKNOWN" and not event.egress)
         server_port = event.local_port if local_is_server else event.remote_port
-        protocol = detect(event.l4_protocol, event.payload, server_port)
+        protocol = detect(event.l4_protocol, data, server_port)
+        if protocol is None and event.l4_protocol == "TCP" and len(data) < _TOO_SHORT_TO_TELL and len(event.payload) == event.byte_count:
+            self._held = held + [event]  # a server reads Kafka's (or MySQL's) length prefix alone, then the rest
+            return []
+        self._held = []
         if protocol is None:
             # A capture that starts mid-connection may start with a response: only the client's bytes settle it. Which
             # side is the client is known from the role, or else once both directions failed.
             self._missed |= 1 if event.egress else 2
             from_server = event.role == ("SERVER" if event.egress else "CLIENT")
             self._undetected = not from_server and (event.role != "UNKNOWN" or self._missed == 3)
-            return False
+            return []
         self.protocol = protocol
         session = getattr(protocol, "session", None)
         self._session = session() if session is not None else None
@@ -330,8 +350,8 @@ class SocketAssembler:
             self._client_egress = False
         else:  # the first bytes the protocol recognises travel from client to server, unless the server speaks first
             server_first = getattr(protocol, "server_first", None)
-            self._client_egress = not event.egress if server_first and server_first(event.payload) else event.egress
-        return True
+            self._client_egress = not event.egress if server_first and server_first(data) else event.egress
+        return held + [event]
 
     def _messages(self, event: SocketData) -> list[_Open]:
         assert self.protocol is not None

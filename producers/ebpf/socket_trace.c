@@ -504,6 +504,7 @@ static __always_inline void read_sockaddr(u64 addr, u16 *family, u16 *port, u8 *
 #define PAYLOAD_UNDECIDED 0
 #define PAYLOAD_SHIP 1
 #define PAYLOAD_COUNTS_ONLY 2
+#define TOO_SHORT_TO_TELL 16  // as the core's _TOO_SHORT_TO_TELL (tracetap/assembly.py)
 #define PAYLOAD_HEADS 3  // a text protocol: payload on the first syscall of each message (below)
 static __always_inline u8 http2_flags(u8 type) {  // the flags each HTTP/2 frame type defines (RFC 9113 section 6)
     switch (type) {
@@ -737,6 +738,10 @@ static __always_inline int exit_data(long ret) {
         u8 decided = PAYLOAD_COUNTS_ONLY;
         if (may_be_parsed(e->payload, len, protocol)) {
             decided = protocol == IPPROTO_TCP && starts_text_message(e->payload, len < 8 ? len : 8) ? PAYLOAD_HEADS : PAYLOAD_SHIP;
+        } else if (protocol == IPPROTO_TCP && len < TOO_SHORT_TO_TELL && len == ret) {
+            // Too few bytes to tell (a Kafka broker or mariadbd reads a request's length prefix alone, then the rest):
+            // the core holds them for the next ones, so they all go out.
+            decided = PAYLOAD_SHIP;
         } else {
             // As the core decides: a server's bytes do not settle it (a capture that starts mid-connection may start
             // with a response), the client's do; which side is the client, the role says, or else both directions.

@@ -188,3 +188,24 @@ def test_com_field_list_is_read_to_its_eof_and_the_next_query_keeps_its_response
         ("SELECT", "SELECT ?", 0, None)]  # COM_QUIT expects no answer: no span
     field_list = spans[4]
     assert field_list.response_bytes == sum(len(p) for p in fields)
+
+
+@pytest.mark.parametrize("options", ["", "--compress"])
+def test_the_interactive_clients_field_lists_on_connect_are_read_whole(mariadb, options):
+    """Interactive (under a pty) with --auto-rehash, mariadb lists the tables and each table's fields (COM_FIELD_LIST)."""
+    database = "rehash" + options.strip("-")
+    subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(mariadb), "-u", "root", "-e",
+                    f"CREATE DATABASE {database}; CREATE TABLE {database}.items (id INT, label VARCHAR(10)); "
+                    f"CREATE TABLE {database}.owners (id INT)"], check=True, timeout=30)
+    relay = RecordingRelay(mariadb)
+    command = f"mariadb {options} --auto-rehash -h 127.0.0.1 -P {relay.port} -u root {database}"
+    subprocess.run(["script", "-qc", command, "/dev/null"], input=b"SELECT 41;\nexit\n", capture_output=True, timeout=30)
+    time.sleep(0.3)
+    relay.close()
+    assembler, spans = _assemble(relay, 3306)
+    assert assembler.protocol is MYSQL and assembler.counters.malformed == 0
+    assert [(s.request_type, s.request_resource, s.response_code, s.error_class) for s in spans[1:]] == [
+        ("SHOW", "show databases", 0, None), ("SHOW", "show tables", 0, None), ("FIELD_LIST", "items", 0, None),
+        ("FIELD_LIST", "owners", 0, None), ("SELECT", "select @@version_comment limit ?", 0, None), ("SELECT", "SELECT ?", 0, None)]
+    answers = _answers(relay)
+    assert [s.response_bytes for s in spans[1:]] == answers[1:-1]  # the last client chunk is COM_QUIT

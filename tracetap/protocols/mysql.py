@@ -26,7 +26,13 @@ _SERVER_CLASSES = ("08", "53", "57", "58", "XX")
 _SERVER_ERRORS = frozenset({1021, 1024, 1026, 1030, 1037, 1038, 1040, 1041, 1053, 1077, 1078, 1079, 1080, 1114, 1135, 1152,
                             1180, 1181, 1194, 1195, 1203, 1290, 1317, 1637, 1815, 1836, 1878, 1927, 1969, 3024})
 _COMPRESSED_HEADER = 7  # compressed length (3), compressed sequence (1), uncompressed length (3; 0: stored as is)
-_MAX_INFLATED_BYTES = 16 << 20  # per message: past this a zip bomb is read as a cut message
+# Inflated bytes per parse: at most 16 MiB, and 128 KiB plus 12 per wire byte, so that walking them (a result set of
+# tiny rows costs ~70 ns a byte) stays linear in the input whatever zlib's ratio (up to ~1000; SQL results: 3 to 20,
+# REPEAT() 400). Past it the message is read as cut (its end unknown) and flagged mysql.inflate_limit.
+_MAX_INFLATED_BYTES = 16 << 20
+_INFLATE_BASE_BYTES = 128 << 10
+_INFLATE_PER_WIRE_BYTE = 12
+_MIN_SPLIT_STORED = 1024  # a stored compressed packet smaller than this holds whole MySQL packets
 _ZLIB_FLAGS = frozenset({0x01, 0x5E, 0x9C, 0xDA})  # the FLG bytes that follow CMF 0x78 (no preset dictionary)
 _SQL_SCAN_BYTES = 256
 _SQL_STARTS = frozenset("(/-# \t\r\n")
@@ -353,8 +359,9 @@ def _value(data: bytes, at: int, kind: int) -> tuple[int, int | None]:
 # The compressed protocol -----------------------------------------------------------------------------------------
 def _compressed(data: bytes) -> bool:
     """A compressed packet's header: a zlib stream (CMF 0x78 and a valid FLG; `_unpack` checks the inflated length), or
-    a stored payload (uncompressed length 0) of MySQL packet headers that chain to its end (the last may go on in the
-    next compressed packet). Bytes that are exactly one plain packet are that packet (read compressed, 3 would be missing)."""
+    a stored payload (uncompressed length 0) of MySQL packets that end where it does (only a large one, a full network
+    buffer, may stop inside one). Bytes that are exactly one plain packet are that packet (read compressed, 3 would be
+    missing); a plain OK (0x00, no rows affected, no insert id) followed by more bytes rarely chains exactly."""
     stored_size = int.from_bytes(data[:3], "little")
     if len(data) < _COMPRESSED_HEADER + 4 or len(data) == 4 + stored_size:
         return False
@@ -366,7 +373,7 @@ def _compressed(data: bytes) -> bool:
     offset = _COMPRESSED_HEADER
     while offset + 4 <= end:
         offset += 4 + int.from_bytes(data[offset:offset + 3], "little")
-    return offset >= end
+    return offset == end or (offset > end and stored_size >= _MIN_SPLIT_STORED)
 
 
 def _unpack(data: bytes, final: bool) -> tuple[bytearray, list[tuple[int, int]], bool] | None:
@@ -374,6 +381,7 @@ def _unpack(data: bytes, final: bool) -> tuple[bytearray, list[tuple[int, int]],
     each whole compressed packet, whether the inflate limit stopped it). A cut last packet is inflated as far as it goes
     when `final`. None: not compressed packets (a zlib stream that fails, an inflated length that disagrees)."""
     inner, ends, at = bytearray(), [], 0
+    limit = min(_MAX_INFLATED_BYTES, _INFLATE_BASE_BYTES + _INFLATE_PER_WIRE_BYTE * len(data))
     while at + _COMPRESSED_HEADER <= len(data):
         stored_size = int.from_bytes(data[at:at + 3], "little")
         raw_size = int.from_bytes(data[at + 4:at + 7], "little")
@@ -382,7 +390,7 @@ def _unpack(data: bytes, final: bool) -> tuple[bytearray, list[tuple[int, int]],
             break
         payload = data[at + _COMPRESSED_HEADER:end]
         if raw_size:
-            budget = _MAX_INFLATED_BYTES - len(inner)
+            budget = limit - len(inner)
             inflater = zlib.decompressobj()
             try:
                 raw = inflater.decompress(payload, budget) if budget > 0 else b""
@@ -395,7 +403,9 @@ def _unpack(data: bytes, final: bool) -> tuple[bytearray, list[tuple[int, int]],
                 return None
             inner += raw
         else:
-            inner += payload
+            inner += payload[:max(0, limit - len(inner))]
+            if len(inner) >= limit:
+                return inner, ends, True
         if end > len(data):
             break
         ends.append((end, len(inner)))
@@ -404,20 +414,20 @@ def _unpack(data: bytes, final: bool) -> tuple[bytearray, list[tuple[int, int]],
 
 
 def _from_compressed(parse, unpacked: tuple[bytearray, list[tuple[int, int]], bool], final: bool) -> Parse:
-    """Parse the inner message and size it in wire bytes: the whole compressed packets up to the one where it ends."""
+    """Parse the inner message and size it in wire bytes: the whole compressed packets up to the one where it ends
+    (unknown when the bytes or the inflate limit stop before it, or when its own end is: a prepared statement's OK)."""
     inner, ends, capped = unpacked
     if not ends and not final and not capped:
         return NEED_MORE
     data = bytes(inner)
-    result = parse(data, False)
-    if result.status is Status.NEED_MORE and (final or capped):
+    result = parse(data, capped)
+    if result.status is Status.NEED_MORE and final:
         result = parse(data, True)
     if result.status is not Status.MESSAGE or result.message is None:
         return result
     message = result.message
-    inner_size = message.size if message.size is not None else (ends[-1][1] if ends else None)
-    wire = next((wire_end for wire_end, inner_end in ends if inner_end >= inner_size), None) if inner_size else None
-    if wire is None and not final and not capped:
+    wire = next((wire_end for wire_end, inner_end in ends if inner_end >= message.size), None) if message.size else None
+    if wire is None and message.size is not None and not final and not capped:
         return NEED_MORE
     attributes = message.attributes + (("mysql.compressed", "true"),) + ((("mysql.inflate_limit", "true"),) if capped else ())
     return Parse(Status.MESSAGE, message._replace(size=wire, attributes=attributes))

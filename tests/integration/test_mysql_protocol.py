@@ -3,10 +3,12 @@ multi-statements, a capture that starts after the login on a non-standard port (
 and COM_FIELD_LIST from a client speaking the protocol by hand. Bytes are recorded through a relay; expected values
 are the statements the test ran and the bytes the server sent."""
 
+import hashlib
 import socket
 import struct
 import subprocess
 import time
+import zlib
 
 import pytest
 
@@ -17,6 +19,7 @@ from tracetap.assembly import SocketAssembler
 from tracetap.model import SocketData
 from tracetap.protocols import detect
 from tracetap.protocols.mysql import MYSQL
+from tracetap.redact import StreamRedactor
 
 # mariadb sends `USE` as SELECT DATABASE() then COM_INIT_DB; DELIMITER makes the two SELECTs one COM_QUERY
 SCRIPT = """CREATE DATABASE {database};
@@ -209,3 +212,50 @@ def test_the_interactive_clients_field_lists_on_connect_are_read_whole(mariadb, 
         ("FIELD_LIST", "owners", 0, None), ("SELECT", "select @@version_comment limit ?", 0, None), ("SELECT", "SELECT ?", 0, None)]
     answers = _answers(relay)
     assert [s.response_bytes for s in spans[1:]] == answers[1:-1]  # the last client chunk is COM_QUIT
+
+
+def _inflated(stream: bytes) -> bytes:
+    """What a reader could inflate from a stream of compressed packets (a masked zlib stream yields nothing)."""
+    out, at = b"", 0
+    while at + 7 <= len(stream):
+        end = at + 7 + int.from_bytes(stream[at:at + 3], "little")
+        payload = stream[at + 7:end]
+        if stream[at + 4:at + 7] == b"\0\0\0":
+            out += payload
+        else:
+            try:
+                out += zlib.decompressobj().decompress(payload)
+            except zlib.error:
+                pass
+        at = end
+    return out
+
+
+def test_compressed_passwords_are_masked_before_they_leave_and_other_statements_still_parse(mariadb):
+    first, second = "Zlib-secret-99", "Other-pw-77"
+    script = (f"CREATE USER IF NOT EXISTS 'reporting'@'localhost' IDENTIFIED BY '{first}';\n"  # long enough to travel deflated
+              f"SET PASSWORD FOR 'reporting'@'localhost' = PASSWORD('{second}');\n"
+              "SHOW GRANTS FOR 'reporting'@'localhost';\nSELECT REPEAT('y', 50000);\nSELECT 1;\n")
+    relay = RecordingRelay(mariadb)
+    done = subprocess.run(["mariadb", "--compress", "-h", "127.0.0.1", "-P", str(relay.port), "-u", "root", "--force"],
+                          input=script.encode(), capture_output=True, timeout=30)
+    # the server shows the account's hash: mysql_native_password's '*' + SHA1(SHA1(password)), upper-case hex
+    hashed = "*" + hashlib.sha1(hashlib.sha1(second.encode()).digest()).hexdigest().upper()
+    assert hashed.encode() in done.stdout
+    time.sleep(0.3)
+    relay.close()
+    redactors = {"c2s": StreamRedactor(), "s2c": StreamRedactor()}
+    redacted = [(direction, redactors[direction].redact(data)[0]) for direction, data in relay.chunks]
+
+    def after_login(chunks, direction):  # the compressed packets: after the greeting, the login and its OK
+        return b"".join(data for d, data in chunks[3:] if d == direction)
+
+    assert first.encode() in _inflated(after_login(relay.chunks, "c2s")) and hashed.encode() in _inflated(after_login(relay.chunks, "s2c"))
+    for direction in redactors:
+        stream = after_login(redacted, direction)
+        for secret in (first.encode(), second.encode(), hashed.encode()):
+            assert secret not in stream and secret not in _inflated(stream)
+    relay.chunks[:] = redacted
+    _, spans = _assemble(relay, 3306)
+    kept = [(s.request_type, s.request_resource, s.response_code) for s in spans]
+    assert ("SELECT", "SELECT REPEAT(?, ?)", 0) in kept and ("SELECT", "SELECT ?", 0) in kept

@@ -16,6 +16,7 @@ from tests.fuzzing import bound_s, fastest, mutate, seed_messages
 from tests.parser_seeds import SEEDS
 from tracetap.protocols.base import Status
 from tracetap.protocols.mysql import MYSQL
+from tracetap.redact import StreamRedactor
 
 ANY_PORT = 40000
 
@@ -129,11 +130,15 @@ def test_a_plain_ok_is_not_read_as_a_stored_compressed_packet():
     assert message.size == len(ok) and ("mysql.compressed", "true") not in message.attributes
 
 
-def test_an_inflated_length_that_disagrees_is_not_a_compressed_packet():
+def test_a_zlib_stream_that_does_not_inflate_to_its_length_is_unreadable_and_not_detected():
     wire = bytearray(compressed(query(b"SELECT " + b"1 + " * 30 + b"1")))
     wire[4] ^= 1  # the uncompressed length
-    assert MYSQL.parse_request(bytes(wire), False).status is Status.MALFORMED
+    message = MYSQL.parse_request(bytes(wire), False).message
+    assert message.size is None and ("mysql.compressed", "unreadable") in message.attributes  # skipped to the answer
     assert not MYSQL.detect(bytes(wire), ANY_PORT)
+    masked = compressed(result_set([b"IDENTIFIED BY PASSWORD '*hash'"]), 1)
+    masked = masked[:9] + b"*" * (len(masked) - 9)  # as redaction leaves it: the header and the zlib header
+    assert MYSQL.parse_response(masked, False).message.size is None
 
 
 def test_a_zip_bomb_is_inflated_only_to_the_limit_and_read_as_a_cut_message():
@@ -259,3 +264,51 @@ def test_the_new_forms_mutated_never_raise_and_stay_linear(pick, ops):
             assert result.status is Status.MESSAGE or result.message is None
             assert took <= limit
     assert fastest(MYSQL.detect, data, ANY_PORT, limit_s=limit)[0] in (True, False)
+
+
+# redaction of the compressed form --------------------------------------------------------------------------------
+def _inflated(wire: bytes) -> bytes:
+    """Everything a reader could inflate from the compressed packets in `wire` (a masked stream stops it)."""
+    out, at = b"", 0
+    while at + 7 <= len(wire):
+        end = at + 7 + int.from_bytes(wire[at:at + 3], "little")
+        payload = wire[at + 7:end]
+        if wire[at + 4:at + 7] == b"\0\0\0":
+            out += payload
+        else:
+            try:
+                out += zlib.decompressobj().decompress(payload)
+            except zlib.error:
+                pass
+        at = end
+    return out
+
+
+def _redact_events(events: list[bytes]) -> bytes:
+    redactor = StreamRedactor()
+    return b"".join(redactor.redact(event)[0] for event in events)
+
+
+def test_a_compressed_statement_with_a_password_is_masked_however_the_events_cut_it():
+    statement = query(b"CREATE USER IF NOT EXISTS 'reporting'@'localhost' IDENTIFIED BY 'Zlib-secret-99'")
+    wire = compressed(statement) + compressed(query(b"SELECT name FROM users WHERE id = 1234567890"), 0)
+    assert b"Zlib-secret-99" in _inflated(wire)
+    for cut in range(1, len(wire)):
+        redacted = _redact_events([wire[:cut], wire[cut:]])
+        assert len(redacted) == len(wire) and b"Zlib-secret-99" not in _inflated(redacted), cut
+    whole = _redact_events([wire])
+    assert whole.endswith(compressed(query(b"SELECT name FROM users WHERE id = 1234567890"), 0))  # the next one is intact
+
+
+def test_a_compressed_change_user_and_its_auth_exchange_are_masked_and_commands_after_them_are_not():
+    change_user = packet(b"\x11app\0\x14" + b"S" * 20 + b"shop\0" + b"\x21\x00" + b"mysql_native_password\0")
+    auth_answer = packet(b"T" * 20, 3)
+    after = compressed(query(b"SELECT 1 /* after the change of user, a long enough statement */"))
+    wire = compressed(change_user) + compressed(auth_answer, 2, deflate=False) + after
+    redacted = _redact_events([wire])
+    assert b"SSSS" not in _inflated(redacted) and b"TTTT" not in redacted and redacted.endswith(after)
+
+
+def test_compressed_packets_without_secrets_pass_unchanged():
+    wire = compressed(result_set([b"alice", b"bob"] * 20), 1) + compressed(packet(b"\x00\x00\x00\x02\x00\x00\x00", 2), 2, deflate=False)
+    assert _redact_events([wire[:30], wire[30:]]) == wire

@@ -72,21 +72,25 @@ class MySql:
             return True
         if port in self.ports and seq == 0 and len(first) > 4 and first[4] in COMMANDS:  # a prefix the capture cut, on a MySQL port
             return True
-        unpacked = _unpack(first, False) if seq == 0 and _compressed(first) else None  # compressed sequence 0: a command
+        unpacked = _unpack(first, False) if seq == 0 and compressed_packet(first) else None  # compressed sequence 0: a command
         return bool(unpacked and unpacked[1] and _command(bytes(unpacked[0][:unpacked[1][0][1]])))
 
     def parse_request(self, data: bytes, final: bool) -> Parse:
-        if _compressed(data):
+        if compressed_packet(data):
             unpacked = _unpack(data, final)
             if unpacked is not None:
                 return _from_compressed(self._request, unpacked, final)
+            if data[4:7] != b"\0\0\0":
+                return _unreadable(True)
         return self._request(data, final)
 
     def parse_response(self, data: bytes, final: bool) -> Parse:
-        if _compressed(data):
+        if compressed_packet(data):
             unpacked = _unpack(data, final)
             if unpacked is not None:
                 return _from_compressed(self._response, unpacked, final)
+            if data[4:7] != b"\0\0\0":
+                return _unreadable(False)
         return self._response(data, final)
 
     def _request(self, data: bytes, final: bool) -> Parse:
@@ -357,8 +361,8 @@ def _value(data: bytes, at: int, kind: int) -> tuple[int, int | None]:
 
 
 # The compressed protocol -----------------------------------------------------------------------------------------
-def _compressed(data: bytes) -> bool:
-    """A compressed packet's header: a zlib stream (CMF 0x78 and a valid FLG; `_unpack` checks the inflated length), or
+def compressed_packet(data: bytes) -> bool:
+    """Do the bytes start with a compressed packet? Its header: a zlib stream (CMF 0x78 and a valid FLG; `_unpack` checks the inflated length), or
     a stored payload (uncompressed length 0) of MySQL packets that end where it does (only a large one, a full network
     buffer, may stop inside one). Bytes that are exactly one plain packet are that packet (read compressed, 3 would be
     missing); a plain OK (0x00, no rows affected, no insert id) followed by more bytes rarely chains exactly."""
@@ -411,6 +415,12 @@ def _unpack(data: bytes, final: bool) -> tuple[bytearray, list[tuple[int, int]],
         ends.append((end, len(inner)))
         at = end
     return inner, ends, False
+
+
+def _unreadable(is_request: bool) -> Parse:
+    """A zlib stream that does not inflate (redaction masked its content): the message's end is unknown, so the rest
+    of this side's bytes are skipped until the other side speaks."""
+    return Parse(Status.MESSAGE, Message(is_request=is_request, size=None, attributes=(("mysql.compressed", "unreadable"),)))
 
 
 def _from_compressed(parse, unpacked: tuple[bytearray, list[tuple[int, int]], bool], final: bool) -> Parse:

@@ -217,7 +217,7 @@ def test_error_codes_are_client_or_server_errors(code, sqlstate, expected):
     query(b"select 1"), query(b"  /* hint */ SELECT 1"), query(b"(SELECT 1) UNION (SELECT 2)"), query(b"-- c\nSELECT 1"),
     packet(b"\x0e"), packet(b"\x01"), packet(b"\x1f"), packet(b"\x02shop"), packet(b"\x04items\0"),
     packet(b"\x16SELECT * FROM t WHERE id = ?"), packet(b"\x17" + struct.pack("<IBI", 1, 0, 1) + b"\x00\x01\x03\x00" + struct.pack("<i", 5)),
-    packet(b"\x19\x01\0\0\0"), packet(b"\x1a\x01\0\0\0"), query(b"SELECT 1") + packet(b"\x01"),  # a run of whole packets
+    packet(b"\x18\x01\0\0\0\x00\x00long data"), packet(b"\x19\x01\0\0\0"), packet(b"\x1a\x01\0\0\0"), query(b"SELECT 1") + packet(b"\x01"),  # a run of whole packets
 ])
 def test_command_packets_are_detected_on_any_port(data):
     assert MYSQL.detect(data, ANY_PORT)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import struct
 import zlib
+from collections.abc import Callable
 
 from tracetap.protocols.base import NEED_MORE, ErrorClass, Message, Parse, Status, malformed
 from tracetap.protocols.sql import mask_sql, sql_verb
@@ -261,8 +262,8 @@ def _command(data: bytes) -> bool:
         return size >= 14 and data[9] <= 0x0F and data[10:14] == b"\x01\0\0\0"
     if command in (0x19, 0x1A):  # statement id
         return size == 9
-    if command == 0x18:  # statement id, parameter id, data
-        return size >= 11
+    if command == 0x18:  # statement id, parameter id, data (ids are small: a connection numbers its statements from 1)
+        return size >= 11 and data[8] == 0 and data[10] < 0x10
     if command == 0x04:  # table NUL wildcard
         table, nul, _ = body.partition(b"\0")
         return bool(nul) and _printable(table)
@@ -423,7 +424,7 @@ def _unreadable(is_request: bool) -> Parse:
     return Parse(Status.MESSAGE, Message(is_request=is_request, size=None, attributes=(("mysql.compressed", "unreadable"),)))
 
 
-def _from_compressed(parse, unpacked: tuple[bytearray, list[tuple[int, int]], bool], final: bool) -> Parse:
+def _from_compressed(parse: Callable[[bytes, bool], Parse], unpacked: tuple[bytearray, list[tuple[int, int]], bool], final: bool) -> Parse:
     """Parse the inner message and size it in wire bytes: the whole compressed packets up to the one where it ends
     (unknown when the bytes or the inflate limit stop before it, or when its own end is: a prepared statement's OK)."""
     inner, ends, capped = unpacked

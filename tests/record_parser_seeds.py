@@ -196,8 +196,16 @@ def record_mysql() -> list[Conversation]:
                              f"--socket={data}/mysqld.sock", "--skip-networking=0", f"--pid-file={data}/mysqld.pid"], port):
             script = ("CREATE DATABASE shop; USE shop; CREATE TABLE t (id INT, name VARCHAR(20)); "
                       "INSERT INTO t VALUES (1, 'a'), (2, 'b'); SELECT name FROM t WHERE id > 0; SELECT * FROM nope;")
-            return relayed(port, lambda p: subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(p), "-u", "root", "--force",
-                                                           "-e", script], capture_output=True, timeout=30))
+            # interactive (under a pty), the client lists each table's fields (COM_FIELD_LIST) on connect; compressed
+            session = ("SELECT REPEAT('x', 30000);\nSELECT * FROM nope;\nDELIMITER //\nSELECT 1; SELECT name FROM t //\n"
+                       "DELIMITER ;\nexit\n")
+
+            def talk(p: int) -> None:
+                subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(p), "-u", "root", "--force", "-e", script], capture_output=True,
+                               timeout=30)
+                subprocess.run(["script", "-qc", f"mariadb --compress --auto-rehash --force -h 127.0.0.1 -P {p} -u root shop", "/dev/null"],
+                               input=session.encode(), capture_output=True, timeout=30)
+            return relayed(port, talk)
     finally:
         shutil.rmtree(data, ignore_errors=True)
 

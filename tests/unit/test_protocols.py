@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzzing import PROTOCOLS
+from tests.parser_seeds import SEEDS
 from tracetap.endpoints import endpoint_of
 from tracetap.protocols import all_protocols, detect
 from tracetap.protocols.base import Parse, Status
@@ -86,6 +88,18 @@ def test_detection_by_first_bytes_and_port():
     assert detect("TCP", SAMPLES[2], 12345) is REDIS
     assert detect("TCP", b"\x16\x03\x01\x02\x00", 443) is None  # TLS is not parsed
     assert detect("UDP", SAMPLES[4], 53) is None  # a response is not a client's first message
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_recorded_conversations_are_claimed_by_their_own_protocol_alone_on_any_port(name):
+    """Detection mid-connection: any recorded chunk of a conversation may be the first an agent sees. On a port that
+    names no protocol, none is claimed by another protocol, and each client's first message is claimed by its own."""
+    l4 = "UDP" if name == "DNS-UDP" else "TCP"
+    for connection in SEEDS[name]:
+        claims = {detect(l4, data, 40000) for _, data in connection} - {None}
+        assert claims <= {PROTOCOLS[name]}, f"{name} chunks claimed by {[p.name for p in claims]}"
+        first = next(data for to_server, data in connection if to_server)
+        assert detect(l4, first, 40000) is PROTOCOLS[name]
 
 
 @pytest.mark.parametrize("schema", ["l7_span", "red_metric", "path_record"])

@@ -124,6 +124,15 @@ def test_small_packets_travel_stored_and_are_read_and_detected_too():
     assert MYSQL.parse_response(ok, False).message.size == len(ok)
 
 
+def test_a_compressed_header_read_alone_waits_for_its_payload():
+    """mariadbd reads a compressed packet's 7-byte header, then its payload: the header alone is no command."""
+    query = compressed(packet(b"\x03CREATE DATABASE shop"))
+    assert MYSQL.parse_request(query[:7], False).status is Status.NEED_MORE
+    whole = MYSQL.parse_request(query, False).message
+    assert (whole.request_resource, whole.size) == ("CREATE DATABASE shop", len(query))
+    assert MYSQL.parse_request(packet(b"\x0e"), False).message.request_type == "PING"  # a short plain packet, whole
+
+
 def test_a_plain_ok_is_not_read_as_a_stored_compressed_packet():
     ok = packet(b"\x00\x00\x00\x00\x00\x00\x00", 2)  # affected rows, insert id and status 0: bytes 4..6 are zero
     message = MYSQL.parse_response(ok, False).message

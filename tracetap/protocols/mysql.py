@@ -56,6 +56,12 @@ def _packet(data: bytes, offset: int) -> tuple[int, int, int] | None:
     return length, data[offset + 3], offset + 4
 
 
+def _undecided(data: bytes, final: bool) -> bool:
+    """Too few bytes to tell a compressed packet from a plain one: mariadbd reads a compressed packet's 7-byte header
+    alone, which as a plain packet would be a command cut short. A plain packet this short and whole is decided."""
+    return not final and len(data) < _COMPRESSED_HEADER + 2 and len(data) < 4 + int.from_bytes(data[:3], "little")
+
+
 class MySql:
     name = "MYSQL"
     symbols = ("MYSQL",)
@@ -81,6 +87,8 @@ class MySql:
         return bool(unpacked and unpacked[1] and _command(bytes(unpacked[0][:unpacked[1][0][1]])))
 
     def parse_request(self, data: bytes, final: bool) -> Parse:
+        if _undecided(data, final):
+            return NEED_MORE
         if compressed_packet(data):
             unpacked = _unpack(data, final)
             if unpacked is not None:
@@ -90,6 +98,8 @@ class MySql:
         return self._request(data, final)
 
     def parse_response(self, data: bytes, final: bool) -> Parse:
+        if _undecided(data, final):
+            return NEED_MORE
         if compressed_packet(data):
             unpacked = _unpack(data, final)
             if unpacked is not None:

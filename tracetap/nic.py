@@ -1,18 +1,25 @@
-"""NIC spans (tap sides c and s) from one flow's packet summaries at one tap point: the request packet
-(an HTTP method or a DNS query tshark dissected) paired with the response packet (an HTTP status or a
-DNS answer); the response's later segments extend the span's end.
+"""NIC spans (tap sides c and s) from one flow's packets at one tap point, two ways.
+
+`FlowPayloadAssembler` (the packet agent in-collector, its default): the packets' payloads go through the same
+protocol modules and socket assembly as the eBPF agent's syscalls, so every protocol the core parses is decoded at
+the NIC as at the process, each by its own module. `FlowPacketAssembler` (packet summaries on raw.packets, which
+carry no payload): the request packet (an HTTP method or a DNS query tshark dissected) paired with the response
+packet (an HTTP status or a DNS answer); the response's later segments extend the span's end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+
+from tracetap.assembly import AssemblyConfig, SocketAssembler
 from tracetap.endpoints import endpoint_of
 from tracetap.errors import InvalidEvent
 from tracetap.flow import Endpoint, flow_id
-from tracetap.model import Span, TapSide
+from tracetap.model import SocketData, Span, TapSide
 
 FIN, RST = 0x01, 0x04
 
@@ -223,3 +230,93 @@ _RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4
 
 def _rcode(name: str | None) -> int | None:
     return _RCODES.get(name) if name else None
+
+
+class FlowPayloadAssembler:
+    """One flow's packets at one tap point, their payloads read as the eBPF agent's syscalls are: a socket whose
+    local end is the flow's first sender (the client when the capture saw the SYN; else the protocol's detection
+    tells), each packet one event in its direction with its TCP sequence number. Retransmitted bytes are skipped;
+    bytes the capture never saw are a loss, after which the socket assembly resynchronises. A FIN or RST closes it."""
+
+    def __init__(self, config: AssemblyConfig = AssemblyConfig()) -> None:
+        self._socket = SocketAssembler(config)
+        self._tap: dict[str, Any] | None = None  # the first packet's addresses and tap point
+        self._next_seq: dict[bool, int] = {}  # per direction (egress: from the first sender), the sequence number expected next
+        self._losses = 0
+        self._closed = False
+        self.abandoned = 0
+
+    def add(self, p: dict[str, Any]) -> list[Span]:
+        if self._tap is None:
+            self._tap = {k: p[k] for k in ("host", "interface", "tap_point", "workload", "l4_protocol", "src_ip", "src_port", "dst_ip", "dst_port")}
+        egress = (p["src_ip"], p["src_port"]) == (self._tap["src_ip"], self._tap["src_port"])
+        payload: bytes = p.get("payload") or b""
+        size = p["payload_bytes"] if p["l4_protocol"] == "TCP" else len(payload)
+        seq = p["tcp_seq"]
+        out: list[Span] = []
+        if size > 0 and not self._closed:
+            if seq is not None:
+                expected = self._next_seq.get(egress)
+                behind = 0 if expected is None else (expected - seq) % 2**32
+                if 0 < behind < 2**31:  # bytes seen already: a retransmission, in whole or in part
+                    if behind >= size:
+                        return out
+                    payload, size, seq = payload[behind:], size - behind, expected
+                elif expected is not None and seq != expected:  # bytes the capture never saw: what is open is incomplete
+                    self._losses += 1
+                self._next_seq[egress] = (seq + size) % 2**32
+            out += self._socket.add(self._event(p["time"], egress, payload[:size], size, seq))
+        if p["tcp_flags"] is not None and p["tcp_flags"] & (FIN | RST) and not self._closed:
+            self._closed = True
+            out += self._socket.close(p["time"])
+        return self._nic(out)
+
+    def expire(self, watermark_ns: int) -> list[Span]:
+        return self._nic(self._socket.expire(watermark_ns))
+
+    def abandon(self) -> list[Span]:
+        before = self._socket.counters.abandoned
+        spans = self._nic(self._socket.abandon())
+        self.abandoned += self._socket.counters.abandoned - before
+        return spans
+
+    @property
+    def idle(self) -> bool:
+        return self._socket.idle
+
+    @property
+    def next_deadline_ns(self) -> int | None:
+        return self._socket.next_deadline_ns
+
+    def to_state(self) -> list[Any]:
+        """JSON-ready data; `from_state` reads it back."""
+        return [self._socket.to_state(), self._tap, [[egress, seq] for egress, seq in self._next_seq.items()], self._losses, self._closed,
+                self.abandoned]
+
+    @classmethod
+    def from_state(cls, state: list[Any], config: AssemblyConfig) -> FlowPayloadAssembler:
+        socket, tap, next_seq, losses, closed, abandoned = state
+        assembler = cls(config)
+        assembler._socket = SocketAssembler.from_state(socket, config)
+        assembler._tap, assembler._losses, assembler._closed, assembler.abandoned = tap, losses, closed, abandoned
+        assembler._next_seq = {bool(egress): seq for egress, seq in next_seq}
+        return assembler
+
+    def _event(self, time_ns: int, egress: bool, payload: bytes, size: int, seq: int | None) -> SocketData:
+        t = self._tap
+        assert t is not None
+        return SocketData(t["host"], time_ns, time_ns, 0, 0, "", 0, egress, size, t["l4_protocol"], t["src_ip"] or "", t["src_port"] or 0,
+                          t["dst_ip"] or "", t["dst_port"] or 0, "UNKNOWN", payload, seq, None, 1.0, self._losses)
+
+    def _nic(self, spans: list[Span]) -> list[Span]:
+        """The socket assembly's spans as this tap point's: its side, workload and identity, no process."""
+        if not spans:
+            return spans
+        t = self._tap
+        assert t is not None
+        side = tap_side_of(t["tap_point"])
+        return [dataclasses.replace(span, tap_side=side, pid=None, tid=None, comm=None, syscall_trace_id_request=None,
+                                    syscall_trace_id_response=None, identity=f"{t['interface']}|{t['tap_point']}|{span.flow_id}",
+                                    client_workload=t["workload"] if side is TapSide.CLIENT_NIC else None,
+                                    server_workload=t["workload"] if side is TapSide.SERVER_NIC else None)
+                for span in spans]

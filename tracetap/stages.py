@@ -24,7 +24,7 @@ from tracetap.config import StreamSettings
 from tracetap.errors import InvalidEvent, UndecodableState
 from tracetap.metrics import WindowConfig
 from tracetap.model import Span, SocketData, TapSide
-from tracetap.nic import FlowPacketAssembler, NicConfig, check_packet
+from tracetap.nic import FlowPacketAssembler, FlowPayloadAssembler, NicConfig, check_packet
 from tracetap.paths import join_key
 
 
@@ -74,6 +74,7 @@ class FlowStage:
     last_seen_ns: dict[str, int] = field(default_factory=dict)  # assembler key -> its latest event time
     closing: dict[str, int] = field(default_factory=dict)  # socket key -> its CLOSE's time, applied at that watermark
     closing_generation: dict[str, int] = field(default_factory=dict)  # socket key -> its loss generation at the CLOSE
+    payload_nics: dict[str, FlowPayloadAssembler] = field(default_factory=dict)  # NIC taps read from packet payloads
 
     @staticmethod
     def event_time_ns(kind: str, record: dict[str, Any]) -> int:
@@ -93,13 +94,20 @@ class FlowStage:
         return assembler.add(event)
 
     def packet(self, record: dict[str, Any]) -> list[Span]:
+        """A packet at a NIC tap point. One the packet agent read with its payload (in-collector) is parsed by the
+        protocol modules, as a socket's data is; a packet summary (raw.packets) by the fields tshark dissected."""
         self.event_time_ns("packet", record)
         check_packet(record)
         tap = f"{record['host']}|{record['interface']}|{record['tap_point']}"
+        self.last_seen_ns[tap] = record["time"]
+        if "payload" in record:
+            payloads = self.payload_nics.get(tap)
+            if payloads is None:
+                payloads = self.payload_nics[tap] = FlowPayloadAssembler(self.config.assembly)
+            return payloads.add(record)
         assembler = self.nics.get(tap)
         if assembler is None:
             assembler = self.nics[tap] = FlowPacketAssembler(self.config.nic)
-        self.last_seen_ns[tap] = record["time"]
         return assembler.add(record)
 
     def span(self, record: dict[str, Any]) -> list[Span]:
@@ -131,7 +139,7 @@ class FlowStage:
                 self.last_seen_ns.pop(key, None)
                 if assembler is not None:
                     out += assembler.close(time_ns, generation)
-        for assemblers in (self.sockets, self.nics):
+        for assemblers in (self.sockets, self.nics, self.payload_nics):
             for key in sorted(assemblers):
                 out += assemblers[key].expire(watermark_ns)
                 if assemblers[key].idle and self.last_seen_ns.get(key, 0) + self.config.idle_state_ns <= watermark_ns:
@@ -141,7 +149,7 @@ class FlowStage:
 
     @property
     def empty(self) -> bool:
-        return not self.sockets and not self.nics and not self.closing
+        return not self.sockets and not self.nics and not self.payload_nics and not self.closing
 
     def abandon(self) -> tuple[list[Span], int]:
         """Capture ends (an agent assembling on its node stops), not the flow: closes already seen are applied,
@@ -156,12 +164,13 @@ class FlowStage:
             before = socket.counters.abandoned
             out += socket.abandon()
             unanswered += socket.counters.abandoned - before
-        for nic in self.nics.values():
+        for nic in [*self.nics.values(), *self.payload_nics.values()]:
             before = nic.abandoned
             out += nic.abandon()
             unanswered += nic.abandoned - before
         self.sockets.clear()
         self.nics.clear()
+        self.payload_nics.clear()
         self.closing.clear()
         self.closing_generation.clear()
         self.last_seen_ns.clear()
@@ -177,7 +186,7 @@ class FlowStage:
         is not part of it: the engine passes its own to `from_state`."""
         return {"sockets": {k: a.to_state() for k, a in self.sockets.items()}, "nics": {k: a.to_state() for k, a in self.nics.items()},
                 "applied": dict(self.applied), "last_seen_ns": dict(self.last_seen_ns), "closing": dict(self.closing),
-                "closing_generation": dict(self.closing_generation)}
+                "closing_generation": dict(self.closing_generation), "payload_nics": {k: a.to_state() for k, a in self.payload_nics.items()}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], config: StageConfig) -> FlowStage:
@@ -186,7 +195,8 @@ class FlowStage:
             return cls(config, {k: SocketAssembler.from_state(a, config.assembly) for k, a in state["sockets"].items()},
                        {k: FlowPacketAssembler.from_state(a, config.nic) for k, a in state["nics"].items()},
                        state_ints(state["applied"]), state_ints(state["last_seen_ns"]), state_ints(state["closing"]),
-                       state_ints(state.get("closing_generation", {})))  # absent in state written before it existed
+                       state_ints(state.get("closing_generation", {})),  # absent in state written before it existed
+                       {k: FlowPayloadAssembler.from_state(a, config.assembly) for k, a in state.get("payload_nics", {}).items()})
         except UndecodableState:
             raise
         except Exception as exc:  # malformed data fails in many ways (a missing key, a wrong shape); all mean the same
@@ -197,7 +207,7 @@ class FlowStage:
         assembler. An engine with per-key timers (Flink) sets one here; one that advances every key each batch
         (Faust) needs none."""
         deadlines = list(self.closing.values())
-        for assemblers in (self.sockets, self.nics):
+        for assemblers in (self.sockets, self.nics, self.payload_nics):
             for key, assembler in assemblers.items():
                 due = assembler.next_deadline_ns
                 if due is None:

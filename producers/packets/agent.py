@@ -96,7 +96,7 @@ class PacketAgent:
             interfaces = [tap.interface for tap in group]
 
             def make(interfaces: list[str] = interfaces, path: str | None = path) -> Any:
-                return LiveTapCapture(interfaces, capture_filter, settings.packets.snaplen, path)
+                return LiveTapCapture(interfaces, capture_filter, settings.packets.snaplen, path, settings.packets.in_collector)
 
             sources.append(_Source(netns or "host", group, make, live=True))
         log.info("live capture taps=%s filter=%r", [t for t in settings.packets.taps], capture_filter)
@@ -110,7 +110,8 @@ class PacketAgent:
         for path in files:
             if not path.is_file():
                 raise CaptureError(f"cannot read {path}: no such file")
-            sources.append(_Source(str(path), [tap], lambda path=path: FileTapCapture(path, tshark), live=False))
+            payloads = settings.packets.in_collector
+            sources.append(_Source(str(path), [tap], lambda path=path: FileTapCapture(path, tshark, payloads), live=False))
         return cls(settings, sources)
 
     # running --------------------------------------------------------------------------------------
@@ -118,7 +119,8 @@ class PacketAgent:
         """Capture until every source ends (files), stop(), a signal, or the duration; returns the counts."""
         schema = PACKETS.schema()
         decoders = [PacketSummaryDecoder(self._host, source.taps, default_tap=source.taps[0], schema=schema,
-                                         rules=self._settings.agent.redaction_rules()) for source in self._sources]
+                                         rules=self._settings.agent.redaction_rules(), payloads=self._settings.packets.in_collector)
+                    for source in self._sources]
         if self._settings.packets.in_collector:
             config = StageConfig.from_settings(self._settings.streams)
             self._collectors = [_Assembly(decoder, NodeCollector(lambda span: self._emit_span(emitter, span), config), emitter)

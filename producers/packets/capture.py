@@ -21,7 +21,7 @@ from typing import Any
 import pyshark
 from pyshark.tshark.output_parser.base_parser import BaseTsharkOutputParser
 
-from producers.packets.summary import TSHARK_FIELDS, TSHARK_PREFS
+from producers.packets.summary import PAYLOAD_FIELDS, TSHARK_FIELDS, TSHARK_PREFS
 
 log = logging.getLogger("tracetap.agent.packets")
 
@@ -88,18 +88,20 @@ class _Batched:
         await super()._cleanup_subprocess(process)  # type: ignore[misc]
 
 
-def tshark_parameters() -> list[str]:
+def tshark_parameters(payloads: bool = False) -> list[str]:
+    """tshark's field list; with `payloads`, also each packet's TCP or UDP payload (the packet agent in-collector
+    reads it with the core's protocol modules)."""
     params = []
-    for name in TSHARK_FIELDS:
+    for name in TSHARK_FIELDS + (PAYLOAD_FIELDS if payloads else ()):
         params += ["-e", name]
     return params
 
 
 class LiveTapCapture(_Batched, pyshark.LiveCapture):
-    def __init__(self, interfaces: list[str], capture_filter: str, snaplen: int, tshark_path: str | None) -> None:
+    def __init__(self, interfaces: list[str], capture_filter: str, snaplen: int, tshark_path: str | None, payloads: bool = False) -> None:
         self._snaplen = snaplen
         super().__init__(interface=interfaces, bpf_filter=capture_filter or None, use_ek=True, tshark_path=tshark_path,
-                         override_prefs=dict(TSHARK_PREFS), custom_parameters=tshark_parameters())
+                         override_prefs=dict(TSHARK_PREFS), custom_parameters=tshark_parameters(payloads))
 
     def _get_dumpcap_parameters(self) -> list[str]:
         return ["-s", str(self._snaplen)] + super()._get_dumpcap_parameters()
@@ -108,9 +110,9 @@ class LiveTapCapture(_Batched, pyshark.LiveCapture):
 class FileTapCapture(_Batched, pyshark.FileCapture):
     stop_with_sigterm = False
 
-    def __init__(self, path: Path, tshark_path: str | None) -> None:
+    def __init__(self, path: Path, tshark_path: str | None, payloads: bool = False) -> None:
         super().__init__(input_file=str(path), use_ek=True, keep_packets=False, tshark_path=tshark_path,
-                         override_prefs=dict(TSHARK_PREFS), custom_parameters=tshark_parameters())
+                         override_prefs=dict(TSHARK_PREFS), custom_parameters=tshark_parameters(payloads))
 
     async def _get_tshark_process(self, packet_count: int | None = None, stdin: Any = None) -> Any:
         """pyshark's, less `-l`: flushing after every packet is right for a live capture's latency, and costs a

@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency, this keeps a b
 from schemas.serde import FlatRecordWriter
 from tracetap.config import TapSpec
 from tracetap.flow import Endpoint, flow_id
-from tracetap.redact import DEFAULT_RULES, RedactionRules, redact_text
+from tracetap.redact import DEFAULT_RULES, RedactionRules, Redactors, redact_text
 
 # What `tracetap agent packets` asks tshark for; nothing else is dissected into the output.
 TSHARK_FIELDS = (
@@ -31,6 +31,8 @@ TSHARK_FIELDS = (
     "tls.handshake.extensions_server_name", "mysql.command",
     "_ws.malformed", "_ws.short",
 )
+# With them, in-collector: the payload, which the core's protocol modules read as the eBPF agent's syscalls.
+PAYLOAD_FIELDS = ("tcp.payload", "udp.payload")
 # tshark preferences: no TCP reassembly, so an HTTP status is reported on the segment that carries it
 # (the one whose sequence number matches the server's write), and no sequence analysis we do not emit.
 TSHARK_PREFS = {"tcp.desegment_tcp_streams": "FALSE", "tcp.analyze_sequence_numbers": "FALSE", "http.desegment_body": "FALSE"}
@@ -51,9 +53,12 @@ class PacketSummaryDecoder:
     """EK lines from one capture (one network namespace) to (flow key, PacketSummary record)."""
 
     def __init__(self, host: str, taps: list[TapSpec], default_tap: TapSpec | None = None,
-                 schema: dict[str, Any] | None = None, rules: RedactionRules = DEFAULT_RULES) -> None:
+                 schema: dict[str, Any] | None = None, rules: RedactionRules = DEFAULT_RULES, payloads: bool = False) -> None:
         self._host = host
         self._rules = rules  # the request target may carry credentials (userinfo, access_token=...)
+        # In-collector, each packet's payload goes to the core (`payload`, not a PacketSummary field), redacted per flow
+        # direction as the eBPF agent's syscalls are: no secret reaches a span, whichever way the bytes were cut.
+        self._redactors = Redactors(rules) if payloads else None
         self._writer = FlatRecordWriter(schema) if schema else None
         self._taps = {tap.interface: tap for tap in taps}
         self._default_tap = default_tap or (taps[0] if len(taps) == 1 else None)
@@ -140,7 +145,22 @@ class PacketSummaryDecoder:
             key = flow_id(l4, Endpoint(src_ip, sport or 0), Endpoint(dst_ip, dport or 0))
             if tap is not None and tap.address is not None:
                 record["tap_point"] = self._pod_side(tap, key, record, flags)
+        if self._redactors is not None:
+            record["payload"] = self._payload(layers, record)
         return key, record
+
+    def _payload(self, layers: Mapping[str, list[str]], record: dict[str, Any]) -> bytes:
+        hexed = layers.get("tcp_payload") or layers.get("udp_payload")
+        try:
+            payload = bytes.fromhex(hexed[0].replace(":", "")) if hexed else b""
+        except ValueError:
+            payload = b""
+        if not payload:
+            return payload
+        assert self._redactors is not None
+        stream = (record["interface"], record["l4_protocol"], record["src_ip"], record["src_port"], record["dst_ip"], record["dst_port"])
+        masked, _ = self._redactors.redact(stream, payload, record["payload_bytes"])
+        return masked
 
     def _pod_side(self, tap: TapSpec, key: str, record: dict[str, Any], flags: int | None) -> str:
         """On a workload's own NIC: client-nic for the flows it started, server-nic for those it serves. The client

@@ -6,8 +6,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from tests.kafka_helpers import read_until_idle
 REPO = Path(__file__).resolve().parents[2]
 SERVER_IP, CLIENT_IP = "10.231.7.2", "10.231.7.1"
 HTTP_PORT = 8080
+REDIS_PORT = 7777  # a port that names no protocol: the NIC spans come from the payload's structure
 PAGE = b"hello from the server pod\n"
 
 
@@ -32,9 +31,9 @@ def _ns(name, *cmd, **kwargs):
 
 @pytest.fixture(scope="module")
 def pods(tmp_path_factory):
-    """Two namespaces joined by veth-c (client side) and veth-s (server side), an HTTP server and dnsmasq in the server."""
+    """Two namespaces joined by veth-c (client side) and veth-s (server side), an HTTP server, dnsmasq and redis in the server."""
     assert os.geteuid() == 0, "the packet agent e2e tests need root (network namespaces and live capture)"
-    assert shutil.which("tshark") and shutil.which("dnsmasq"), "tshark and dnsmasq are installed by make setup"
+    assert shutil.which("tshark") and shutil.which("dnsmasq") and shutil.which("redis-server"), "make setup installs tshark, dnsmasq, redis"
     run = uuid.uuid4().hex[:6]
     client, server = f"tt-pc-{run}", f"tt-ps-{run}"
     veth_c, veth_s = f"ttc{run}", f"tts{run}"
@@ -56,7 +55,10 @@ def pods(tmp_path_factory):
                                            "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/tracetap.test/",
                                            f"--address=/svc.tracetap.test/{SERVER_IP}", "--pid-file="],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(subprocess.Popen(["ip", "netns", "exec", server, "redis-server", "--port", str(REDIS_PORT), "--bind", SERVER_IP,
+                                           "--protected-mode", "no", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait_for_port(server, HTTP_PORT)
+        _wait_for_port(server, REDIS_PORT)
         yield {"client": client, "server": server, "veth_c": veth_c, "veth_s": veth_s}
     finally:
         for process in processes:
@@ -89,6 +91,10 @@ def query(qid, name):
     s.sendto(q, (sys.argv[1], 53)); s.recv(512); s.close()
 query(0x4242, "svc.tracetap.test")
 query(0x4343, "nothing.tracetap.test")
+redis = socket.create_connection((sys.argv[1], 7777), timeout=5)
+for command in (b"*3\r\n$3\r\nSET\r\n$8\r\norder:42\r\n$4\r\npaid\r\n", b"*2\r\n$4\r\nINCR\r\n$8\r\norder:42\r\n"):
+    redis.sendall(command); redis.recv(512)
+redis.close()
 print(len(body))
 """
 
@@ -156,8 +162,9 @@ def test_both_tap_points_see_the_exchange_with_tuples_and_flags(live, pods):
         assert {(r["interface"], r["workload"]) for r in seen} == {(interface, workload)}
         syn = [r for r in seen if r["tcp_flags"] == 0x02]
         syn_ack = [r for r in seen if r["tcp_flags"] == 0x12]
-        # http.server speaks HTTP/1.0 and closes after each response: one connection per request
-        assert [(r["src_ip"], r["dst_ip"], r["dst_port"], r["ip_version"], r["l4_protocol"]) for r in syn] == [(CLIENT_IP, SERVER_IP, HTTP_PORT, 4, "TCP")] * 2
+        # http.server speaks HTTP/1.0 and closes after each response: one connection per request; then one to redis
+        assert [(r["src_ip"], r["dst_ip"], r["dst_port"], r["ip_version"], r["l4_protocol"]) for r in syn] == \
+            [(CLIENT_IP, SERVER_IP, HTTP_PORT, 4, "TCP")] * 2 + [(CLIENT_IP, SERVER_IP, REDIS_PORT, 4, "TCP")]
         assert sorted(r["tcp_ack"] for r in syn_ack) == sorted((r["tcp_seq"] + 1) % 2**32 for r in syn)
         assert syn[0]["ttl"] == 64 and syn[0]["ip_id"] is not None
 
@@ -213,7 +220,8 @@ def test_in_collector_one_span_per_request_and_tap_leaves_the_node_not_the_packe
     spans = sorted(((s["tap_side"], s["protocol"], s["request_type"], s["request_resource"], s["response_code"], s["error_class"])
                     for _, s in live["spans"]), key=repr)
     per_tap = [("HTTP", "GET", "/hello.txt", 200, None), ("HTTP", "GET", "/missing", 404, "CLIENT_ERROR"),
-               ("DNS", "A", "svc.tracetap.test", 0, None), ("DNS", "A", "nothing.tracetap.test", 3, "CLIENT_ERROR")]
+               ("DNS", "A", "svc.tracetap.test", 0, None), ("DNS", "A", "nothing.tracetap.test", 3, "CLIENT_ERROR"),
+               ("REDIS", "SET", "order:42", None, None), ("REDIS", "INCR", "order:42", None, "SERVER_ERROR")]  # not an integer
     assert spans == sorted(((side, *span) for side in ("CLIENT_NIC", "SERVER_NIC") for span in per_tap), key=repr)
     assert live["raw_after"] == []  # no packet summaries: spans only
     packets = int(live["in_collector"].split("read ")[1].split(" packets")[0])
@@ -269,7 +277,7 @@ def test_a_recorded_pcap_replays_in_collector_to_the_spans_of_the_live_capture(l
     decode = AvroDeserializer(registry)
     untimed = lambda spans: sorted(({k: v for k, v in r.items() if k not in _TIMED} for r in spans), key=repr)  # noqa: E731
     replayed = untimed(decode(m.value()) for m in read_until_idle(mine, NODE_SPANS.full_name(mine.topics.prefix)))
-    assert len(replayed) == 4 and replayed == untimed(r for _, r in live["spans"] if r["tap_side"] == "SERVER_NIC")
+    assert len(replayed) == 6 and replayed == untimed(r for _, r in live["spans"] if r["tap_side"] == "SERVER_NIC")
 
 
 _TIMED = {"span_id", "start_time", "end_time", "duration_ns"}  # the test's dumpcap and the agent's each stamp their own packets

@@ -216,6 +216,16 @@ def test_any_events_keep_their_length_and_change_only_to_the_mask_byte(chunks, e
         assert all(after in (before, ord("*")) for before, after in zip(chunk, redacted))
 
 
+def test_an_indexed_hpack_value_that_is_no_huffman_string_does_not_raise():
+    """A literal with incremental indexing whose Huffman value is garbage (all ones, longer than the EOS padding):
+    its size in the table is unknown, the walk goes on (hpack's decoder raises on it)."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    block = b"\x40\x01x\x85" + b"\xff" * 5 + b"\x40\x0dauthorization\x06secret"
+    frame = len(block).to_bytes(3, "big") + b"\x01\x04" + (3).to_bytes(4, "big") + block
+    redacted, regions = StreamRedactor(RULES).redact(preface + frame)
+    assert b"secret" not in redacted and regions == 1
+
+
 HOSTILE = {
     "password-words": b"password " * 900,
     "identified-quotes": b"IDENTIFIED BY '" * 600,

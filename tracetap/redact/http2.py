@@ -163,9 +163,8 @@ def _field(w: Window, pos: int, limit: int, state: _Http2Walk, secret_names: fro
         if path is None or any(f"{key}=".encode() in path for key in keys):
             w.mask_open(start, len(data), value_end)
     if indexing:
-        value_size = length if not huffman else (
-            len(decode_huffman(data[start:value_end])) if value_end <= len(data) and name is not None else None)
-        _insert(state, name, value_size)
+        value = _decode(data[start:value_end], True) if huffman and value_end <= len(data) and name is not None else None
+        _insert(state, name, length if not huffman else None if value is None else len(value))
     return value_end
 
 

@@ -606,7 +606,8 @@ class SocketAssembler:
             endpoint=endpoint_of(protocol, req.request_type, req.request_resource),
             response_code=resp.response_code if resp else None, response_message=resp.response_message if resp else None,
             error_class=str(error) if error else None, connection_closed=bool(response and response.cut),
-            request_bytes=req.size or request.seen, response_bytes=(resp.size or response.seen) if response else 0,
+            request_bytes=resp.request_size if resp is not None and resp.request_size is not None else req.size or request.seen,
+            response_bytes=(resp.size or response.seen) if response else 0,
             req_tcp_seq=request.seq, resp_tcp_seq=response.seq if response else None,
             syscall_trace_id_request=request.trace_id, syscall_trace_id_response=response.trace_id if response else None,
             pid=first.pid, tid=request.tid, comm=first.comm,
@@ -628,15 +629,15 @@ def _open_state(o: _Open) -> list[Any]:
     m = o.message
     message = [m.is_request, m.size, m.request_type, m.request_domain, m.request_resource, m.response_code, m.response_message,
                None if m.error_class is None else str(m.error_class), m.pair_key, [list(h) for h in m.trace_headers],
-               [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1"), m.protocol]
+               [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1"), m.protocol, m.request_size]
     return [message, o.start_ns, o.seq, o.trace_id, o.tid, o.end_ns, o.seen]
 
 
 def _open_from_state(state: list[Any]) -> _Open:
     message, start_ns, seq, trace_id, tid, end_ns, *seen = state  # `seen`: absent in state written before it existed
     (is_request, size, request_type, domain, resource, code, response_message, error, pair_key, headers, attributes, expects,
-     head, *protocol) = message  # `protocol`: absent in state written before it existed
+     head, *later) = message  # `protocol`, `request_size`: absent in state written before they existed
     return _Open(Message(is_request, size, request_type, domain, resource, code, response_message, None if error is None else ErrorClass(error),
                          pair_key, tuple((k, v) for k, v in headers), tuple((k, v) for k, v in attributes), expects,
-                         head.encode("latin-1"), protocol[0] if protocol else None), start_ns, seq, trace_id, tid, end_ns,
-                 seen=seen[0] if seen else 0)
+                         head.encode("latin-1"), later[0] if later else None, request_size=later[1] if len(later) > 1 else None),
+                 start_ns, seq, trace_id, tid, end_ns, seen=seen[0] if seen else 0)

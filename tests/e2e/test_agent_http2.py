@@ -3,7 +3,6 @@
 server-streaming, client-streaming and bidirectional calls). The spans on raw.spans are counted per protocol and
 side against what the clients did, exactly."""
 
-import signal
 import subprocess
 from collections import Counter
 
@@ -13,7 +12,7 @@ import pytest
 from schemas.catalog import NODE_SPANS
 from schemas.serde import AvroDeserializer
 from tests import servers
-from tests.e2e.test_ebpf_agent import _start_agent
+from tests.e2e.test_ebpf_agent import running_agent
 from tests.kafka_helpers import read_until_idle
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -26,8 +25,7 @@ GRPC = [("/demo.Echo/Say", 0, None), ("/demo.Echo/Say", 5, "CLIENT_ERROR"), ("/d
 def spans(own_topics, registry):
     settings = own_topics
     with servers.nginx_h2c() as nginx_port, servers.grpc_echo() as grpc_port:
-        agent = _start_agent(settings)
-        try:
+        with running_agent(settings):
             for path, code, _ in CURL:
                 out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-H", f"traceparent: {TRACEPARENT}", "-o", "/dev/null",
                                       "-w", "%{http_code}", f"http://127.0.0.1:{nginx_port}{path}"], capture_output=True, text=True, timeout=30)
@@ -41,12 +39,6 @@ def spans(own_topics, registry):
                 assert list(channel.unary_stream("/demo.Echo/Count")(b"3", timeout=10)) == [b"0", b"1", b"2"]
                 assert channel.stream_unary("/demo.Echo/Sum")(iter([b"1", b"2"]), timeout=10) == b"3"
                 assert list(channel.stream_stream("/demo.Echo/Chat")(iter([b"x", b"y"]), timeout=10)) == [b"X", b"Y"]
-            agent.send_signal(signal.SIGINT)
-            out, err = agent.communicate(timeout=60)
-            assert agent.returncode == 0, err[-2000:]
-        finally:
-            if agent.poll() is None:
-                agent.kill()
     decode = AvroDeserializer(registry)
     records = [decode(m.value()) for m in read_until_idle(settings, NODE_SPANS.full_name(settings.topics.prefix))]
     return {"nginx": [r for r in records if r["server_port"] == nginx_port], "grpc": [r for r in records if r["server_port"] == grpc_port]}

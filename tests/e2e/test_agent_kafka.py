@@ -4,7 +4,6 @@ than its topic allows. Its Produce requests are counted at both ends, the produc
 reads each request's size prefix alone, then the rest), against what the producer did, exactly."""
 
 import json
-import signal
 import subprocess
 import sys
 import uuid
@@ -13,7 +12,7 @@ import pytest
 
 from schemas.catalog import NODE_SPANS
 from schemas.serde import AvroDeserializer
-from tests.e2e.test_ebpf_agent import _start_agent
+from tests.e2e.test_ebpf_agent import running_agent
 from tests.kafka_helpers import read_until_idle
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -46,18 +45,11 @@ def produced(own_topics, registry, admin):
         future.result()
     try:
         # the broker is the pipeline's own, whose port the agent leaves out by default: here it is the service traced
-        agent = _start_agent(settings, extra_env={"TRACETAP_AGENT__EXCLUDE_PIPELINE_PORTS": "false"})
-        try:
+        with running_agent(settings, extra_env={"TRACETAP_AGENT__EXCLUDE_PIPELINE_PORTS": "false"}):
             out = subprocess.run([sys.executable, "-c", PRODUCER, settings.kafka.bootstrap_servers, traced, small, TRACEPARENT],
                                  capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, out.stderr[-2000:]
             producer = json.loads(out.stdout)
-            agent.send_signal(signal.SIGINT)
-            _, err = agent.communicate(timeout=60)
-            assert agent.returncode == 0, err[-2000:]
-        finally:
-            if agent.poll() is None:
-                agent.kill()
     finally:
         for future in admin.delete_topics([traced, small], operation_timeout=30).values():
             future.result()

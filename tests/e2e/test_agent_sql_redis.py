@@ -3,7 +3,6 @@ psql and the mariadb client (with the compressed protocol) against real servers.
 counted per protocol and side against the commands and statements the clients ran, exactly."""
 
 import os
-import signal
 import subprocess
 from collections import Counter
 
@@ -12,7 +11,7 @@ import pytest
 from schemas.catalog import NODE_SPANS
 from schemas.serde import AvroDeserializer
 from tests import servers
-from tests.e2e.test_ebpf_agent import _start_agent
+from tests.e2e.test_ebpf_agent import running_agent
 from tests.kafka_helpers import read_until_idle
 from tests.recording import free_port, wait_for_port
 
@@ -36,8 +35,7 @@ def spans(own_topics, registry, tmp_path_factory):
     try:
         with servers.postgres() as pg_port, servers.mariadb(str(tmp_path_factory.mktemp("mysql"))) as my_port:
             wait_for_port(redis_port)
-            agent = _start_agent(settings)
-            try:
+            with running_agent(settings):
                 for command in (["SET", "order:42", "paid"], ["GET", "order:42"], ["INCR", "order:42"]):
                     _run(["redis-cli", "-p", str(redis_port), *command])
                 pg = _run(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "tracetap", "-d", "postgres", "-c", "CREATE TABLE orders (id int)",
@@ -46,12 +44,6 @@ def spans(own_topics, registry, tmp_path_factory):
                 my = _run(["mariadb", "-h", "127.0.0.1", "-P", str(my_port), "-u", "root", "--skip-ssl", "--compress", "--force", "-e",
                            "CREATE DATABASE shop; SELECT REPEAT('x', 70000); SELECT * FROM shop.nope"])
                 assert "doesn't exist" in my.stderr and len(my.stdout) > 70000
-                agent.send_signal(signal.SIGINT)
-                _, err = agent.communicate(timeout=60)
-                assert agent.returncode == 0, err[-2000:]
-            finally:
-                if agent.poll() is None:
-                    agent.kill()
     finally:
         redis.terminate()
         redis.wait(30)

@@ -1,6 +1,7 @@
 """The eBPF agent against real traffic, as root: events are read back from Kafka and checked
 against the bytes this test sent. Needs root, BTF and the local stack (CI has all three)."""
 
+import contextlib
 import http.client
 import os
 import re
@@ -73,6 +74,21 @@ def _start_agent(settings, extra_env=None, raw=False):
         agent.kill()
         raise AssertionError(f"agent did not start: {ready!r} {agent.stderr.read()[-2000:]}")
     return agent
+
+
+@contextlib.contextmanager
+def running_agent(settings, extra_env=None, raw=False):
+    """The agent, capturing while the block runs; then stopped as Ctrl-C stops it (what it holds goes out, exit 0),
+    or killed if the block failed."""
+    agent = _start_agent(settings, extra_env, raw)
+    try:
+        yield agent
+        agent.send_signal(signal.SIGINT)
+        _, err = agent.communicate(timeout=60)
+        assert agent.returncode == 0, err[-2000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,16 @@ def test_grpc_calls_of_every_kind_give_one_span_each_with_grpc_status_from_the_t
     assert "cancelled by the client" in spans[8].response_message
     assert [int(s.attributes["http2.stream_id"]) for s in spans] == list(range(1, 21, 2))
     assert all("http2.headers" not in s.attributes for s in spans)
+    # every frame the client wrote on a call's stream counts in its request's bytes: HEADERS, DATA (several when it
+    # streams), trailers; summed here by frame headers alone, from the recorded bytes
+    client = b"".join(data for direction, data in connection if direction == "c2s")
+    written, at = {}, len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    while at + 9 <= len(client):
+        length, stream = int.from_bytes(client[at:at + 3], "big"), int.from_bytes(client[at + 5:at + 9], "big") & 0x7FFF_FFFF
+        written[stream] = written.get(stream, 0) + 9 + length
+        at += 9 + length
+    answered = [s for s in spans if s.error_class != "CLIENT_ERROR" or s.response_code is not None]  # not the cancelled one
+    assert [s.request_bytes for s in answered] == [written[int(s.attributes["http2.stream_id"])] for s in answered]
 
 
 def test_grpc_state_survives_a_checkpoint_after_every_event(grpc_recording):

@@ -46,6 +46,7 @@ class Message(NamedTuple):
     head: bytes = b""  # a response's first body bytes, for protocols that decode them once paired (see `finish`)
     protocol: str | None = None  # the span's protocol when it is not the connection's (gRPC on an HTTP/2 connection)
     cancelled: bool = False  # a client's message that withdraws its open request of the same pair key (HTTP/2 RST_STREAM)
+    request_size: int | None = None  # a response that knows its whole request's size (an HTTP/2 body follows its HEADERS)
 
 
 class Parse(NamedTuple):

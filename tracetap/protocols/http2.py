@@ -185,6 +185,7 @@ class _Stream:
     content_type: str | None = None
     response_bytes: int = 0
     partial: bool = False
+    request_bytes: int = 0  # every frame the client wrote on it: HEADERS, DATA, trailers, WINDOW_UPDATE…
 
 
 class Session:
@@ -208,6 +209,8 @@ class Session:
             table.block = None
         if kind in _BLOCK_FRAMES:
             return self._block(table, kind, flags, stream_id, payload, cut, size, from_client)
+        if from_client and stream_id in self._streams:  # every frame the client writes on its open stream
+            self._streams[stream_id].request_bytes += size
         if kind == DATA:
             if not from_client and stream_id in self._streams:
                 self._streams[stream_id].response_bytes += size
@@ -303,7 +306,7 @@ class Session:
         content_type = _text(fields.get(b"content-type")) or ""
         grpc = content_type.startswith("application/grpc")
         path = _text(fields.get(b":path"))
-        self._streams[stream_id] = _Stream(grpc=grpc, partial=partial)
+        self._streams[stream_id] = _Stream(grpc=grpc, partial=partial, request_bytes=size)
         attributes = [("http2.stream_id", str(stream_id))]
         parts = path.split("/") if grpc and path else ()
         if len(parts) == 3 and not parts[0] and parts[1] and parts[2]:  # /package.Service/Method
@@ -340,7 +343,8 @@ class Session:
         if stream.partial:
             attributes.append(("http2.headers", "partial"))
         return Message(is_request=False, size=stream.response_bytes, pair_key=stream_id, response_code=code,
-                       response_message=text, error_class=error, attributes=tuple(attributes), protocol="GRPC" if grpc else "HTTP2")
+                       response_message=text, error_class=error, attributes=tuple(attributes), protocol="GRPC" if grpc else "HTTP2",
+                       request_size=stream.request_bytes)
 
     # state --------------------------------------------------------------------------------------------
     def to_state(self) -> list[Any]:
@@ -349,7 +353,7 @@ class Session:
             t = self._tables[from_client]
             tables.append([[[n.decode("latin-1"), v.decode("latin-1")] for n, v in t.table.dynamic_entries], t.table.maxsize,
                            None if t.block is None else t.block.decode("latin-1"), t.block_stream, t.block_flags, t.block_kind, t.block_cut])
-        streams = [[sid, s.grpc, s.status, s.grpc_status, s.grpc_message, s.content_type, s.response_bytes, s.partial]
+        streams = [[sid, s.grpc, s.status, s.grpc_status, s.grpc_message, s.content_type, s.response_bytes, s.partial, s.request_bytes]
                    for sid, s in self._streams.items()]
         return [tables, streams]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.recording import RecordingRelay, free_port, start_dnsmasq, wait_for_port  # noqa: E402
+from tests.recording import BrokerRelay, RecordingRelay, free_port, start_dnsmasq, wait_for_port  # noqa: E402
 
 OUT = Path(__file__).with_name("parser_seeds.py")
 Conversation = list[tuple[bool, bytes]]  # (client to server, bytes of one recv)
@@ -220,7 +220,6 @@ def record_kafka() -> list[Conversation]:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from cli.main import read_settings
-    from tests.integration.test_kafka_protocol import BrokerRelay
 
     settings = read_settings(None, dict(os.environ))
     broker_port = int(settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])

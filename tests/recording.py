@@ -3,6 +3,7 @@ tests parse bytes that real software produced (not bytes the test made up)."""
 
 import errno
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -120,3 +121,30 @@ class RecordingRelay:
 
     def close(self) -> None:
         self._listener.close()
+
+
+class _Rewrite:
+    """The client's side of a relayed connection: what the broker says goes out with its own address replaced."""
+
+    def __init__(self, sock, advertised, relayed):
+        self._sock, self._advertised, self._relayed = sock, advertised, relayed
+
+    def sendall(self, data):
+        self._sock.sendall(data.replace(self._advertised, self._relayed))
+
+    def shutdown(self, how):
+        self._sock.shutdown(how)
+
+
+class BrokerRelay(RecordingRelay):
+    """A RecordingRelay a client uses for every connection, not only the bootstrap one: the broker advertises
+    127.0.0.1:<its port> (Metadata, FindCoordinator); the client receives the relay's port in its place (same length),
+    so it comes back through the relay. The recorded bytes are the broker's, unchanged."""
+
+    def __init__(self, broker_port):
+        super().__init__(broker_port)
+        self.advertised = b"127.0.0.1" + struct.pack(">i", broker_port)
+        self._relayed = b"127.0.0.1" + struct.pack(">i", self.port)
+
+    def _pump(self, src, dst, direction, connection):
+        super()._pump(src, _Rewrite(dst, self.advertised, self._relayed) if direction == "s2c" else dst, direction, connection)

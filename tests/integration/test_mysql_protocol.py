@@ -8,13 +8,13 @@ import socket
 import struct
 import subprocess
 import time
-import zlib
 
 import pytest
 
 from tests import servers
 from tests.integration.test_sql_kafka_parsers import _assemble
 from tests.recording import RecordingRelay
+from tests.unit.test_mysql_parser import _inflated
 from tracetap.assembly import SocketAssembler
 from tracetap.model import SocketData
 from tracetap.protocols import detect
@@ -212,23 +212,6 @@ def test_the_interactive_clients_field_lists_on_connect_are_read_whole(mariadb, 
         ("FIELD_LIST", "owners", 0, None), ("SELECT", "select @@version_comment limit ?", 0, None), ("SELECT", "SELECT ?", 0, None)]
     answers = _answers(relay)
     assert [s.response_bytes for s in spans[1:]] == answers[1:-1]  # the last client chunk is COM_QUIT
-
-
-def _inflated(stream: bytes) -> bytes:
-    """What a reader could inflate from a stream of compressed packets (a masked zlib stream yields nothing)."""
-    out, at = b"", 0
-    while at + 7 <= len(stream):
-        end = at + 7 + int.from_bytes(stream[at:at + 3], "little")
-        payload = stream[at + 7:end]
-        if stream[at + 4:at + 7] == b"\0\0\0":
-            out += payload
-        else:
-            try:
-                out += zlib.decompressobj().decompress(payload)
-            except zlib.error:
-                pass
-        at = end
-    return out
 
 
 def test_compressed_passwords_are_masked_before_they_leave_and_other_statements_still_parse(mariadb):

@@ -67,12 +67,25 @@ def mariadb(data: str) -> Iterator[int]:
 def nginx_h2c() -> Iterator[int]:
     """An nginx serving HTTP/2 in cleartext (prior knowledge) on 127.0.0.1 (its port): /index.html (200),
     anything missing (404), /fail (503), /teapot (418)."""
+    with _nginx("http2") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def nginx_https(cert_file: str, key_file: str) -> Iterator[int]:
+    """An nginx serving HTTPS/1.1 (OpenSSL, TLS 1.2 and 1.3) on 127.0.0.1 (its port), with nginx_h2c's paths."""
+    with _nginx("ssl", f"        ssl_certificate {cert_file};\n        ssl_certificate_key {key_file};\n") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _nginx(listen: str, server_extra: str = "") -> Iterator[int]:
     assert shutil.which("nginx"), "nginx is installed by make setup (Debian package nginx)"
     root = tempfile.mkdtemp(prefix="tracetap-nginx-")  # not under pytest's root-only tmp: nginx's workers run as www-data
     www = os.path.join(root, "www")
     os.makedirs(www, exist_ok=True)
     with open(os.path.join(www, "index.html"), "w") as f:
-        f.write("<html><body>tracetap h2c</body></html>\n")
+        f.write(f"<html><body>tracetap {listen}</body></html>\n")
     for d in (root, www):
         os.chmod(d, 0o755)
     port = free_port()
@@ -87,8 +100,8 @@ events {{ worker_connections 64; }}
 http {{
     access_log off;
 {temp}    server {{
-        listen 127.0.0.1:{port} http2;
-        root {www};
+        listen 127.0.0.1:{port} {listen};
+{server_extra}        root {www};
         location = /fail {{ return 503; }}
         location = /teapot {{ return 418; }}
         location / {{ }}

@@ -153,6 +153,7 @@ class SocketAssembler:
         self._socket: tuple[TapSide, str, Endpoint, Endpoint] | None = None
         self._loss_generation = 0
         self._sample_ratio = 1.0
+        self._tls = False  # its events are TLS plaintext from the OpenSSL probes
         self.counters = Counters()
 
     # input --------------------------------------------------------------------------------------------
@@ -165,12 +166,28 @@ class SocketAssembler:
             self._loss_generation = event.loss_generation
             self._resync()
         self._sample_ratio = event.sample_ratio
+        if event.tls != self._tls:
+            if not event.tls:  # ciphertext of a socket whose plaintext the OpenSSL probes send (it was a tap's choice)
+                return []
+            self._start_tls()
         if self._undetected or event.byte_count <= 0:
             return []
         if self.protocol is None:
             events = self._detect(event)
             return [span for e in events for span in self._feed(e)]
         return self._feed(event)
+
+    def _start_tls(self) -> None:
+        """The socket's first TLS plaintext: what its handshake's ciphertext was taken for no longer holds; the
+        plaintext settles the protocol, and the socket's ciphertext is ignored from here on."""
+        self._tls = True
+        self.protocol = self._session = self._client_egress = self._last_egress = self._response = None
+        self._undetected = False
+        self._missed = self._open_requests = 0
+        self._held = []
+        self._streams = {True: _Stream(), False: _Stream()}
+        self._requests = deque()
+        self._keyed = {}
 
     def _feed(self, event: SocketData) -> list[Span]:
         out: list[Span] = []
@@ -287,7 +304,7 @@ class SocketAssembler:
         return [protocol, self._undetected, self._client_egress, streams, [_open_state(r) for r in self._requests if not r.paired],
                 response, self._last_egress, first, socket, [c.spans, c.malformed, c.unparsed_bytes, c.unmatched_responses, c.cut_by_loss, c.abandoned],
                 [self._loss_generation, self._sample_ratio], None if self._session is None else self._session.to_state(), self._missed,
-                [[*e[:15], e.payload.decode("latin-1"), *e[16:]] for e in self._held]]
+                [[*e[:15], e.payload.decode("latin-1"), *e[16:]] for e in self._held], self._tls]
 
     @classmethod
     def from_state(cls, state: list[Any], config: AssemblyConfig) -> SocketAssembler:
@@ -304,6 +321,8 @@ class SocketAssembler:
         if len(later) > 2:  # absent in state written before detection could wait for the client's bytes
             assembler._missed = later[2]
             assembler._held = [SocketData(*e[:15], e[15].encode("latin-1"), *e[16:]) for e in later[3]]
+        if len(later) > 4:  # absent in state written before TLS plaintext
+            assembler._tls = later[4] is True
         assembler._undetected, assembler._client_egress, assembler._last_egress = undetected, client_egress, last_egress
         for egress, (buffer, appended, marks, credit, unparsed, settled, skip, draining) in zip((True, False), streams):
             assembler._streams[egress] = _Stream(bytearray(buffer.encode("latin-1")), appended, deque(_Mark(*m) for m in marks),
@@ -612,7 +631,7 @@ class SocketAssembler:
             syscall_trace_id_request=request.trace_id, syscall_trace_id_response=response.trace_id if response else None,
             pid=first.pid, tid=request.tid, comm=first.comm,
             trace_headers=dict(req.trace_headers), attributes=dict(req.attributes + (resp.attributes if resp else ())),
-            sample_ratio=self._sample_ratio, identity=first.socket_key,
+            sample_ratio=self._sample_ratio, identity=first.socket_key, tls=self._tls or getattr(self.protocol, "encrypted", False),
         )
 
     def _describe_socket(self) -> tuple[TapSide, str, Endpoint, Endpoint]:

@@ -207,6 +207,10 @@ class AgentSettings:
     # Payloads of a message's later syscalls on TCP (a body, the rest of a result set: syscalls in the same direction
     # as the last that do not start a message). false: byte counts only; the spans are the same.
     continuation_payloads: bool = False
+    # TLS plaintext: uprobes on OpenSSL's SSL_read/SSL_write[_ex] in every libssl the node's processes map; the
+    # ciphertext syscalls of those calls are not sent. Statically linked TLS (Go, BoringSSL, Java) is not seen.
+    tls_plaintext: bool = True
+    tls_rescan_s: float = 5.0  # how often processes started since the last look are checked for a libssl not probed yet
 
     def redaction_rules(self) -> RedactionRules:
         return RedactionRules(**{rule: False for rule in self.redact_disable}, extra_headers=tuple(self.redact_headers),
@@ -220,6 +224,8 @@ class AgentSettings:
             raise ConfigError("agent.ring_buffer_pages", f"{pages} is not a power of two >= 8")
         if self.buffer_records < 1:
             raise ConfigError("agent.buffer_records", "must be >= 1")
+        if not 0.1 <= self.tls_rescan_s <= 3600:
+            raise ConfigError("agent.tls_rescan_s", f"{self.tls_rescan_s} is not within 0.1..3600 seconds")
         if self.cpu_budget_cores is not None and not 0.01 <= self.cpu_budget_cores <= 1024:
             raise ConfigError("agent.cpu_budget_cores", f"{self.cpu_budget_cores} is not within 0.01..1024 cores")
         for port in self.exclude_ports:

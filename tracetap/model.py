@@ -23,6 +23,9 @@ class TapSide(enum.StrEnum):
     SERVER_PROCESS = "SERVER_PROCESS"
 
 
+_TLS_CALLS = frozenset({"SSL_READ", "SSL_WRITE"})
+
+
 class SocketData(NamedTuple):
     """One syscall's data on one socket (a SocketDataEvent); a NamedTuple, as one is built per event."""
 
@@ -46,6 +49,7 @@ class SocketData(NamedTuple):
     syscall_trace_id: int | None
     sample_ratio: float = 1.0  # the share of flows the agent captured when this exchange started
     loss_generation: int = 0  # the socket's lost-event count in the kernel: a change means events are missing
+    tls: bool = False  # TLS plaintext (SSL_READ, SSL_WRITE): OpenSSL's calls, not the socket's ciphertext syscalls
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> SocketData:
@@ -59,7 +63,7 @@ class SocketData(NamedTuple):
             raise InvalidEvent(f"sample_ratio {ratio} is not within (0, 1]")
         return cls(r["host"], r["start_time"], r["end_time"], r["pid"], r["tid"], r["comm"], r["socket_id"], r["direction"] == "EGRESS",
                    r["bytes"], r["l4_protocol"], r["local_ip"], r["local_port"], r["remote_ip"], r["remote_port"], r["role"],
-                   r["payload"], r["tcp_seq"], r["syscall_trace_id"], ratio, r.get("loss_generation", 0))
+                   r["payload"], r["tcp_seq"], r["syscall_trace_id"], ratio, r.get("loss_generation", 0), r.get("syscall") in _TLS_CALLS)
 
     @property
     def crossed_ns(self) -> int:
@@ -112,6 +116,7 @@ class Span:
     sample_ratio: float = 1.0  # the share of flows captured when the request was made: the span stands for 1 / ratio
     identity: str = ""  # what makes the span unique at its tap point (socket or flow); part of span_id
     given_id: str | None = None  # the id of a span read from a topic (`from_record`): an agent's span keeps its id downstream
+    tls: bool = False  # its bytes were TLS on the wire (plaintext from the OpenSSL probes, or TLS records at a NIC)
     _id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -146,7 +151,7 @@ class Span:
             resp_tcp_seq=r["resp_tcp_seq"], syscall_trace_id_request=r["syscall_trace_id_request"],
             syscall_trace_id_response=r["syscall_trace_id_response"], pid=r["pid"], tid=r["tid"], comm=r["comm"],
             client_workload=r["client_workload"], server_workload=r["server_workload"], trace_headers=headers,
-            attributes=dict(r["attributes"]), sample_ratio=ratio, given_id=r["span_id"])
+            attributes=dict(r["attributes"]), sample_ratio=ratio, given_id=r["span_id"], tls=r.get("tls", False))
 
     @property
     def duration_ns(self) -> int:
@@ -166,7 +171,7 @@ class Span:
             "resp_tcp_seq": self.resp_tcp_seq, "syscall_trace_id_request": self.syscall_trace_id_request,
             "syscall_trace_id_response": self.syscall_trace_id_response,
             **{name: self.trace_headers.get(header) for header, name in _HEADER_FIELDS.items()},
-            "attributes": dict(self.attributes), "sample_ratio": self.sample_ratio,
+            "attributes": dict(self.attributes), "sample_ratio": self.sample_ratio, "tls": self.tls,
         }
 
 
@@ -187,10 +192,12 @@ def span_to_state(span: Span) -> list[Any]:
 def span_from_state(state: list[Any]) -> Span:
     """The span of `span_to_state`; UndecodableState for anything else (every field's type is checked: the
     state may come from a topic)."""
-    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 2:
+    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 3:
         state = [*state[:_RATIO_AT], 1.0, *state[_RATIO_AT:]]
-    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 1:  # written before spans came from agents
+    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 2:  # written before spans came from agents
         state = [*state, None]
+    if isinstance(state, list) and len(state) == len(_SPAN_FIELDS) - 1:  # written before TLS
+        state = [*state, False]
     if not isinstance(state, list) or len(state) != len(_SPAN_FIELDS):
         raise UndecodableState(f"a span is a list of {len(_SPAN_FIELDS)} fields, not {type(state).__name__}")
     for name, value in zip(_SPAN_FIELDS, state):
@@ -202,7 +209,7 @@ def span_from_state(state: list[Any]) -> Span:
             ok = value is None or type(value) is int
         elif name in _MAPS:
             ok = isinstance(value, dict) and all(type(k) is str and type(v) is str for k, v in value.items())
-        elif name == "connection_closed":
+        elif name in ("connection_closed", "tls"):
             ok = type(value) is bool
         elif name in ("protocol", "host", "flow_id", "l4_protocol", "client_ip", "server_ip", "identity", "tap_side"):
             ok = type(value) is str

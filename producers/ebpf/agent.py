@@ -22,6 +22,7 @@ from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
 from producers.ebpf.budget import BudgetError, CpuQuota, Shedding
 from producers.ebpf.events import (COUNTERS, PID_OFFSET, SAMPLE_ALL, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle,
                                    sample_threshold)
+from producers.ebpf.tls import SslProbes
 from producers.collector import NodeCollector
 from producers.common import excluded_ports
 from producers.emitter import Emitter
@@ -70,7 +71,7 @@ POLL_TIMEOUT_MS = 50  # the longest an event waits for the reader when the kerne
 CONTROL_INTERVAL_S = 0.5  # how often the kernel counters are read and the shedding ratio adapted
 # Kernel counters reported in agent-stats (as deltas): losses and what shedding left out.
 REPORTED_COUNTERS = ("data_lost", "lifecycle_lost", "shed_events", "shed_requests", "loss_markers_lost", "unknown_protocol_events",
-                     "continuation_events")
+                     "continuation_events", "tls_ciphertext_events", "tls_untied_calls")
 
 
 class AgentError(TracetapError):
@@ -104,7 +105,7 @@ def kernel_defines(btf: Btf) -> dict[str, int]:
 # and where pt_regs keeps the syscall's number and its arguments (offsets read from BTF).
 X86_64_SYSCALLS = {"NR_READ": 0, "NR_WRITE": 1, "NR_READV": 19, "NR_WRITEV": 20, "NR_CONNECT": 42, "NR_ACCEPT": 43,
                    "NR_SENDTO": 44, "NR_RECVFROM": 45, "NR_SENDMSG": 46, "NR_RECVMSG": 47, "NR_ACCEPT4": 288,
-                   "NR_RECVMMSG": 299, "NR_SENDMMSG": 307}
+                   "NR_RECVMMSG": 299, "NR_SENDMMSG": 307, "NR_GETPPID": 110}
 X86_64_ARGS = {"OFF_ARG0": "di", "OFF_ARG1": "si", "OFF_ARG2": "dx", "OFF_ARG3": "r10", "OFF_ARG4": "r8", "OFF_SYSCALL_NR": "orig_ax"}
 
 
@@ -174,6 +175,14 @@ class SocketTracer:
         # Each CPU sends its batch once the first event is BATCH_NS old, even if no other event comes.
         self.bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.CPU_CLOCK, fn_name=b"flush_stale",
                                    sample_freq=FLUSH_HZ)
+        self.tls: SslProbes | None = None
+        if agent.tls_plaintext:
+            self.tls = SslProbes(self._attach_uprobe)
+            self.tls.start()
+
+    def _attach_uprobe(self, path: str, symbol: str, fn_name: str, retprobe: bool) -> None:
+        attach = self.bpf.attach_uretprobe if retprobe else self.bpf.attach_uprobe
+        attach(name=path, sym=symbol, fn_name=fn_name)
 
     def _fill_filters(self, agent: AgentSettings, ports: set[int]) -> None:
         one = ctypes.c_uint8(1)
@@ -247,6 +256,7 @@ class SocketTracer:
         self._polled = self._records = 0
         self._poll_until = time.monotonic() + POLL_MAX_S
         self.bpf.ring_buffer_poll(0 if self._cut_short else timeout_ms)
+        self.kick_idle_cpus()
         drained_from = time.monotonic_ns()
         if not self._over_budget():
             self.bpf.ring_buffer_consume()
@@ -256,13 +266,33 @@ class SocketTracer:
 
     def drain(self) -> None:
         """At the end of capture: wait for every CPU's batch to be sent, read them, and release what waits for order."""
-        time.sleep(BATCH_NS / 1e9 + 2 / FLUSH_HZ)
+        time.sleep(BATCH_NS / 1e9)
+        self.kick_idle_cpus(everything=True)
         for _ in range(64):
             self.poll(0)
             if not self._cut_short:
                 break
         self.order.expire(None, time.monotonic_ns(), everything=True)
         self._hand_over()
+
+    def kick_idle_cpus(self, everything: bool = False) -> int:
+        """Wake the CPUs whose batch is due (its first event BATCH_NS old; `everything`: any not empty) with a getppid()
+        run there, which sends it: flush_stale's cpu-clock event ticks only on a CPU that runs something, so a batch
+        left on a CPU gone idle would wait for its next task. Returns how many CPUs were woken."""
+        pending = self.bpf["batch_pending"][ctypes.c_int(0)]
+        due_before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - (0 if everything else BATCH_NS + 1_000_000_000 // FLUSH_HZ)
+        due = [cpu for cpu, first_ns in enumerate(pending) if first_ns and (everything or first_ns <= due_before)]
+        if not due:
+            return 0
+        allowed = os.sched_getaffinity(0)
+        try:
+            for cpu in due:
+                if cpu in allowed:
+                    os.sched_setaffinity(0, {cpu})  # this thread only
+                    os.getppid()
+        finally:
+            os.sched_setaffinity(0, allowed)
+        return len(due)
 
     def _over_budget(self) -> bool:
         return self._polled >= POLL_BUDGET or time.monotonic() >= self._poll_until
@@ -321,6 +351,7 @@ class EbpfAgent:
         self._reported: dict[str, int] = {}
         self._shedding = Shedding(settings.agent.cpu_budget_cores)
         self._cpu_budget = settings.agent.cpu_budget_cores
+        self._tls_rescan_s = settings.agent.tls_rescan_s
 
     def _on_data(self, events: list[bytes]) -> None:
         self.stats.data += len(events)
@@ -377,7 +408,7 @@ class EbpfAgent:
         self._resources.start()
         if on_ready:
             on_ready()
-        last_control = time.monotonic()
+        last_control = last_rescan = time.monotonic()
         last_cpu = time.process_time()
         overflowed = self._emitter.counters["queue_overflow"]
         try:
@@ -394,6 +425,9 @@ class EbpfAgent:
                         self._collector.tick(time.time_ns())
                     self._report_totals()
                     last_control, last_cpu = now, cpu
+                if self._tracer.tls is not None and now - last_rescan >= self._tls_rescan_s:
+                    self._tracer.tls.rescan()
+                    last_rescan = now
             self._tracer.drain()  # what the kernel already wrote, and what its per-CPU batches still hold
             if self._collector is not None:
                 self._collector.flush()

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from schemas.serde import AVRO_NULL, AVRO_SOME, avro_bytes, avro_long
 from tracetap.flow import Endpoint, flow_id
 
-SYSCALLS = ("READ", "WRITE", "READV", "WRITEV", "RECVFROM", "SENDTO", "RECVMSG", "SENDMSG", "RECVMMSG", "SENDMMSG")
+SYSCALLS = ("READ", "WRITE", "READV", "WRITEV", "RECVFROM", "SENDTO", "RECVMSG", "SENDMSG", "RECVMMSG", "SENDMMSG", "SSL_READ", "SSL_WRITE")
 ROLES = ("UNKNOWN", "CLIENT", "SERVER")
 DIRECTIONS = ("INGRESS", "EGRESS")
 L4 = {6: "TCP", 17: "UDP"}
@@ -24,7 +24,7 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
               8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 LC_STATE, LC_RETRANSMIT, LC_RESET_SENT, LC_RESET_RECEIVED, LC_RTT, LC_ACCEPT = 1, 2, 3, 4, 5, 6
 COUNTERS = ("data_events", "data_lost", "lifecycle_lost", "filtered", "shed_events", "shed_requests", "loss_markers_lost",
-            "unknown_protocol_events", "continuation_events")
+            "unknown_protocol_events", "continuation_events", "tls_ciphertext_events", "tls_untied_calls")
 SAMPLE_ALL = 0xFFFFFFFF  # the kernel's sampling threshold that captures every flow
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -41,7 +41,7 @@ class DataEventHeader(ctypes.Structure):
         ("family", ctypes.c_uint16), ("lport", ctypes.c_uint16), ("rport", ctypes.c_uint16),
         ("direction", ctypes.c_uint8), ("syscall", ctypes.c_uint8), ("protocol", ctypes.c_uint8), ("role", ctypes.c_uint8),
         ("has_seq", ctypes.c_uint8), ("loss_generation", ctypes.c_uint8), ("sample_threshold", ctypes.c_uint32),
-        ("socket_seq", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+        ("socket_seq", ctypes.c_uint32), ("tls", ctypes.c_uint8), ("reserved", ctypes.c_uint8 * 3),
         ("laddr", ctypes.c_uint8 * 16), ("raddr", ctypes.c_uint8 * 16), ("comm", ctypes.c_char * 16),
     ]
 
@@ -62,7 +62,7 @@ class LifecycleEvent(ctypes.Structure):
 # Where the payload starts in struct data_event: after comm, before ctypes' trailing padding.
 DATA_HEADER_SIZE = DataEventHeader.comm.offset + DataEventHeader.comm.size
 # The same layout for the hot path: one unpack beats a dozen ctypes attribute reads.
-_DATA_HEADER = struct.Struct("<6Q3IiII3H6BII4x16s16s16s")
+_DATA_HEADER = struct.Struct("<6Q3IiII3H6BIIB3x16s16s16s")
 assert _DATA_HEADER.size == DATA_HEADER_SIZE, "struct data_event mirrors disagree"
 PID_OFFSET = DataEventHeader.pid.offset
 SOCKET_INO_OFFSET = DataEventHeader.socket_ino.offset
@@ -144,8 +144,8 @@ class DataEventEncoder:
 
     def encode(self, raw: bytes) -> tuple[str, bytes, int]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
-         direction, syscall, protocol, role, has_seq, loss_generation, threshold, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
-        payload = self._payload(raw, payload_len, socket_ino, pid, fd, direction, nbytes)
+         direction, syscall, protocol, role, has_seq, loss_generation, threshold, _, tls, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+        payload = self._payload(raw, payload_len, socket_ino, pid, fd, direction | tls << 1, nbytes)
         # What one thread's calls on one socket share is encoded once: pid .. netns, and l4 .. role.
         thread = self._threads.get((socket_ino, netns, pid, tid, fd, comm))
         if thread is None:
@@ -170,14 +170,14 @@ class DataEventEncoder:
 
     def record(self, raw: bytes) -> tuple[str, dict[str, Any]]:
         (enter_ns, exit_ns, socket_ino, netns, trace_id, cgroup_id, pid, tid, fd, nbytes, seq, payload_len, family, lport, rport,
-         direction, syscall, protocol, role, has_seq, loss_generation, threshold, _, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
+         direction, syscall, protocol, role, has_seq, loss_generation, threshold, _, tls, laddr, raddr, comm) = _DATA_HEADER.unpack_from(raw)
         ends = self._endpoints_of(family, protocol, laddr, lport, raddr, rport)
         return ends.key, {
             "host": self._host, "start_time": enter_ns + self._offset_ns, "end_time": exit_ns + self._offset_ns, "pid": pid,
             "tid": tid, "comm": self._comm(comm)[0], "fd": fd, "socket_id": socket_ino, "netns_inode": netns,
             "direction": DIRECTIONS[direction], "syscall": SYSCALLS[syscall] if syscall < len(SYSCALLS) else "OTHER",
             "bytes": nbytes, "l4_protocol": ends.l4, "local_ip": ends.local_ip, "local_port": lport, "remote_ip": ends.remote_ip,
-            "remote_port": rport, "role": ROLES[role] if role < len(ROLES) else "UNKNOWN", "payload": self._payload(raw, payload_len, socket_ino, pid, fd, direction, nbytes),
+            "remote_port": rport, "role": ROLES[role] if role < len(ROLES) else "UNKNOWN", "payload": self._payload(raw, payload_len, socket_ino, pid, fd, direction | tls << 1, nbytes),
             "tcp_seq": seq if has_seq else None, "syscall_trace_id": self._trace_base | trace_id if trace_id else None,
             "cgroup_id": cgroup_id or None, "sample_ratio": sample_ratio(threshold), "loss_generation": loss_generation,
         }
@@ -186,7 +186,8 @@ class DataEventEncoder:
         payload = raw[DATA_HEADER_SIZE:DATA_HEADER_SIZE + payload_len]
         if self._payload_filter is None or not (payload or nbytes):
             return payload
-        # One stream per socket direction: redaction carries state from each event to the next.
+        # One stream per socket direction (TLS plaintext apart from the handshake's ciphertext): redaction carries
+        # state from each event to the next.
         stream = (socket_ino, direction) if socket_ino else (pid, fd, direction)
         return self._payload_filter(stream, payload, nbytes)
 

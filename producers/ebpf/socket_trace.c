@@ -36,6 +36,8 @@ enum sk_rst_reason { SK_RST_REASON_PLACEHOLDER_ };
 #define SYS_SENDMSG 7
 #define SYS_RECVMMSG 8
 #define SYS_SENDMMSG 9
+#define SYS_SSL_READ 10   // TLS plaintext: OpenSSL's SSL_read[_ex] returned it (uprobes, below)
+#define SYS_SSL_WRITE 11  // ... SSL_write[_ex] took it
 
 // Lifecycle kinds, mirrored by producers/ebpf/events.py.
 #define LC_STATE 1
@@ -57,7 +59,9 @@ enum sk_rst_reason { SK_RST_REASON_PLACEHOLDER_ };
 #define CNT_LOSS_MARKERS_LOST 6
 #define CNT_UNKNOWN_PROTOCOL 7  // events sent with byte counts only: their socket speaks no protocol the core parses
 #define CNT_CONTINUATIONS 8  // events sent with byte counts only: they continue an HTTP/1 or Redis message whose start was sent
-#define CNT_MAX 9
+#define CNT_TLS_CIPHERTEXT 9  // syscalls not sent: ciphertext of a socket whose plaintext the OpenSSL probes send
+#define CNT_TLS_UNTIED 10  // SSL calls not sent: no syscall told their socket (a memory BIO, or data OpenSSL had read before)
+#define CNT_MAX 11
 
 // Shedding (the agent's CPU budget): a flow is captured while the hash of its client endpoint is below
 // the threshold user space sets; SAMPLE_ALL captures everything. The decision is taken when a request
@@ -77,6 +81,7 @@ struct data_args {
     u8 iov;
     u8 has_seq;
     u8 direction;
+    u8 tls;         // an SSL call's plaintext (SYS_SSL_*)
 };
 
 struct sock_info {
@@ -117,12 +122,20 @@ struct data_event {
     u8 loss_generation;  // the socket's count of lost events (mod 256): a change tells user space to resync
     u32 sample_threshold;  // the shedding threshold this message was captured under
     u32 socket_seq;        // 1, 2, 3 ... per socket as captured (0: none): user space restores the order batches lose
-    u32 reserved;
+    u8 tls;                // TLS plaintext from the OpenSSL probes
+    u8 reserved[3];
     u8 laddr[16];
     u8 raddr[16];
     char comm[16];
     u8 payload[PAYLOAD_MAX];
 };
+
+// What sock_flow.payload holds (see may_be_parsed).
+#define PAYLOAD_UNDECIDED 0
+#define PAYLOAD_SHIP 1
+#define PAYLOAD_COUNTS_ONLY 2
+#define TOO_SHORT_TO_TELL 16  // as the core's _TOO_SHORT_TO_TELL (tracetap/assembly.py)
+#define PAYLOAD_HEADS 3  // a text protocol: payload on the first syscall of each message (below)
 
 // What the kernel keeps per socket for shedding and loss: one lookup per syscall.
 struct sock_flow {
@@ -136,6 +149,7 @@ struct sock_flow {
     u8 payload;       // PAYLOAD_UNDECIDED until the socket's first bytes are seen, then SHIP, HEADS or COUNTS_ONLY
     u8 data_dir;      // the direction of its last syscall that moved bytes, DIR_NONE at first
     u8 unclaimed;     // directions (1 << dir) whose first bytes no parser could claim while undecided
+    u8 tls;           // the OpenSSL probes send this socket's plaintext: its ciphertext syscalls are not sent
     u64 seq;          // the socket_seq of its last captured event (64 bits: a 32-bit atomic add cannot return here)
 };
 
@@ -213,6 +227,10 @@ struct batch {
     u8 data[BATCH_CAP];
 };
 BPF_PERCPU_ARRAY(batches, struct batch, 1);
+// Each CPU's batch's first_ns while it holds events (0: empty), for user space to read: a CPU gone idle runs no
+// flush_stale (its cpu-clock event ticks only while the CPU runs something), so the reader wakes it with a getppid()
+// from a thread moved there (the kick below) when its batch is due.
+BPF_PERCPU_ARRAY(batch_pending, u64, 1);
 // A batch of one, for the rare call that finds its CPU's batch busy (an interrupted writer).
 struct single {
     u32 count;
@@ -385,7 +403,7 @@ static __always_inline u8 sock_role(u64 sk) {
 
 // 1 if this syscall's bytes are shed. A new request (a message in the socket's request direction after
 // one in the other) takes the decision for its whole exchange, under the threshold in force now.
-static __always_inline int shed(void *sk, u64 socket_ino, u8 direction) {
+static __always_inline int shed(void *sk, u64 socket_ino, u8 direction, u8 tls) {
     u64 key = (u64)sk;
     struct sock_flow *f = sock_flows.lookup(&key);
     if (!f || f->socket_ino != socket_ino) {
@@ -400,6 +418,16 @@ static __always_inline int shed(void *sk, u64 socket_ino, u8 direction) {
         sock_flows.update(&key, &fresh);
         f = sock_flows.lookup(&key);
         if (!f) return 0;
+    }
+    if (tls && !f->tls) {
+        // Its first plaintext: what its handshake's ciphertext decided no longer holds, the plaintext settles it.
+        f->tls = 1;
+        f->payload = PAYLOAD_UNDECIDED;
+        f->unclaimed = 0;
+        f->data_dir = DIR_NONE;
+    } else if (!tls && f->tls) {
+        count(CNT_TLS_CIPHERTEXT);  // an alert, a renegotiation, a close_notify outside the probed calls
+        return 1;
     }
     if (direction != f->last_dir) {
         int first = f->last_dir == DIR_NONE;
@@ -418,6 +446,42 @@ static __always_inline int shed(void *sk, u64 socket_ino, u8 direction) {
     return f->shed;
 }
 
+// TLS plaintext: uprobes on OpenSSL's SSL_read/SSL_write[_ex] (every libssl the node's processes map; the loader
+// attaches them). Nothing is read from OpenSSL's structs: the call's entry remembers its buffer in a per-thread map,
+// the read/write syscalls OpenSSL makes inside the call tell its socket (fd, tuple and the TCP sequence number of
+// the call's first ciphertext byte, which is what the NICs see) and are not sent themselves, and the return sends
+// the plaintext as a data event of that socket. An SSL call that makes no syscall (data OpenSSL already read)
+// uses the socket the SSL object's last call was tied to.
+struct ssl_call {
+    u64 ssl;        // the SSL *, as the process's key for its connection
+    u64 buf;        // the plaintext buffer
+    u64 done;       // SSL_read_ex / SSL_write_ex: where they store the byte count; 0: the return value is it
+    u64 enter_ns;
+    u64 sk;         // told by the first syscall inside the call
+    u64 socket_ino;
+    u32 fd;
+    u32 seq;
+    u8 has_seq;
+    u8 direction;
+};
+BPF_HASH(ssl_calls, u64, struct ssl_call, 16384);
+struct ssl_key { u64 ssl; u64 pid; };
+struct ssl_socket { u64 socket_ino; u32 fd; };
+BPF_TABLE("lru_hash", struct ssl_key, struct ssl_socket, ssl_sockets, 65536);
+
+static __always_inline void tie_ssl_call(struct ssl_call *call, void *sk, u64 socket_ino, u32 fd, u8 direction) {
+    if (call->sk) return;
+    call->sk = (u64)sk;
+    call->socket_ino = socket_ino;
+    call->fd = fd;
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SK_PROTOCOL);
+    if (protocol == IPPROTO_TCP && direction == call->direction) {
+        bpf_probe_read_kernel(&call->seq, sizeof(call->seq), sk + (direction == DIR_EGRESS ? OFF_TCP_WRITE_SEQ : OFF_TCP_COPIED_SEQ));
+        call->has_seq = 1;
+    }
+}
+
 static __always_inline int enter_data(u32 fd, u64 buf, u64 addr, u8 syscall, u8 direction, u8 iov) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32;
@@ -425,11 +489,17 @@ static __always_inline int enter_data(u32 fd, u64 buf, u64 addr, u8 syscall, u8 
     struct data_args a = {};
     void *sk = fd_to_sock(fd, &a.socket_ino);
     if (!sk) return 0;
+    struct ssl_call *call = ssl_calls.lookup(&pid_tgid);
+    if (call) {  // OpenSSL's own syscall inside SSL_read/SSL_write: it tells the call's socket, the call sends the plaintext
+        tie_ssl_call(call, sk, a.socket_ino, fd, direction);
+        count(CNT_TLS_CIPHERTEXT);
+        return 0;
+    }
     if (filtered(sk)) {
         count(CNT_FILTERED);
         return 0;
     }
-    if (shed(sk, a.socket_ino, direction)) return 0;
+    if (shed(sk, a.socket_ino, direction, 0)) return 0;
     a.enter_ns = bpf_ktime_get_ns();
     a.sk = (u64)sk;
     a.buf = buf;
@@ -501,11 +571,7 @@ static __always_inline void read_sockaddr(u64 addr, u16 *family, u16 *port, u8 *
 // metrics keep them). The check below accepts everything any parser's detect accepts, on any port (a
 // test holds it to the parsers: tests/e2e/test_agent_payload_inference.py); agent.unknown_protocol_payloads
 // (PAYLOAD_ALL_PROTOCOLS) ships every payload.
-#define PAYLOAD_UNDECIDED 0
-#define PAYLOAD_SHIP 1
-#define PAYLOAD_COUNTS_ONLY 2
-#define TOO_SHORT_TO_TELL 16  // as the core's _TOO_SHORT_TO_TELL (tracetap/assembly.py)
-#define PAYLOAD_HEADS 3  // a text protocol: payload on the first syscall of each message (below)
+// (the PAYLOAD_* decisions are defined with struct sock_flow)
 static __always_inline u8 http2_flags(u8 type) {  // the flags each HTTP/2 frame type defines (RFC 9113 section 6)
     switch (type) {
     case 0: return 0x09;  // DATA: END_STREAM, PADDED
@@ -594,10 +660,14 @@ static __always_inline void flush_batch(struct batch *b) {
     }
     b->count = 0;
     b->used = 0;
+    u32 zero = 0;
+    u64 *pending = batch_pending.lookup(&zero);
+    if (pending) *pending = 0;
 }
 
-// FLUSH_HZ times a second on each CPU: send its batch once its first event is BATCH_NS old.
-int flush_stale(struct bpf_perf_event_data *ctx) {
+// Send this CPU's batch once its first event is BATCH_NS old: FLUSH_HZ times a second on each CPU that runs something
+// (flush_stale), and on the reader's kick.
+static __always_inline int flush_if_stale(void) {
     u32 zero = 0;
     struct batch *b = batches.lookup(&zero);
     if (!b || b->busy || !b->count || bpf_ktime_get_ns() - b->first_ns < BATCH_NS) return 0;
@@ -608,6 +678,8 @@ int flush_stale(struct bpf_perf_event_data *ctx) {
     b->busy = 0;
     return 0;
 }
+
+int flush_stale(struct bpf_perf_event_data *ctx) { return flush_if_stale(); }
 
 // writev/sendmsg (and their reads) carry a message in several iovecs: nginx writes an HTTP/2 frame's header and its
 // payload apart, gRPC a frame per iovec. The capture goes on from the first iovec into the next ones, up to
@@ -636,14 +708,8 @@ static __always_inline u32 gather_iovecs(struct data_event *e, u64 iov, u32 len,
     return len > PAYLOAD_CAPTURE ? PAYLOAD_CAPTURE : len;
 }
 
-static __always_inline int exit_data(long ret) {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    struct data_args *a = active_data.lookup(&pid_tgid);
-    if (!a) return 0;
-    if (ret <= 0) {
-        active_data.delete(&pid_tgid);
-        return 0;
-    }
+// One data event for the call `a` describes, which moved `ret` (> 0) bytes.
+static __always_inline void send_data(struct data_args *a, long ret, u64 pid_tgid) {
     u32 zero = 0;
     struct batch *b = batches.lookup(&zero);
     struct single *one = 0;
@@ -658,10 +724,7 @@ static __always_inline int exit_data(long ret) {
     } else {
         b = 0;
         one = singles.lookup(&zero);
-        if (!one) {
-            active_data.delete(&pid_tgid);
-            return 0;
-        }
+        if (!one) return;
         e = &one->e;
     }
     void *sk = (void *)a->sk;
@@ -678,6 +741,7 @@ static __always_inline int exit_data(long ret) {
     e->has_seq = a->has_seq;
     e->direction = a->direction;
     e->syscall = a->syscall;
+    e->tls = a->tls;
     u16 protocol = 0;
     bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SK_PROTOCOL);
     e->protocol = protocol;
@@ -718,6 +782,19 @@ static __always_inline int exit_data(long ret) {
         count(CNT_UNKNOWN_PROTOCOL);
     }
 #endif
+    int tls_handshake = 0;
+#ifndef PAYLOAD_ALL_PROTOCOLS
+    if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED && protocol == IPPROTO_TCP) {
+        // A TLS handshake's first bytes (or its first byte, peeked by nginx): ciphertext no parser reads at a socket;
+        // its plaintext, where the OpenSSL probes see it, comes as SSL_READ/SSL_WRITE events and decides afresh (shed()).
+        u8 head[3] = {};
+        bpf_probe_read_user(head, 3, (void *)src);
+        if (head[0] == 0x16 && (len < 3 || (head[1] == 0x03 && head[2] <= 0x04))) {
+            tls_handshake = 1;
+            len = 0;
+        }
+    }
+#endif
 #ifndef PAYLOAD_CONTINUATIONS
     if (flow && len > 0 && flow->payload == PAYLOAD_HEADS && flow->data_dir == a->direction) {
         u8 head[8] = {};
@@ -734,7 +811,9 @@ static __always_inline int exit_data(long ret) {
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
     if (a->iov && len > 0 && len == avail && avail < ret) len = gather_iovecs(e, a->buf, len, ret);
     e->payload_len = len;
-    if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED) {  // this first payload goes out either way
+    if (flow && tls_handshake) {
+        flow->payload = PAYLOAD_COUNTS_ONLY;
+    } else if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED) {  // this first payload goes out either way
         u8 decided = PAYLOAD_COUNTS_ONLY;
         if (may_be_parsed(e->payload, len, protocol)) {
             decided = protocol == IPPROTO_TCP && starts_text_message(e->payload, len < 8 ? len : 8) ? PAYLOAD_HEADS : PAYLOAD_SHIP;
@@ -758,7 +837,11 @@ static __always_inline int exit_data(long ret) {
         b->sks[i] = skey;
         b->offsets[i] = off;
         b->generations[i] = e->loss_generation;
-        if (!b->count) b->first_ns = e->exit_ns;
+        if (!b->count) {
+            b->first_ns = e->exit_ns;
+            u64 *pending = batch_pending.lookup(&zero);
+            if (pending) *pending = e->exit_ns;
+        }
         b->count++;
         b->used = off + ((size + 7) & ~7u);
         if (flow) flow->sent = 1;
@@ -776,7 +859,79 @@ static __always_inline int exit_data(long ret) {
             if (flow) flow->sent = 1;
         }
     }
+}
+
+static __always_inline int exit_data(long ret) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct data_args *a = active_data.lookup(&pid_tgid);
+    if (!a) return 0;
+    if (ret > 0) send_data(a, ret, pid_tgid);
     active_data.delete(&pid_tgid);
+    return 0;
+}
+
+// The OpenSSL probes (see struct ssl_call). SSL_read(ssl, buf, num) and SSL_write(ssl, buf, num) return the byte
+// count; SSL_read_ex(ssl, buf, num, &readbytes) and SSL_write_ex(ssl, buf, num, &written) return 1 and store it.
+static __always_inline int ssl_enter(struct pt_regs *ctx, u8 direction, u8 ex) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 pid = pid_tgid >> 32;
+    if (excluded_pids.lookup(&pid) || process_filtered()) return 0;
+    struct ssl_call c = {};
+    c.ssl = PT_REGS_PARM1(ctx);
+    c.buf = PT_REGS_PARM2(ctx);
+    c.done = ex ? PT_REGS_PARM4(ctx) : 0;
+    c.enter_ns = bpf_ktime_get_ns();
+    c.direction = direction;
+    ssl_calls.update(&pid_tgid, &c);
+    return 0;
+}
+int ssl_read_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_INGRESS, 0); }
+int ssl_write_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_EGRESS, 0); }
+int ssl_read_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_INGRESS, 1); }
+int ssl_write_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_EGRESS, 1); }
+
+// The return of any of the four (one program: the call's entry says which it was).
+int ssl_return(struct pt_regs *ctx) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct ssl_call *c = ssl_calls.lookup(&pid_tgid);
+    if (!c) return 0;
+    long ret = PT_REGS_RC(ctx);
+    if (c->done) {
+        u64 n = 0;
+        if ((int)ret == 1) bpf_probe_read_user(&n, sizeof(n), (void *)c->done);
+        ret = (int)ret == 1 ? (long)n : 0;
+    } else {
+        ret = (int)ret;
+    }
+    struct ssl_key key = {.ssl = c->ssl, .pid = pid_tgid >> 32};
+    struct data_args a = {};
+    void *sk = 0;
+    if (c->sk) {
+        sk = (void *)c->sk;
+        a.socket_ino = c->socket_ino;
+        a.fd = c->fd;
+        struct ssl_socket tied = {.socket_ino = c->socket_ino, .fd = c->fd};
+        ssl_sockets.update(&key, &tied);
+        a.seq = c->seq;
+        a.has_seq = c->has_seq;
+    } else if (ret > 0) {
+        struct ssl_socket *tied = ssl_sockets.lookup(&key);
+        if (tied) {
+            sk = fd_to_sock(tied->fd, &a.socket_ino);  // still the same socket? (an SSL object freed and its address reused)
+            if (sk && a.socket_ino != tied->socket_ino) sk = 0;
+            a.fd = tied->fd;
+        }
+        if (!sk) count(CNT_TLS_UNTIED);
+    }
+    a.enter_ns = c->enter_ns;
+    a.buf = c->buf;
+    a.direction = c->direction;
+    a.syscall = c->direction == DIR_EGRESS ? SYS_SSL_WRITE : SYS_SSL_READ;
+    a.tls = 1;
+    ssl_calls.delete(&pid_tgid);
+    if (ret <= 0 || !sk || filtered(sk) || shed(sk, a.socket_ino, a.direction, 1)) return 0;
+    a.sk = (u64)sk;
+    send_data(&a, ret, pid_tgid);
     return 0;
 }
 
@@ -875,6 +1030,7 @@ RAW_TRACEPOINT_PROBE(sys_enter) {
     case NR_RECVMMSG: return enter_mmsg(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), SYS_RECVMMSG, DIR_INGRESS);
     case NR_SENDMMSG: return enter_mmsg(syscall_arg(regs, OFF_ARG0), syscall_arg(regs, OFF_ARG1), SYS_SENDMMSG, DIR_EGRESS);
     case NR_CONNECT: remember_socket(syscall_arg(regs, OFF_ARG0), ROLE_CLIENT); return 0;
+    case NR_GETPPID: return flush_if_stale();  // the reader's kick
     }
     return 0;
 }
@@ -915,6 +1071,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return enter_mmsg(args->fd, (u6
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return exit_mmsg(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return exit_accept(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return exit_accept(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return flush_if_stale(); }  // the reader's kick
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     remember_socket(args->fd, ROLE_CLIENT);
     return 0;

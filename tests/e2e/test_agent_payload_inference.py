@@ -40,10 +40,15 @@ def ships_payload(l4: str, h: bytes) -> bool:
             or (n >= 9 and not h[5] & 0x80 and h[3] <= 9 and not h[4] & ~HTTP2_FLAGS[h[3]]))
 
 
+def tls_handshake(l4: str, h: bytes) -> bool:
+    """A TLS handshake record's header, or its first byte peeked: ciphertext, not even the first bytes go out."""
+    return l4 == "TCP" and h[:1] == b"\x16" and (len(h) < 3 or (h[1] == 0x03 and h[2] <= 0x04))
+
+
 def decides_to_ship(l4: str, h: bytes) -> bool:
     """The kernel's decision on a socket's first bytes (when the role does not say they are a server's): a parser
     could claim them, or they are too few to tell (the core holds them for the next ones)."""
-    return ships_payload(l4, h) or (l4 == "TCP" and len(h) < 16)
+    return not tls_handshake(l4, h) and (ships_payload(l4, h) or (l4 == "TCP" and len(h) < 16))
 
 
 def test_every_first_chunk_a_parser_claims_keeps_its_payload():
@@ -77,6 +82,7 @@ SAMPLES = [
     ("TCP", next(chunk for _, chunk in SEEDS["DNS-TCP"][0])),
     ("TCP", next(chunk for client, chunk in SEEDS["HTTP2"][-1] if client and not chunk.startswith(b"PRI"))),  # h2 frames, mid-connection
     ("TCP", TLS_HELLO + bytes(32)),
+    ("TCP", b"\x16"),  # nginx peeks at a connection's first byte to tell TLS from plain HTTP
     ("TCP", UNCLAIMED),
     ("TCP", b"\x05\x01\x00"),  # a SOCKS5 greeting: too few bytes to tell, shipped for the core to hold
     ("UDP", next(chunk for _, chunk in SEEDS["DNS-UDP"][0])),
@@ -138,12 +144,12 @@ def test_the_kernel_sends_payload_only_for_sockets_a_parser_could_claim():
     for (l4, data), client in zip(SAMPLES, sockets):
         writes = _client_writes(headers, pid, client)
         assert [h.bytes for h in writes] == [len(data)] * 3, (l4, data[:16])
-        assert writes[0].payload_len == len(data)  # the bytes that decide always go out
+        assert writes[0].payload_len == (0 if tls_handshake(l4, data) else len(data))  # the bytes that decide go out, but TLS's
         decided.append([h.payload_len for h in writes[1:]])
     expected = [[len(data)] * 2 if decides_to_ship(l4, data) else [0, 0] for l4, data in SAMPLES]
     assert decided == expected
-    assert sum(not decides_to_ship(l4, data) for l4, data in SAMPLES) == 3  # the samples hold both kinds
-    assert counters["unknown_protocol_events"] >= 6  # the counts-only writes and reads of those three
+    assert sum(not decides_to_ship(l4, data) for l4, data in SAMPLES) == 4  # the samples hold both kinds
+    assert counters["unknown_protocol_events"] >= 8  # the counts-only writes and reads of those four
 
 
 def test_a_new_socket_in_a_reused_struct_sock_is_decided_afresh():
@@ -159,8 +165,9 @@ def test_a_new_socket_in_a_reused_struct_sock_is_decided_afresh():
 
 
 def test_unknown_protocol_payloads_ships_everything():
-    headers, pid, sockets, _ = _capture([("TCP", UNCLAIMED)], AgentSettings(unknown_protocol_payloads=True))
+    headers, pid, sockets, _ = _capture([("TCP", UNCLAIMED), ("TCP", TLS_HELLO)], AgentSettings(unknown_protocol_payloads=True))
     assert [h.payload_len for h in _client_writes(headers, pid, sockets[0])] == [32] * 3
+    assert [h.payload_len for h in _client_writes(headers, pid, sockets[1])] == [len(TLS_HELLO)] * 3
 
 
 RESPONSE_FIRST = r"""

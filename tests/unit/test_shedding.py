@@ -58,6 +58,8 @@ def test_red_windows_scale_each_span_back_by_its_sample_ratio():
 def test_span_state_from_before_sampling_still_decodes_with_every_flow_captured():
     state = json.loads(json.dumps(span_to_state(_span(0.5))))  # as it is kept
     assert span_from_state(state).sample_ratio == 0.5
-    del state[-1]  # given_id came later still
+    del state[-1]  # tls came later
+    assert span_from_state(state).tls is False and span_from_state(state).sample_ratio == 0.5
+    del state[-1]  # and given_id before it
     del state[state.index(0.5)]
     assert span_from_state(state).sample_ratio == 1.0

@@ -74,7 +74,8 @@ def nginx_h2c() -> Iterator[int]:
 @contextlib.contextmanager
 def nginx_https(cert_file: str, key_file: str) -> Iterator[int]:
     """An nginx serving HTTPS/1.1 (OpenSSL, TLS 1.2 and 1.3) on 127.0.0.1 (its port), with nginx_h2c's paths."""
-    with _nginx("ssl", f"        ssl_certificate {cert_file};\n        ssl_certificate_key {key_file};\n") as port:
+    tls = f"        ssl_certificate {cert_file};\n        ssl_certificate_key {key_file};\n        ssl_protocols TLSv1.2 TLSv1.3;\n"
+    with _nginx("ssl", tls) as port:
         yield port
 
 

@@ -870,12 +870,13 @@ static __always_inline int exit_data(long ret) {
     return 0;
 }
 
-// The OpenSSL probes (see struct ssl_call). SSL_read(ssl, buf, num) and SSL_write(ssl, buf, num) return the byte
+// The OpenSSL probes (see struct ssl_call; direction DIR_NONE: a handshake). SSL_read(ssl, buf, num) and SSL_write(ssl, buf, num) return the byte
 // count; SSL_read_ex(ssl, buf, num, &readbytes) and SSL_write_ex(ssl, buf, num, &written) return 1 and store it.
 static __always_inline int ssl_enter(struct pt_regs *ctx, u8 direction, u8 ex) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32;
     if (excluded_pids.lookup(&pid) || process_filtered()) return 0;
+    if (direction == DIR_NONE && ssl_calls.lookup(&pid_tgid)) return 0;  // a handshake inside a read or write: theirs
     struct ssl_call c = {};
     c.ssl = PT_REGS_PARM1(ctx);
     c.buf = PT_REGS_PARM2(ctx);
@@ -889,6 +890,9 @@ int ssl_read_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_INGRESS, 0);
 int ssl_write_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_EGRESS, 0); }
 int ssl_read_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_INGRESS, 1); }
 int ssl_write_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_EGRESS, 1); }
+// SSL_do_handshake, SSL_accept, SSL_connect: no plaintext, but their syscalls tie the SSL object to its socket (and are
+// ciphertext, not sent): nginx reads ahead, so its first SSL_read may find the request read by the handshake.
+int ssl_handshake_enter(struct pt_regs *ctx) { return ssl_enter(ctx, DIR_NONE, 0); }
 
 // The return of any of the four (one program: the call's entry says which it was).
 int ssl_return(struct pt_regs *ctx) {
@@ -904,6 +908,14 @@ int ssl_return(struct pt_regs *ctx) {
         ret = (int)ret;
     }
     struct ssl_key key = {.ssl = c->ssl, .pid = pid_tgid >> 32};
+    if (c->direction == DIR_NONE) {  // a handshake
+        if (c->sk) {
+            struct ssl_socket tied = {.socket_ino = c->socket_ino, .fd = c->fd};
+            ssl_sockets.update(&key, &tied);
+        }
+        ssl_calls.delete(&pid_tgid);
+        return 0;
+    }
     struct data_args a = {};
     void *sk = 0;
     if (c->sk) {

@@ -24,7 +24,9 @@ log = logging.getLogger("tracetap.agent.tls")
 
 # symbol -> the BPF function its entry runs; every return runs `ssl_return`.
 SSL_PROBES = {"SSL_read": "ssl_read_enter", "SSL_write": "ssl_write_enter",
-              "SSL_read_ex": "ssl_read_ex_enter", "SSL_write_ex": "ssl_write_ex_enter"}
+              "SSL_read_ex": "ssl_read_ex_enter", "SSL_write_ex": "ssl_write_ex_enter",
+              # no plaintext: their syscalls tie the SSL object to its socket (nginx reads ahead in its handshake)
+              "SSL_do_handshake": "ssl_handshake_enter", "SSL_accept": "ssl_handshake_enter", "SSL_connect": "ssl_handshake_enter"}
 RETURN_PROBE = "ssl_return"
 # Where distributions keep the system's libssl, probed at start even before a process maps it.
 SYSTEM_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib", "/usr/local/lib64")

@@ -21,10 +21,12 @@ from tracetap.protocols.kafka import KAFKA
 from tracetap.protocols.mysql import MYSQL
 from tracetap.protocols.postgres import POSTGRES
 from tracetap.protocols.redis import REDIS
+from tracetap.protocols.tls import TLS
 
 PROTOCOLS: dict[str, L7Protocol] = {"HTTP": HTTP1, "REDIS": REDIS, "DNS-UDP": DNS_UDP, "DNS-TCP": DNS_TCP, "POSTGRESQL": POSTGRES,
-                                    "MYSQL": MYSQL, "KAFKA": KAFKA, "HTTP2": HTTP2}
-PORTS = {"HTTP": 8080, "REDIS": 6379, "DNS-UDP": 53, "DNS-TCP": 53, "POSTGRESQL": 5432, "MYSQL": 3306, "KAFKA": 9092, "HTTP2": 50051}
+                                    "MYSQL": MYSQL, "KAFKA": KAFKA, "HTTP2": HTTP2, "TLS": TLS}
+PORTS = {"HTTP": 8080, "REDIS": 6379, "DNS-UDP": 53, "DNS-TCP": 53, "POSTGRESQL": 5432, "MYSQL": 3306, "KAFKA": 9092, "HTTP2": 50051,
+         "TLS": 443}
 
 
 def _kafka_request(api: int, version: int, body: bytes, flexible: bool = False) -> bytes:

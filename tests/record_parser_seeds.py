@@ -1,6 +1,6 @@
 """Record the fuzz tests' seeds: conversations real clients and servers had through a relay (http.client and
 http.server, redis-py and redis-server, dnspython and dnsmasq, psql/psycopg and postgres, the mariadb client
-and mariadbd, librdkafka and the stack's broker), written to tests/parser_seeds.py as literal bytes.
+and mariadbd, librdkafka and the stack's broker, curl and Python's ssl against nginx over TLS), written to tests/parser_seeds.py as literal bytes.
 
 Run by hand when a protocol is added (the servers are those `make setup` installs; Kafka is the running stack):
     PYTHONPATH=. .venv/bin/python tests/record_parser_seeds.py
@@ -293,6 +293,34 @@ def record_http2() -> list[Conversation]:
     return conversations
 
 
+def record_tls() -> list[Conversation]:
+    """TLS ciphertext: curl (TLS 1.3, then 1.2) and Python's ssl (two requests on one connection) against nginx with
+    a certificate made here; the relay sees the records only."""
+    import ssl
+
+    from tests import servers
+    from tests.certs import TestCA
+
+    directory = Path(tempfile.mkdtemp(prefix="tracetap-tls-"))
+    os.chmod(directory, 0o755)
+    ca = TestCA(directory)
+    issued = ca.issue("server")
+    os.chmod(issued.key_file, 0o644)
+    with servers.nginx_https(str(issued.cert_file), str(issued.key_file)) as port:
+        def talk(port: int) -> None:
+            for version in ("--tlsv1.3", "--tls-max"):
+                subprocess.run(["curl", "-s", "--cacert", str(ca.ca_file), version, *(["1.2"] if version == "--tls-max" else []),
+                                "-o", "/dev/null", f"https://127.0.0.1:{port}/index.html"], check=True, timeout=30)
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=str(ca.ca_file)), timeout=10)
+            for path in ("/index.html", "/missing"):
+                conn.request("GET", path)
+                conn.getresponse().read()
+            conn.close()
+        conversations = relayed(port, talk)
+    shutil.rmtree(directory, ignore_errors=True)
+    return conversations
+
+
 # output -----------------------------------------------------------------------------------------------
 def _literal(data: bytes, indent: str) -> str:
     pieces = [repr(data[i:i + 48]) for i in range(0, len(data), 48)] or ["b''"]
@@ -323,7 +351,7 @@ def main() -> None:
     """With protocol names as arguments (HTTP2 ...), record only those and keep the others' recorded seeds."""
     only = set(sys.argv[1:])
     recorders = {"HTTP": record_http, "REDIS": record_redis, "DNS": record_dns, "POSTGRESQL": record_postgres, "MYSQL": record_mysql,
-                 "KAFKA": record_kafka, "HTTP2": record_http2}
+                 "KAFKA": record_kafka, "HTTP2": record_http2, "TLS": record_tls}
     unknown = only - set(recorders)
     if unknown:
         raise SystemExit(f"no recorder for {sorted(unknown)}; known: {sorted(recorders)}")

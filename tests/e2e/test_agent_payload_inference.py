@@ -54,6 +54,8 @@ def decides_to_ship(l4: str, h: bytes) -> bool:
 def test_every_first_chunk_a_parser_claims_keeps_its_payload():
     claimed = 0
     for name, conversations in SEEDS.items():
+        if name == "TLS":  # TLS is read from its records at a NIC; at a socket, the OpenSSL probes send the plaintext
+            continue
         l4 = L4.get(name, "TCP")
         for conversation in conversations:
             for _, chunk in conversation:  # a capture may start at any of them (pools outlive the agent)

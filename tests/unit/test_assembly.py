@@ -150,7 +150,7 @@ def test_span_ids_are_deterministic_and_distinct():
 
 def test_garbage_is_not_assembled_and_a_malformed_message_is_counted():
     a = SocketAssembler()
-    assert a.add(ev(True, b"\x16\x03\x01\x00\x05hello", T0)) == [] and a.protocol is None
+    assert a.add(ev(True, b"\x90\xff\x10\x42\x07\x08\x09\x0a" * 4, T0)) == [] and a.protocol is None
     b = SocketAssembler()
     b.add(ev(True, REQ, T0))
     assert b.add(ev(False, b"NOT HTTP AT ALL\r\n\r\n", T0 + 1)) == [] and b.counters.malformed == 1

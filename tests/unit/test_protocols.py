@@ -16,6 +16,7 @@ from tracetap.protocols.base import Parse, Status
 from tracetap.protocols.dns import DNS_UDP
 from tracetap.protocols.http1 import HTTP1
 from tracetap.protocols.redis import REDIS
+from tracetap.protocols.tls import TLS
 
 SAMPLES = [
     b"GET /a/b?c=d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
@@ -86,7 +87,8 @@ def test_dns_compression_loops_and_names_by_hand():
 def test_detection_by_first_bytes_and_port():
     assert detect("TCP", SAMPLES[0], 12345) is HTTP1
     assert detect("TCP", SAMPLES[2], 12345) is REDIS
-    assert detect("TCP", b"\x16\x03\x01\x02\x00", 443) is None  # TLS is not parsed
+    assert detect("TCP", b"\x16\x03\x01\x02\x00\x01", 443) is TLS  # a ClientHello record: TLS (its records, not its plaintext)
+    assert detect("TCP", b"\x16\x03\x01\x00\x00\x01", 443) is None  # an empty record is no record
     assert detect("UDP", SAMPLES[4], 53) is None  # a response is not a client's first message
 
 
@@ -108,7 +110,7 @@ def test_the_schemas_name_every_protocol_symbol_the_protocol_modules_declare(sch
     fields = json.loads((Path(__file__).parents[2] / "schemas" / "avro" / f"{schema}.avsc").read_text())["fields"]
     [enum] = [f["type"] for f in fields if f["name"] == "protocol"]
     declared = {symbol for protocol in all_protocols() for symbol in protocol.symbols}
-    assert declared == {"HTTP", "HTTP2", "GRPC", "DNS", "REDIS", "MYSQL", "POSTGRESQL", "KAFKA"}
+    assert declared == {"HTTP", "HTTP2", "GRPC", "DNS", "REDIS", "MYSQL", "POSTGRESQL", "KAFKA", "TLS"}
     assert declared <= set(enum["symbols"]) and enum["default"] == "UNKNOWN"  # readers of older schemas map new symbols to it
 
 

@@ -15,14 +15,15 @@ from tracetap.protocols.kafka import KAFKA
 from tracetap.protocols.mysql import MYSQL
 from tracetap.protocols.postgres import POSTGRES
 from tracetap.protocols.redis import REDIS
+from tracetap.protocols.tls import TLS
 
 # Detection order matters only for bytes two protocols could both claim; the stricter check goes first. Every
 # detector reads structure, on any port and mid-connection (benchmarks/detection.py measures what each claims of
 # random bytes, TLS and the other protocols' recorded conversations). HTTP/2 frames (a run of them, each plausible)
 # go before the length-prefixed binary protocols, whose looser checks a frame header once passed (an HTTP/2 frame
-# on stream 9 read as a Kafka Produce request header).
+# on stream 9 read as a Kafka Produce request header). TLS (record headers that tile the bytes) goes first of all.
 REGISTRY: dict[str, tuple[L7Protocol, ...]] = {
-    "TCP": (HTTP1, HTTP2, POSTGRES, MYSQL, KAFKA, REDIS, DNS_TCP),
+    "TCP": (TLS, HTTP1, HTTP2, POSTGRES, MYSQL, KAFKA, REDIS, DNS_TCP),
     "UDP": (DNS_UDP,),
 }
 

@@ -28,8 +28,9 @@ time for comparison, and per call:
   the TLS probes' cost = tls - hooks (uprobe + uretprobe, and a plaintext event in place of the ciphertext
   events of the call's one or two syscalls);
   the uprobe mechanism = bare - baseline (DeepFlow's paper: uprobe + uretprobe about 6 us per call);
-  our BPF code = the probes' cost - the mechanism (DeepFlow's own code: under 0.5 us);
-  the whole agent = tls - baseline.
+  our BPF code = tls - bare: the uprobe programs, the syscall hooks of the call's syscalls (which only tie the
+  call to its socket) and the plaintext event (DeepFlow's own code: under 0.5 us);
+  the whole agent = tls - baseline, and with TLS plaintext off, hooks - baseline.
 The capture check counts the SSL_READ/SSL_WRITE events of the program's pid against the SSL calls it made (warm-up
 included).
 
@@ -49,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -283,19 +284,18 @@ class BareProbes:
         self.bpf.cleanup()
 
 
-@dataclass
 class Capture:
     """A SocketTracer loaded for one mode, drained by a reader thread on its own CPU; events counted per pid."""
 
-    settings: AgentSettings
-    events: Counter = field(default_factory=Counter)  # (pid, syscall, has payload) -> events
-
-    def __enter__(self) -> Capture:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.events: Counter[tuple[int, int, bool]] = Counter()  # (pid, syscall, has payload) -> events
         started = time.monotonic()
-        self.tracer = SocketTracer(self.settings, set(), self._on_data, lambda event: None)
+        self.tracer = SocketTracer(settings, set(), self._on_data, lambda event: None)
         self.load_s = time.monotonic() - started
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, name="tracer-reader", daemon=True)
+
+    def __enter__(self) -> Capture:
         self._reader.start()
         return self
 
@@ -398,8 +398,8 @@ def conditions() -> str:
 
 def print_row(i: int, row: Row) -> None:
     run = row.run
-    traced = "" if row.mode in ("baseline", "bare") else (f"{row.ssl_events:>10,} {row.syscall_events:>10,} {row.payload_events:>9,} "
-                                                f"{row.lost:>6,} {row.untied:>7,}")
+    traced = "" if row.mode in ("baseline", "bare") else (f"{row.ssl_events:>10,} {row.syscall_events:>10,} "
+                                                          f"{row.payload_events:>9,} {row.lost:>6,} {row.untied:>7,}")
     print(f"{i:>5} {row.mode:>8} {row.api:>5} {run.calls:>9,} {run.wall_ns_per_call:>9.0f} {run.cpu_ns_per_call:>9.0f} {traced}", flush=True)
 
 
@@ -412,23 +412,21 @@ def report(rows: list[Row], apis: list[str]) -> None:
     print("\ncost per SSL call, us: wall [CPU]")
     for api in apis:
         wall, cpu = _medians(rows, api, "wall_ns_per_call"), _medians(rows, api, "cpu_ns_per_call")
-        costs = {m: (wall[m] - wall[base], cpu[m] - cpu[base]) for m, base in (("tls", "hooks"), ("bare", "baseline"))}
-        code = tuple(a - b for a, b in zip(costs["tls"], costs["bare"]))
-        agent = (wall["tls"] - wall["baseline"], cpu["tls"] - cpu["baseline"])
 
-        def us(pair: tuple[float, float]) -> str:
-            return f"{pair[0] / 1000:.2f} [{pair[1] / 1000:.2f}]"
+        def cost(mode: str, base: str) -> str:
+            return f"{(wall[mode] - wall[base]) / 1000:.2f} [{(cpu[mode] - cpu[base]) / 1000:.2f}]"
 
-        print(f"{api:>5}: the TLS probes (tls - hooks) {us(costs['tls'])}; of which the uprobe mechanism (bare - baseline) "
-              f"{us(costs['bare'])} (DeepFlow: ~6 us) and our BPF code {us(code)} (DeepFlow: < 0.5 us); the whole agent "
-              f"(tls - baseline) {us(agent)}, on a baseline of {wall['baseline'] / 1000:.2f} us")
-    for mode in ("tls", "hooks"):
-        of_mode = [r for r in rows if r.mode == mode]
-        made = sum(r.run.all_calls for r in of_mode)
-        ssl = sum(r.ssl_events for r in of_mode)
-        print(f"capture in the {mode} runs: {ssl:,} SSL_READ/SSL_WRITE events for the {made:,} SSL calls made ({ssl / made:.1%}), "
-              f"{sum(r.syscall_events for r in of_mode):,} syscall events, {sum(r.payload_events for r in of_mode):,} with payload; "
-              f"{sum(r.lost for r in of_mode):,} lost or shed, {sum(r.untied for r in of_mode):,} SSL calls untied")
+        print(f"{api:>5}: TLS probes (tls - hooks) {cost('tls', 'hooks')} = uprobe mechanism (bare - baseline) {cost('bare', 'baseline')} "
+              f"(DeepFlow: ~6 us) + our BPF code (tls - bare) {cost('tls', 'bare')} (DeepFlow: < 0.5 us) - the ciphertext events no "
+              f"longer sent (hooks - baseline) {cost('hooks', 'baseline')}; whole agent (tls - baseline) {cost('tls', 'baseline')} "
+              f"on a baseline of {wall['baseline'] / 1000:.2f} us")
+    tls_rows, hooks_rows = [r for r in rows if r.mode == "tls"], [r for r in rows if r.mode == "hooks"]
+    made, ssl = sum(r.run.all_calls for r in tls_rows), sum(r.ssl_events for r in tls_rows)
+    print(f"capture in the tls runs: {ssl:,} SSL_READ/SSL_WRITE events for the {made:,} SSL calls made ({ssl / made:.1%}), "
+          f"{sum(r.payload_events for r in tls_rows):,} with payload, {sum(r.syscall_events for r in tls_rows):,} other events; "
+          f"{sum(r.lost for r in tls_rows):,} lost or shed, {sum(r.untied for r in tls_rows):,} SSL calls untied")
+    print(f"capture in the hooks runs: {sum(r.syscall_events for r in hooks_rows):,} ciphertext syscall events for the "
+          f"{sum(r.run.all_calls for r in hooks_rows):,} SSL calls made; {sum(r.lost for r in hooks_rows):,} lost or shed")
 
 
 def _medians(rows: list[Row], api: str, per_call: str) -> dict[str, float]:
@@ -437,7 +435,7 @@ def _medians(rows: list[Row], api: str, per_call: str) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of the three modes, alternating order (default 5)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the four modes, alternating order (default 5)")
     ap.add_argument("--calls", type=int, default=100_000, help="timed SSL calls per run, 4 per exchange (default 100000)")
     ap.add_argument("--bytes", type=int, default=100, help="size of each request and response (default 100)")
     ap.add_argument("--api", default="plain,ex", help="plain (SSL_read/SSL_write), ex (SSL_read_ex/SSL_write_ex), or both (default plain,ex)")

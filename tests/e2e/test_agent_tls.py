@@ -1,13 +1,19 @@
 """TLS through the eBPF agent's OpenSSL probes, on real traffic: curl over HTTPS (TLS 1.3 and 1.2) to nginx with a
 certificate the test makes, and Python's `ssl` module at both ends of a keep-alive connection (several requests;
 CPython calls SSL_read_ex/SSL_write_ex, curl and nginx SSL_read/SSL_write). In-collector, the spans are counted
-exactly at both ends; with --raw, the socket data shows only plaintext for those sockets, and no bearer token."""
+exactly at both ends; with --raw, the socket data shows only plaintext for those sockets, and no bearer token. Between
+two network namespaces, with the packet agent at both NICs, a TLS request's four-point path joins its process spans
+(plaintext) with its NIC spans (TLS records) by the sequence number of its first ciphertext byte."""
 
 import http.client
 import os
+import signal
 import ssl
 import subprocess
+import sys
 import threading
+import time
+import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,7 +24,11 @@ from schemas.serde import AvroDeserializer
 from tests import servers
 from tests.certs import TestCA
 from tests.e2e.test_ebpf_agent import running_agent
+from tests.e2e.test_packet_agent import _ns, _wait_for_port
+from tests.e2e.test_packet_agent import _start_agent as _start_packet_agent
 from tests.kafka_helpers import read_until_idle
+from tracetap.model import Span
+from tracetap.paths import PathJoiner
 
 TOKEN = "tls-canary-9f3e2d1c0b"  # a bearer token sent inside TLS: masked before it leaves the node
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -143,3 +153,85 @@ def test_a_bearer_token_inside_tls_is_masked(raw):
     assert b"Authorization: Bearer " in payloads
     assert TOKEN.encode() not in payloads and TOKEN[:8].encode() not in payloads
 
+
+
+SERVER_IP, CLIENT_IP, PORT = "10.231.9.2", "10.231.9.1", 8443
+_POD_SERVER = r"""
+import ssl, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"pod says hi\n"
+        self.send_response(200 if self.path == "/ok" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+server = HTTPServer((sys.argv[1], 8443), H)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+PATHS = [("/ok", 200, "--tlsv1.3"), ("/missing", 404, "--tls-max")]
+
+
+@pytest.fixture(scope="module")
+def four_points(own_topics, registry, pki):
+    """A client pod and a server pod joined by a veth pair; the eBPF agent and the packet agent (both taps) capture
+    curl's HTTPS requests to a Python ssl server; their spans are joined as the stream jobs join them."""
+    ca, issued = pki
+    run = uuid.uuid4().hex[:6]
+    client, server, veth_c, veth_s = f"tt-tc-{run}", f"tt-ts-{run}", f"ttc{run}", f"tts{run}"
+    for name in (client, server):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    processes = []
+    try:
+        subprocess.run(["ip", "link", "add", veth_c, "netns", client, "type", "veth", "peer", "name", veth_s, "netns", server], check=True)
+        for name, dev, ip in ((client, veth_c, CLIENT_IP), (server, veth_s, SERVER_IP)):
+            _ns(name, "ip", "addr", "add", f"{ip}/24", "dev", dev)
+            _ns(name, "ip", "link", "set", dev, "up")
+            _ns(name, "ip", "link", "set", "lo", "up")
+        processes.append(subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-c", _POD_SERVER, SERVER_IP,
+                                           str(issued.cert_file), str(issued.key_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        _wait_for_port(server, PORT)
+        taps = f"{veth_c}@{client}=client-nic/frontend,{veth_s}@{server}=server-nic/backend"
+        packets = _start_packet_agent(own_topics, {"TRACETAP_PACKETS__TAPS": taps}, "--duration", "120")
+        processes.append(packets)
+        with running_agent(own_topics):
+            time.sleep(0.5)
+            for path, code, version in PATHS:
+                out = _ns(client, "curl", "-sS", "--cacert", str(ca.ca_file), version, *(["1.2"] if version == "--tls-max" else []),
+                          "--resolve", f"localhost:{PORT}:{SERVER_IP}",  # the certificate names localhost
+                          "-o", "/dev/null", "-w", "%{http_code}", f"https://localhost:{PORT}{path}", timeout=30)
+                assert out.stdout == str(code), out.stderr
+            time.sleep(1.0)
+        packets.send_signal(signal.SIGINT)
+        _, err = packets.communicate(timeout=60)
+        assert packets.returncode == 0, err[-2000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        for name in (client, server):
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+    decode = AvroDeserializer(registry)
+    spans = [Span.from_record(decode(m.value())) for m in read_until_idle(own_topics, NODE_SPANS.full_name(own_topics.topics.prefix))]
+    spans = [span for span in spans if span.server_ip == SERVER_IP]
+    joiner = PathJoiner()
+    paths = [path for span in sorted(spans, key=lambda s: s.start_ns) for path in joiner.add(span)]
+    return {"spans": spans, "paths": paths + joiner.expire(2**62)}
+
+
+def test_a_tls_request_has_its_nic_points_in_its_four_point_path(four_points):
+    sides = Counter((str(s.tap_side), s.protocol, s.tls) for s in four_points["spans"])
+    assert sides == Counter({("CLIENT_PROCESS", "HTTP", True): 2, ("SERVER_PROCESS", "HTTP", True): 2,
+                             ("CLIENT_NIC", "TLS", True): 2, ("SERVER_NIC", "TLS", True): 2})
+    complete = [p for p in four_points["paths"] if p["complete"]]
+    assert sorted((p["protocol"], p["request_resource"], p["response_code"]) for p in complete) == \
+        [("HTTP", "/missing", 404), ("HTTP", "/ok", 200)]
+    for path in complete:
+        assert path["points_seen"] == ["CLIENT_PROCESS", "CLIENT_NIC", "SERVER_NIC", "SERVER_PROCESS"]
+        assert path["req_network_ns"] is not None and path["server_processing_ns"] is not None

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,9 +23,9 @@ from schemas.serde import AvroDeserializer
 from tests import servers
 from tests.certs import TestCA
 from tests.e2e.test_ebpf_agent import running_agent
-from tests.e2e.test_packet_agent import _ns, _wait_for_port
 from tests.e2e.test_packet_agent import _start_agent as _start_packet_agent
 from tests.kafka_helpers import read_until_idle
+from tests.pods import ns, veth_pods, wait_for_port
 from tracetap.model import Span
 from tracetap.paths import PathJoiner
 
@@ -183,40 +182,30 @@ def four_points(own_topics, registry, pki):
     """A client pod and a server pod joined by a veth pair; the eBPF agent and the packet agent (both taps) capture
     curl's HTTPS requests to a Python ssl server; their spans are joined as the stream jobs join them."""
     ca, issued = pki
-    run = uuid.uuid4().hex[:6]
-    client, server, veth_c, veth_s = f"tt-tc-{run}", f"tt-ts-{run}", f"ttc{run}", f"tts{run}"
-    for name in (client, server):
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    processes = []
-    try:
-        subprocess.run(["ip", "link", "add", veth_c, "netns", client, "type", "veth", "peer", "name", veth_s, "netns", server], check=True)
-        for name, dev, ip in ((client, veth_c, CLIENT_IP), (server, veth_s, SERVER_IP)):
-            _ns(name, "ip", "addr", "add", f"{ip}/24", "dev", dev)
-            _ns(name, "ip", "link", "set", dev, "up")
-            _ns(name, "ip", "link", "set", "lo", "up")
-        processes.append(subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-c", _POD_SERVER, SERVER_IP,
-                                           str(issued.cert_file), str(issued.key_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        _wait_for_port(server, PORT)
-        taps = f"{veth_c}@{client}=client-nic/frontend,{veth_s}@{server}=server-nic/backend"
-        packets = _start_packet_agent(own_topics, {"TRACETAP_PACKETS__TAPS": taps}, "--duration", "120")
-        processes.append(packets)
-        with running_agent(own_topics):
-            time.sleep(0.5)
-            for path, code, version in PATHS:
-                out = _ns(client, "curl", "-sS", "--cacert", str(ca.ca_file), version, *(["1.2"] if version == "--tls-max" else []),
-                          "--resolve", f"localhost:{PORT}:{SERVER_IP}",  # the certificate names localhost
-                          "-o", "/dev/null", "-w", "%{http_code}", f"https://localhost:{PORT}{path}", timeout=30)
-                assert out.stdout == str(code), out.stderr
-            time.sleep(1.0)
-        packets.send_signal(signal.SIGINT)
-        _, err = packets.communicate(timeout=60)
-        assert packets.returncode == 0, err[-2000:]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-        for name in (client, server):
-            subprocess.run(["ip", "netns", "delete", name], check=False)
+    with veth_pods(CLIENT_IP, SERVER_IP, "t") as pods:
+        client, server = pods["client"], pods["server"]
+        pod_server = subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-c", _POD_SERVER, SERVER_IP,
+                                       str(issued.cert_file), str(issued.key_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        packets = None
+        try:
+            wait_for_port(server, PORT)
+            taps = f"{pods['veth_c']}@{client}=client-nic/frontend,{pods['veth_s']}@{server}=server-nic/backend"
+            packets = _start_packet_agent(own_topics, {"TRACETAP_PACKETS__TAPS": taps}, "--duration", "120")
+            with running_agent(own_topics):
+                time.sleep(0.5)
+                for path, code, version in PATHS:
+                    out = ns(client, "curl", "-sS", "--cacert", str(ca.ca_file), version, *(["1.2"] if version == "--tls-max" else []),
+                             "--resolve", f"localhost:{PORT}:{SERVER_IP}",  # the certificate names localhost
+                             "-o", "/dev/null", "-w", "%{http_code}", f"https://localhost:{PORT}{path}", timeout=30)
+                    assert out.stdout == str(code), out.stderr
+                time.sleep(1.0)
+            packets.send_signal(signal.SIGINT)
+            _, err = packets.communicate(timeout=60)
+            assert packets.returncode == 0, err[-2000:]
+        finally:
+            for process in (pod_server, packets):
+                if process is not None and process.poll() is None:
+                    process.kill()
     decode = AvroDeserializer(registry)
     spans = [Span.from_record(decode(m.value())) for m in read_until_idle(own_topics, NODE_SPANS.full_name(own_topics.topics.prefix))]
     spans = [span for span in spans if span.server_ip == SERVER_IP]

@@ -17,6 +17,7 @@ import pytest
 from schemas.catalog import AGENT_STATS, NODE_SPANS, PACKETS
 from schemas.serde import AvroDeserializer
 from tests.kafka_helpers import read_until_idle
+from tests.pods import ns, veth_pods, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_IP, CLIENT_IP = "10.231.7.2", "10.231.7.1"
@@ -25,56 +26,33 @@ REDIS_PORT = 7777  # a port that names no protocol: the NIC spans come from the 
 PAGE = b"hello from the server pod\n"
 
 
-def _ns(name, *cmd, **kwargs):
-    return subprocess.run(["ip", "netns", "exec", name, *cmd], check=True, capture_output=True, text=True, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def pods(tmp_path_factory):
     """Two namespaces joined by veth-c (client side) and veth-s (server side), an HTTP server, dnsmasq and redis in the server."""
     assert os.geteuid() == 0, "the packet agent e2e tests need root (network namespaces and live capture)"
     assert shutil.which("tshark") and shutil.which("dnsmasq") and shutil.which("redis-server"), "make setup installs tshark, dnsmasq, redis"
-    run = uuid.uuid4().hex[:6]
-    client, server = f"tt-pc-{run}", f"tt-ps-{run}"
-    veth_c, veth_s = f"ttc{run}", f"tts{run}"
-    for name in (client, server):
-        subprocess.run(["ip", "netns", "add", name], check=True)
     processes = []
-    try:
-        subprocess.run(["ip", "link", "add", veth_c, "netns", client, "type", "veth", "peer", "name", veth_s, "netns", server], check=True)
-        for name, dev, ip in ((client, veth_c, CLIENT_IP), (server, veth_s, SERVER_IP)):
-            _ns(name, "ip", "addr", "add", f"{ip}/24", "dev", dev)
-            _ns(name, "ip", "link", "set", dev, "up")
-            _ns(name, "ip", "link", "set", "lo", "up")
-        root = tmp_path_factory.mktemp("www")
-        (root / "hello.txt").write_bytes(PAGE)
-        processes.append(subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-m", "http.server", str(HTTP_PORT),
-                                           "--bind", SERVER_IP, "--directory", str(root)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        processes.append(subprocess.Popen(["ip", "netns", "exec", server, "dnsmasq", "--no-daemon", "--port=53", f"--listen-address={SERVER_IP}",
-                                           "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/tracetap.test/",
-                                           f"--address=/svc.tracetap.test/{SERVER_IP}", "--pid-file="],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        processes.append(subprocess.Popen(["ip", "netns", "exec", server, "redis-server", "--port", str(REDIS_PORT), "--bind", SERVER_IP,
-                                           "--protected-mode", "no", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_for_port(server, HTTP_PORT)
-        _wait_for_port(server, REDIS_PORT)
-        yield {"client": client, "server": server, "veth_c": veth_c, "veth_s": veth_s}
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
-        for name in (client, server):
-            subprocess.run(["ip", "netns", "delete", name], check=False)
-
-
-def _wait_for_port(netns, port):
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if f":{port} " in _ns(netns, "ss", "-ltn").stdout:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port} in {netns}")
+    with veth_pods(CLIENT_IP, SERVER_IP, "p") as pods:
+        server = pods["server"]
+        try:
+            root = tmp_path_factory.mktemp("www")
+            (root / "hello.txt").write_bytes(PAGE)
+            processes.append(subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-m", "http.server", str(HTTP_PORT),
+                                               "--bind", SERVER_IP, "--directory", str(root)],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(subprocess.Popen(["ip", "netns", "exec", server, "dnsmasq", "--no-daemon", "--port=53", f"--listen-address={SERVER_IP}",
+                                               "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/tracetap.test/",
+                                               f"--address=/svc.tracetap.test/{SERVER_IP}", "--pid-file="],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(subprocess.Popen(["ip", "netns", "exec", server, "redis-server", "--port", str(REDIS_PORT), "--bind", SERVER_IP,
+                                               "--protected-mode", "no", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_for_port(server, HTTP_PORT)
+            wait_for_port(server, REDIS_PORT)
+            yield pods
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)
 
 
 _CLIENT = r"""
@@ -127,7 +105,7 @@ def live(pods, own_topics, admin, registry, tmp_path_factory):
         while not recording.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)
-        assert _ns(pods["client"], sys.executable, "-c", _CLIENT, SERVER_IP).stdout.strip() == str(len(PAGE))
+        assert ns(pods["client"], sys.executable, "-c", _CLIENT, SERVER_IP).stdout.strip() == str(len(PAGE))
         time.sleep(1.0)
         dumpcap.send_signal(signal.SIGTERM)
         dumpcap.wait(10)

@@ -23,9 +23,10 @@ from schemas.serde import AvroDeserializer
 from schemas.topics import apply_catalog
 from sinks.elasticsearch import es_client, index_name
 from tests.e2e.test_ebpf_agent import _start_agent
-from tests.e2e.test_packet_agent import _ns, _start_agent as _start_packet_agent, _wait_for_port
+from tests.e2e.test_packet_agent import _start_agent as _start_packet_agent
 from tests.e2e.test_stream_jobs import _copy_input, _run_flink, _run_worker, _stop
 from tests.kafka_helpers import read_until_idle
+from tests.pods import ns, wait_for_port
 from tests.recording import free_port
 from tests.secured_kafka import USER
 
@@ -59,12 +60,12 @@ def web(tmp_path_factory):
     subprocess.run(["ip", "netns", "add", netns], check=True)
     server = None
     try:
-        _ns(netns, "ip", "link", "set", "lo", "up")
+        ns(netns, "ip", "link", "set", "lo", "up")
         root = tmp_path_factory.mktemp("www")
         (root / "hello.txt").write_bytes(PAGE)
         server = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "http.server", str(PORT), "--bind", "127.0.0.1",
                                    "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_port(netns, PORT)
+        wait_for_port(netns, PORT)
         yield netns
     finally:
         if server is not None:
@@ -75,7 +76,7 @@ def web(tmp_path_factory):
 
 def _requests(netns, count=REQUESTS):
     for _ in range(count):  # one connection each
-        assert _ns(netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{PORT}/hello.txt").stdout == "200"
+        assert ns(netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{PORT}/hello.txt").stdout == "200"
 
 
 @pytest.fixture(scope="module")

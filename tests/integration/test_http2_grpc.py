@@ -131,14 +131,25 @@ def test_grpc_calls_of_every_kind_give_one_span_each_with_grpc_status_from_the_t
     assert "cancelled by the client" in spans[8].response_message
     assert [int(s.attributes["http2.stream_id"]) for s in spans] == list(range(1, 21, 2))
     assert all("http2.headers" not in s.attributes for s in spans)
-    # every frame the client wrote on a call's stream counts in its request's bytes: HEADERS, DATA (several when it
-    # streams), trailers; summed here by frame headers alone, from the recorded bytes
-    client = b"".join(data for direction, data in connection if direction == "c2s")
-    written, at = {}, len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    while at + 9 <= len(client):
-        length, stream = int.from_bytes(client[at:at + 3], "big"), int.from_bytes(client[at + 5:at + 9], "big") & 0x7FFF_FFFF
-        written[stream] = written.get(stream, 0) + 9 + length
-        at += 9 + length
+    # every frame the client wrote on a call's stream before the server ended it counts in its request's bytes: HEADERS,
+    # DATA (several when it streams), trailers, flow control; summed here by frame headers alone, from the recorded
+    # bytes in the order they crossed (a WINDOW_UPDATE the client sends after the server's trailers is no request's)
+    buffers, at = {"c2s": b"", "s2c": b""}, {"c2s": len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "s2c": 0}
+    written, ended = {}, set()
+    for direction, data in connection:
+        buffers[direction] += data
+        frames = buffers[direction]
+        while at[direction] + 9 <= len(frames):
+            head = frames[at[direction]:at[direction] + 9]
+            length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+            stream = int.from_bytes(head[5:9], "big") & 0x7FFF_FFFF
+            if at[direction] + 9 + length > len(frames):
+                break
+            if direction == "s2c" and kind in (0, 1) and flags & 0x1:
+                ended.add(stream)
+            elif direction == "c2s" and stream not in ended:
+                written[stream] = written.get(stream, 0) + 9 + length
+            at[direction] += 9 + length
     answered = [s for s in spans if s.error_class != "CLIENT_ERROR" or s.response_code is not None]  # not the cancelled one
     assert [s.request_bytes for s in answered] == [written[int(s.attributes["http2.stream_id"])] for s in answered]
 

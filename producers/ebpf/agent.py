@@ -266,8 +266,8 @@ class SocketTracer:
 
     def drain(self) -> None:
         """At the end of capture: wait for every CPU's batch to be sent, read them, and release what waits for order."""
-        time.sleep(BATCH_NS / 1e9)
-        self.kick_idle_cpus(everything=True)
+        time.sleep(BATCH_NS / 1e9 + 2 / FLUSH_HZ)  # a CPU that runs something sends its batch on its flush tick ...
+        self.kick_idle_cpus(everything=True)  # ... and an idle one when woken (its batch is BATCH_NS old by now)
         for _ in range(64):
             self.poll(0)
             if not self._cut_short:

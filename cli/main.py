@@ -223,6 +223,57 @@ def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
+    import elastic_transport
+
+    from cli.profile import output_format, profile_stacks, render, seconds, selection_title, span_selection
+    from sinks.elasticsearch import es_client
+    from tracetap.profiles import OFF_CPU, ON_CPU, Selection, hotspots
+
+    kind = OFF_CPU if args.off_cpu else ON_CPU
+    try:
+        since_s = seconds(args.since)
+    except ValueError as exc:
+        print(f"tracetap profile: --since: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    es = es_client(settings.elasticsearch)
+    try:
+        if args.span:
+            selection, span = span_selection(es, settings.elasticsearch, args.span, kind)
+            context = (f"span {args.span}: {span.get('request_type') or ''} {span.get('request_resource') or ''} "
+                       f"{span['duration_ns'] / 1e6:.1f} ms at {span.get('tap_side')}, {span.get('comm')} pid {span.get('pid')} thread {span.get('tid')}")
+        else:
+            now = time.time_ns()
+            selection = Selection(kind, now - int(since_s * 1e9), now, workload=args.workload, host=args.host, pid=args.pid, tid=args.tid)
+            context = f"last {args.since}"
+        stacks, records = profile_stacks(es, settings.elasticsearch, selection)
+    except elastic_transport.ConnectionError as exc:
+        raise ServerUnavailable(f"Elasticsearch at {', '.join(settings.elasticsearch.hosts)} does not answer: {exc}") from None
+    title = selection_title(selection)
+    if not stacks:
+        print(f"tracetap: no {title} in {settings.elasticsearch.index_prefix}-profiles-* ({context}); is the eBPF agent "
+              "running with agent.profiling and the sink indexing the profiles topic?", file=sys.stderr)
+        return EXIT_FAILURE
+    total = sum(stacks.values())
+    hz = max((r["sample_hz"] for r in records), default=0)
+    amount = f"{total} samples ({total / hz:.2f} s of CPU at {hz} Hz)" if kind == ON_CPU else f"{total / 1e9:.3f} s blocked"
+    processes = sorted({f"{r['comm']} {r['pid']}" + (f" ({r['workload']})" if r.get("workload") else "") for r in records})
+    to_stdout = args.format and not args.output  # the graph itself goes to stdout: the summary to stderr
+    out = sys.stderr if to_stdout else sys.stdout
+    print(f"{title}, {context}: {amount} in {len(stacks)} stacks, {len(records)} windows of {', '.join(processes[:8])}"
+          + (f" and {len(processes) - 8} more" if len(processes) > 8 else ""), file=out)
+    for frame, value in hotspots(stacks, kind, args.top):
+        print(f"  {value / total:6.1%}  {frame}", file=out)
+    fmt = output_format(args.output, args.format)
+    text = render(stacks, kind, fmt, title, subtitle=context)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"{fmt}: {args.output}")
+    elif to_stdout:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from cli.demo import DemoOptions, run_demo
 
@@ -352,7 +403,7 @@ def cmd_streams_flink(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
     from producers.common import agent_host, open_emitter
     from producers.ebpf.agent import EbpfAgent, check_requirements
-    from schemas.catalog import NODE_SPANS, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
+    from schemas.catalog import NODE_SPANS, PROFILES, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
 
     check_requirements()
     if args.in_collector is not None:
@@ -362,7 +413,10 @@ def cmd_agent_ebpf(settings: Settings, args: argparse.Namespace) -> int:
         settings.agent.validate()
     host = agent_host(settings)
     data_topic = NODE_SPANS if settings.agent.in_collector else SOCKET_DATA
-    emitter = open_emitter(settings, "ebpf", (data_topic, SOCKET_LIFECYCLE, RESOURCES))
+    if args.profiling is not None:
+        settings = dataclasses.replace(settings, agent=dataclasses.replace(settings.agent, profiling=args.profiling))
+    topics = (data_topic, SOCKET_LIFECYCLE, RESOURCES) + ((PROFILES,) if settings.agent.profiling else ())
+    emitter = open_emitter(settings, "ebpf", topics)
     agent = EbpfAgent(settings, emitter, host)
     what = "spans (in-collector)" if settings.agent.in_collector else "socket data"
     stats = agent.run(duration_s=args.duration,
@@ -473,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     _in_collector_flags(ebpf, "agent.in_collector", "raw socket data (every syscall's payload prefix)", "raw.socket-data")
     ebpf.add_argument("--cpu-budget", type=float, metavar="CORES",
                       help="CPU the agent may use: a CFS quota on its own cgroup, kept to by shedding whole flows (agent.cpu_budget_cores)")
+    profiling = ebpf.add_mutually_exclusive_group()
+    profiling.add_argument("--profile", dest="profiling", action="store_const", const=True,
+                           help="send on-CPU and off-CPU profiles to the profiles topic (the default; agent.profiling)")
+    profiling.add_argument("--no-profile", dest="profiling", action="store_const", const=False,
+                           help="capture without profiling (agent.profiling = false)")
     packets = add(agent_cmds, "packets", cmd_agent_packets,
                   "decode packets at NIC tap points (packets.taps) with tshark into packet summaries (root for live capture)")
     packets.add_argument("--read", action="append", metavar="PCAP", help="replay a pcap/pcapng file instead of capturing live (repeatable)")
@@ -525,6 +584,19 @@ def build_parser() -> argparse.ArgumentParser:
     kibana_import.add_argument("--space", help="a Kibana space id (default: the default space)")
     add(kibana_cmds, "export", cmd_kibana_export, "print them as NDJSON (for Kibana's Saved Objects > Import)")
 
+    profile = add(commands, "profile", cmd_profile,
+                  "flame graphs from the profiles index: on-CPU samples or off-CPU time of a workload, a process or a span's thread")
+    profile.add_argument("--workload", metavar="W", help="the workload (pod) the processes belong to, as in the resources topic")
+    profile.add_argument("--host", metavar="NODE", help="only this node's processes")
+    profile.add_argument("--pid", type=int, help="only this process")
+    profile.add_argument("--tid", type=int, help="only this thread")
+    profile.add_argument("--span", metavar="SPAN_ID",
+                         help="the process, thread and time range of this (process-side) span, instead of the options above and --since")
+    profile.add_argument("--since", default="60s", metavar="DURATION", help="how far back: 90s, 5m, 2h, 1d (default 60s)")
+    profile.add_argument("--off-cpu", action="store_true", help="time blocked (asleep, waiting for I/O or a lock) instead of on-CPU samples")
+    profile.add_argument("--output", metavar="FILE", help="write the graph: .svg an interactive flame graph, .json speedscope, else folded text")
+    profile.add_argument("--format", choices=("svg", "speedscope", "folded"), help="the output's format whatever its name (without --output: to stdout)")
+    profile.add_argument("--top", type=int, default=10, help="frames listed where the threads were (default 10)")
     trace = add(commands, "trace", cmd_trace, "print a trace's waterfall from Elasticsearch: every span linked to a span id or trace id")
     trace.add_argument("id", help="a span id or a trace id (from Kibana, an alert's span_ids or trace_id)")
     trace.add_argument("--html", metavar="FILE", help="also write the waterfall as one self-contained HTML file")

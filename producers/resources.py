@@ -26,7 +26,7 @@ _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 def scan(host: str, proc: Path = Path("/proc"), netns_dir: Path = Path("/run/netns"), pids: list[int] | None = None) -> dict[str, dict[str, Any]]:
     """The resources on this node now (or only the given pids' processes), keyed by resource id."""
     now = time.time_ns()
-    names = _netns_names(netns_dir)
+    names = netns_names(netns_dir)
     out: dict[str, dict[str, Any]] = {}
     boot_ns, ticks = _boot_time_ns(proc), os.sysconf("SC_CLK_TCK")
     for pid in pids if pids is not None else (int(p.name) for p in proc.iterdir() if p.name.isdigit()):
@@ -66,7 +66,8 @@ def _process(path: Path, pid: int, host: str, names: dict[int, str], boot_ns: in
                  netns_name=names.get(netns))
 
 
-def _netns_names(netns_dir: Path) -> dict[int, str]:
+def netns_names(netns_dir: Path = Path("/run/netns")) -> dict[int, str]:
+    """Network namespace inode -> its `ip netns` name (the workload of the demo's pods)."""
     try:
         return {entry.stat().st_ino: entry.name for entry in netns_dir.iterdir()}
     except OSError:

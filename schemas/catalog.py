@@ -106,6 +106,11 @@ AGENT_STATS = TopicSpec(
     description="Periodic agent counters: captured, lost, overflowed and undelivered events.",
     value_schema="agent_stats.avsc", key="agent|host", partitions=1, retention_ms=7 * DAY_MS,
     producers=("tracetap agent ebpf", "tracetap agent packets"), consumers=("operators",))
+PROFILES = TopicSpec(
+    name="profiles",
+    description="On-CPU samples and off-CPU time per process and window, as folded stacks by thread (flame graphs).",
+    value_schema="profile.avsc", key="host|pid", partitions=3, retention_ms=7 * DAY_MS,
+    producers=("tracetap agent ebpf",), consumers=(_SINK, "tracetap profile"), time_field="window_end")
 DEAD_LETTER = TopicSpec(
     name="deadletter",
     description="Records a component could not process, kept whole with the reason.",
@@ -114,7 +119,7 @@ DEAD_LETTER = TopicSpec(
 
 CATALOG: tuple[TopicSpec, ...] = (
     SOCKET_DATA, SOCKET_LIFECYCLE, PACKETS, NODE_SPANS, RESOURCES, SPANS, PATHS,
-    RED_METRICS, NETWORK_METRICS, ALERTS, AGENT_STATS, DEAD_LETTER,
+    RED_METRICS, NETWORK_METRICS, ALERTS, PROFILES, AGENT_STATS, DEAD_LETTER,
 )
 
 # What the stream jobs read and write (checked at their start): the topics they produce or consume, and dead letters.

@@ -24,7 +24,7 @@ from elasticsearch import ApiError, Elasticsearch
 from elasticsearch import ConnectionError as EsConnectionError
 from elasticsearch.serializer import OrjsonSerializer
 
-from schemas.catalog import ALERTS, DEAD_LETTER, NETWORK_METRICS, PATHS, RED_METRICS, SPANS, TopicSpec
+from schemas.catalog import ALERTS, DEAD_LETTER, NETWORK_METRICS, PATHS, PROFILES, RED_METRICS, SPANS, TopicSpec
 from schemas.deadletter import DeadLetters
 from schemas.kafka import consumer_config
 from schemas.preflight import check_kafka
@@ -58,6 +58,7 @@ INDEXED_TYPES = (
     IndexedType(RED_METRICS, "metric_id", "window_start", 1_000_000),
     IndexedType(NETWORK_METRICS, "metric_id", "window_start", 1_000_000),
     IndexedType(ALERTS, "alert_id", "time", 1),
+    IndexedType(PROFILES, "profile_id", "window_start", 1),
 )
 
 

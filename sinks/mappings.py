@@ -32,6 +32,8 @@ ECS_ALIASES: dict[str, dict[str, str]] = {
                         "network.transport": "l4_protocol", "service.name": "server_workload"},
     "alerts": {"trace.id": "trace_id", "message": "summary", "rule.name": "kind", "event.severity": "severity",
                "service.name": "workload"},
+    "profiles": {"process.pid": "pid", "process.name": "comm", "service.name": "workload", "event.start": "window_start",
+                 "event.end": "window_end"},
 }
 
 _PRIMITIVES = {"string": {"type": "keyword", "ignore_above": 8191}, "int": {"type": "long"}, "long": {"type": "long"},
@@ -62,7 +64,7 @@ def field_mapping(name: str, avro_type: Any) -> dict[str, Any]:
                 return {"type": "object", "dynamic": True}  # numbers, mapped by the dynamic template below
             return {"type": "flattened"}
         if kind == "record":
-            return {"properties": {f["name"]: field_mapping(f["name"], f["type"]) for f in avro_type["fields"]}}
+            return {"type": "object", "properties": {f["name"]: field_mapping(f["name"], f["type"]) for f in avro_type["fields"]}}
         return field_mapping(name, kind)
     if avro_type in _PRIMITIVES:
         if avro_type == "string" and (name.endswith("_ip") or name == "ip"):

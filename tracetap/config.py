@@ -104,7 +104,7 @@ class ElasticsearchSettings:
     bulk_concurrency: int = 2  # bulk requests in flight at once
     # Days each record type is kept (daily indices older than this are deleted by the sink); 0 keeps them forever.
     retention_days: dict[str, int] = field(default_factory=lambda: {"spans": 7, "paths": 7, "metrics.red": 30,
-                                                                    "metrics.network": 30, "alerts": 90})
+                                                                    "metrics.network": 30, "alerts": 90, "profiles": 7})
 
     def validate(self) -> None:
         if not self.hosts:
@@ -211,6 +211,12 @@ class AgentSettings:
     # ciphertext syscalls of those calls are not sent. Statically linked TLS (Go, BoringSSL, Java) is not seen.
     tls_plaintext: bool = True
     tls_rescan_s: float = 5.0  # how often processes started since the last look are checked for a libssl not probed yet
+    # Profiles to the profiles topic: on-CPU samples (cpu-clock, profile_hz per CPU) and off-CPU time (blocks of at
+    # least profile_min_block_ms), by process, thread and stack, one record per process, kind and window.
+    profiling: bool = True
+    profile_hz: int = 99
+    profile_window_s: float = 10.0
+    profile_min_block_ms: float = 1.0
 
     def redaction_rules(self) -> RedactionRules:
         return RedactionRules(**{rule: False for rule in self.redact_disable}, extra_headers=tuple(self.redact_headers),
@@ -226,6 +232,12 @@ class AgentSettings:
             raise ConfigError("agent.buffer_records", "must be >= 1")
         if not 0.1 <= self.tls_rescan_s <= 3600:
             raise ConfigError("agent.tls_rescan_s", f"{self.tls_rescan_s} is not within 0.1..3600 seconds")
+        if not 1 <= self.profile_hz <= 10_000:
+            raise ConfigError("agent.profile_hz", f"{self.profile_hz} is not within 1..10000 samples per second")
+        if not 0.5 <= self.profile_window_s <= 3600:
+            raise ConfigError("agent.profile_window_s", f"{self.profile_window_s} is not within 0.5..3600 seconds")
+        if not 0.01 <= self.profile_min_block_ms <= 60_000:
+            raise ConfigError("agent.profile_min_block_ms", f"{self.profile_min_block_ms} is not within 0.01..60000 ms")
         if self.cpu_budget_cores is not None and not 0.01 <= self.cpu_budget_cores <= 1024:
             raise ConfigError("agent.cpu_budget_cores", f"{self.cpu_budget_cores} is not within 0.01..1024 cores")
         for port in self.exclude_ports:

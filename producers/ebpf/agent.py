@@ -22,6 +22,7 @@ from producers.ebpf.btf import VMLINUX_BTF, Btf, BtfError
 from producers.ebpf.budget import BudgetError, CpuQuota, Shedding
 from producers.ebpf.events import (COUNTERS, PID_OFFSET, SAMPLE_ALL, Clock, DataEventEncoder, LifecycleEvent, decode_lifecycle,
                                    sample_threshold)
+from producers.ebpf.profiler import ProfileReporter
 from producers.ebpf.tls import SslProbes
 from producers.collector import NodeCollector
 from producers.common import excluded_ports
@@ -352,6 +353,9 @@ class EbpfAgent:
         self._shedding = Shedding(settings.agent.cpu_budget_cores)
         self._cpu_budget = settings.agent.cpu_budget_cores
         self._tls_rescan_s = settings.agent.tls_rescan_s
+        self.profiles: ProfileReporter | None = None
+        if settings.agent.profiling:
+            self.profiles = ProfileReporter(settings.agent, emitter, host, {_cgroup_id(p) for p in settings.agent.include_cgroups})
 
     def _on_data(self, events: list[bytes]) -> None:
         self.stats.data += len(events)
@@ -406,6 +410,8 @@ class EbpfAgent:
         deadline = time.monotonic() + duration_s if duration_s else None
         quota = self._apply_quota()
         self._resources.start()
+        if self.profiles is not None:
+            self.profiles.start()
         if on_ready:
             on_ready()
         last_control = last_rescan = time.monotonic()
@@ -432,6 +438,8 @@ class EbpfAgent:
             if self._collector is not None:
                 self._collector.flush()
             self._resources.stop()
+            if self.profiles is not None:
+                self.profiles.stop()
             self._collect_kernel_counters()
             self._report_totals()
         finally:

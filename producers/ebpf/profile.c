@@ -30,7 +30,17 @@ BPF_HASH(on_cpu_samples, struct stack_key, u64, KEYS_MAX);
 BPF_HASH(off_cpu_ns, struct stack_key, u64, KEYS_MAX);
 BPF_HASH(blocked_at, u32, struct blocked, THREADS_MAX);
 BPF_HASH(excluded_pids, u32, u8, 1024);
+BPF_HASH(included_cgroups, u64, u8, 1024);  // with CGROUP_FILTER: only these cgroup v2 ids (the agent's include_cgroups)
 BPF_ARRAY(lost, u64, 2);  // [0] samples and [1] blocks not counted: a map was full
+
+static __always_inline int left_out(u32 pid) {
+    if (excluded_pids.lookup(&pid)) return 1;
+#ifdef CGROUP_FILTER
+    u64 cgroup = bpf_get_current_cgroup_id();
+    if (!included_cgroups.lookup(&cgroup)) return 1;
+#endif
+    return 0;
+}
 
 static __always_inline void count_lost(u32 which) {
     u64 *c = lost.lookup(&which);
@@ -40,7 +50,7 @@ static __always_inline void count_lost(u32 which) {
 int on_cpu(struct bpf_perf_event_data *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    if (!tid || excluded_pids.lookup(&pid)) return 0;  // the idle task
+    if (!tid || left_out(pid)) return 0;  // the idle task, or not profiled
     struct stack_key key = {.pid = pid, .tid = tid};
     key.user_stack = stacks.get_stackid(ctx, BPF_F_USER_STACK);
     key.kernel_stack = stacks.get_stackid(ctx, 0);
@@ -62,7 +72,7 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     u32 prev = args->prev_pid;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32;
-    if (prev && args->prev_state != 0 && !excluded_pids.lookup(&pid)) {
+    if (prev && args->prev_state != 0 && !left_out(pid)) {
         struct blocked b = {.since_ns = now, .pid = pid};
         b.user_stack = stacks.get_stackid(args, BPF_F_USER_STACK);
         b.kernel_stack = stacks.get_stackid(args, 0);

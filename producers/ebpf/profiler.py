@@ -22,20 +22,34 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from producers.emitter import Emitter
+from producers.resources import netns_names
+from schemas.catalog import PROFILES
+from tracetap.config import AgentSettings
+from tracetap.profiles import OFF_CPU, ON_CPU
+
 log = logging.getLogger("tracetap.agent.profiler")
 
-ON_CPU, OFF_CPU = "ON_CPU", "OFF_CPU"
+__all__ = ["OFF_CPU", "ON_CPU", "ProcessProfile", "ProfileReporter", "Profiler", "merge"]
+
 _STACK_ENTRIES = 16_384
 _KEYS_MAX = 65_536
 _THREADS_MAX = 65_536
 _EFAULT = -14
 _UNKNOWN = "[unknown]"
+_TRUNCATED = "[truncated]"
+
+
+def _stack_count(tid: int, folded: str, value: int, on_cpu: bool) -> dict[str, Any]:
+    return {"tid": tid, "stack": folded, "leaf": folded.rsplit(";", 1)[-1], "samples": value if on_cpu else 0,
+            "off_cpu_ns": 0 if on_cpu else value}
 
 
 @dataclass
@@ -54,6 +68,27 @@ class ProcessProfile:
     def total(self) -> int:
         return sum(self.stacks.values())
 
+    def to_record(self, host: str, workload: str | None, netns_inode: int | None, min_block_ns: int,
+                  max_stack_bytes: int = 256_000) -> dict[str, Any]:
+        """The profiles topic's record: the stacks largest first, as many as fit in max_stack_bytes of stack text; the
+        smallest rest are summed into one `<comm>;[truncated]` stack, so the totals hold and the record stays small."""
+        on_cpu = self.kind == ON_CPU
+        stacks, used, cut, cut_value = [], 0, 0, 0
+        for (tid, folded), value in sorted(self.stacks.items(), key=lambda item: (-item[1], item[0])):
+            used += len(folded)
+            if cut or used > max_stack_bytes:
+                cut, cut_value = cut + 1, cut_value + value
+                continue
+            stacks.append(_stack_count(tid, folded, value, on_cpu))
+        if cut:
+            stacks.append(_stack_count(0, f"{self.comm};{_TRUNCATED}", cut_value, on_cpu))
+        total = self.total()
+        return {"profile_id": f"{host}|{self.pid}|{self.kind}|{self.start_ns}", "kind": self.kind, "host": host, "pid": self.pid,
+                "comm": self.comm, "workload": workload, "netns_inode": netns_inode, "window_start": self.start_ns,
+                "window_end": self.end_ns, "sample_hz": self.sample_hz, "min_block_ns": min_block_ns,
+                "total_samples": total if on_cpu else 0, "total_off_cpu_ns": 0 if on_cpu else total, "stacks": stacks,
+                "truncated_stacks": cut}
+
     def by_frame(self, frame: str) -> int:
         """The samples (or ns) of stacks that hold this frame (a function name, its module suffix ignored)."""
         return sum(n for (_, folded), n in self.stacks.items() if any(f.split(" [")[0] == frame for f in folded.split(";")))
@@ -62,16 +97,22 @@ class ProcessProfile:
 class Profiler:
     """The loaded profile.c: `collect()` once per window. `sample_hz` on-CPU samples per second per CPU."""
 
-    def __init__(self, sample_hz: int = 99, min_block_ms: float = 1.0, exclude_pids: set[int] | None = None) -> None:
+    def __init__(self, sample_hz: int = 99, min_block_ms: float = 1.0, exclude_pids: set[int] | None = None,
+                 include_cgroups: set[int] | None = None) -> None:
         from bcc import BPF, PerfSWConfig, PerfType  # Debian's python3-bpfcc, linked into the venv
 
+        self.min_block_ns = int(min_block_ms * 1_000_000)
         defines = {"STACK_ENTRIES": _STACK_ENTRIES, "KEYS_MAX": _KEYS_MAX, "THREADS_MAX": _THREADS_MAX,
-                   "MIN_BLOCK_NS": f"{int(min_block_ms * 1_000_000)}ULL"}
+                   "MIN_BLOCK_NS": f"{self.min_block_ns}ULL"}
+        if include_cgroups:
+            defines["CGROUP_FILTER"] = 1
         source = resources.files("producers.ebpf").joinpath("profile.c").read_text()
         self.bpf = BPF(text=source, cflags=[f"-D{k}={v}" for k, v in defines.items()])
         excluded = self.bpf["excluded_pids"]
         for pid in {os.getpid(), *(exclude_pids or ())}:
             excluded[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        for cgroup in include_cgroups or ():
+            self.bpf["included_cgroups"][ctypes.c_uint64(cgroup)] = ctypes.c_uint8(1)
         self.bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.CPU_CLOCK, fn_name=b"on_cpu", sample_freq=sample_hz)
         self.sample_hz = sample_hz
         self._window_start = time.time_ns()
@@ -138,8 +179,9 @@ class Profiler:
         if pid < 0:
             return self.bpf.ksym(address).decode(errors="replace")
         name = self.bpf.sym(address, pid, show_module=True).decode(errors="replace")
-        if name.startswith("[unknown]"):  # "[unknown] [module]": keep the module, it says where
-            return name.replace("[unknown] ", "", 1) if " [" in name else _UNKNOWN
+        if name.startswith("[unknown]"):  # "[unknown] [module]": keep the module, it says where ("[vdso]" as such)
+            module = name[len("[unknown] ["):-1] if name.startswith("[unknown] [") else ""
+            return (module if module.startswith("[") else f"[{module}]") if module else _UNKNOWN
         function, _, module = name.partition(" [")
         return function if module[:-1] == self._executable(pid) else name  # the program's own functions need no module
 
@@ -161,3 +203,76 @@ def merge(profiles: list[ProcessProfile]) -> dict[str, int]:
         for (_, folded), n in profile.stacks.items():
             total[folded] += n
     return dict(total)
+
+
+class ProfileReporter:
+    """The eBPF agent's profiling thread: every `agent.profile_window_s`, collect, keep the processes the agent's
+    filters let in (pids and cgroups in the kernel; network namespaces and comms here, from /proc), tag each with its
+    workload, and send one record per process and kind to the profiles topic. `stop()` sends the last window."""
+
+    def __init__(self, agent: AgentSettings, emitter: Emitter, host: str, include_cgroups: set[int]) -> None:
+        self._profiler = Profiler(agent.profile_hz, agent.profile_min_block_ms, exclude_pids={os.getpid(), *agent.exclude_pids},
+                                  include_cgroups=include_cgroups)
+        self._emitter, self._host, self._window_s = emitter, host, agent.profile_window_s
+        self._netns = {int(n) if n.isdigit() else n for n in agent.include_netns}  # inodes, or names resolved per window
+        self._comms = {c[:15] for c in agent.exclude_comms}
+        self._lost: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="profiler", daemon=True)
+        self.records = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._profiler.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._window_s):
+            self._report_safely()
+        self._report_safely()  # the last window, up to the stop
+
+    def _report_safely(self) -> None:
+        try:
+            self.report()
+        except Exception as exc:  # profiles are best effort; capture goes on
+            self._emitter.count("profile_errors")
+            log.warning("profile window not reported error=%s", exc)
+
+    def report(self) -> int:
+        """Collect one window and send it; returns how many records were sent."""
+        started = time.monotonic()
+        profiles = self._profiler.collect()
+        names = netns_names()
+        sent = 0
+        for profile in profiles:
+            netns = _netns_of(profile.pid)
+            if not self._admits(profile, netns, names):
+                continue
+            record = profile.to_record(self._host, names.get(netns) if netns else None, netns, self._profiler.min_block_ns)
+            self._emitter.offer(PROFILES, f"{self._host}|{profile.pid}", record)
+            sent += 1
+        for name, value in self._profiler.lost().items():
+            if value > self._lost.get(name, 0):
+                self._emitter.count(name, value - self._lost.get(name, 0))
+                self._lost[name] = value
+        self.records += sent
+        log.debug("profile window processes=%d records=%d took_ms=%.0f", len({p.pid for p in profiles}), sent,
+                  (time.monotonic() - started) * 1000)
+        return sent
+
+    def _admits(self, profile: ProcessProfile, netns: int | None, names: dict[int, str]) -> bool:
+        if profile.comm[:15] in self._comms:
+            return False
+        if not self._netns:
+            return True
+        return netns is not None and (netns in self._netns or names.get(netns) in self._netns)
+
+
+def _netns_of(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None  # gone: its namespace cannot be told any more

@@ -3,7 +3,7 @@ tests/integration/test_sink_elasticsearch.py)."""
 
 import pytest
 
-from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, RED_METRICS, SPANS
+from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, PROFILES, RED_METRICS, SPANS
 from sinks.elasticsearch import INDEXED_TYPES, daily_index, to_document
 from sinks.mappings import ECS_ALIASES, field_mapping, index_mapping
 from tracetap.config import ElasticsearchSettings
@@ -16,7 +16,7 @@ def _leaf(properties, dotted):
     return node
 
 
-@pytest.mark.parametrize("spec", [SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, PROFILES], ids=lambda s: s.name)
 def test_every_schema_field_has_an_explicit_type_and_nothing_else_is_accepted(spec):
     mapping = index_mapping(spec.name, spec.schema())
     assert mapping["dynamic"] == "strict"
@@ -25,6 +25,16 @@ def test_every_schema_field_has_an_explicit_type_and_nothing_else_is_accepted(sp
     for name in names:
         assert mapping["properties"][name].get("type") in ("keyword", "ip", "date_nanos", "date", "long", "double", "boolean",
                                                             "binary", "flattened", "object"), name
+
+
+def test_a_profile_s_stacks_are_objects_whose_threads_stacks_and_values_are_searchable():
+    profiles = index_mapping("profiles", PROFILES.schema())["properties"]
+    assert profiles["kind"] == {"type": "keyword"} and profiles["window_start"] == {"type": "date_nanos"}
+    stacks = profiles["stacks"]
+    assert stacks["type"] == "object"
+    assert stacks["properties"]["tid"] == {"type": "long"} and stacks["properties"]["off_cpu_ns"] == {"type": "long"}
+    assert stacks["properties"]["stack"] == {"type": "keyword", "ignore_above": 8191}
+    assert stacks["properties"]["leaf"]["type"] == "keyword"
 
 
 def test_types_follow_the_avro_types_and_names():

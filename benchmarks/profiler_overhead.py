@@ -333,6 +333,7 @@ class Round:
     load_s: float = 0.0
     lost: dict[str, int] = field(default_factory=dict)
     stack_entries: int = 0
+    others: list[str] = field(default_factory=list)  # other processes holding BPF programs at the round's end
 
     def rate(self, key: str) -> float:
         return self.work[key] / self.wall_s
@@ -438,6 +439,7 @@ def run_round(hz: int, exe: Path, busy: Busy, args: argparse.Namespace) -> Round
                        stack_entries=stack_entries)
         if profiler:
             result.lost = profiler.lost()
+        result.others = other_bpf_holders()
         return result
     finally:
         if profiler:
@@ -448,8 +450,8 @@ def label(hz: int) -> str:
     return "baseline" if hz == 0 else f"{hz} Hz"
 
 
-def progress(i: int, r: Round) -> None:
-    line = (f"round {i}: {label(r.hz):>8}  {r.rate('requests'):>9,.0f} req/s {r.rate('trips'):>8,.0f} trips/s {r.rate('wakeups'):>6,.0f} wakeups/s "
+def progress(i: int, r: Round, elapsed_s: float) -> None:
+    line = (f"{elapsed_s:5.0f}s round {i}: {label(r.hz):>8}  {r.rate('requests'):>9,.0f} req/s {r.rate('trips'):>8,.0f} trips/s {r.rate('wakeups'):>6,.0f} wakeups/s "
             f"{r.rate('switches'):>8,.0f} sw/s  rest {r.rest_pct:4.1f}%  pinned {r.switch_ns:5.0f} ns/sw")
     if r.hz:
         w = r.windows
@@ -457,6 +459,8 @@ def progress(i: int, r: Round) -> None:
                  + f"]  collect {1000 * sum(x.cpu_s for x in w) / max(len(w), 1):.1f} ms/window (cold {1000 * r.cold.cpu_s:.0f} ms)"
                  + f"  samples {sum(x.on_samples for x in w)} keys {sum(x.on_keys for x in w)}+{sum(x.off_keys for x in w)}"
                  + f"  stacks map {r.stack_entries}  lost {sum(r.lost.values())}  load {r.load_s:.1f}s")
+    if r.others:
+        line += f"  WARNING: other BPF holders {', '.join(r.others)}"
     print(line, file=sys.stderr, flush=True)
 
 
@@ -627,10 +631,11 @@ def main() -> int:
         time.sleep(SETTLE_S)
         modes = [0, *hzs]
         rounds: list[Round] = []
+        started = time.monotonic()
         for i in range(args.rounds):
             for hz in (modes if i % 2 == 0 else modes[::-1]):
                 r = run_round(hz, exe, busy, args)
-                progress(i + 1, r)
+                progress(i + 1, r, time.monotonic() - started)
                 rounds.append(r)
         report(rounds, hzs, args, busy)
         first = [r for r in rounds if r.hz == hzs[0]]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from cli.demo_report import Findings, Results, html_report, text_report
 from schemas.catalog import ALERTS, PATHS, RED_METRICS, SPANS
-from infra.demo_services import PODS, SCENARIOS, STORM_NAME, start_workloads
+from infra.demo_services import PODS, SCENARIOS, STORM_NAME, TLS_PORT, start_workloads
 from sinks.elasticsearch import es_client, index_name
 from tracetap.config import Settings
 from tracetap.errors import TracetapError
@@ -153,14 +153,14 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
         step(3, f"cluster: {len(PODS)} pods on {cluster.subnet}, their Services' ClusterIPs on {cluster.service_subnet} (DNAT, as kube-proxy), "
                 "kube-dns with ndots:5, redis, the services")
         cluster.up()
-        workloads = start_workloads(cluster, storm="dns-storm" in options.scenarios)
+        workloads = start_workloads(cluster, storm="dns-storm" in options.scenarios, tls_dir=state_dir / "demo" / "tls" / run)
         progress(", ".join(f"{name} {pod.address} (Service {pod.cluster_ip})" for name, pod in cluster.members.items()))
 
         step(4, "agents: eBPF on the pods' processes, packets on their veths")
         # Every pod's veth, as pod-nic taps (one tshark: they are all in the node namespace); TCP to the services
         # and redis (DNS is the eBPF agent's: the storm's packets would only add load here).
         env["TRACETAP_PACKETS__TAPS"] = ",".join(f"{pod.veth}@{cluster.node}=pod-nic/{name}@{pod.address}" for name, pod in cluster.members.items())
-        env["TRACETAP_PACKETS__CAPTURE_FILTER"] = "tcp port 8080 or tcp port 6379"
+        env["TRACETAP_PACKETS__CAPTURE_FILTER"] = f"tcp port 8080 or tcp port {TLS_PORT} or tcp port 6379"
         children.start("agent-ebpf", ["agent", "ebpf"])
         children.start("agent-packets", ["agent", "packets"])
         children.wait_for("agent-ebpf", "capturing", 120)
@@ -221,6 +221,7 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
             _delete_run(admin, registry, (prefix, f"{app_id}-"))
         shutil.rmtree(state_dir / "faust" / app_id, ignore_errors=True)
         shutil.rmtree(state_dir / "flink" / app_id, ignore_errors=True)
+        shutil.rmtree(state_dir / "demo" / "tls" / run, ignore_errors=True)
 
     minutes = (time.monotonic() - started) / 60
     print(text_report(results), flush=True)

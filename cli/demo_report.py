@@ -15,10 +15,13 @@ from typing import Any
 from elasticsearch import Elasticsearch
 
 from cli.waterfall import CSS, Row, assemble, html_waterfall, iso_to_ns, rows_of, text_waterfall
-from schemas.catalog import ALERTS, PATHS, RED_METRICS, SPANS
+from cli.profile import of_span_document, profile_stacks
+from schemas.catalog import ALERTS, PATHS, PROFILES, RED_METRICS, SPANS
 from sinks.elasticsearch import index_name, iso_nanos
+from tracetap import flamegraph
 from tracetap.config import ElasticsearchSettings
 from tracetap.paths import SEGMENTS
+from tracetap.profiles import OFF_CPU, hotspots
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Finding:
     details: list[str] = field(default_factory=list)
     waterfall: list[Row] = field(default_factory=list)
     segments: dict[str, int] = field(default_factory=dict)  # a path record's four-point breakdown, ns
+    flame_graph: str = ""  # an SVG flame graph of the thread that held the time
+    flame_title: str = ""
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Results:
     red: list[dict[str, Any]]  # per server workload: requests, errors, p99
     p99_series: dict[str, list[tuple[int, float]]]  # server workload -> (window start ms, p99 ms)
     counts: dict[str, int]  # documents of the run per index
+    tls: list[str] = field(default_factory=list)  # what was seen inside TLS, per server workload
 
 
 class Findings:
@@ -61,7 +67,8 @@ class Findings:
     def counts(self) -> dict[str, int]:
         out = {}
         for spec, time_field, since in ((SPANS, "start_time", self.since_iso), (PATHS, "start_time", self.since_iso),
-                                        (RED_METRICS, "window_start", self.since_ns // 1_000_000), (ALERTS, "time", self.since_iso)):
+                                        (RED_METRICS, "window_start", self.since_ns // 1_000_000), (ALERTS, "time", self.since_iso),
+                                        (PROFILES, "window_end", self.since_iso)):
             out[spec.name] = self.es.count(index=index_name(self.settings, spec), query={"range": {time_field: {"gte": since}}},
                                            ignore_unavailable=True, allow_no_indices=True)["count"]
         return out
@@ -102,7 +109,10 @@ class Findings:
         alert = max(alerts, key=lambda a: (a.get("workload") == "oms-app", a["measurements"].get("duration_ns", 0)))
         segment = alert["attributes"].get("segment", "?")
         f.headline = f"SLOW_REQUEST: {alert['summary']}"
-        f.waterfall = self.waterfall(alert["trace_id"])
+        spans = assemble(self.es, self.settings, alert["trace_id"]).spans
+        f.waterfall = rows_of(spans)
+        self._off_cpu(f, next((s for s in spans if s.get("server_workload") == "oms-app" and s["tap_side"] == "SERVER_PROCESS"
+                               and s.get("pid") is not None), None))
         path = self.path(alert["trace_id"], alert["workload"]) if alert.get("workload") else None
         if path:
             f.segments = {name: path[name] for name in SEGMENTS if path.get(name) is not None}
@@ -114,6 +124,21 @@ class Findings:
             f.details.append(f"suggestion: {alert['suggestion']}")
         f.found = alert.get("workload") == "oms-app" and segment in ("server_processing_ns", "server_own_ns")
         return f
+
+    def _off_cpu(self, f: Finding, span: dict[str, Any] | None) -> None:
+        """The off-CPU flame graph of the thread that served the span, during it: where the request waited."""
+        if span is None:
+            return
+        stacks, _ = profile_stacks(self.es, self.settings, of_span_document(span, OFF_CPU))
+        if not stacks:
+            f.details.append(f"no off-CPU profile of {span.get('comm')} pid {span['pid']} thread {span.get('tid')} (yet)")
+            return
+        total = sum(stacks.values())
+        waited = ", ".join(f"{value / total:.0%} in {frame}" for frame, value in hotspots(stacks, OFF_CPU, 3) if value >= total / 100)
+        f.flame_title = (f"off-CPU: {span.get('server_workload')}'s thread {span.get('tid')} ({span.get('comm')} pid {span['pid']}) "
+                         f"during {span.get('request_type') or ''} {span.get('request_resource') or ''}")
+        f.details.append(f"{f.flame_title}: {total / 1e9:.2f} s blocked, {waited}")
+        f.flame_graph = flamegraph.svg(stacks, f.flame_title, unit=flamegraph.NANOSECONDS, width=960)
 
     def slow_service(self, table: list[dict[str, Any]]) -> Finding:
         f = Finding("slow-service", "2. Slow service", "the retail path takes ~500 ms, held by acuiagwapp")
@@ -160,11 +185,26 @@ class Findings:
         f.found = {"tpp-pay-1", "tpp-pay-2", "tpp-pay-3"} <= set(pods)
         return f
 
+    def tls(self) -> list[str]:
+        """Spans with `tls: true`, per server workload and tap point: HTTP from the processes' OpenSSL plaintext, and TLS
+        records at the NICs."""
+        answer = self.es.search(index=index_name(self.settings, SPANS), size=0, ignore_unavailable=True, allow_no_indices=True,
+                                query={"bool": {"filter": [{"term": {"tls": True}}, {"range": {"start_time": {"gte": self.since_iso}}}]}},
+                                aggs={"workload": {"terms": {"field": "server_workload", "missing": "?"},
+                                                   "aggs": {"protocol": {"terms": {"field": "protocol"},
+                                                                         "aggs": {"side": {"terms": {"field": "tap_side"}}}}}}})
+        out = []
+        for workload in answer.get("aggregations", {}).get("workload", {}).get("buckets", []):
+            kinds = "; ".join(f"{p['doc_count']} {p['key']} spans (" + ", ".join(f"{s['key']} {s['doc_count']}" for s in p["side"]["buckets"]) + ")"
+                              for p in workload["protocol"]["buckets"])
+            out.append(f"{workload['key']}: {kinds}")
+        return out
+
     def collect(self, scenarios: list[str]) -> Results:
         red, series = self.red()
         queries = {"slow-backend": self.slow_backend, "slow-service": lambda: self.slow_service(red), "dns-502": self.dns_502,
                    "dns-storm": self.dns_storm}
-        return Results([queries[s]() for s in scenarios], red, series, self.counts())
+        return Results([queries[s]() for s in scenarios], red, series, self.counts(), self.tls())
 
 
 # rendering ----------------------------------------------------------------------------------------------
@@ -180,6 +220,9 @@ def text_report(results: Results) -> str:
             out.append("  segments: " + ", ".join(f"{n.removesuffix('_ns').replace('_', ' ')} {v / 1e6:.2f} ms" for n, v in f.segments.items()))
         out.extend(f"  {line}" for line in f.details)
         out.append("")
+    out.append("Inside TLS (HTTP read from OpenSSL in the processes, TLS records at the NICs):")
+    out.extend(f"  {line}" for line in results.tls or ["nothing seen"])
+    out.append("")
     out.append("RED per service (server side, HTTP, this run):")
     out.append(f"  {'service':<12} {'requests':>8} {'errors':>6} {'p99':>9}")
     out.extend(f"  {r['service']:<12} {r['requests']:>8} {r['errors']:>6} {r['p99_ms']:>7.0f} ms" for r in results.red)
@@ -199,7 +242,12 @@ def html_report(results: Results, title: str, minutes: float, kibana_hint: str) 
         if f.segments:
             parts.append(_html_segments(f.segments))
         parts.extend(f"<p>{html.escape(line)}</p>" for line in f.details)
+        if f.flame_graph:
+            parts.append(f"<h3>{html.escape(f.flame_title)}</h3><div class='flame'>{f.flame_graph}</div>")
         parts.append("</section>")
+    parts.append("<section><h2>Inside TLS</h2><p>HTTP read in plaintext from OpenSSL in the processes (uprobes), TLS records at the NICs; "
+                 "spans with <code>tls: true</code>:</p><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in results.tls or ["nothing seen"])
+                 + "</ul></section>")
     parts.append("<section><h2>RED per service</h2><table><tr><th>service</th><th>requests</th><th>errors</th><th>p99</th></tr>")
     parts.extend(f"<tr><td>{html.escape(r['service'])}</td><td>{r['requests']}</td><td>{r['errors']}</td><td>{r['p99_ms']:.0f} ms</td></tr>"
                  for r in results.red)

@@ -50,12 +50,15 @@ def span_selection(es: Elasticsearch, settings: ElasticsearchSettings, span_id: 
                      allow_no_indices=True)["hits"]["hits"]
     if not hits:
         raise TracetapError(f"no span has the span id {span_id} in {index_name(settings, SPANS)}")
-    span = dict(hits[0]["_source"], start_time=iso_to_ns(hits[0]["_source"]["start_time"]),
-                end_time=iso_to_ns(hits[0]["_source"]["end_time"]))
     try:
-        return Selection.of_span(span, kind), span
+        return of_span_document(hits[0]["_source"], kind), hits[0]["_source"]
     except ValueError as exc:
         raise TracetapError(str(exc)) from None
+
+
+def of_span_document(span: dict[str, Any], kind: str) -> Selection:
+    """Selection.of_span for a span as indexed (its times ISO text); ValueError for a span without a process."""
+    return Selection.of_span(dict(span, start_time=iso_to_ns(span["start_time"]), end_time=iso_to_ns(span["end_time"])), kind)
 
 
 def search(es: Elasticsearch, settings: ElasticsearchSettings, selection: Selection) -> list[dict[str, Any]]:

@@ -96,7 +96,8 @@ def rows_of(spans: list[dict[str, Any]]) -> list[Row]:
         what = " ".join(x for x in (s.get("request_type"), s.get("request_resource")) if x) or s["protocol"]
         answer = (s.get("response_code") if s["protocol"] == "HTTP" else None) or s.get("response_message") or s.get("error_class") or ""
         side = s["tap_side"].lower().replace("_", "-")
-        label = f"{side:<14} {s.get('client_workload') or s['client_ip']} -> {s.get('server_workload') or s['server_ip']}  {s['protocol']} {what}  {answer}"
+        protocol = f"{s['protocol']}/TLS" if s.get("tls") and s["protocol"] != "TLS" else s["protocol"]  # read inside TLS
+        label = f"{side:<14} {s.get('client_workload') or s['client_ip']} -> {s.get('server_workload') or s['server_ip']}  {protocol} {what}  {answer}"
         rows.append(Row(depth(s), label, iso_to_ns(s["start_time"]), s["duration_ns"], bool(s.get("error_class"))))
     return rows
 

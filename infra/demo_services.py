@@ -5,7 +5,7 @@ request to the calls it makes) that resolve each other through the cluster DNS w
 resolv.conf, as Kubernetes services do, and stage the seed's four case studies:
 
     web /orders/<id>  ─▶ gateway /orders/<id> ─▶ oms-app /orders/<id> ─▶ redis GET order:<id>
-                                                  (id "slow": oms-app holds the request ~3 s)      1. slow backend
+                                  (over TLS, port 8443) (id "slow": oms-app holds the request ~3 s) 1. slow backend
     retail /quote     ─▶ acuiagwapp /quote (~500 ms of its own)                                    2. slow service
     web /pay          ─▶ gateway /pay: resolves payment-backend, which does not exist -> 502       3. 502 from DNS
     tpp-pay-1..3      : resolve api.partner-bank.com (no trailing dot) in a loop under ndots:5     4. DNS storm
@@ -18,9 +18,11 @@ scenario's trigger requests. Nothing here knows about tracetap: it is the traffi
 from __future__ import annotations
 
 import argparse
+import datetime
 import http.client
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +33,9 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parent.parent
 
 PORT = 8080
+TLS_PORT = 8443  # oms-app's orders API over TLS, as the gateway calls it (its /health stays on PORT)
+TLS_SERVICES = ("oms-app",)
+TLS_DIR: Path | None = None  # the demo's CA and the TLS services' certificates (make_certificates); None: no TLS
 SLOW_BACKEND_S = 3.0
 SLOW_SERVICE_S = 0.5
 STORM_NAME = "api.partner-bank.com"  # no trailing dot: under ndots:5 it walks the search path first
@@ -39,14 +44,49 @@ SCENARIOS = ("slow-backend", "slow-service", "dns-502", "dns-storm")
 
 
 def call(service: str, path: str, timeout_s: float = 10.0) -> tuple[int, bytes]:
-    """GET http://<service>:8080<path>, the name resolved through the cluster DNS."""
-    conn = http.client.HTTPConnection(service, PORT, timeout=timeout_s)
+    """GET http://<service>:8080<path> (https://<service>:8443 for a TLS service), the name resolved through the cluster DNS."""
+    if TLS_DIR is not None and service in TLS_SERVICES:
+        context = ssl.create_default_context(cafile=str(TLS_DIR / "ca.pem"))
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(service, TLS_PORT, timeout=timeout_s, context=context)
+    else:
+        conn = http.client.HTTPConnection(service, PORT, timeout=timeout_s)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def make_certificates(directory: Path, names: dict[str, list[str]]) -> Path:
+    """A CA (ca.pem) and, per service, <service>.pem and <service>.key signed by it for the given DNS names."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo cluster CA")])
+
+    def certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey, ca: bool, dns: list[str]) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if dns:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns]), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(certificate(ca_name, ca_key, True, []).public_bytes(pem))
+    for service, dns in names.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]), key, False, dns)
+        (directory / f"{service}.pem").write_bytes(cert.public_bytes(pem))
+        (directory / f"{service}.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return directory
 
 
 def redis_get(key: str) -> bytes | None:
@@ -124,9 +164,13 @@ PODS = ["web", "gateway", "oms-app", "retail", "acuiagwapp", "tpp-pay-1", "tpp-p
 SERVICES = [p for p in PODS if p not in ("kube-dns", "redis")]
 
 
-def start_workloads(cluster, python: str = sys.executable, storm: bool = True) -> dict[str, subprocess.Popen]:  # noqa: ANN001 (infra.cluster.Cluster)
-    """Redis (with a few orders) and every service in its pod; returns their processes once each listens."""
+def start_workloads(cluster, python: str = sys.executable, storm: bool = True,  # noqa: ANN001 (infra.cluster.Cluster)
+                    tls_dir: Path | None = None) -> dict[str, subprocess.Popen]:
+    """Redis (with a few orders) and every service in its pod; returns their processes once each listens. With
+    `tls_dir`, oms-app's orders API is served over TLS with a certificate signed by the demo's CA (made there)."""
     redis = cluster.members["redis"].address
+    if tls_dir is not None:
+        make_certificates(tls_dir, {name: [name, cluster.fqdn(name)] for name in TLS_SERVICES})
     started = {}
     started["redis"] = cluster.start("redis", ["redis-server", "--bind", redis, "--port", "6379", "--save", "", "--appendonly", "no",
                             "--protected-mode", "no"])
@@ -140,7 +184,8 @@ def start_workloads(cluster, python: str = sys.executable, storm: bool = True) -
     for pod in SERVICES:
         if pod.startswith("tpp-pay") and not storm:
             continue
-        started[pod] = cluster.start(pod, [python, "-m", "infra.demo_services", pod], cwd=str(_ROOT))
+        tls = ["--tls-dir", str(tls_dir)] if tls_dir is not None else []
+        started[pod] = cluster.start(pod, [python, "-m", "infra.demo_services", pod, *tls], cwd=str(_ROOT))
     for pod in SERVICES:
         if pod.startswith("tpp-pay") and not storm:
             continue
@@ -209,10 +254,22 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv[2:])
         print(json.dumps(traffic(args.web, args.retail, args.scenario, args.seconds)), flush=True)
         return 0
-    pod = argv[1]
+    global TLS_DIR
+    parser = argparse.ArgumentParser(prog="python -m infra.demo_services")
+    parser.add_argument("pod")
+    parser.add_argument("--tls-dir", type=Path, help="the demo's CA and certificates: TLS services serve, and are called, over TLS")
+    args = parser.parse_args(argv[1:])
+    pod, TLS_DIR = args.pod, args.tls_dir
     Service.pod = pod
     if pod.startswith("tpp-pay"):
         threading.Thread(target=storm, args=(threading.Event(),), daemon=True).start()
+    if TLS_DIR is not None and pod in TLS_SERVICES:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(TLS_DIR / f"{pod}.pem", TLS_DIR / f"{pod}.key")
+        secure = ThreadingHTTPServer(("0.0.0.0", TLS_PORT), Service)
+        secure.daemon_threads = True
+        secure.socket = context.wrap_socket(secure.socket, server_side=True)
+        threading.Thread(target=secure.serve_forever, daemon=True).start()
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Service)
     server.daemon_threads = True
     print("listening", flush=True)

@@ -74,6 +74,16 @@ def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admi
     path = four[0]
     assert path["server_processing_ns"] >= 2.9e9  # the application held the time ...
     assert path["req_network_ns"] + path["resp_network_ns"] < 100e6  # ... not the network
+    # gateway calls oms-app over TLS: both ends' spans were read from OpenSSL's plaintext, the NICs saw TLS records
+    hop = [s for s in chain if s["server_workload"] == "oms-app" and s["client_workload"] == "gateway"]
+    assert {(s["tap_side"], s["protocol"], s["tls"]) for s in hop} == {
+        ("CLIENT_PROCESS", "HTTP", True), ("CLIENT_NIC", "TLS", True), ("SERVER_NIC", "TLS", True), ("SERVER_PROCESS", "HTTP", True)}
+    # ... and the thread that served it spent the 3 s asleep: its off-CPU profile, selected by the span, says so
+    profiles = [p for p in _search(settings, f"{prefix}-profiles-*", _term(kind="OFF_CPU", workload="oms-app", pid=culprit[0]["pid"]))
+                if any(st["tid"] == culprit[0]["tid"] for st in p["stacks"])]
+    asleep = sum(st["off_cpu_ns"] for p in profiles for st in p["stacks"]
+                 if st["tid"] == culprit[0]["tid"] and "__x64_sys_clock_nanosleep_[k]" in st["stack"])
+    assert 2.9e9 <= asleep <= 3.5e9, profiles
 
     # 3. The 502: gateway's span answered 502, and the DNS lookup under it failed for payment-backend.
     failed = _search(settings, f"{prefix}-alerts-*", _term(kind="ERROR_WITH_FAILED_DEPENDENCY"))
@@ -97,6 +107,9 @@ def test_slow_backend_and_502_from_dns_are_found_in_elasticsearch(settings, admi
     assert done.stdout.count("[FOUND]") == 2 and "trace waterfall" in done.stdout
     page = report.read_text()
     assert "<svg" in page and "oms-app" in page and "payment-backend" in page
+    assert "off-CPU: oms-app's thread" in done.stdout and "in __x64_sys_clock_nanosleep_[k]" in done.stdout
+    assert page.count("class=\"tracetap-flamegraph\"") == 1 and "HTTP/TLS GET /orders/slow" in page
+    assert re.search(r"oms-app: \d+ HTTP spans \(CLIENT_PROCESS \d+, SERVER_PROCESS \d+\)", done.stdout)
     assert _no_topics_left(admin, settings, done.stdout)
 
 

@@ -4,30 +4,32 @@ Not a test (never run in CI, not collected by pytest). Needs root and gcc; no Ka
 this process, as the agent loads it, and `collect()` is called once per window.
 
     .venv/bin/python benchmarks/profiler_overhead.py [--rounds 3] [--hz 99,999] [--seconds 10] [--window 10]
-                                                     [--hogs N] [--pairs 2] [--sleepers 4] [--sleep-us 1500]
+                                                     [--switch-rate 20000] [--hogs N] [--pairs 2] [--sleepers 4]
 
 The busy node: a C program (compiled at run time into /tmp, -O2 -fno-omit-frame-pointer, so the profiler walks its
 stacks) runs for the whole benchmark:
   hogs      one thread per CPU serving "requests": a dispatch recursion 3 to 10 frames deep over one of three leaves
             (encode + checksum a 1 KiB record, qsort of 256 integers through libc, a hashing loop), ~15 frames in all;
             both CPUs stay busy. Counts requests.
-  pairs     thread pairs ping-ponging one byte over two pipes with a little work per message: every message is a
-            voluntary context switch, thousands per second, mostly blocks far under 1 ms (the sched_switch program
-            walks both stacks of every one and records none). Counts round trips.
+  pairs     thread pairs ping-ponging one byte over two pipes with a little work per message, paced: a burst of round
+            trips every 5 ms, --switch-rate voluntary context switches per second in all (20,000 by default; a
+            saturated nginx on this 2-core VM makes 50,000-80,000). Their blocks are far under 1 ms: the
+            sched_switch program walks both stacks of every one and records none. Counts round trips.
   sleepers  threads doing one request then nanosleep(--sleep-us): blocks above the 1 ms threshold, recorded by stack.
             Counts wake-ups.
 Its counters are in a shared file this script reads, so rounds need no restart.
 
 Rounds alternate (order reversed every other round) between the baseline (no profiler loaded) and a `Profiler(hz)` for
-each --hz. A profiler round loads it (the bcc compile, untimed), waits 1 s and calls collect() once (the cold call: the
-workload's symbols are read; reported apart), then the measured --seconds, calling collect() every --window seconds:
+each --hz. A profiler round loads it (the bcc compile, untimed), waits 1 s and calls collect() once (the first call: the
+frames are resolved, and in the first round the workload's symbols read; reported apart), then the measured --seconds, calling collect() every --window seconds:
 the default is the agent's real 10 s window, so one steady-state collect() per round. Every round ends with a short
 pinned phase: the busy program is stopped (SIGSTOP) and a second copy ping-pongs on CPU 0 alone for --pinned-seconds.
 Measured:
   a  the BPF programs' own time: kernel.bpf_stats_enabled=1 during the run (restored after), run_time_ns and run_cnt
      of each of the profiler's programs from /proc/self/fdinfo/<prog fd>; % of one core = run time / round wall time,
-     and ns per invocation. Not included: the kernel's dispatch to the program (perf event overflow, the tracepoint's
-     perf buffer), which (d) includes.
+     and ns per invocation (the stats' own two clock reads included). Not included: the kernel's dispatch to the
+     program (perf event overflow, the tracepoint's perf buffer), which (d) includes. The sched_switch program's
+     cost is proportional to the switch rate: it is also printed per 10,000 switches/s.
   b  collect(): this thread's CPU time around each call, as % of one core at the window length (and the process's whole
      CPU time over the round, as a check).
   c  end to end: the workload's throughput (requests/s, round trips/s, wake-ups/s), profiler / baseline. It includes
@@ -38,8 +40,8 @@ Measured:
      it estimates the sched_switch hook's whole cost.
 Total = a + b, the verdict's figure; c and d are the checks. Also per window: on-CPU samples, keys (the hash entries
 user space reads), off-CPU seconds, the workload's samples with an unwalked user stack ([unknown]), off-CPU time
-recorded for the hog threads (which never sleep: a preempted thread counted as blocked), the stack map's entries at the
-end of the round and `profiler.lost()`. Progress goes to stderr, the summary to stdout.
+recorded for the hog threads (which never sleep: a preempted thread counted as blocked), the stack map's entries just
+after the round's last collect() (which does not empty it: bcc's StackTrace.clear() does nothing) and `profiler.lost()`. Progress goes to stderr, the summary to stdout.
 
 Absolute numbers are noisy on a small shared machine: the "rest" column is CPU used by neither the workload nor this
 process (another test run, say); rerun if it is not near 0. Other processes holding BPF programs are warned about.
@@ -334,6 +336,7 @@ class Round:
     lost: dict[str, int] = field(default_factory=dict)
     stack_entries: int = 0
     others: list[str] = field(default_factory=list)  # other processes holding BPF programs at the round's end
+    took_s: float = 0.0  # the whole round: load, settle, the cold collect(), measured seconds, pinned phase, close
 
     def rate(self, key: str) -> float:
         return self.work[key] / self.wall_s
@@ -404,6 +407,13 @@ def delta(after: dict[str, tuple[int, int]], before: dict[str, tuple[int, int]])
 
 
 def run_round(hz: int, exe: Path, busy: Busy, args: argparse.Namespace) -> Round:
+    began = time.monotonic()
+    result = run_round_inner(hz, exe, busy, args)
+    result.took_s = time.monotonic() - began
+    return result
+
+
+def run_round_inner(hz: int, exe: Path, busy: Busy, args: argparse.Namespace) -> Round:
     profiler = None
     load_s = 0.0
     cold = None
@@ -456,9 +466,10 @@ def progress(i: int, r: Round, elapsed_s: float) -> None:
     if r.hz:
         w = r.windows
         line += (f"  bpf {r.bpf_pct():.2f}% [" + " ".join(f"{k} {ns / max(n, 1):.0f}ns x{n / r.wall_s:,.0f}/s" for k, (ns, n) in r.bpf.items())
-                 + f"]  collect {1000 * sum(x.cpu_s for x in w) / max(len(w), 1):.1f} ms/window (cold {1000 * r.cold.cpu_s:.0f} ms)"
+                 + f"]  collect {1000 * sum(x.cpu_s for x in w) / max(len(w), 1):.1f} ms/window (cold {1000 * r.cold.cpu_s:.0f} ms CPU, {1000 * r.cold.wall_s:.0f} ms wall)"
                  + f"  samples {sum(x.on_samples for x in w)} keys {sum(x.on_keys for x in w)}+{sum(x.off_keys for x in w)}"
                  + f"  stacks map {r.stack_entries}  lost {sum(r.lost.values())}  load {r.load_s:.1f}s")
+    line += f"  (round took {r.took_s:.0f}s)"
     if r.others:
         line += f"  WARNING: other BPF holders {', '.join(r.others)}"
     print(line, file=sys.stderr, flush=True)

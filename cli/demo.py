@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.demo_report import Findings, Results, html_report, text_report
-from schemas.catalog import ALERTS, PATHS, RED_METRICS, SPANS
+from schemas.catalog import ALERTS, PATHS, PROFILES, RED_METRICS, SPANS
 from infra.demo_services import PODS, SCENARIOS, STORM_NAME, TLS_PORT, start_workloads
 from sinks.elasticsearch import es_client, index_name
 from tracetap.config import Settings
@@ -229,7 +229,7 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
     report.parent.mkdir(parents=True, exist_ok=True)
     hosts = settings.elasticsearch.hosts[0]
     hint = (f"Kibana: point a Kibana 8.x at {hosts} (elasticsearch.hosts), then `tracetap kibana import --url http://localhost:5601` "
-            f"adds the data views ({', '.join(index_name(settings.elasticsearch, spec) for spec in (SPANS, PATHS, RED_METRICS, ALERTS))}), "
+            f"adds the data views ({', '.join(index_name(settings.elasticsearch, spec) for spec in (SPANS, PATHS, RED_METRICS, ALERTS, PROFILES))}), "
             "saved searches and the RED dashboard.")
     report.write_text(html_report(results, f"tracetap demo: {', '.join(options.scenarios)} ({options.engine})", minutes, hint))
     found = sum(f.found for f in results.findings)

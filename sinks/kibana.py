@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, RED_METRICS, SPANS, TopicSpec
+from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, PROFILES, RED_METRICS, SPANS, TopicSpec
 from tracetap.config import ElasticsearchSettings
 from tracetap.errors import ServerUnavailable, TracetapError
 
@@ -79,7 +79,7 @@ def saved_objects(prefix: str = "tracetap") -> list[dict[str, Any]]:
     objects = [
         _data_view(prefix, SPANS, "tracetap spans"), _data_view(prefix, PATHS, "tracetap paths"),
         _data_view(prefix, RED_METRICS, "tracetap RED metrics"), _data_view(prefix, NETWORK_METRICS, "tracetap network metrics"),
-        _data_view(prefix, ALERTS, "tracetap alerts"),
+        _data_view(prefix, ALERTS, "tracetap alerts"), _data_view(prefix, PROFILES, "tracetap profiles"),
         _search("tracetap-slow-requests", "Slow requests: where the time went",
                 "Requests over 1 s with their four-point segments: client stack, network and server stack each way, and the server's own time.",
                 PATHS, "duration_ns >= 1000000000",
@@ -99,6 +99,10 @@ def saved_objects(prefix: str = "tracetap") -> list[dict[str, Any]]:
                 "DNS answers other than NOERROR as the client processes saw them, with the name asked.",
                 SPANS, 'protocol:DNS and tap_side:CLIENT_PROCESS and not response_message:NOERROR',
                 ["client_workload", "request_resource", "response_message", "server_ip", "duration_ns"], [["@timestamp", "desc"]]),
+        _search("tracetap-off-cpu", "Off-CPU: where threads waited",
+                "Off-CPU profile windows by workload and process, longest blocked first (draw one with tracetap profile --off-cpu).",
+                PROFILES, "kind:OFF_CPU", ["workload", "comm", "pid", "total_off_cpu_ns", "stacks.leaf", "window_end"],
+                [["total_off_cpu_ns", "desc"]]),
         _search("tracetap-dns-storms", "DNS storms", "DNS_STORM alerts: pods flooding the resolver with NXDOMAIN, and the fix.",
                 ALERTS, "kind:DNS_STORM", ["workloads", "summary", "suggestion"], [["@timestamp", "desc"]]),
         _red_chart("tracetap-red-rate", "RED: requests per window by service", {"agg": "sum", "field": "request_count", "label": "requests"}),

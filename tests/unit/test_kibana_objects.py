@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, RED_METRICS, SPANS
+from schemas.catalog import ALERTS, NETWORK_METRICS, PATHS, PROFILES, RED_METRICS, SPANS
 from sinks.kibana import saved_objects, to_ndjson
 from sinks.mappings import index_mapping
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OBJECTS = saved_objects()
 BY_ID = {(o["type"], o["id"]): o for o in OBJECTS}
 VIEWS = {o["id"]: o["attributes"]["title"] for o in OBJECTS if o["type"] == "index-pattern"}
-SPEC_OF_TITLE = {f"tracetap-{s.name}-*": s for s in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS)}
+SPEC_OF_TITLE = {f"tracetap-{s.name}-*": s for s in (SPANS, PATHS, RED_METRICS, NETWORK_METRICS, ALERTS, PROFILES)}
 
 
 def _fields(spec):

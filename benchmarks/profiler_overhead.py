@@ -41,7 +41,8 @@ Measured:
 Total = a + b, the verdict's figure; c and d are the checks. Also per window: on-CPU samples, keys (the hash entries
 user space reads), off-CPU seconds, the workload's samples with an unwalked user stack ([unknown]), off-CPU time
 recorded for the hog threads (which never sleep: a preempted thread counted as blocked), the stack map's entries just
-after the round's last collect() (which does not empty it: bcc's StackTrace.clear() does nothing) and `profiler.lost()`. Progress goes to stderr, the summary to stdout.
+after the round's last collect() (which does not empty it: bcc's StackTrace.clear() does nothing), `profiler.lost()`, and the profiler's load and close
+times (close() detaches: the kernel waits for an RCU grace period, which on this busy workload took up to a minute). Progress goes to stderr, the summary to stdout.
 
 Absolute numbers are noisy on a small shared machine: the "rest" column is CPU used by neither the workload nor this
 process (another test run, say); rerun if it is not near 0. Other processes holding BPF programs are warned about.
@@ -337,6 +338,7 @@ class Round:
     stack_entries: int = 0
     others: list[str] = field(default_factory=list)  # other processes holding BPF programs at the round's end
     took_s: float = 0.0  # the whole round: load, settle, the cold collect(), measured seconds, pinned phase, close
+    close_s: float = 0.0
 
     def rate(self, key: str) -> float:
         return self.work[key] / self.wall_s
@@ -408,12 +410,14 @@ def delta(after: dict[str, tuple[int, int]], before: dict[str, tuple[int, int]])
 
 def run_round(hz: int, exe: Path, busy: Busy, args: argparse.Namespace) -> Round:
     began = time.monotonic()
-    result = run_round_inner(hz, exe, busy, args)
+    closed: list[float] = []
+    result = run_round_inner(hz, exe, busy, args, closed)
     result.took_s = time.monotonic() - began
+    result.close_s = sum(closed)
     return result
 
 
-def run_round_inner(hz: int, exe: Path, busy: Busy, args: argparse.Namespace) -> Round:
+def run_round_inner(hz: int, exe: Path, busy: Busy, args: argparse.Namespace, closed: list[float]) -> Round:
     profiler = None
     load_s = 0.0
     cold = None
@@ -453,7 +457,9 @@ def run_round_inner(hz: int, exe: Path, busy: Busy, args: argparse.Namespace) ->
         return result
     finally:
         if profiler:
-            profiler.close()
+            started = time.monotonic()
+            profiler.close()  # detach: the kernel waits for an RCU grace period, which a busy node can make long
+            closed.append(time.monotonic() - started)
 
 
 def label(hz: int) -> str:
@@ -469,7 +475,7 @@ def progress(i: int, r: Round, elapsed_s: float) -> None:
                  + f"]  collect {1000 * sum(x.cpu_s for x in w) / max(len(w), 1):.1f} ms/window (cold {1000 * r.cold.cpu_s:.0f} ms CPU, {1000 * r.cold.wall_s:.0f} ms wall)"
                  + f"  samples {sum(x.on_samples for x in w)} keys {sum(x.on_keys for x in w)}+{sum(x.off_keys for x in w)}"
                  + f"  stacks map {r.stack_entries}  lost {sum(r.lost.values())}  load {r.load_s:.1f}s")
-    line += f"  (round took {r.took_s:.0f}s)"
+    line += f"  (round took {r.took_s:.0f}s" + (f", close {r.close_s:.1f}s)" if r.hz else ")")
     if r.others:
         line += f"  WARNING: other BPF holders {', '.join(r.others)}"
     print(line, file=sys.stderr, flush=True)
@@ -560,6 +566,8 @@ def report(rounds: list[Round], hzs: list[int], args: argparse.Namespace, busy: 
     row("  stack map entries just after the last collect()", lambda hz, rs: med(r.stack_entries for r in rs), modes_=hzs)
     row("  lost (samples + blocks) per round", lambda hz, rs: med(sum(r.lost.values()) for r in rs), modes_=hzs)
     row("  profiler load (bcc compile + attach), s", lambda hz, rs: med(r.load_s for r in rs), "{:.1f}", hzs)
+    row("  profiler close (detach), s: median", lambda hz, rs: med(r.close_s for r in rs), "{:.1f}", hzs)
+    row("  profiler close (detach), s: longest", lambda hz, rs: max(r.close_s for r in rs), "{:.1f}", hzs)
 
 
 def other_bpf_holders() -> list[str]:

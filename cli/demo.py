@@ -146,7 +146,8 @@ def run_demo(settings: Settings, state_dir: Path, options: DemoOptions, progress
     # The partner's name resolves (as an external name does through the cluster DNS's upstream): each lookup is
     # three NXDOMAINs down the search path, then the answer, as in the seed's storm.
     cluster = Cluster(list(PODS), extra_hosts={STORM_NAME: "192.0.2.10"})
-    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=prefix, TRACETAP_AGENT__INCLUDE_NETNS=",".join(PODS), TRACETAP_LOG__FORMAT="text")
+    env = dict(os.environ, TRACETAP_TOPICS__PREFIX=prefix, TRACETAP_AGENT__INCLUDE_NETNS=",".join(PODS), TRACETAP_LOG__FORMAT="text",
+               TRACETAP_AGENT__PROFILE_OFF_CPU="true")  # the slow-backend finding shows where oms-app waited
     children = _Children(logs, env)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -5,6 +5,8 @@
 // (its stacks) it blocked; when the thread is switched in again the time it spent off the CPU is added to that
 // stack, if it is at least MIN_BLOCK_NS. User space reads and clears both maps once per window and symbolises the
 // stacks (producers/ebpf/profiler.py). Nothing is read from kernel structs: the tracepoint's fields and helpers only.
+// Off-CPU is compiled in with OFF_CPU only: it walks both stacks at every switch where a thread goes to sleep (about
+// 1.8 us on this project's test machine), a cost that follows the node's context-switch rate (benchmarks/profiler_overhead.py).
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
@@ -65,14 +67,19 @@ int on_cpu(struct bpf_perf_event_data *ctx) {
     return 0;
 }
 
+#ifdef OFF_CPU
+// prev_state's low byte is the task state the thread left the CPU in; TASK_REPORT_MAX (0x100) marks a thread
+// preempted while runnable ("R+"), which is not blocked.
+#define BLOCKED_STATES 0xff
+
 TRACEPOINT_PROBE(sched, sched_switch) {
     u64 now = bpf_ktime_get_ns();
     // The thread switched out: this program runs in its context, so its stacks are the current ones. A thread that
-    // is still runnable (preempted) is not blocked: only one that sleeps (prev_state != 0) is timed.
+    // is still runnable (preempted) is not blocked: only one that sleeps is timed.
     u32 prev = args->prev_pid;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32;
-    if (prev && args->prev_state != 0 && !left_out(pid)) {
+    if (prev && (args->prev_state & BLOCKED_STATES) && !left_out(pid)) {
         struct blocked b = {.since_ns = now, .pid = pid};
         b.user_stack = stacks.get_stackid(args, BPF_F_USER_STACK);
         b.kernel_stack = stacks.get_stackid(args, 0);
@@ -97,3 +104,4 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     blocked_at.delete(&next);
     return 0;
 }
+#endif  // OFF_CPU

@@ -98,14 +98,17 @@ class Profiler:
     """The loaded profile.c: `collect()` once per window. `sample_hz` on-CPU samples per second per CPU."""
 
     def __init__(self, sample_hz: int = 99, min_block_ms: float = 1.0, exclude_pids: set[int] | None = None,
-                 include_cgroups: set[int] | None = None) -> None:
+                 include_cgroups: set[int] | None = None, off_cpu: bool = True) -> None:
         from bcc import BPF, PerfSWConfig, PerfType  # Debian's python3-bpfcc, linked into the venv
 
         self.min_block_ns = int(min_block_ms * 1_000_000)
+        self.off_cpu = off_cpu
         defines = {"STACK_ENTRIES": _STACK_ENTRIES, "KEYS_MAX": _KEYS_MAX, "THREADS_MAX": _THREADS_MAX,
                    "MIN_BLOCK_NS": f"{self.min_block_ns}ULL"}
         if include_cgroups:
             defines["CGROUP_FILTER"] = 1
+        if off_cpu:
+            defines["OFF_CPU"] = 1
         source = resources.files("producers.ebpf").joinpath("profile.c").read_text()
         self.bpf = BPF(text=source, cflags=[f"-D{k}={v}" for k, v in defines.items()])
         excluded = self.bpf["excluded_pids"]
@@ -118,13 +121,13 @@ class Profiler:
         self._window_start = time.time_ns()
         self._frames: dict[tuple[int, int], str] = {}  # (pid or -1 for the kernel, address) -> frame
         self._executables: dict[int, str] = {}
-        log.info("profiler loaded sample_hz=%d min_block_ms=%.1f", sample_hz, min_block_ms)
+        log.info("profiler loaded sample_hz=%d off_cpu=%s min_block_ms=%.1f", sample_hz, off_cpu, min_block_ms)
 
     def collect(self) -> list[ProcessProfile]:
         """Everything counted since the last call, per process and kind; the maps and the stacks start afresh."""
         end = time.time_ns()
         samples = self._take("on_cpu_samples")
-        blocked = self._take("off_cpu_ns")
+        blocked = self._take("off_cpu_ns") if self.off_cpu else []
         profiles: dict[tuple[int, str], ProcessProfile] = {}
         for kind, counted in ((ON_CPU, samples), (OFF_CPU, blocked)):
             for key, value in counted:
@@ -134,13 +137,40 @@ class Profiler:
                     profile = profiles[(key.pid, kind)] = ProcessProfile(key.pid, comm, kind, self._window_start, end, self.sample_hz)
                 folded = self._fold(comm, key.pid, key.user_stack, key.kernel_stack)
                 profile.stacks[(key.tid, folded)] = profile.stacks.get((key.tid, folded), 0) + value
-        self.bpf["stacks"].clear()  # ids are only valid until the map is cleared: after folding
-        if len(self._frames) > 1_000_000:
-            self._frames.clear()
-            self._executables.clear()
-            self.bpf._sym_caches.clear()  # bcc keeps one per process it symbolised: exited ones would pile up
+        self._clear_stacks()
+        self._forget_exited()
         self._window_start = end
         return list(profiles.values())
+
+    def _clear_stacks(self) -> None:
+        """Empty the stack map after folding (bcc's StackTrace.clear() does nothing), but for the stacks threads asleep
+        now were taken in: their blocks are counted, with those ids, when they wake. A full map would give new stacks
+        no id (`[unknown]`)."""
+        held: set[int] = set()
+        if self.off_cpu:
+            held = {i for b in self.bpf["blocked_at"].values() for i in (b.user_stack, b.kernel_stack)}
+        table = self.bpf["stacks"]
+        for key in list(table.keys()):
+            if key.value not in held:
+                try:
+                    del table[key]
+                except KeyError:
+                    pass
+
+    def _forget_exited(self) -> None:
+        """Symbols of processes that have exited: bcc keeps a native symbol cache per process and never frees it."""
+        from bcc import BPF
+        from bcc.libbcc import lib
+
+        gone = [pid for pid in self._executables if not os.path.exists(f"/proc/{pid}")]
+        for pid in gone:
+            del self._executables[pid]
+            cache = BPF._sym_caches.pop(pid, None)
+            if cache is not None:
+                lib.bcc_free_symcache(cache.cache, pid)
+        if gone or len(self._frames) > 1_000_000:
+            exited = set(gone)
+            self._frames = {k: v for k, v in self._frames.items() if k[0] not in exited} if len(self._frames) <= 1_000_000 else {}
 
     def lost(self) -> dict[str, int]:
         table = self.bpf["lost"]
@@ -168,7 +198,11 @@ class Profiler:
     def _walk(self, stack_id: int, pid: int) -> list[str]:
         """Leaf first."""
         out = []
-        for address in self.bpf["stacks"].walk(stack_id):
+        try:
+            addresses = list(self.bpf["stacks"].walk(stack_id))
+        except KeyError:  # a stack id taken just as the map was emptied
+            return [_UNKNOWN]
+        for address in addresses:
             frame = self._frames.get((pid, address))
             if frame is None:
                 frame = self._frames[(pid, address)] = self._symbol(address, pid)
@@ -212,7 +246,7 @@ class ProfileReporter:
 
     def __init__(self, agent: AgentSettings, emitter: Emitter, host: str, include_cgroups: set[int]) -> None:
         self._profiler = Profiler(agent.profile_hz, agent.profile_min_block_ms, exclude_pids={os.getpid(), *agent.exclude_pids},
-                                  include_cgroups=include_cgroups)
+                                  include_cgroups=include_cgroups, off_cpu=agent.profile_off_cpu)
         self._emitter, self._host, self._window_s = emitter, host, agent.profile_window_s
         self._netns = {int(n) if n.isdigit() else n for n in agent.include_netns}  # inodes, or names resolved per window
         self._comms = {c[:15] for c in agent.exclude_comms}

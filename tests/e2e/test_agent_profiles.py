@@ -43,7 +43,7 @@ def run(own_topics, registry, tmp_path_factory):
     subprocess.run(["ip", "netns", "add", pod], check=True)
     programs = []
     try:
-        env = {"TRACETAP_AGENT__PROFILE_WINDOW_S": "2", "TRACETAP_AGENT__INCLUDE_NETNS": pod}
+        env = {"TRACETAP_AGENT__PROFILE_WINDOW_S": "2", "TRACETAP_AGENT__PROFILE_OFF_CPU": "true", "TRACETAP_AGENT__INCLUDE_NETNS": pod}
         with running_agent(own_topics, env):
             programs = [_start(["ip", "netns", "exec", pod, binary]), _start([binary])]  # `ip netns exec` execs: same pid
             for program in programs:
@@ -80,7 +80,7 @@ def test_the_pod_s_process_is_profiled_with_its_workload_and_shares(run):
     assert total == sum(r["total_samples"] for _, r in mine if r["kind"] == ON_CPU)
     heavy = sum(n for _, stack, n in on_cpu if ";heavy;" in stack)
     light = sum(n for _, stack, n in on_cpu if ";light;" in stack)
-    assert total >= 200  # 3 s at 99 Hz
+    assert total >= 150  # 3 s at 99 Hz (297), with room for a busy machine
     assert abs(heavy / (heavy + light) - 0.75) <= 0.10, (heavy, light)
 
 

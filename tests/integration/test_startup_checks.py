@@ -54,4 +54,4 @@ def test_before_topics_apply_the_stream_jobs_and_the_sink_exit_78_naming_the_top
         assert len(lines) == 1 and "do not exist on Kafka at 127.0.0.1:9092" in lines[0], (name, lines)
         assert "run `tracetap topics apply`" in lines[0], (name, lines)
     assert "11 of the 11 topics this needs" in results["faust"][1][0] and f"({prefix}raw.socket-data, " in results["faust"][1][0]
-    assert "6 of the 6 topics this needs" in results["sink"][1][0] and f"({prefix}spans, " in results["sink"][1][0]
+    assert "7 of the 7 topics this needs" in results["sink"][1][0] and f"({prefix}spans, " in results["sink"][1][0]

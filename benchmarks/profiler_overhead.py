@@ -3,8 +3,14 @@
 Not a test (never run in CI, not collected by pytest). Needs root and gcc; no Kafka, no agent: a `Profiler` is loaded in
 this process, as the agent loads it, and `collect()` is called once per window.
 
-    .venv/bin/python benchmarks/profiler_overhead.py [--rounds 3] [--hz 99,999] [--seconds 10] [--window 10]
-                                                     [--switch-rate 20000] [--hogs N] [--pairs 2] [--sleepers 4]
+    .venv/bin/python benchmarks/profiler_overhead.py [--rounds 3] [--modes on-cpu@99,on+off-cpu@99,on-cpu@999]
+                                                     [--seconds 10] [--window 10] [--switch-rate 20000] [--hogs N]
+                                                     [--pairs 2] [--sleepers 4]
+
+Modes (--modes, comma-separated): `on-cpu@HZ` is `Profiler(sample_hz=HZ, off_cpu=False)`, the cpu-clock program alone
+(the agent's default is on-cpu@99: `agent.profile_hz = 99`, `agent.profile_off_cpu = false`); `on+off-cpu@HZ` is
+`Profiler(sample_hz=HZ, off_cpu=True)`, which adds the sched:sched_switch program (it runs at every context switch of
+the node, and walks both stacks at every one where a thread goes to sleep).
 
 The busy node: a C program (compiled at run time into /tmp, -O2 -fno-omit-frame-pointer, so the profiler walks its
 stacks) runs for the whole benchmark:
@@ -19,30 +25,35 @@ stacks) runs for the whole benchmark:
             Counts wake-ups.
 Its counters are in a shared file this script reads, so rounds need no restart.
 
-Rounds alternate (order reversed every other round) between the baseline (no profiler loaded) and a `Profiler(hz)` for
-each --hz. A profiler round loads it (the bcc compile, untimed), waits 1 s and calls collect() once (the first call: the
-frames are resolved, and in the first round the workload's symbols read; reported apart), then the measured --seconds, calling collect() every --window seconds:
-the default is the agent's real 10 s window, so one steady-state collect() per round. Every round ends with a short
-pinned phase: the busy program is stopped (SIGSTOP) and a second copy ping-pongs on CPU 0 alone for --pinned-seconds.
-Measured:
+Rounds alternate (order reversed every other round) between the baseline (no profiler loaded) and each mode. A
+profiler round loads it (the bcc compile, untimed), waits 1 s and calls collect() once (the first call: the frames are
+resolved, and in the first round the workload's symbols read; reported apart), then the measured --seconds, calling
+collect() every --window seconds: the default is the agent's real 10 s window, so one steady-state collect() per round.
+Every round ends with a short pinned phase: the busy program is stopped (SIGSTOP) and a second copy ping-pongs on CPU 0
+alone for --pinned-seconds. Measured:
   a  the BPF programs' own time: kernel.bpf_stats_enabled=1 during the run (restored after), run_time_ns and run_cnt
      of each of the profiler's programs from /proc/self/fdinfo/<prog fd>; % of one core = run time / round wall time,
      and ns per invocation (the stats' own two clock reads included). Not included: the kernel's dispatch to the
      program (perf event overflow, the tracepoint's perf buffer), which (d) includes. The sched_switch program's
      cost is proportional to the switch rate: it is also printed per 10,000 switches/s.
-  b  collect(): this thread's CPU time around each call, as % of one core at the window length (and the process's whole
-     CPU time over the round, as a check).
+  b  collect(): this thread's CPU time around each call (folding, emptying the stack map, forgetting exited
+     processes' symbols), as % of one core at the window length (and the process's whole CPU time over the round, as
+     a check).
   c  end to end: the workload's throughput (requests/s, round trips/s, wake-ups/s), profiler / baseline. It includes
      the indirect costs (stack walks, cache) but is noisy: on 2 shared cores +-2 % is common; converted to a share of a
      core as (1 - requests ratio) x the cores the hog threads used in the baseline.
-  d  per context switch, end to end: the pinned ping-pong's ns per switch, profiler - baseline (every switch there
-     blocks: both stack walks, the lookup and delete, the tracepoint's dispatch); times the busy workload's switch rate
-     it estimates the sched_switch hook's whole cost.
-Total = a + b, the verdict's figure; c and d are the checks. Also per window: on-CPU samples, keys (the hash entries
-user space reads), off-CPU seconds, the workload's samples with an unwalked user stack ([unknown]), off-CPU time
-recorded for the hog threads (which never sleep: a preempted thread counted as blocked), the stack map's entries just
-after the round's last collect() (which does not empty it: bcc's StackTrace.clear() does nothing), `profiler.lost()`, and the profiler's load and close
-times (close() detaches: the kernel waits for an RCU grace period, which on this busy workload took up to a minute). Progress goes to stderr, the summary to stdout.
+  d  per context switch, end to end: the pinned ping-pong's ns per switch, mode - baseline (every switch there
+     blocks: with off-CPU, both stack walks, the lookup and delete, the tracepoint's dispatch; on-CPU alone should add
+     nothing); times the busy workload's switch rate it estimates the sched_switch hook's whole cost.
+Total = a + b, the verdict's figure; c and d are the checks. The verdict is about the agent's default (on-CPU at 99 Hz,
+or the first on-cpu mode given), with the on+off-cpu mode at the same rate beside it: its total, the sched_switch
+program's runs/s (every context switch of the node) and the difference between the two per 10,000 switches/s.
+Also per window: on-CPU samples, keys (the hash entries user space reads), off-CPU seconds, the workload's samples with
+an unwalked user stack ([unknown]), off-CPU time recorded for the hog threads (which never sleep: 0, preempted
+threads are not counted as blocked), the stack map's entries just after the round's last collect() (which empties it
+but for the ids sleeping threads' blocked_at entries hold: near 0 on-CPU only), `profiler.lost()`, and the profiler's
+load and close times (close() detaches: the kernel waits for an RCU grace period, which on this busy workload took up
+to a minute with the sched_switch program attached). Progress goes to stderr, the summary to stdout.
 
 Absolute numbers are noisy on a small shared machine: the "rest" column is CPU used by neither the workload nor this
 process (another test run, say); rerun if it is not near 0. Other processes holding BPF programs are warned about.
@@ -68,6 +79,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producers.ebpf.profiler import OFF_CPU, ON_CPU, Profiler  # noqa: E402
+from tracetap.config import AgentSettings  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -303,6 +315,25 @@ def bpf_prog_stats(profiler: Profiler) -> dict[str, tuple[int, int]]:
     return stats
 
 
+@dataclass(frozen=True)
+class Mode:
+    """What a round loads: nothing (the baseline, hz 0) or a Profiler(sample_hz=hz, off_cpu=off_cpu)."""
+
+    name: str
+    hz: int = 0
+    off_cpu: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Mode:
+        kind, sep, hz = text.strip().partition("@")
+        if not sep or kind not in ("on-cpu", "on+off-cpu") or not hz.isdigit() or int(hz) <= 0:
+            raise ValueError(text)
+        return cls(f"{kind}@{int(hz)}", int(hz), kind == "on+off-cpu")
+
+
+BASELINE = Mode("baseline")
+
+
 @dataclass
 class Window:
     """One collect() and what it returned."""
@@ -321,9 +352,9 @@ class Window:
 
 @dataclass
 class Round:
-    """One round of one mode: hz 0 is the baseline."""
+    """One round of one mode."""
 
-    hz: int
+    mode: Mode
     wall_s: float
     work: dict[str, int]  # workload counter deltas
     system: dict[str, int]
@@ -408,22 +439,22 @@ def delta(after: dict[str, tuple[int, int]], before: dict[str, tuple[int, int]])
     return {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in after}
 
 
-def run_round(hz: int, exe: Path, busy: Busy, args: argparse.Namespace) -> Round:
+def run_round(mode: Mode, exe: Path, busy: Busy, args: argparse.Namespace) -> Round:
     began = time.monotonic()
     closed: list[float] = []
-    result = run_round_inner(hz, exe, busy, args, closed)
+    result = run_round_inner(mode, exe, busy, args, closed)
     result.took_s = time.monotonic() - began
     result.close_s = sum(closed)
     return result
 
 
-def run_round_inner(hz: int, exe: Path, busy: Busy, args: argparse.Namespace, closed: list[float]) -> Round:
+def run_round_inner(mode: Mode, exe: Path, busy: Busy, args: argparse.Namespace, closed: list[float]) -> Round:
     profiler = None
     load_s = 0.0
     cold = None
-    if hz:
+    if mode.hz:
         started = time.monotonic()
-        profiler = Profiler(sample_hz=hz, min_block_ms=1.0)
+        profiler = Profiler(sample_hz=mode.hz, min_block_ms=1.0, off_cpu=mode.off_cpu)
         load_s = time.monotonic() - started
     try:
         time.sleep(SETTLE_S)
@@ -448,7 +479,7 @@ def run_round_inner(hz: int, exe: Path, busy: Busy, args: argparse.Namespace, cl
         stack_entries = sum(1 for _ in profiler.bpf["stacks"].keys()) if profiler else 0  # just after the last collect()
         pinned = pinned_phase(exe, busy, args.pinned_seconds)
         bpf2 = bpf_prog_stats(profiler) if profiler else {}
-        result = Round(hz, wall_s, {k: work1[k] - work0[k] for k in work0}, {k: sys1[k] - sys0[k] for k in sys0}, own1 - own0,
+        result = Round(mode, wall_s, {k: work1[k] - work0[k] for k in work0}, {k: sys1[k] - sys0[k] for k in sys0}, own1 - own0,
                        pinned, pinned_bpf=delta(bpf2, bpf1), bpf=delta(bpf1, bpf0), windows=windows, cold=cold, load_s=load_s,
                        stack_entries=stack_entries)
         if profiler:
@@ -462,20 +493,16 @@ def run_round_inner(hz: int, exe: Path, busy: Busy, args: argparse.Namespace, cl
             closed.append(time.monotonic() - started)
 
 
-def label(hz: int) -> str:
-    return "baseline" if hz == 0 else f"{hz} Hz"
-
-
 def progress(i: int, r: Round, elapsed_s: float) -> None:
-    line = (f"{elapsed_s:5.0f}s round {i}: {label(r.hz):>8}  {r.rate('requests'):>9,.0f} req/s {r.rate('trips'):>8,.0f} trips/s {r.rate('wakeups'):>6,.0f} wakeups/s "
+    line = (f"{elapsed_s:5.0f}s round {i}: {r.mode.name:>13}  {r.rate('requests'):>9,.0f} req/s {r.rate('trips'):>8,.0f} trips/s {r.rate('wakeups'):>6,.0f} wakeups/s "
             f"{r.rate('switches'):>8,.0f} sw/s  rest {r.rest_pct:4.1f}%  pinned {r.switch_ns:5.0f} ns/sw")
-    if r.hz:
+    if r.mode.hz:
         w = r.windows
         line += (f"  bpf {r.bpf_pct():.2f}% [" + " ".join(f"{k} {ns / max(n, 1):.0f}ns x{n / r.wall_s:,.0f}/s" for k, (ns, n) in r.bpf.items())
                  + f"]  collect {1000 * sum(x.cpu_s for x in w) / max(len(w), 1):.1f} ms/window (cold {1000 * r.cold.cpu_s:.0f} ms CPU, {1000 * r.cold.wall_s:.0f} ms wall)"
                  + f"  samples {sum(x.on_samples for x in w)} keys {sum(x.on_keys for x in w)}+{sum(x.off_keys for x in w)}"
                  + f"  stacks map {r.stack_entries}  lost {sum(r.lost.values())}  load {r.load_s:.1f}s")
-    line += f"  (round took {r.took_s:.0f}s" + (f", close {r.close_s:.1f}s)" if r.hz else ")")
+    line += f"  (round took {r.took_s:.0f}s" + (f", close {r.close_s:.1f}s)" if r.mode.hz else ")")
     if r.others:
         line += f"  WARNING: other BPF holders {', '.join(r.others)}"
     print(line, file=sys.stderr, flush=True)
@@ -486,88 +513,120 @@ def med(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(rounds: list[Round], hzs: list[int], args: argparse.Namespace, busy: Busy) -> None:
-    modes = [0, *hzs]
-    by = {hz: [r for r in rounds if r.hz == hz] for hz in modes}
-    base = by[0]
-    width = 14
+def report(rounds: list[Round], subjects: list[Mode], args: argparse.Namespace, busy: Busy) -> None:
+    modes = [BASELINE, *subjects]
+    by = {m: [r for r in rounds if r.mode == m] for m in modes}
+    base = by[BASELINE]
+    offs = [m for m in subjects if m.off_cpu]
+    width = max(15, 2 + max(len(m.name) for m in modes))
 
-    def row(name: str, fn, fmt: str = "{:,.0f}", modes_: list[int] = modes) -> None:
+    def row(name: str, fn, fmt: str = "{:,.0f}", modes_: list[Mode] = modes) -> None:
         cells = []
-        for hz in modes:
-            if hz not in modes_:
+        for m in modes:
+            if m not in modes_:
                 cells.append("")
                 continue
             try:
-                value = fn(hz, by[hz])
-            except (ZeroDivisionError, statistics.StatisticsError, TypeError, AttributeError):
+                value = fn(m, by[m])
+            except (ZeroDivisionError, statistics.StatisticsError, TypeError, AttributeError, KeyError):
                 value = None
             cells.append(fmt.format(value) if value is not None else "-")
         print(f"{name:<52}" + "".join(f"{c:>{width}}" for c in cells))
 
     def ratio(key: str):
-        return lambda hz, rs: med(r.rate(key) for r in rs) / med(r.rate(key) for r in base)
+        return lambda m, rs: med(r.rate(key) for r in rs) / med(r.rate(key) for r in base)
 
     def per_window(attr: str):
-        return lambda hz, rs: med(statistics.mean(getattr(w, attr) for w in r.windows) for r in rs)
+        return lambda m, rs: med(statistics.mean(getattr(w, attr) for w in r.windows) for r in rs)
+
+    def added_ns(m: Mode, rs: list[Round]) -> float:
+        return med(r.switch_ns for r in rs) - med(r.switch_ns for r in base)
 
     hog_cores = med(r.work["hog_ticks"] / CLK_TCK / r.wall_s for r in base)
     sw_rate = med(r.rate("switches") for r in base)
     progs = sorted({p for r in rounds for p in r.bpf})
     print(f"\nmedians of {args.rounds} rounds each, {args.seconds:g} s measured per round, collect() every {args.window:g} s; "
           f"workload: {busy.hogs} hogs, {busy.pairs} ping-pong pairs, {busy.sleepers} sleepers ({args.sleep_us} us)")
-    print(f"{'':<52}" + "".join(f"{label(hz):>{width}}" for hz in modes))
+    print(f"{'':<52}" + "".join(f"{m.name:>{width}}" for m in modes))
     print("workload")
-    row("  requests/s (hogs)", lambda hz, rs: med(r.rate("requests") for r in rs))
+    row("  requests/s (hogs)", lambda m, rs: med(r.rate("requests") for r in rs))
     row("    / baseline", ratio("requests"), "{:.3f}")
-    row("  ping-pong round trips/s", lambda hz, rs: med(r.rate("trips") for r in rs))
+    row("  ping-pong round trips/s", lambda m, rs: med(r.rate("trips") for r in rs))
     row("    / baseline", ratio("trips"), "{:.3f}")
-    row("  sleeper wake-ups/s", lambda hz, rs: med(r.rate("wakeups") for r in rs))
+    row("  sleeper wake-ups/s", lambda m, rs: med(r.rate("wakeups") for r in rs))
     row("    / baseline", ratio("wakeups"), "{:.3f}")
-    row("  its context switches/s", lambda hz, rs: med(r.rate("switches") for r in rs))
-    row("  system context switches/s", lambda hz, rs: med(r.system["ctxt"] / r.wall_s for r in rs))
-    row("  its CPU, % of one core", lambda hz, rs: med(100 * r.work["cpu_ticks"] / CLK_TCK / r.wall_s for r in rs), "{:.1f}")
-    row("  rest (neither it nor us), % of one core", lambda hz, rs: med(r.rest_pct for r in rs), "{:.1f}")
+    row("  its context switches/s", lambda m, rs: med(r.rate("switches") for r in rs))
+    row("  system context switches/s", lambda m, rs: med(r.system["ctxt"] / r.wall_s for r in rs))
+    row("  its CPU, % of one core", lambda m, rs: med(100 * r.work["cpu_ticks"] / CLK_TCK / r.wall_s for r in rs), "{:.1f}")
+    row("  rest (neither it nor us), % of one core", lambda m, rs: med(r.rest_pct for r in rs), "{:.1f}")
     print("a  BPF programs (bpf_stats)")
     for prog in progs:
-        row(f"  {prog}: runs/s", lambda hz, rs, p=prog: med(r.bpf[p][1] / r.wall_s for r in rs), modes_=hzs)
-        row(f"  {prog}: ns per run", lambda hz, rs, p=prog: med(r.bpf[p][0] / r.bpf[p][1] for r in rs), modes_=hzs)
-        row(f"  {prog}: % of one core", lambda hz, rs, p=prog: med(r.bpf_pct(p) for r in rs), "{:.3f}", hzs)
+        have = [m for m in subjects if all(prog in r.bpf for r in by[m])]
+        row(f"  {prog}: runs/s", lambda m, rs, p=prog: med(r.bpf[p][1] / r.wall_s for r in rs), modes_=have)
+        row(f"  {prog}: ns per run", lambda m, rs, p=prog: med(r.bpf[p][0] / r.bpf[p][1] for r in rs), modes_=have)
+        row(f"  {prog}: % of one core", lambda m, rs, p=prog: med(r.bpf_pct(p) for r in rs), "{:.3f}", have)
     row("  sched_switch: % of one core per 10,000 switches/s",
-        lambda hz, rs: med(r.bpf["sched_switch"][0] / r.bpf["sched_switch"][1] for r in rs) * 1e4 / 1e7, "{:.3f}", hzs)
-    row("  all programs: % of one core", lambda hz, rs: med(r.bpf_pct() for r in rs), "{:.3f}", hzs)
+        lambda m, rs: med(r.bpf["sched_switch"][0] / r.bpf["sched_switch"][1] for r in rs) * 1e4 / 1e7, "{:.3f}", offs)
+    row("  all programs: % of one core", lambda m, rs: med(r.bpf_pct() for r in rs), "{:.3f}", subjects)
     print(f"b  collect() every {args.window:g} s")
-    row("  CPU ms per call (steady)", lambda hz, rs: med(1000 * w.cpu_s for r in rs for w in r.windows), "{:.1f}", hzs)
-    row("  wall ms per call (steady)", lambda hz, rs: med(1000 * w.wall_s for r in rs for w in r.windows), "{:.1f}", hzs)
-    row("  CPU ms, a round's first call (frames resolved)", lambda hz, rs: med(1000 * r.cold.cpu_s for r in rs), "{:.0f}", hzs)
-    row("  % of one core", lambda hz, rs: med(r.collect_pct for r in rs), "{:.3f}", hzs)
-    row("  this process's whole CPU over the round, %", lambda hz, rs: med(100 * r.own_cpu_s / r.wall_s for r in rs), "{:.3f}")
-    row("a + b: the profiler, % of one core", lambda hz, rs: med(r.bpf_pct() + r.collect_pct for r in rs), "{:.3f}", hzs)
+    row("  CPU ms per call (steady)", lambda m, rs: med(1000 * w.cpu_s for r in rs for w in r.windows), "{:.1f}", subjects)
+    row("  wall ms per call (steady)", lambda m, rs: med(1000 * w.wall_s for r in rs for w in r.windows), "{:.1f}", subjects)
+    row("  CPU ms, a round's first call (frames resolved)", lambda m, rs: med(1000 * r.cold.cpu_s for r in rs), "{:.0f}", subjects)
+    row("  % of one core", lambda m, rs: med(r.collect_pct for r in rs), "{:.3f}", subjects)
+    row("  this process's whole CPU over the round, %", lambda m, rs: med(100 * r.own_cpu_s / r.wall_s for r in rs), "{:.3f}")
+    row("a + b: the profiler, % of one core", lambda m, rs: med(total_pct(r) for r in rs), "{:.3f}", subjects)
     print("c  end to end (noisy)")
     row(f"  (1 - requests ratio) x {hog_cores:.2f} hog cores, %",
-        lambda hz, rs: 100 * (1 - ratio("requests")(hz, rs)) * hog_cores, "{:+.2f}", hzs)
+        lambda m, rs: 100 * (1 - ratio("requests")(m, rs)) * hog_cores, "{:+.2f}", subjects)
     print("d  per context switch (pinned ping-pong, CPU 0 alone)")
-    row("  ns per switch", lambda hz, rs: med(r.switch_ns for r in rs))
-    row("  added ns per switch", lambda hz, rs: med(r.switch_ns for r in rs) - med(r.switch_ns for r in base), "{:+,.0f}", hzs)
+    row("  ns per switch", lambda m, rs: med(r.switch_ns for r in rs))
+    row("  added ns per switch", added_ns, "{:+,.0f}", subjects)
     row("  sched_switch program's ns per run here (bpf_stats)",
-        lambda hz, rs: med(r.pinned_bpf["sched_switch"][0] / r.pinned_bpf["sched_switch"][1] for r in rs), modes_=hzs)
-    row(f"  x {sw_rate:,.0f} switches/s of the workload, %",
-        lambda hz, rs: 100 * (med(r.switch_ns for r in rs) - med(r.switch_ns for r in base)) * 1e-9 * sw_rate, "{:+.2f}", hzs)
+        lambda m, rs: med(r.pinned_bpf["sched_switch"][0] / r.pinned_bpf["sched_switch"][1] for r in rs), modes_=offs)
+    row(f"  x {sw_rate:,.0f} switches/s of the workload, %", lambda m, rs: 100 * added_ns(m, rs) * 1e-9 * sw_rate, "{:+.2f}", subjects)
     print(f"per {args.window:g} s window")
-    row("  on-CPU samples (all processes)", per_window("on_samples"), modes_=hzs)
-    row("  on-CPU keys", per_window("on_keys"), modes_=hzs)
-    row("  off-CPU keys", per_window("off_keys"), modes_=hzs)
-    row("  off-CPU seconds (all processes)", per_window("off_s"), "{:,.1f}", hzs)
-    row("  sleepers' off-CPU seconds", per_window("sleeper_off_s"), "{:,.2f}", hzs)
-    row("  hogs' off-CPU seconds (they never sleep: 0)", per_window("hog_off_s"), "{:,.2f}", hzs)
+    row("  on-CPU samples (all processes)", per_window("on_samples"), modes_=subjects)
+    row("  on-CPU keys", per_window("on_keys"), modes_=subjects)
+    row("  off-CPU keys", per_window("off_keys"), modes_=offs)
+    row("  off-CPU seconds (all processes)", per_window("off_s"), "{:,.1f}", offs)
+    row("  sleepers' off-CPU seconds", per_window("sleeper_off_s"), "{:,.2f}", offs)
+    row("  hogs' off-CPU seconds (they never sleep: 0)", per_window("hog_off_s"), "{:,.2f}", offs)
     row("  workload samples with [unknown] user stack, %",
-        lambda hz, rs: 100 * sum(w.workload_unknown for r in rs for w in r.windows) / sum(w.workload_samples for r in rs for w in r.windows),
-        "{:.1f}", hzs)
-    row("  stack map entries just after the last collect()", lambda hz, rs: med(r.stack_entries for r in rs), modes_=hzs)
-    row("  lost (samples + blocks) per round", lambda hz, rs: med(sum(r.lost.values()) for r in rs), modes_=hzs)
-    row("  profiler load (bcc compile + attach), s", lambda hz, rs: med(r.load_s for r in rs), "{:.1f}", hzs)
-    row("  profiler close (detach), s: median", lambda hz, rs: med(r.close_s for r in rs), "{:.1f}", hzs)
-    row("  profiler close (detach), s: longest", lambda hz, rs: max(r.close_s for r in rs), "{:.1f}", hzs)
+        lambda m, rs: 100 * sum(w.workload_unknown for r in rs for w in r.windows) / sum(w.workload_samples for r in rs for w in r.windows),
+        "{:.1f}", subjects)
+    row("  stack map entries just after the last collect()", lambda m, rs: med(r.stack_entries for r in rs), modes_=subjects)
+    row("  lost (samples + blocks) per round", lambda m, rs: med(sum(r.lost.values()) for r in rs), modes_=subjects)
+    row("  profiler load (bcc compile + attach), s", lambda m, rs: med(r.load_s for r in rs), "{:.1f}", subjects)
+    row("  profiler close (detach), s: median", lambda m, rs: med(r.close_s for r in rs), "{:.1f}", subjects)
+    row("  profiler close (detach), s: longest", lambda m, rs: max(r.close_s for r in rs), "{:.1f}", subjects)
+
+
+def total_pct(r: Round) -> float:
+    """a + b: the BPF programs' time and collect()'s CPU time, % of one core."""
+    return r.bpf_pct() + r.collect_pct
+
+
+def verdict(rounds: list[Round], subjects: list[Mode]) -> str:
+    """The agent's default mode (on-CPU at its profile_hz; else the first on-cpu mode, else the first mode), and the
+    on+off-cpu mode at the same rate beside it."""
+    agent = AgentSettings()
+    ons = [m for m in subjects if not m.off_cpu]
+    default = next((m for m in ons if m.hz == agent.profile_hz), ons[0] if ons else subjects[0])
+    is_default = default.hz == agent.profile_hz and default.off_cpu == agent.profile_off_cpu
+    rs = [r for r in rounds if r.mode == default]
+    total = med(total_pct(r) for r in rs)
+    parts = ", ".join(f"{p} {med(r.bpf_pct(p) for r in rs):.3f} %" for p in sorted(rs[0].bpf)) + f", collect() {med(r.collect_pct for r in rs):.3f} %"
+    kind = "on-CPU and off-CPU" if default.off_cpu else "on-CPU"
+    line = (f"profiler at {default.hz} Hz, {kind}{' (the agent' + chr(39) + 's default)' if is_default else ''}: {total:.2f} % of one core "
+            f"(limit {LIMIT_PCT:g} %: {'OK' if total <= LIMIT_PCT else 'OVER'}) [{parts}]")
+    off = next((m for m in subjects if m.off_cpu and m.hz == default.hz and m != default), None)
+    if off:
+        ro = [r for r in rounds if r.mode == off]
+        off_total = med(total_pct(r) for r in ro)
+        switches = med(r.bpf["sched_switch"][1] / r.wall_s for r in ro)  # every context switch of the node
+        line += (f"; with off-CPU: {off_total:.2f} % at {switches:,.0f} switches/s "
+                 f"(≈ {(off_total - total) * 1e4 / switches:.2f} % per 10,000 switches/s)")
+    return line
 
 
 def other_bpf_holders() -> list[str]:
@@ -611,7 +670,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.split("\n")[2:]))
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every mode, alternating order (default 3)")
-    ap.add_argument("--hz", default="99,999", help="sample rates to measure, comma-separated (default 99,999)")
+    ap.add_argument("--modes", default="on-cpu@99,on+off-cpu@99,on-cpu@999",
+                    help="profiler modes to measure against the baseline, comma-separated: on-cpu@HZ (Profiler(sample_hz=HZ, "
+                         "off_cpu=False)) or on+off-cpu@HZ (off_cpu=True) (default on-cpu@99,on+off-cpu@99,on-cpu@999)")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per round (default 10)")
     ap.add_argument("--window", type=float, default=10.0, help="seconds between collect() calls (default 10, the agent's)")
     ap.add_argument("--pinned-seconds", type=float, default=2.0, help="the pinned ping-pong phase per round (default 2)")
@@ -623,11 +684,11 @@ def main() -> int:
     ap.add_argument("--sleep-us", type=int, default=1500, help="the sleepers' nanosleep, us (default 1500: over the 1 ms threshold)")
     args = ap.parse_args()
     try:
-        hzs = [int(x) for x in args.hz.split(",") if x]
-    except ValueError:
-        sys.exit(f"--hz {args.hz}: integers, comma-separated")
-    if not hzs or min(hzs) <= 0 or args.window <= 0 or args.seconds < args.window:
-        sys.exit("--hz must be positive and --seconds at least --window")
+        subjects = list(dict.fromkeys(Mode.parse(x) for x in args.modes.split(",") if x.strip()))
+    except ValueError as exc:
+        sys.exit(f"--modes: {exc} is not on-cpu@HZ or on+off-cpu@HZ (HZ a positive integer)")
+    if not subjects or args.window <= 0 or args.seconds < args.window:
+        sys.exit("--modes must name at least one mode and --seconds be at least --window")
     if os.geteuid() != 0:
         sys.exit("needs root (the profiler loads BPF programs)")
     if not shutil.which("gcc"):
@@ -645,25 +706,21 @@ def main() -> int:
         if args.switch_rate and not trips:
             sys.exit(f"--switch-rate {args.switch_rate} is under one round trip per pair and burst")
         busy = start_busy(exe, workdir, args.hogs, args.pairs, args.sleepers, args.sleep_us, trips)
-        print(f"profiler overhead: {os.uname().release}, {os.cpu_count()} cpus; modes baseline + {', '.join(label(h) for h in hzs)}, "
+        print(f"profiler overhead: {os.uname().release}, {os.cpu_count()} cpus; modes baseline + {', '.join(m.name for m in subjects)}, "
               f"{args.rounds} rounds; {conditions()}", file=sys.stderr, flush=True)
         time.sleep(SETTLE_S)
-        modes = [0, *hzs]
+        modes = [BASELINE, *subjects]
         rounds: list[Round] = []
         started = time.monotonic()
         for i in range(args.rounds):
-            for hz in (modes if i % 2 == 0 else modes[::-1]):
-                r = run_round(hz, exe, busy, args)
+            for mode in (modes if i % 2 == 0 else modes[::-1]):
+                r = run_round(mode, exe, busy, args)
                 progress(i + 1, r, time.monotonic() - started)
                 rounds.append(r)
-        report(rounds, hzs, args, busy)
-        first = [r for r in rounds if r.hz == hzs[0]]
-        total = med(r.bpf_pct() + r.collect_pct for r in first)
-        parts = ", ".join(f"{p} {med(r.bpf_pct(p) for r in first):.2f} %" for p in sorted(first[0].bpf)) + f", collect() {med(r.collect_pct for r in first):.2f} %"
+        report(rounds, subjects, args, busy)
         rest = med(r.rest_pct for r in rounds)
-        print(f"\nprofiler at {hzs[0]} Hz: {total:.2f} % of one core (limit {LIMIT_PCT:g} %: {'within' if total <= LIMIT_PCT else 'OVER'}): {parts}; "
-              f"at {med(r.rate('switches') for r in first):,.0f} context switches/s of the workload")
-        print(("WARNING: other work used " if rest > 10 else "") + f"{rest:.1f} % of a core besides the workload and this process (median); {conditions()}")
+        print("\n" + verdict(rounds, subjects))
+        print(("WARNING: other work used " if rest > 5 else "") + f"{rest:.1f} % of a core besides the workload and this process (median); {conditions()}")
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -213,8 +213,8 @@ class AgentSettings:
     tls_rescan_s: float = 5.0  # how often processes started since the last look are checked for a libssl not probed yet
     # Profiles to the profiles topic, by process, thread and stack, one record per process, kind and window: on-CPU
     # samples (cpu-clock, profile_hz per CPU), and with profile_off_cpu the time threads spend blocked (blocks of at
-    # least profile_min_block_ms). Off-CPU costs about 1.8 us per context switch in which a thread sleeps, so it is
-    # opt-in: on a node switching 25,000 times a second it takes 4.5% of a core (include_cgroups narrows it in the kernel).
+    # least profile_min_block_ms). Off-CPU costs about 2 us per context switch in which a thread sleeps, so it is
+    # opt-in: on a node switching 25,000 times a second it takes 5% of a core (include_cgroups narrows it in the kernel).
     profiling: bool = True
     profile_hz: int = 99
     profile_off_cpu: bool = False

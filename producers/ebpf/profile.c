@@ -6,7 +6,7 @@
 // stack, if it is at least MIN_BLOCK_NS. User space reads and clears both maps once per window and symbolises the
 // stacks (producers/ebpf/profiler.py). Nothing is read from kernel structs: the tracepoint's fields and helpers only.
 // Off-CPU is compiled in with OFF_CPU only: it walks both stacks at every switch where a thread goes to sleep (about
-// 1.8 us on this project's test machine), a cost that follows the node's context-switch rate (benchmarks/profiler_overhead.py).
+// 2 us on this project's test machine), a cost that follows the node's context-switch rate (benchmarks/profiler_overhead.py).
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>

@@ -259,9 +259,10 @@ class ProfileReporter:
         self._thread.start()
 
     def stop(self) -> None:
+        """Send the last window. The programs stay attached until the agent exits: detaching the sched_switch
+        tracepoint waits for every task to pass an RCU quiescent state, which took up to a minute on a busy node."""
         self._stop.set()
         self._thread.join(30)
-        self._profiler.close()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._window_s):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from infra import processes
-from schemas.catalog import RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
+from schemas.catalog import PROFILES, RESOURCES, SOCKET_DATA, SOCKET_LIFECYCLE
 from schemas.serde import AvroDeserializer
 from tests.e2e.test_ebpf_agent import _start_agent
 from tests.kafka_helpers import read_until_idle
@@ -57,7 +57,7 @@ def _received(settings, registry):
     decode = AvroDeserializer(registry)
     data = read_until_idle(settings, SOCKET_DATA.full_name(settings.topics.prefix), idle_s=4, timeout_s=120)
     others = sum(len(read_until_idle(settings, spec.full_name(settings.topics.prefix), idle_s=2, timeout_s=60))
-                 for spec in (SOCKET_LIFECYCLE, RESOURCES))
+                 for spec in (SOCKET_LIFECYCLE, RESOURCES, PROFILES))
     marks = {decode(m.value())["payload"] for m in data}
     return len(data) + others, {p for p in marks if p.startswith(MARK)}
 

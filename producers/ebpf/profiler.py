@@ -1,8 +1,8 @@
 """On-CPU and off-CPU profiles of the node's threads, as folded stacks per process and window.
 
 The kernel side (profile.c) counts, per (process, thread, user stack, kernel stack), the `cpu-clock` samples taken
-while the thread ran (on-CPU, SAMPLE_HZ per CPU) and the nanoseconds it spent blocked in that stack (off-CPU, from
-sched:sched_switch, blocks of at least `min_block_ms`). Once per window `collect()` takes both maps (read and
+while the thread ran (on-CPU, SAMPLE_HZ per CPU) and, with `off_cpu`, the nanoseconds it spent blocked in that stack
+(from sched:sched_switch, blocks of at least `min_block_ms`). Once per window `collect()` takes both maps (read and
 cleared in one batch operation), symbolises the stacks with bcc's symbol caches (ELF symbols of each process's
 binaries and libraries, /proc/kallsyms for the kernel) and returns one `ProcessProfile` per process and kind.
 
@@ -168,9 +168,11 @@ class Profiler:
             cache = BPF._sym_caches.pop(pid, None)
             if cache is not None:
                 lib.bcc_free_symcache(cache.cache, pid)
-        if gone or len(self._frames) > 1_000_000:
+        if len(self._frames) > 1_000_000:
+            self._frames = {}
+        elif gone:
             exited = set(gone)
-            self._frames = {k: v for k, v in self._frames.items() if k[0] not in exited} if len(self._frames) <= 1_000_000 else {}
+            self._frames = {k: v for k, v in self._frames.items() if k[0] not in exited}
 
     def lost(self) -> dict[str, int]:
         table = self.bpf["lost"]

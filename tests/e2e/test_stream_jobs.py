@@ -553,7 +553,10 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
         log.seek(0)
         assert "finished in" not in log.read()
     committed = _outputs(settings, registry)
-    assert len(committed["spans"]) < len(job["spans"])  # killed mid-stream: not everything was committed yet
+    # killed mid-stream: not everything was committed yet (on a quick run every span may be, at the first checkpoint,
+    # but not the windows and traces the idle flush emits after the input ends)
+    outputs = ("spans", "paths", "metrics.red", "metrics.network", "alerts")
+    assert any(len(committed[topic]) < len(job[topic]) for topic in outputs), {t: len(committed[t]) for t in outputs}
     # Restored as a streaming job (a bounded Kafka source restored from a checkpoint never finishes, FLINK-31006):
     # the rest of the input, then the idle flush, then the commit at the next checkpoint.
     command = [c for c in _flink_command(app_id, checkpoints, "--from-checkpoint", "latest") if c != "--bounded"]
@@ -566,7 +569,7 @@ def test_a_flink_job_killed_mid_stream_and_restored_from_its_checkpoint_commits_
             while True:
                 time.sleep(3)
                 got = _outputs(settings, registry)
-                if all(len(got[topic]) >= len(job[topic]) for topic in ("spans", "paths", "metrics.red", "metrics.network", "alerts")):
+                if all(len(got[topic]) >= len(job[topic]) for topic in outputs):
                     break  # every stage has flushed what it held (the series stage's windows key by key)
                 if restored.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)

@@ -80,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producers.ebpf.profiler import OFF_CPU, ON_CPU, Profiler  # noqa: E402
 from tracetap.config import AgentSettings  # noqa: E402
+from benchmarks.tls_probes import conditions, other_bpf_holders  # noqa: E402 (the same checks of the machine)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -627,25 +628,6 @@ def verdict(rounds: list[Round], subjects: list[Mode]) -> str:
         line += (f"; with off-CPU: {off_total:.2f} % at {switches:,.0f} switches/s "
                  f"(≈ {(off_total - total) * 1e4 / switches:.2f} % per 10,000 switches/s)")
     return line
-
-
-def other_bpf_holders() -> list[str]:
-    holders = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if any(os.readlink(fd) == "anon_inode:bpf-prog" for fd in (proc / "fd").iterdir()):
-                holders.append(f"{proc.name}({(proc / 'comm').read_text().strip()})")
-        except OSError:
-            continue
-    return holders
-
-
-def conditions() -> str:
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    holders = other_bpf_holders()
-    return f"load {load}" + (f"; WARNING: other processes hold BPF programs: {', '.join(holders)}" if holders else "")
 
 
 def start_busy(exe: Path, workdir: Path, hogs: int, pairs: int, sleepers: int, sleep_us: int, trips: int) -> Busy:

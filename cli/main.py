@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CPU the agent may use: a CFS quota on its own cgroup, kept to by shedding whole flows (agent.cpu_budget_cores)")
     profiling = ebpf.add_mutually_exclusive_group()
     profiling.add_argument("--profile", dest="profiling", action="store_const", const=True,
-                           help="send on-CPU and off-CPU profiles to the profiles topic (the default; agent.profiling)")
+                           help="send profiles to the profiles topic: on-CPU, and off-CPU with agent.profile_off_cpu (the default; agent.profiling)")
     profiling.add_argument("--no-profile", dest="profiling", action="store_const", const=False,
                            help="capture without profiling (agent.profiling = false)")
     packets = add(agent_cmds, "packets", cmd_agent_packets,

@@ -177,7 +177,7 @@ class AgentSettings:
     """Node agents: what to capture, what to leave alone, how much to buffer."""
 
     host: str | None = None  # node name in every event; None: the machine's hostname
-    payload_bytes: int = 1024  # payload prefix captured per syscall
+    payload_bytes: int = 1024  # payload prefix captured per syscall, and per message head for HTTP/1 and Redis
     ring_buffer_pages: int = 2048  # BPF ring buffer size in 4 KiB pages (a power of two)
     buffer_records: int = 100_000  # in-process buffer that rides out a broker outage
     stats_interval_s: float = 10.0

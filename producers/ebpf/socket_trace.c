@@ -58,7 +58,7 @@ enum sk_rst_reason { SK_RST_REASON_PLACEHOLDER_ };
 #define CNT_SHED_REQUESTS 5
 #define CNT_LOSS_MARKERS_LOST 6
 #define CNT_UNKNOWN_PROTOCOL 7  // events sent with byte counts only: their socket speaks no protocol the core parses
-#define CNT_CONTINUATIONS 8  // events sent with byte counts only: they continue an HTTP/1 or Redis message whose start was sent
+#define CNT_CONTINUATIONS 8  // events sent with byte counts only: they continue an HTTP/1 or Redis message past its head
 #define CNT_TLS_CIPHERTEXT 9  // syscalls not sent: ciphertext of a socket whose plaintext the OpenSSL probes send
 #define CNT_TLS_UNTIED 10  // SSL calls not sent: no syscall told their socket (a memory BIO, or data OpenSSL had read before)
 #define CNT_MAX 11
@@ -135,7 +135,8 @@ struct data_event {
 #define PAYLOAD_SHIP 1
 #define PAYLOAD_COUNTS_ONLY 2
 #define TOO_SHORT_TO_TELL 16  // as the core's _TOO_SHORT_TO_TELL (tracetap/assembly.py)
-#define PAYLOAD_HEADS 3  // a text protocol: payload on the first syscall of each message (below)
+#define PAYLOAD_HEADS 3  // HTTP/1: payload on each message's first PAYLOAD_CAPTURE bytes only (below)
+#define PAYLOAD_HEADS_RESP 4  // Redis: the same, its messages told by RESP type bytes
 
 // What the kernel keeps per socket for shedding and loss: one lookup per syscall.
 struct sock_flow {
@@ -150,6 +151,7 @@ struct sock_flow {
     u8 data_dir;      // the direction of its last syscall that moved bytes, DIR_NONE at first
     u8 unclaimed;     // directions (1 << dir) whose first bytes no parser could claim while undecided
     u8 tls;           // the OpenSSL probes send this socket's plaintext: its ciphertext syscalls are not sent
+    u16 msg_bytes;    // bytes moved in data_dir since its current message started (saturating)
     u64 seq;          // the socket_seq of its last captured event (64 bits: a 32-bit atomic add cannot return here)
 };
 
@@ -599,23 +601,27 @@ static __always_inline int may_be_parsed(u8 *h, u32 n, u16 l4) {
     return 0;
 }
 
-// Payload only on the first syscall of each message, for the text protocols whose messages the core reads by
-// their head (HTTP/1: the start line and headers; Redis: the command or the reply's first line): a syscall in
-// the same direction as the socket's last one continues its message (a body, the rest of a long value) and
-// goes out as a byte count, unless its first bytes start a message (pipelined requests and responses). The core
-// reads the head and counts the rest (tracetap/assembly.py). Binary protocols keep every syscall's payload:
-// their parsers read the whole response (a PostgreSQL command tag or a MySQL error after the rows, Kafka's
-// per-partition errors). The rule is written out as a specification in tests/e2e/test_agent_message_payloads.py,
-// which holds this program to it; agent.continuation_payloads (PAYLOAD_CONTINUATIONS) sends every payload.
-static __always_inline int starts_text_message(u8 *h, u32 n) {
+// Payload only on the head of each message, for the text protocols whose messages the core reads by their head
+// (HTTP/1: the start line and headers; Redis: the command or the reply's first line): a message's syscalls
+// carry their payload until PAYLOAD_CAPTURE bytes of it have gone by, however its writer or reader cut it, and
+// its later ones (a body, the rest of a long value) go out as byte counts. A message starts at a syscall in the
+// other direction than the socket's last one, or at one whose first bytes start a message of the socket's
+// protocol (pipelined requests and responses). The core reads the head and counts the rest (tracetap/assembly.py),
+// and redaction sees every byte of a head, so a secret cut across syscalls is joined. Binary protocols keep every
+// syscall's payload: their parsers read the whole response (a PostgreSQL command tag or a MySQL error after the
+// rows, Kafka's per-partition errors). The rule is written out as a specification in
+// tests/e2e/test_agent_message_payloads.py, which holds this program to it; agent.continuation_payloads
+// (PAYLOAD_CONTINUATIONS) sends every payload.
+static __always_inline int starts_resp_message(u8 *h, u32 n) {  // Redis: a command array, a reply (RESP2 and RESP3 types)
     if (n == 0) return 0;
     u8 c = h[0];
-    if (c == '*' || c == '+' || c == '-' || c == ':' || c == '$' || c == '_' || c == ',' || c == '#' || c == '!' || c == '='
-        || c == '(' || c == '%' || c == '~' || c == '>' || c == '|')
-        return 1;  // Redis: a command array, a reply (RESP2 and RESP3 types)
+    return c == '*' || c == '+' || c == '-' || c == ':' || c == '$' || c == '_' || c == ',' || c == '#' || c == '!' || c == '='
+        || c == '(' || c == '%' || c == '~' || c == '>' || c == '|';
+}
+
+static __always_inline int starts_http_message(u8 *h, u32 n) {  // a response, or a request with a method the core knows
     if (n < 4) return 0;
-    // HTTP/1: a response, or a request with one of the methods the core knows (its first four bytes)
-    u8 c1 = h[1], c2 = h[2], c3 = h[3];
+    u8 c = h[0], c1 = h[1], c2 = h[2], c3 = h[3];  // its first four bytes
     if (c == 'H') return (c1 == 'T' && c2 == 'T' && c3 == 'P') || (c1 == 'E' && c2 == 'A' && c3 == 'D');
     if (c == 'G') return c1 == 'E' && c2 == 'T' && c3 == ' ';
     if (c == 'P') return (c1 == 'O' && c2 == 'S' && c3 == 'T') || (c1 == 'U' && c2 == 'T' && c3 == ' ') || (c1 == 'A' && c2 == 'T' && c3 == 'C');
@@ -795,19 +801,28 @@ static __always_inline void send_data(struct data_args *a, long ret, u64 pid_tgi
         }
     }
 #endif
+    if (flow && flow->data_dir != a->direction) flow->msg_bytes = 0;
 #ifndef PAYLOAD_CONTINUATIONS
-    if (flow && len > 0 && flow->payload == PAYLOAD_HEADS && flow->data_dir == a->direction) {
-        u8 head[8] = {};
-        u32 n = 8;
-        if (len < 8) n = len & 7;
+    if (flow && len > 0 && flow->msg_bytes && (flow->payload == PAYLOAD_HEADS || flow->payload == PAYLOAD_HEADS_RESP)) {
+        u8 head[4] = {};
+        u32 n = len < 4 ? len & 3 : 4;
         bpf_probe_read_user(head, n, (void *)src);
-        if (!starts_text_message(head, n)) {
+        if (flow->payload == PAYLOAD_HEADS ? starts_http_message(head, n) : starts_resp_message(head, n)) {
+            flow->msg_bytes = 0;
+        } else if (flow->msg_bytes >= PAYLOAD_CAPTURE) {
             len = 0;
             count(CNT_CONTINUATIONS);
+        } else if (len > PAYLOAD_CAPTURE - flow->msg_bytes) {
+            len = PAYLOAD_CAPTURE - flow->msg_bytes;  // the rest of the head: what follows in this syscall is counted
+            if (len > PAYLOAD_MAX) len = PAYLOAD_MAX;  // the verifier's bound
         }
     }
 #endif
-    if (flow && ret > 0) flow->data_dir = a->direction;
+    if (flow && ret > 0) {
+        flow->data_dir = a->direction;
+        u64 moved = (u64)flow->msg_bytes + (u64)ret;
+        flow->msg_bytes = moved > 0xFFFF ? 0xFFFF : moved;
+    }
     if (len > 0) bpf_probe_read_user(e->payload, len, (void *)src);
     if (a->iov && len > 0 && len == avail && avail < ret) len = gather_iovecs(e, a->buf, len, ret);
     e->payload_len = len;
@@ -816,7 +831,9 @@ static __always_inline void send_data(struct data_args *a, long ret, u64 pid_tgi
     } else if (flow && len > 0 && flow->payload == PAYLOAD_UNDECIDED) {  // this first payload goes out either way
         u8 decided = PAYLOAD_COUNTS_ONLY;
         if (may_be_parsed(e->payload, len, protocol)) {
-            decided = protocol == IPPROTO_TCP && starts_text_message(e->payload, len < 8 ? len : 8) ? PAYLOAD_HEADS : PAYLOAD_SHIP;
+            decided = protocol != IPPROTO_TCP ? PAYLOAD_SHIP
+                : starts_http_message(e->payload, len < 4 ? len : 4) ? PAYLOAD_HEADS
+                : starts_resp_message(e->payload, len) ? PAYLOAD_HEADS_RESP : PAYLOAD_SHIP;
         } else if (protocol == IPPROTO_TCP && len < TOO_SHORT_TO_TELL && len == ret) {
             // Too few bytes to tell (a Kafka broker or mariadbd reads a request's length prefix alone, then the rest):
             // the core holds them for the next ones, so they all go out.

@@ -142,12 +142,38 @@ def test_a_rule_that_raises_masks_the_whole_event_and_the_stream_goes_on(monkeyp
     assert redactors.redact(("s", 0), b"Authorization: Bearer Sup3rSecretTok3n\r\n")[0] == b"Authorization: Bearer " + b"*" * 16 + b"\r\n"
 
 
-def test_a_cut_short_capture_does_not_join_the_next_event_to_it():
-    """The capture kept a 16-byte prefix of a 100-byte write: what comes next does not follow these bytes."""
+def test_an_http_streams_bytes_after_a_cut_short_capture_are_masked_whole():
+    """The capture kept a 16-byte prefix of a 100-byte write: the header these bytes end may have begun in the 84
+    unseen ones, so they are masked whole, until a message starts."""
     redactor = StreamRedactor(RULES)
     redactor.redact(b"POST /a HTTP/1.1", 100)
 
-    assert redactor.redact(b"ization: Bearer x\r\n") == (b"ization: Bearer x\r\n", 0)
+    assert redactor.redact(b"ization: Bearer x\r\n") == (b"*" * 19, 1)
+    assert redactor.redact(b"more: x\r\n") == (b"*" * 9, 1)
+    request = b"GET /b HTTP/1.1\r\nX-Api-Key: k3yk3yk3y\r\nAccept: */*\r\n\r\n"
+    assert redactor.redact(request) == (request.replace(b"k3yk3yk3y", b"*" * 9), 1)
+    # Seen from a message start, events are joined again.
+    assert redactor.redact(b"GET /c HTTP/1.1\r\nAuthoriz") == (b"GET /c HTTP/1.1\r\nAuthoriz", 0)
+    assert redactor.redact(b"ation: Bearer t0k3nt0k3n\r\n\r\n") == (b"ation: Bearer " + b"*" * 10 + b"\r\n\r\n", 1)
+
+
+def test_an_http_streams_bytes_after_a_byte_count_are_masked_whole():
+    """A server reading 7 bytes at a time, one of whose reads went out as a byte count (the kernel sends each
+    message's head, then counts): the value after `X-Api-Key` lost its name."""
+    redactors = Redactors(RULES)
+    assert redactors.redact(("s", 0), b"GET /a ") == (b"GET /a ", 0)
+    redactors.skip(("s", 0), 7)
+
+    assert redactors.redact(("s", 0), b": Cn01Z") == (b"*" * 7, 1)
+    assert redactors.redact(("s", 0), b"HTTP/1.1 200 OK\r\n") == (b"HTTP/1.1 200 OK\r\n", 0)
+
+
+def test_a_redis_streams_bytes_after_a_byte_count_are_redacted_as_they_come():
+    redactors = Redactors(RULES)
+    redactors.redact(("r", 0), resp(b"SET", b"k", b"v" * 2000)[:1024])
+    redactors.skip(("r", 0), 990)
+
+    assert redactors.redact(("r", 0), resp(b"GET", b"k")) == (resp(b"GET", b"k"), 0)
 
 
 def test_a_secret_the_capture_cut_short_stays_masked_for_its_known_length():

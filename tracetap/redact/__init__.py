@@ -3,7 +3,9 @@
 Redaction is stateful per socket direction (`StreamRedactor`): each event is scanned together with the
 tail of the one before, length-framed protocols are walked across events, and a secret that runs past
 the end of an event is masked on into the next. So a secret is masked whichever way its bytes were cut
-into syscalls. Lengths never change, so byte counts and TCP sequence arithmetic stay valid.
+into syscalls. Lengths never change, so byte counts and TCP sequence arithmetic stay valid. What a redactor
+cannot join is bytes it never saw (a syscall sent as a byte count, a payload cut to its prefix): after them, an
+HTTP stream's payload that does not start a message is masked whole, since a header's name may have gone by unseen.
 
 A rule is a function of a `Window`; each protocol module in tracetap/protocols declares its own (`redaction`),
 whose scans live here, one module per protocol.
@@ -76,7 +78,7 @@ def _plan(rules: RedactionRules, http_only: bool = False) -> tuple[Scan, ...]:
 class StreamRedactor:
     """Redaction of one socket direction: feed it that direction's events in order."""
 
-    __slots__ = ("_rules", "_scans", "_tail", "_tail_fresh", "_stream_at", "_carries", "_state")
+    __slots__ = ("_rules", "_scans", "_tail", "_tail_fresh", "_stream_at", "_carries", "_state", "_http", "_unseen")
 
     def __init__(self, rules: RedactionRules = DEFAULT_RULES) -> None:
         self._rules = rules
@@ -86,6 +88,8 @@ class StreamRedactor:
         self._stream_at = 0  # stream offset of the next event's first byte
         self._carries: list[Mask] = []  # secrets the last event cut, to mask on into this one
         self._state: dict[str, Any] = {}
+        self._http = False  # the stream began with an HTTP/1 message
+        self._unseen = False  # bytes of the stream went by uncaptured since its last message start
 
     def redact(self, payload: bytes, size: int | None = None) -> tuple[bytes, int]:
         """Mask the secrets in one event's captured payload; return (same-length payload, regions masked).
@@ -95,12 +99,17 @@ class StreamRedactor:
         """
         moved = size if size is not None and size > len(payload) else len(payload)
         cut_short = moved > len(payload)  # what follows this prefix was not captured
+        if self._unseen and self._http and payload:
+            if not http.starts_a_message(payload):
+                return self._mask_blind(payload, moved)
+            self._unseen = False
         spans: list[tuple[int, int]] = []
         carried = self._carry_in(payload, moved, cut_short, spans) if self._carries else []
         tail = self._tail
         data = tail + payload if tail else payload
         if self._stream_at == 0 and http.starts_a_message(payload):
             self._scans = _plan(self._rules, http_only=True)
+            self._http = True
         window = Window(data, len(tail), self._stream_at - len(tail), self._tail_fresh, self._state)
         for scan in self._scans:
             scan(window)
@@ -113,9 +122,18 @@ class StreamRedactor:
         self._carries = carried
         self._stream_at += moved
         self._keep_tail(window, data, cut_short)
+        self._unseen = cut_short
         if not spans:
             return payload, 0
         return mask(payload, spans, self._rules.mask_byte)
+
+    def _mask_blind(self, payload: bytes, moved: int) -> tuple[bytes, int]:
+        """An HTTP stream's bytes after some it never saw, not at a message start: whatever named them as secret
+        (`Authorization: Bearer ` in the unseen bytes) is unknown, so all of them are masked."""
+        self._stream_at += moved
+        self._carries = []
+        self._tail, self._tail_fresh = b"", False
+        return bytes((self._rules.mask_byte,)) * len(payload), 1
 
     def _carry_in(self, payload: bytes, moved: int, cut_short: bool, spans: list[tuple[int, int]]) -> list[Mask]:
         """Mask the start of this event for the secrets the last one cut; return those still running."""

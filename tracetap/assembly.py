@@ -202,18 +202,25 @@ class SocketAssembler:
         continues_response = stream.skip > 0 or stream.draining  # this event's first bytes end the response in progress
         found = self._messages(event)
         if continues_response and self._response is not None and egress != self._client_egress:
-            self._response[1].end_ns = event.crossed_ns
-            if self._response[1].message.size is None:
-                self._response[1].seen += event.byte_count
+            request, response = self._response
+            if response.message.tentative and event.crossed_ns - response.end_ns > self._config.response_linger_ns:
+                # the server spoke unasked first (TLS 1.3's tickets), then after a pause: this is the answer
+                self._response = (request, _Open(response.message._replace(tentative=False), event.crossed_ns, event.tcp_seq,
+                                                 event.syscall_trace_id, event.tid, event.crossed_ns, seen=event.byte_count))
+            else:
+                response.end_ns = event.crossed_ns
+                if response.message.size is None:
+                    response.seen += event.byte_count
         elif continues_response and egress == self._client_egress and self._requests and self._requests[-1].message.size is None:
             self._requests[-1].seen += event.byte_count  # more of a request whose end its captured bytes do not show
         return out + self._take(found, egress)
 
     def expire(self, watermark_ns: int) -> list[Span]:
         """Requests older than the timeout at this event-time watermark become TIMEOUT spans; a response of unknown
-        end with nothing more for the linger ends."""
+        end with nothing more for the linger ends (a tentative one, only once its request times out: its answer
+        may still come)."""
         out = self._settle(True, force=self._stale(True, watermark_ns)) + self._settle(False, force=self._stale(False, watermark_ns))
-        if self._response is not None and self._response[1].end_ns + self._config.response_linger_ns <= watermark_ns:
+        if self._response is not None and self._response_due_ns() <= watermark_ns:
             out.append(self._finish_response())
             self._streams[not self._client_egress].draining = False  # its later bytes, if any, are read afresh
         while (oldest := self._oldest()) is not None and oldest.start_ns + self._config.request_timeout_ns <= watermark_ns:
@@ -285,8 +292,16 @@ class SocketAssembler:
         if oldest is not None:
             deadlines.append(oldest.start_ns + self._config.request_timeout_ns)
         if self._response is not None:
-            deadlines.append(self._response[1].end_ns + self._config.response_linger_ns)
+            deadlines.append(self._response_due_ns())
         return min(deadlines, default=None)
+
+    def _response_due_ns(self) -> int:
+        """When the response in progress ends if nothing more comes."""
+        assert self._response is not None
+        request, response = self._response
+        if response.message.tentative:
+            return request.start_ns + self._config.request_timeout_ns
+        return response.end_ns + self._config.response_linger_ns
 
     # state --------------------------------------------------------------------------------------------
     def to_state(self) -> list[Any]:
@@ -648,15 +663,16 @@ def _open_state(o: _Open) -> list[Any]:
     m = o.message
     message = [m.is_request, m.size, m.request_type, m.request_domain, m.request_resource, m.response_code, m.response_message,
                None if m.error_class is None else str(m.error_class), m.pair_key, [list(h) for h in m.trace_headers],
-               [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1"), m.protocol, m.request_size]
+               [list(a) for a in m.attributes], m.expects_response, m.head.decode("latin-1"), m.protocol, m.request_size, m.tentative]
     return [message, o.start_ns, o.seq, o.trace_id, o.tid, o.end_ns, o.seen]
 
 
 def _open_from_state(state: list[Any]) -> _Open:
     message, start_ns, seq, trace_id, tid, end_ns, *seen = state  # `seen`: absent in state written before it existed
     (is_request, size, request_type, domain, resource, code, response_message, error, pair_key, headers, attributes, expects,
-     head, *later) = message  # `protocol`, `request_size`: absent in state written before they existed
+     head, *later) = message  # `protocol`, `request_size`, `tentative`: absent in state written before they existed
     return _Open(Message(is_request, size, request_type, domain, resource, code, response_message, None if error is None else ErrorClass(error),
                          pair_key, tuple((k, v) for k, v in headers), tuple((k, v) for k, v in attributes), expects,
-                         head.encode("latin-1"), later[0] if later else None, request_size=later[1] if len(later) > 1 else None),
+                         head.encode("latin-1"), later[0] if later else None, request_size=later[1] if len(later) > 1 else None,
+                         tentative=len(later) > 2 and later[2] is True),
                  start_ns, seq, trace_id, tid, end_ns, seen=seen[0] if seen else 0)

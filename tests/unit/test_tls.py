@@ -84,3 +84,74 @@ def test_the_first_plaintext_restarts_a_socket_read_as_ciphertext_until_then():
     again = SocketAssembler.from_state(a.to_state(), AssemblyConfig())  # the stream jobs' checkpoints keep it
     [span] = again.add(ev(True, REQ, T0 + 30, seq=700)._replace(tls=True)) + again.add(ev(False, RESP, T0 + 40)._replace(tls=True))
     assert span.tls and span.protocol == "HTTP"
+
+
+# Python's ssl client to a Python ssl server (TLS 1.3, as recorded in tests/parser_seeds.py): the client's request
+# follows its Finished at once, and the server's two session tickets and its answer came back in one read.
+_HELLO, _SERVER_FLIGHT, _FINISHED, _REQUEST, _TICKETS_AND_ANSWER, _CLOSE_NOTIFY = (data for _, data in SEEDS["TLS"][1])
+_TICKET, _ANSWER = _TICKETS_AND_ANSWER[:287], _TICKETS_AND_ANSWER[574:]
+_MS = 1_000_000
+
+
+def _nic(exchange, watermarks_every_ns=100 * _MS, until_ns=None, assembler=None):
+    """A NIC's spans of `exchange` [(client's?, bytes, at ns)], the watermark moving on with the node's other traffic
+    between packets (so a quiet response lingers out whenever it can); the assembler, for more."""
+    a, spans, seq, watermark = assembler or SocketAssembler(), [], {True: 1000, False: 900_000}, T0
+    for to_server, data, at in exchange:
+        while watermark + watermarks_every_ns < at:
+            watermark += watermarks_every_ns
+            spans += a.expire(watermark)
+        spans += a.add(ev(to_server, data, at if to_server else at - 1000, role="CLIENT", seq=seq[to_server]))  # (ev's reads return 1 µs on)
+        seq[to_server] += len(data)
+    for watermark in range(watermark, until_ns or watermark, watermarks_every_ns):
+        spans += a.expire(watermark)
+    return a, spans
+
+
+def _handshake(t):
+    return [(True, _HELLO, t), (False, _SERVER_FLIGHT, t + _MS), (True, _FINISHED, t + 2 * _MS)]
+
+
+_ASKED = T0 + 3 * _MS  # when the request crosses, right after the client's Finished
+_REQUEST_SEQ, _ANSWER_SEQ = 1000 + len(_HELLO) + len(_FINISHED), 900_000 + len(_SERVER_FLIGHT) + 2 * len(_TICKET)
+
+
+def test_tls13_tickets_that_cross_the_first_request_are_not_taken_for_its_slow_answer():
+    slow = _handshake(T0) + [(True, _REQUEST, _ASKED), (False, _TICKET, _ASKED + _MS // 100), (False, _TICKET, _ASKED + _MS // 50),
+                             (False, _ANSWER, _ASKED + 3000 * _MS), (True, _CLOSE_NOTIFY, _ASKED + 3001 * _MS)]
+    _, spans = _nic(slow)
+    assert [(s.start_ns, s.end_ns, s.req_tcp_seq, s.resp_tcp_seq, s.response_bytes) for s in spans] == \
+        [(_ASKED, _ASKED + 3000 * _MS, _REQUEST_SEQ, _ANSWER_SEQ, len(_ANSWER))]
+
+
+def test_tls13_tickets_either_side_of_the_first_request_are_not_its_answer():
+    # OpenSSL writes each ticket on its own: curl's request fell between nginx's two (tests/parser_seeds.py)
+    split = _handshake(T0) + [(False, _TICKET, _ASKED - _MS // 2), (True, _REQUEST, _ASKED), (False, _TICKET, _ASKED + _MS // 100),
+                              (False, _ANSWER, _ASKED + 2500 * _MS), (True, _CLOSE_NOTIFY, _ASKED + 2501 * _MS)]
+    _, spans = _nic(split)
+    assert [(s.start_ns, s.end_ns, s.resp_tcp_seq) for s in spans] == [(_ASKED, _ASKED + 2500 * _MS, _ANSWER_SEQ)]
+
+
+def test_tls13_tickets_and_a_quick_answer_are_one_response_held_until_the_client_speaks_again():
+    quick = _handshake(T0) + [(True, _REQUEST, _ASKED), (False, _TICKETS_AND_ANSWER, _ASKED + _MS)]
+    a, spans = _nic(quick, until_ns=_ASKED + 20_000 * _MS)
+    assert spans == []  # the answer may still be to come: an idle keep-alive connection holds it
+    [span] = a.add(ev(True, REQ, _ASKED + 20_000 * _MS, seq=5000))  # its next request: the first exchange was whole
+    assert (span.start_ns, span.end_ns, span.response_bytes) == (_ASKED, _ASKED + _MS, len(_TICKETS_AND_ANSWER))
+    a, spans = _nic(quick, until_ns=_ASKED + 31_000 * _MS)
+    assert [(s.end_ns, s.error_class) for s in spans] == [(_ASKED + _MS, None)]  # held no longer than a request's timeout
+
+
+def test_a_checkpoint_between_the_tickets_and_the_answer_keeps_what_the_tickets_were():
+    a, spans = _nic(_handshake(T0) + [(True, _REQUEST, _ASKED), (False, _TICKET + _TICKET, _ASKED + _MS // 100)])
+    again = SocketAssembler.from_state(a.to_state(), AssemblyConfig())
+    _, spans = _nic([(False, _ANSWER, _ASKED + 3000 * _MS), (True, _CLOSE_NOTIFY, _ASKED + 3001 * _MS)], assembler=again)
+    assert [(s.start_ns, s.end_ns) for s in spans] == [(_ASKED, _ASKED + 3000 * _MS)]
+
+
+def test_after_a_tls12_handshake_the_first_answer_is_not_held():
+    hello, flight, key_exchange, finished, request, answer, _ = (data for _, data in SEEDS["TLS"][2])
+    exchange = [(True, hello, T0), (False, flight, T0 + _MS), (True, key_exchange, T0 + 2 * _MS), (False, finished, T0 + 3 * _MS),
+                (True, request, T0 + 4 * _MS), (False, answer, T0 + 5 * _MS)]
+    _, spans = _nic(exchange, until_ns=T0 + 1200 * _MS)
+    assert [(s.start_ns, s.end_ns) for s in spans] == [(T0 + 4 * _MS, T0 + 5 * _MS)]  # ended by the linger, as any answer

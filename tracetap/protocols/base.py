@@ -47,6 +47,9 @@ class Message(NamedTuple):
     protocol: str | None = None  # the span's protocol when it is not the connection's (gRPC on an HTTP/2 connection)
     cancelled: bool = False  # a client's message that withdraws its open request of the same pair key (HTTP/2 RST_STREAM)
     request_size: int | None = None  # a response that knows its whole request's size (an HTTP/2 body follows its HEADERS)
+    # A response that may be bytes the server sends unasked before its answer (TLS 1.3's session tickets, which can
+    # cross the first request): if more of the server's bytes follow after a pause, they are the answer instead.
+    tentative: bool = False
 
 
 class Parse(NamedTuple):

@@ -13,13 +13,16 @@ a span of its own even when it follows in the same turn.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tracetap.protocols.base import NEED_MORE, Message, Parse, Status, malformed
 
 HANDSHAKE, CHANGE_CIPHER_SPEC, ALERT, APPLICATION_DATA = 22, 20, 21, 23
 MAX_RECORD = 16384 + 2048  # TLSCiphertext.length at most (RFC 8446 section 5.2)
 _HEADER = 5
-_CLIENT_HELLO = 1
-_SNI = 0
+_CLIENT_HELLO, _SERVER_HELLO = 1, 2
+_SNI, _SUPPORTED_VERSIONS = 0, 43
+TLS13 = 0x0304
 # A TLS 1.3 alert is encrypted as application data: its type and two bytes plus an AEAD tag of 16 (AES-GCM, ChaCha20):
 # 19 bytes no request can be (HTTP's shortest is longer)
 _ENCRYPTED_ALERT = 1 + 2 + 16
@@ -47,6 +50,32 @@ def _headers_tile(data: bytes) -> bool:
     return True
 
 
+def _extensions(data: bytes, at: int) -> tuple[int, int]:
+    """(start, end) of a hello's extensions block whose length field is at `at`."""
+    return at + 2, min(len(data), at + 2 + int.from_bytes(data[at:at + 2], "big"))
+
+
+def server_hello_version(data: bytes) -> int | None:
+    """The version a ServerHello record selected (its supported_versions extension: TLS 1.3; else its legacy
+    version field), when its bytes hold it; never raises."""
+    try:
+        if data[_HEADER] != _SERVER_HELLO:
+            return None
+        at = _HEADER + 4
+        legacy = int.from_bytes(data[at:at + 2], "big")
+        at += 2 + 32  # version, random
+        at += 1 + data[at] + 2 + 1  # session id, cipher suite, compression method
+        at, end = _extensions(data, at)
+        while at + 4 <= end:
+            kind, size = int.from_bytes(data[at:at + 2], "big"), int.from_bytes(data[at + 2:at + 4], "big")
+            if kind == _SUPPORTED_VERSIONS and size == 2 and at + 6 <= end:
+                return int.from_bytes(data[at + 4:at + 6], "big")
+            at += 4 + size
+        return legacy
+    except IndexError:
+        return None
+
+
 def server_name(data: bytes) -> str | None:
     """The SNI host name of a ClientHello record, when its bytes hold it; never raises."""
     try:
@@ -54,8 +83,7 @@ def server_name(data: bytes) -> str | None:
         at += 1 + data[at]  # session id
         at += 2 + int.from_bytes(data[at:at + 2], "big")  # cipher suites
         at += 1 + data[at]  # compression methods
-        end = min(len(data), at + 2 + int.from_bytes(data[at:at + 2], "big"))
-        at += 2
+        at, end = _extensions(data, at)
         while at + 4 <= end:
             kind, size = int.from_bytes(data[at:at + 2], "big"), int.from_bytes(data[at + 2:at + 4], "big")
             if kind == _SNI and at + 9 <= end and data[at + 6] == 0:  # server_name_list, host_name entry
@@ -106,7 +134,17 @@ class Tls:
         header = _record(data, 0)
         if header is None:
             return NEED_MORE if len(data) < _HEADER and not final else malformed("not a TLS record header")
-        return Parse(Status.MESSAGE, Message(False, None, request_type="application_data" if header[0] == APPLICATION_DATA else "handshake"))
+        if header[0] == APPLICATION_DATA:
+            return Parse(Status.MESSAGE, Message(False, None, request_type="application_data"))
+        if header[0] == HANDSHAKE and server_hello_version(data) == TLS13:
+            return Parse(Status.MESSAGE, Message(False, None, request_type="server_hello", attributes=(("tls.version", "1.3"),)))
+        return Parse(Status.MESSAGE, Message(False, None, request_type="handshake"))
+
+    def session(self) -> Session:
+        return Session()
+
+    def session_from_state(self, state: list[Any]) -> Session:
+        return Session(*state)
 
     @staticmethod
     def _flight(data: bytes, final: bool) -> Parse:
@@ -135,3 +173,44 @@ class Tls:
 
 
 TLS = Tls()
+
+
+class Session:
+    """What a TLS 1.3 handshake leaves to come: the server's session tickets (NewSessionTicket, RFC 8446 section 4.6.1).
+    The server sends them once it reads the client's Finished, encrypted as application data no request asked for,
+    and a client sends its first request right after its Finished without waiting: at a NIC the request and the
+    tickets cross, and which comes first is a race (OpenSSL writes each of its two tickets on its own, so the request
+    can even fall between them). So after a TLS 1.3 handshake, the first run of the server's records that follows a
+    request may be tickets rather than its answer: it is `tentative`, and the assembler takes a later run after a
+    pause as the answer instead (`SocketAssembler`). Only a client that sends a ChangeCipherSpec before its Finished
+    (every major stack's default, for middleboxes) is followed: without one, the Finished reads as a request."""
+
+    __slots__ = ("_tls13", "_owed", "_asked")
+
+    def __init__(self, tls13: bool = False, owed: bool = False, asked: bool = False) -> None:
+        self._tls13 = tls13  # the ServerHello selected TLS 1.3
+        self._owed = owed  # the client's Finished went by: tickets may still come
+        self._asked = asked  # a request went by while they might
+
+    def accept(self, message: Message, from_client: bool) -> Message:
+        kind = message.request_type
+        if from_client:
+            if kind == "client_hello":
+                self._tls13 = self._owed = self._asked = False
+            elif kind == "handshake":
+                self._owed, self._asked = self._tls13, False
+            elif kind == "application_data" and self._owed:
+                self._asked = True
+            return message
+        if kind == "server_hello":
+            self._tls13 = True
+        elif kind == "application_data" and self._owed and self._asked:
+            self._owed = self._asked = False
+            return message._replace(tentative=True)
+        return message
+
+    def lost(self) -> None:
+        self._owed = self._asked = False
+
+    def to_state(self) -> list[Any]:
+        return [self._tls13, self._owed, self._asked]

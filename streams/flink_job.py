@@ -75,6 +75,7 @@ _SNAPSHOT_EVERY = 2000  # log entries of a bucket between two snapshots of it
 _LOG_ITEMS, _LOG_ADVANCE, _LOG_FINAL, _LOG_IDLE = b"i", b"a", b"f", b"l"
 _TICK, _END_OF_INPUT = "tick", "end of input"  # a bucket's two timers
 _TICKS_AHEAD = 3  # processing-time ticks a bucket keeps set (`_Buckets.schedule`)
+_NO_MARKER_FLUSHES = 2  # the process and series stages' idle flush without the conversation stage's marker (`_keyed_function`)
 _SNAPSHOT_MARK, _ENTRY_MARK = b"S", b"#"  # a snapshot and a log entry that start with their sequence number
 
 
@@ -350,9 +351,18 @@ def _resource_function(settings: Settings) -> Any:
 def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes: dict[str, Any]) -> Any:
     """Stage 2, 3 or 4 (`kind`: conversation, process or series; tracetap/keyed.py), one stage per key, in
     buckets of keys (`_Buckets`), advanced on the bucket's ticks once the watermark passes a stage's next
-    deadline, and flushed after twice idle_flush_s without input (the stages before flush first). Outputs for topics leave as rows; items
-    for a later stage leave by the side output `routes` names for it. The conversation and series stages read
-    workload tags from the broadcast resources (`_Workloads`)."""
+    deadline. Outputs for topics leave as rows; items for a later stage leave by the side output `routes` names
+    for it. The conversation and series stages read workload tags from the broadcast resources (`_Workloads`).
+
+    The idle flush (input stopped, so the watermark did too) goes down the stages in order. The conversation
+    stage flushes after twice idle_flush_s without input (the flow stage, which feeds it at once, flushes after
+    idle_flush_s). The process and series stages wait for the conversation stage, not for a time: its spans
+    reach them a join window behind their input, so their own last input can be long before its flush, and a
+    process flushed first sent its calls without the server span still held upstream (a missing parent link).
+    A conversation worker whose every bucket has flushed sends a marker row to every bucket of both (on the
+    same channels as its items, so after them), and they flush once the last thing they received is such a
+    marker, `_Settled`'s delay later (for the other conversation workers). Without one they flush after
+    `_NO_MARKER_FLUSHES` times the conversation stage's wait."""
     from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction
 
     from streams.edge import call_core, decode_routed
@@ -375,18 +385,24 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             self.dropped_seen = 0
             self.last_final_log_s = 0.0
             self.settled = _Settled(2 * (options.watermark_interval_s + options.bundle_time_s))
+            self.markers_sent = False  # conversation: the markers of this quiet spell are sent
+            self.flush_logged = False  # the idle flush of this quiet spell is in the log
+            self.upstream_flushed: float | None = None  # process, series: when the latest marker came
 
         def deadline_ns(self, stage: Any) -> int | None:
             return stage.next_deadline_ns
 
         def _element(self, row: Any, ctx: Any) -> Iterator[Any]:
-            if row.key in _WAKE:  # from the flow stage after a restart: load the bucket, set its ticks
+            if row.key in _WAKE or row.key in _FLUSHED:  # woken after a restart, or the conversation stage flushed
                 bucket, dead = self.bucket(ctx)
                 if dead is not None:
                     yield dead
+                if row.key in _FLUSHED:
+                    self.upstream_flushed = time.monotonic()
                 self.schedule(bucket, ctx)
                 return
             self.last_input = time.monotonic()
+            self.markers_sent = self.flush_logged = False
             if uses_workloads:
                 self.workloads.load(ctx)
             bucket, dead = self.bucket(ctx)
@@ -437,13 +453,35 @@ def _keyed_function(kind: str, settings: Settings, options: FlinkOptions, routes
             bucket, dead = self.bucket(ctx)
             if dead is not None:
                 yield dead
+            idle = False
             if self.timer_kind(bucket, ctx, timestamp) == _END_OF_INPUT:  # the stages before this one emitted all they hold before
                 final = ctx.timer_service().current_watermark() == MAX_WATERMARK_MS  # the last watermark left them
                 watermark_ns = _watermark_ns(ctx)
-            else:  # the idle flush waits until the stages before this one have flushed theirs (each waits as long)
-                final = self.idle(bucket, 2 * options.idle_flush_s + 1)
+            else:  # the idle flush, once the stages before this one have flushed theirs
+                after_s = self.idle_after_s()
+                final = idle = self.idle(bucket, after_s)
                 watermark_ns = self.settled.watermark_ns(ctx)
+                if idle and not self.flush_logged:
+                    self.flush_logged = True
+                    log.info("idle flush stage=%s after=%s", kind, "the conversation stage's markers" if after_s == 0
+                             else f"{after_s:.0f} s without input")
             yield from self.advance_bucket(bucket, ctx, _LOG_FINAL if final else _LOG_ADVANCE, watermark_ns)
+            if idle and kind == CONVERSATION and not self.markers_sent and all(b.idle_flushed or not b.stages for b in self.buckets.values()):
+                self.markers_sent = True  # this worker's last bucket flushed: the process and series stages may
+                log.info("idle flush done stage=%s buckets=%d: markers to the process and series stages", kind, len(self.buckets))
+                for row in _flushed_rows():
+                    yield routes[PROCESS], row
+                    yield routes[SERIES], row
+
+        def idle_after_s(self) -> float:
+            """How long without input before the idle flush (see the docstring above)."""
+            wait = 2 * options.idle_flush_s + 1
+            if kind == CONVERSATION:
+                return wait
+            flushed, last = self.upstream_flushed, self.last_input
+            if flushed is not None and (last is None or flushed >= last) and time.monotonic() - flushed >= self.settled.delay_s:
+                return 0.0
+            return _NO_MARKER_FLUSHES * wait
 
         def advance(self, key: str, stage: Any, tag: bytes, watermark_ns: int) -> tuple[Any, Any]:
             return call_core(advance_stage, kind, stage, watermark_ns, self.workloads.index, tag == _LOG_FINAL)
@@ -814,26 +852,33 @@ def bucket_of(key: str) -> int:
     return _BUCKET_KEYS[zlib.crc32(key.encode(errors="replace")) % MAX_PARALLELISM]
 
 
-def _wake_keys() -> list[str]:
-    """One stage key per bucket: the keys of the rows that wake every bucket of a stage after a restart."""
+def _bucket_marker_keys(name: str) -> list[str]:
+    """One stage key per bucket, for the marker rows `name` sent to every bucket of a stage."""
     by_bucket: dict[int, str] = {}
     n = 0
     while len(by_bucket) < MAX_PARALLELISM:
-        key = f"\0wake{n}"
+        key = f"\0{name}{n}"
         by_bucket.setdefault(zlib.crc32(key.encode()) % MAX_PARALLELISM, key)
         n += 1
     return [by_bucket[b] for b in range(MAX_PARALLELISM)]
 
 
-_WAKE_KEYS = _wake_keys()
+_WAKE_KEYS = _bucket_marker_keys("wake")  # after a restart: load the bucket, set its ticks (`_Keyed._element`)
 _WAKE = frozenset(_WAKE_KEYS)
+_FLUSHED_KEYS = _bucket_marker_keys("flushed")  # a conversation worker's idle flush is done (`_keyed_function`)
+_FLUSHED = frozenset(_FLUSHED_KEYS)
 
 
 def _wake_rows() -> list[Any]:
-    """A row for each bucket of a keyed stage: loads the bucket and sets its ticks (`_Keyed._element`)."""
     from pyflink.common import Row
 
     return [Row(key, b"") for key in _WAKE_KEYS]
+
+
+def _flushed_rows() -> list[Any]:
+    from pyflink.common import Row
+
+    return [Row(key, b"") for key in _FLUSHED_KEYS]
 
 
 def _routed_row(key: str, item: tuple[Any, ...]) -> Any:
